@@ -45,6 +45,9 @@ class GamepadState:
     buttons: list[bool] = field(default_factory=list)
     hats: list[tuple[int, int]] = field(default_factory=list)
     timestamp: float = 0.0
+    # Buttons that went down since the previous read (caught from events, so a tap shorter
+    # than the read period is not lost). Empty when the reader cannot tell.
+    pressed: set[int] = field(default_factory=set)
 
 
 @runtime_checkable
