@@ -1,0 +1,169 @@
+"""Read an episode file back (numeric data eagerly, images lazily)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import schema as S
+from .writer import decode_jpeg
+
+
+@dataclass
+class Episode:
+    path: Path
+    meta: S.EpisodeMeta
+    qpos: np.ndarray
+    qvel: np.ndarray | None
+    action: np.ndarray
+    action_raw: np.ndarray
+    timestamp: np.ndarray
+    success: int
+    cameras: list[str]
+    num_steps: int
+    image_timestamps: dict[str, np.ndarray]
+    recovered: bool = False
+    attrs: dict = field(default_factory=dict)          # all root attrs, raw
+    encodings: dict[str, str] = field(default_factory=dict)
+    image_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # cam -> (height, width)
+    _h5: h5py.File | None = field(default=None, repr=False)
+
+    # -- images ----------------------------------------------------------------------------
+    def _file(self) -> h5py.File:
+        if self._h5 is None or not self._h5.id.valid:
+            try:
+                self._h5 = h5py.File(self.path, "r")
+            except OSError as e:
+                raise S.CorruptEpisodeError(f"{self.path}: cannot reopen for images: {e}") from e
+        return self._h5
+
+    def _ds(self, cam: str) -> h5py.Dataset:
+        if cam not in self.cameras:
+            raise KeyError(f"{self.path.name} has no camera {cam!r}; cameras: {self.cameras}")
+        return self._file()[f"{S.IMAGES}/{cam}"]
+
+    def raw_frame(self, cam: str, i: int) -> bytes | np.ndarray:
+        """Stored frame i as is: JPEG bytes or HxWx3 uint8."""
+        d = self._ds(cam)
+        v = d[i]
+        return v.tobytes() if self.encodings[cam] == "jpeg" else v
+
+    def image(self, cam: str, i: int) -> np.ndarray:
+        """Frame i of camera cam, decoded: HxWx3 uint8 RGB."""
+        if not -self.num_steps <= i < self.num_steps:
+            raise IndexError(f"frame {i} out of range for {self.num_steps} steps")
+        d = self._ds(cam)
+        try:
+            return decode_jpeg(d[i]) if self.encodings[cam] == "jpeg" else d[i]
+        except (OSError, ValueError) as e:
+            raise S.CorruptEpisodeError(f"{self.path}: camera {cam} frame {i} is unreadable: {e}") from e
+
+    def images(self, cam: str) -> np.ndarray:
+        """All frames of camera cam: (T, H, W, 3) uint8 RGB."""
+        d = self._ds(cam)
+        try:
+            if self.encodings[cam] != "jpeg":
+                return d[: self.num_steps]
+            h, w = self.image_shapes[cam]
+            out = np.empty((self.num_steps, h, w, 3), np.uint8)
+            for i, buf in enumerate(d[: self.num_steps]):
+                out[i] = decode_jpeg(buf)
+            return out
+        except (OSError, ValueError) as e:
+            raise S.CorruptEpisodeError(f"{self.path}: camera {cam} frames are unreadable: {e}") from e
+
+    @property
+    def duration(self) -> float:
+        return float(self.timestamp[-1] - self.timestamp[0]) if self.num_steps > 1 else 0.0
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            try:
+                self._h5.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._h5 = None
+
+    def __enter__(self) -> "Episode":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+_REQUIRED = (S.QPOS, S.ACTION, S.TIMESTAMP)
+
+
+def read_episode(path: str | os.PathLike) -> Episode:
+    """Load an episode. Unreadable, truncated, non-HDF5 or wrong-schema files raise
+    CorruptEpisodeError naming the file and saying what to do."""
+    path = Path(path)
+    if not path.exists():
+        raise S.CorruptEpisodeError(f"{path}: episode file not found")
+    if path.name.endswith((".partial", ".journal")):
+        raise S.CorruptEpisodeError(f"{path}: this is an unfinished recording; open the episode store "
+                                    f"(EpisodeStore.open) to recover it into a .h5 episode")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        size = path.stat().st_size
+        raise S.CorruptEpisodeError(
+            f"{path}: not a readable HDF5 episode ({size} bytes; {e}). The file is truncated or "
+            f"corrupt; if it came from an interrupted recording, its .journal may allow recovery.") from e
+    with f:
+        try:
+            attrs = {k: f.attrs[k] for k in f.attrs.keys()}
+        except (OSError, RuntimeError) as e:
+            raise S.CorruptEpisodeError(f"{path}: attributes unreadable ({e})") from e
+        version = attrs.get("schema_version")
+        if version is None:
+            raise S.CorruptEpisodeError(f"{path}: HDF5 file but not a teleop episode (no schema_version attr)")
+        version = S._s(version)
+        if version.split(".")[0] != S.SCHEMA_VERSION.split(".")[0]:
+            raise S.CorruptEpisodeError(f"{path}: schema_version {version} is not supported "
+                                        f"(this software reads {S.SCHEMA_VERSION}); upgrade teleop")
+        missing = [k for k in _REQUIRED if k not in f]
+        if missing:
+            raise S.CorruptEpisodeError(f"{path}: missing dataset(s) {', '.join('/' + m for m in missing)}")
+        try:
+            meta = S.EpisodeMeta.from_attrs(attrs)
+            qpos = f[S.QPOS][()]
+            action = f[S.ACTION][()]
+            action_raw = f[S.ACTION_RAW][()] if S.ACTION_RAW in f else action.copy()
+            qvel = f[S.QVEL][()] if S.QVEL in f else None
+            ts = f[S.TIMESTAMP][()]
+            cams = sorted(f[S.IMAGES].keys()) if S.IMAGES in f else []
+            img_ts, enc, shapes = {}, {}, {}
+            for cam in cams:
+                d = f[f"{S.IMAGES}/{cam}"]
+                enc[cam] = S._s(d.attrs.get("encoding", "raw"))
+                if enc[cam] == "jpeg":
+                    shapes[cam] = (int(d.attrs["height"]), int(d.attrs["width"]))
+                else:
+                    shapes[cam] = (int(d.shape[1]), int(d.shape[2]))
+                img_ts[cam] = f[f"{S.IMAGE_TIMESTAMPS}/{cam}"][()]
+        except (KeyError, ValueError, TypeError) as e:
+            raise S.CorruptEpisodeError(f"{path}: wrong schema ({e!r})") from e
+        except (OSError, RuntimeError) as e:
+            raise S.CorruptEpisodeError(f"{path}: data unreadable, file truncated or corrupt ({e})") from e
+    n = len(ts)
+    lengths = {"qpos": len(qpos), "action": len(action), "action_raw": len(action_raw)}
+    if qvel is not None:
+        lengths["qvel"] = len(qvel)
+    lengths.update({f"timestamps/{c}": len(v) for c, v in img_ts.items()})
+    bad = {k: v for k, v in lengths.items() if v != n}
+    if bad:
+        raise S.CorruptEpisodeError(f"{path}: dataset lengths disagree with /timestamp ({n}): {bad}")
+    d = qpos.shape[1] if qpos.ndim == 2 else -1
+    if d != len(meta.joint_names) or action.shape[1:] != (d,):
+        raise S.CorruptEpisodeError(f"{path}: qpos/action width does not match {len(meta.joint_names)} joint_names")
+    return Episode(path=path, meta=meta, qpos=qpos, qvel=qvel, action=action, action_raw=action_raw,
+                   timestamp=ts, success=int(attrs.get("success", -1)), cameras=cams, num_steps=n,
+                   image_timestamps=img_ts, recovered=bool(attrs.get("recovered", False)), attrs=attrs,
+                   encodings=enc, image_shapes=shapes)

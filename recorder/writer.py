@@ -1,0 +1,361 @@
+"""Crash-safe episode writer: the control loop hands steps over, a background thread writes them.
+
+Files while recording:  <name>.h5.partial  (HDF5, flushed + fsynced every flush_interval_s)
+                        <name>.h5.journal  (append-only log of the same steps, fsynced likewise)
+finish():  final attrs -> close -> fsync -> atomic rename to <name>.h5 -> delete the journal.
+A crash leaves .partial + .journal; EpisodeStore.open()/recover() rebuilds <name>.h5 from them.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import queue
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from . import schema as S
+from .h5sink import H5Sink
+from .journal import JournalHeader, JournalWriter, Step
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """RGB uint8 HxWx3 -> JPEG bytes (OpenCV wants BGR; cv2 releases the GIL while encoding)."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise S.RecorderError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def decode_jpeg(data: bytes | np.ndarray) -> np.ndarray:
+    arr = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    bgr = cv2.imdecode(arr, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("undecodable JPEG frame")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _disk_message(e: OSError, path: Path, step: int) -> str:
+    if e.errno == errno.ENOSPC or "No space" in str(e) or "errno = 28" in str(e) or _nearly_full(path):
+        what = "disk full"
+    elif e.errno == errno.EROFS:
+        what = "destination became read-only"
+    else:
+        what = f"write failed ({e})"
+    return (f"{what} while recording {path.name} (at step {step}): recording stopped. "
+            f"Steps already written are kept in {path.name}.partial/.journal; free space, then "
+            f"reopen the episode store to recover them.")
+
+
+class EpisodeWriter:
+    """Write one episode. add_step() never waits on the disk; finish() makes the file final.
+
+    cameras maps camera name -> (height, width). Images passed to add_step must be RGB uint8
+    (height, width, 3) and must not be modified by the caller afterwards (they are queued by
+    reference, not copied, to keep add_step cheap).
+    """
+
+    def __init__(self, path: str | os.PathLike, meta: S.EpisodeMeta, cameras: dict[str, tuple[int, int]],
+                 dof: int, jpeg: bool = True, jpeg_quality: int = 90, flush_interval_s: float = 0.5,
+                 max_queue_s: float = 3.0):
+        meta.check()
+        self.path = Path(path)
+        if self.path.suffix != S.SUFFIX:
+            raise S.RecorderError(f"episode path must end in {S.SUFFIX}: {self.path}")
+        if len(meta.joint_names) != dof:
+            raise S.RecorderError(f"joint_names has {len(meta.joint_names)} names but dof={dof}")
+        for cam, hw in cameras.items():
+            if "/" in cam or not cam:
+                raise S.RecorderError(f"bad camera name {cam!r} (no '/' allowed)")
+            if len(hw) != 2 or min(hw) <= 0:
+                raise S.RecorderError(f"camera {cam}: size must be (height, width), got {hw!r}")
+        self.meta = meta
+        self.cameras = {k: (int(v[0]), int(v[1])) for k, v in cameras.items()}
+        self.dof = int(dof)
+        self.jpeg = bool(jpeg)
+        self.jpeg_quality = int(jpeg_quality)
+        self.flush_interval_s = float(flush_interval_s)
+        self.partial_path = self.path.with_name(self.path.name + ".partial")
+        self.journal_path = self.path.with_name(self.path.name + ".journal")
+
+        self.error: str | None = None
+        self.warning: str | None = None
+        self.dropped = 0          # steps refused because the writer fell behind (reported, counted)
+        self.num_steps = 0        # steps accepted by add_step
+        self.written_steps = 0    # steps durably handed to the OS by the writer thread
+        self.max_lag_s = 0.0      # worst age of a step when the writer picked it up
+        self._finished = False
+        self._last_images: dict[str, Any] = {}
+        self._last_image_ts: dict[str, float] = {}
+        self._warned_at = 0.0
+
+        if self.path.exists():
+            raise S.RecorderError(f"episode file already exists, refusing to overwrite: {self.path}")
+        attrs = meta.to_attrs()
+        if not attrs["start_time"]:
+            attrs["start_time"] = datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
+        if not attrs["software_version"]:
+            attrs["software_version"] = S.software_version()
+        attrs["start_monotonic"] = time.monotonic()
+        self.attrs = attrs
+        # Create both files now, synchronously: a read-only or missing destination fails here
+        # with a clear message instead of after the operator has demonstrated a whole episode.
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._journal = JournalWriter(self.journal_path,
+                                          JournalHeader(attrs, self.cameras, self.dof, self.jpeg))
+            self._sink = H5Sink(self.partial_path, attrs, self.cameras, self.dof, self.jpeg)
+            self._sink.flush(fsync=False)
+        except OSError as e:
+            self._cleanup_files()
+            reason = "read-only file system" if getattr(e, "errno", None) == errno.EROFS else str(e)
+            raise S.RecorderError(f"cannot create episode file in {self.path.parent}: {reason}. "
+                                  f"Choose a writable data folder.") from e
+
+        qsize = max(16, int(math.ceil(float(meta.fps) * max_queue_s)))
+        self._q: queue.Queue = queue.Queue(maxsize=qsize)
+        self._pool = ThreadPoolExecutor(max_workers=min(4, max(2, len(self.cameras))),
+                                        thread_name_prefix="jpeg") if self.jpeg and self.cameras else None
+        self._thread = threading.Thread(target=self._run, name=f"EpisodeWriter-{self.path.stem}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ control-loop side
+    def add_step(self, qpos, action, action_raw=None, *, timestamp: float,
+                 images: dict[str, np.ndarray] | None = None,
+                 image_timestamps: dict[str, float] | None = None, qvel=None) -> None:
+        """Queue one step (observation t and the action sent from it). Never blocks.
+
+        If the writer is more than ~max_queue_s behind, the step is refused, counted in .dropped
+        and .warning is set (never silent). After a disk error (.error set) steps are ignored.
+        """
+        if self._finished:
+            raise S.RecorderError("add_step after finish()/abort()")
+        if self.error is not None:
+            return
+        qpos = np.asarray(qpos, dtype=np.float32).reshape(-1).copy()
+        action = np.asarray(action, dtype=np.float32).reshape(-1).copy()
+        action_raw = action.copy() if action_raw is None else np.asarray(action_raw, np.float32).reshape(-1).copy()
+        qv = None if qvel is None else np.asarray(qvel, np.float32).reshape(-1).copy()
+        for name, v in (("qpos", qpos), ("action", action), ("action_raw", action_raw), ("qvel", qv)):
+            if v is not None and v.shape[0] != self.dof:
+                raise S.RecorderError(f"{name} has {v.shape[0]} values, episode dof is {self.dof}")
+        images = images or {}
+        image_timestamps = image_timestamps or {}
+        for cam, img in images.items():
+            if cam not in self.cameras:
+                raise S.RecorderError(f"unknown camera {cam!r}; episode cameras: {list(self.cameras)}")
+            h, w = self.cameras[cam]
+            if img.shape != (h, w, 3) or img.dtype != np.uint8:
+                raise S.RecorderError(f"camera {cam}: image {img.shape} {img.dtype}, expected ({h}, {w}, 3) uint8 RGB")
+        item = (time.monotonic(), float(timestamp), qpos, action, action_raw, qv, dict(images),
+                {c: float(image_timestamps.get(c, timestamp)) for c in images})
+        try:
+            self._q.put_nowait(item)
+            self.num_steps += 1
+        except queue.Full:
+            self.dropped += 1
+            self.warning = (f"recorder is falling behind the disk: {self.dropped} step(s) dropped so far "
+                            f"(queue of {self._q.maxsize} steps full). Use fewer/smaller cameras or a faster disk.")
+            now = time.monotonic()
+            if now - self._warned_at > 1.0:
+                self._warned_at = now
+                log.warning(self.warning)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._q.qsize()
+
+    @property
+    def lag_s(self) -> float:
+        """Age of the oldest step still waiting for the writer (0 if none)."""
+        try:
+            return max(0.0, time.monotonic() - self._q.queue[0][0])
+        except (IndexError, AttributeError):
+            return 0.0
+
+    def finish(self, success: int = -1) -> Path:
+        """Drain, close and atomically publish <name>.h5. Returns its path.
+
+        Raises RecorderError if the recording failed (.error); the written part then stays in the
+        .partial/.journal files for EpisodeStore.recover()."""
+        if self._finished:
+            raise S.RecorderError("finish() called twice")
+        if success not in (1, 0, -1):
+            raise S.RecorderError(f"success must be 1, 0 or -1 (unknown), got {success!r}")
+        self._finished = True
+        self._success = int(success)
+        self._q.put(_STOP)
+        self._thread.join()
+        if self._pool:
+            self._pool.shutdown(wait=False)
+        if self.error:
+            raise S.RecorderError(self.error)
+        return self.path
+
+    def abort(self, keep: bool = False) -> Path | None:
+        """Stop recording. keep=False deletes everything; keep=True publishes the partial episode
+        (success=-1, attr aborted=true) and returns its path."""
+        if self._finished:
+            return None
+        self._finished = True
+        self._success = -1
+        self._abort_keep = keep
+        if not keep:
+            self._discard = True
+        self._q.put(_STOP)
+        self._thread.join()
+        if self._pool:
+            self._pool.shutdown(wait=False)
+        if keep and not self.error and self.path.exists():
+            return self.path
+        return None
+
+    # ------------------------------------------------------------------ writer thread
+    def _prepare(self, items: list) -> list[Step]:
+        """Encode images (in parallel) and fill missing camera frames with the previous one."""
+        steps = []
+        futures = []
+        for (_, ts, qpos, action, raw, qv, images, img_ts) in items:
+            st = Step(ts, qpos, action, raw, qv, {}, {})
+            for cam in self.cameras:
+                if cam in images:
+                    img = images[cam]
+                    st.image_ts[cam] = img_ts[cam]
+                    if self._pool:
+                        futures.append((st, cam, self._pool.submit(encode_jpeg, img, self.jpeg_quality)))
+                    else:
+                        st.images[cam] = img
+                else:
+                    st.images[cam] = None       # filled below: camera gave no new frame this tick
+                    st.image_ts[cam] = None
+            steps.append(st)
+        for st, cam, fut in futures:
+            st.images[cam] = fut.result()
+        for st in steps:
+            for cam, (h, w) in self.cameras.items():
+                if st.images[cam] is None:
+                    # Repeat the last frame with its OLD capture time, so the gap stays visible
+                    # (validate reports it as a dropped frame) and no shape is ever missing.
+                    if cam in self._last_images:
+                        st.images[cam] = self._last_images[cam]
+                        st.image_ts[cam] = self._last_image_ts[cam]
+                    else:
+                        blank = np.zeros((h, w, 3), np.uint8)
+                        st.images[cam] = encode_jpeg(blank, self.jpeg_quality) if self.jpeg else blank
+                        st.image_ts[cam] = float("nan")
+                self._last_images[cam] = st.images[cam]
+                self._last_image_ts[cam] = st.image_ts[cam]
+        return steps
+
+    def _run(self) -> None:
+        last_flush = time.monotonic()
+        stop = False
+        try:
+            while not stop:
+                items = []
+                try:
+                    timeout = max(0.0, self.flush_interval_s - (time.monotonic() - last_flush))
+                    items.append(self._q.get(timeout=timeout))
+                    # take whatever else is already waiting: one batch = one resize per dataset
+                    while len(items) < 64:
+                        items.append(self._q.get_nowait())
+                except queue.Empty:
+                    pass
+                if items and items[-1] is _STOP:
+                    items.pop()
+                    stop = True
+                if items and self.error is None and not getattr(self, "_discard", False):
+                    now = time.monotonic()
+                    self.max_lag_s = max(self.max_lag_s, now - items[0][0])
+                    steps = self._prepare(items)
+                    for st in steps:
+                        self._journal.append(self.written_steps, st)
+                        self.written_steps += 1
+                    self._sink.append(steps)
+                if time.monotonic() - last_flush >= self.flush_interval_s and not stop:
+                    self._sink.flush()
+                    self._journal.sync()
+                    last_flush = time.monotonic()
+            self._close()
+        except Exception as e:  # noqa: BLE001 - any failure must end the episode cleanly, with a message
+            if isinstance(e, OSError) or "errno" in str(e).lower() or "write" in str(e).lower():
+                self.error = _disk_message(e if isinstance(e, OSError) else OSError(str(e)),
+                                           self.path, self.written_steps)
+            else:
+                self.error = f"recorder failed while writing {self.path.name}: {e!r}"
+            log.error(self.error)
+            self._emergency_close()
+            # keep draining so add_step never sees a full queue after the failure
+            while True:
+                try:
+                    if self._q.get(timeout=0.2) is _STOP:
+                        break
+                except queue.Empty:
+                    if self._finished:
+                        break
+
+    def _close(self) -> None:
+        if getattr(self, "_discard", False):
+            self._emergency_close()
+            self._cleanup_files()
+            return
+        extra = {"aborted": True} if getattr(self, "_abort_keep", False) else None
+        self._sink.close(success=self._success, extra_attrs=extra)
+        fd = os.open(self.partial_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.partial_path, self.path)
+        _fsync_dir(self.path.parent)
+        self._journal.close()
+        self.journal_path.unlink(missing_ok=True)
+
+    def _emergency_close(self) -> None:
+        for closer in (lambda: self._sink.f.close(), self._journal.close):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - best effort, the journal is the fallback
+                pass
+
+    def _cleanup_files(self) -> None:
+        for p in (self.partial_path, self.journal_path):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def _nearly_full(path: Path) -> bool:
+    """h5py often reports ENOSPC as a generic 'can't write' error: check the free space instead."""
+    try:
+        return shutil.disk_usage(path.parent).free < 1024 * 1024
+    except OSError:
+        return False
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
