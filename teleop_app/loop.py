@@ -1,0 +1,128 @@
+"""Fixed-rate control loop with absolute deadlines and measured cadence.
+
+Deadlines are t0 + k*period (never "sleep period after work"), so timing does not drift. A tick that
+starts later than one full period past its deadline counts as missed and the loop realigns to the grid.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+SPIN_S = 0.0015  # sleep until this close to the deadline, then yield-spin: time.sleep alone overshoots
+
+
+@dataclass
+class LoopStats:
+    hz: float
+    achieved_hz: float
+    p50_err_ms: float
+    p99_err_ms: float
+    max_err_ms: float
+    missed: int
+    overruns: int
+    ticks: int
+    last_tick_ms: float   # duration of the work in the last tick
+
+
+class RateLoop:
+    """Calls `tick(t_deadline, t_start)` at `hz` from its own thread until stop()."""
+
+    def __init__(self, hz: float, tick: Callable[[float, float], None], name: str = "control",
+                 on_error: Callable[[BaseException], None] | None = None, window: int = 3000):
+        self.tick = tick
+        self.name = name
+        self.on_error = on_error
+        self._set_hz(hz)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._starts: deque[float] = deque(maxlen=window)
+        self.missed = 0
+        self.overruns = 0
+        self.ticks = 0
+        self._last_work = 0.0
+        self._lock = threading.Lock()
+
+    def _set_hz(self, hz: float):
+        if not 0.5 <= hz <= 200:
+            raise ValueError(f"loop rate must be within 0.5..200 Hz, got {hz}")
+        self.hz = float(hz)
+        self.period = 1.0 / hz
+
+    def set_rate(self, hz: float) -> None:
+        """Change the rate; takes effect at the next tick and restarts the statistics."""
+        with self._lock:
+            self._set_hz(hz)
+            self._rate_changed = True
+            self._starts.clear()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stop.clear()
+        self._rate_changed = False
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        k = 0
+        while not self._stop.is_set():
+            with self._lock:
+                if self._rate_changed:
+                    t0, k, self._rate_changed = time.monotonic(), 0, False
+                period = self.period
+            deadline = t0 + k * period
+            now = time.monotonic()
+            if now < deadline:
+                if deadline - now > SPIN_S:
+                    if self._stop.wait(deadline - now - SPIN_S):
+                        break
+                while time.monotonic() < deadline:
+                    time.sleep(0)
+            elif now - deadline > period:
+                # Too late for this slot: skip to the next grid point instead of bursting.
+                skip = int((now - deadline) / period)
+                self.missed += skip
+                k += skip
+                deadline = t0 + k * period
+            start = time.monotonic()
+            self._starts.append(start - deadline)
+            try:
+                self.tick(deadline, start)
+            except BaseException as e:  # the loop must report, not die silently
+                if self.on_error:
+                    self.on_error(e)
+                else:
+                    raise
+            end = time.monotonic()
+            self._last_work = end - start
+            if end > deadline + period:
+                self.overruns += 1
+            self.ticks += 1
+            k += 1
+
+    def stats(self) -> LoopStats:
+        errs = np.abs(np.array(self._starts)) * 1e3 if self._starts else np.zeros(1)
+        # Period error = difference between consecutive start offsets (jitter of the period itself).
+        offs = np.array(self._starts)
+        perr = np.abs(np.diff(offs)) * 1e3 if len(offs) > 1 else np.zeros(1)
+        achieved = self.hz / (1 + np.mean(np.diff(offs)) * self.hz) if len(offs) > 1 else 0.0
+        return LoopStats(hz=self.hz, achieved_hz=float(achieved),
+                         p50_err_ms=float(np.percentile(perr, 50)), p99_err_ms=float(np.percentile(perr, 99)),
+                         max_err_ms=float(max(perr.max(), errs.max())), missed=self.missed,
+                         overruns=self.overruns, ticks=self.ticks, last_tick_ms=self._last_work * 1e3)

@@ -1,0 +1,52 @@
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from teleop_app.loop import RateLoop
+
+
+def test_absolute_deadlines_do_not_drift():
+    starts = []
+    loop = RateLoop(50, lambda d, s: starts.append((d, s)))
+    loop.start()
+    time.sleep(1.0)
+    loop.stop()
+    d = np.array([x[0] for x in starts])
+    # Deadlines sit on an exact grid: drift-free by construction.
+    assert np.allclose(np.diff(d), 0.02, atol=1e-9)
+    lateness = np.array([s - dl for dl, s in starts])
+    assert np.median(lateness) < 0.002
+    assert 45 <= len(starts) <= 52
+    st = loop.stats()
+    assert st.ticks == len(starts) and 45 < st.achieved_hz < 55
+
+
+def test_slow_tick_counts_missed_and_realigns():
+    n = [0]
+
+    def tick(d, s):
+        n[0] += 1
+        if n[0] == 5:
+            time.sleep(0.35)   # 3+ periods lost at 10 Hz
+
+    loop = RateLoop(10, tick)
+    loop.start()
+    time.sleep(1.2)
+    loop.stop()
+    assert loop.missed >= 2 and loop.overruns >= 1
+
+
+def test_errors_reported_not_swallowed():
+    errs = []
+    loop = RateLoop(20, lambda d, s: 1 / 0, on_error=errs.append)
+    loop.start()
+    time.sleep(0.2)
+    loop.stop()
+    assert errs and isinstance(errs[0], ZeroDivisionError)
+
+
+def test_rate_bounds():
+    with pytest.raises(ValueError, match="0.5..200 Hz"):
+        RateLoop(1000, lambda d, s: None)
