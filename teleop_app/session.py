@@ -122,7 +122,6 @@ class Session:
         self._gripper_cmd: float | None = None
         self._ext_target: tuple[float, np.ndarray] | None = None
         self._jog: tuple[float, np.ndarray] | None = None
-        self._prev_pad: GamepadState | None = None
         self._pad_state = None
         self._expert = None
         self._episode_seed = self.config.seed
@@ -458,6 +457,7 @@ class Session:
             self.store.relabel(ep_id, bool(success))
         self.say(f"kept episode {ep_id} ({'success' if success == 1 else 'failure' if success == 0 else 'unlabelled'})")
         self._last_episode_path = None
+        self._settled()
 
     def _discard_episode(self) -> None:
         p = self._last_episode_path
@@ -465,6 +465,7 @@ class Session:
             Path(p).unlink(missing_ok=True)
             self.say("episode discarded")
         self._last_episode_path = None
+        self._settled()
 
     # ================================================================ the tick
     def _on_loop_error(self, e: BaseException) -> None:
@@ -522,13 +523,13 @@ class Session:
             return GamepadState(connected=False)
 
     def _pad_command(self, pad: GamepadState):
-        from teleop_app.mapping import apply
-        if self._pad_state is None:
-            from teleop_app.mapping import MappingState
-            self._pad_state = MappingState()
-        cmd = apply(self.mapping, pad, self._prev_pad, self.profile.max_speed(), self.profile.dof - 1,
-                    self._pad_state)
-        self._prev_pad = pad
+        from teleop_app.mapping import MappingState
+        if self._pad_state is None or self._pad_state.mapping is not self.mapping:
+            self._pad_state = MappingState(self.mapping)
+        cmd = self._pad_state.update(pad, self.profile.max_speed(), self.profile.dof - 1)
+        if cmd.gripper is not None:     # the mapping speaks fraction open; the profile has its own units
+            g = self.profile.gripper
+            cmd.gripper = g.lower + cmd.gripper * (g.upper - g.lower)
         return cmd
 
     def _pad_event(self, ev: str) -> None:
@@ -561,6 +562,10 @@ class Session:
             t = base + cmd.joint_velocity * self.period
             if cmd.gripper is not None:
                 self._gripper_cmd = cmd.gripper
+            elif self._gripper_cmd is not None and cmd.joint_velocity[-1]:
+                g = self.profile.gripper
+                self._gripper_cmd = float(np.clip(self._gripper_cmd + cmd.joint_velocity[-1] * self.period,
+                                                  g.lower, g.upper))
             t[-1] = self._gripper_cmd if self._gripper_cmd is not None else base[-1]
             return self._add_jog(t, now)
         if mode == Mode.KINESTHETIC:
@@ -651,11 +656,17 @@ class Session:
             self.workflow.stop()
 
     def _after_tick(self, q) -> None:
-        if self.mode == Mode.SCRIPTED and self.workflow.state == State.RESETTING and self._expert_needs_reset:
-            self._expert_needs_reset = False
+        # Unattended modes in the sim put a fresh scene out once the last episode is settled.
+        if self._scene_reset_pending and self.workflow.state in (State.RESETTING, State.IDLE, State.DONE,
+                                                                 State.COUNTDOWN):
+            self._scene_reset_pending = False
             self.reset_scene()
 
-    _expert_needs_reset = False
+    _scene_reset_pending = False
+
+    def _settled(self) -> None:
+        if self.mode in (Mode.SCRIPTED, Mode.POLICY) and self.devices.workcell is not None:
+            self._scene_reset_pending = True
 
     def _new_expert(self) -> None:
         from drivers.sim import ScriptedExpert
@@ -672,7 +683,7 @@ class Session:
             sent=None if sent is None else sent.copy(),
             torque=self.devices.robot.torque_enabled, estopped=self.safety.estopped,
             gamepad=pad or GamepadState(connected=False),
-            group=getattr(self._pad_state, "group_name", "") if self._pad_state else "",
+            group=self._pad_state.group if self._pad_state else "",
             loop=self.loop.stats() if self.loop.ticks else None, workflow=wf.state.value,
             time_left=wf.time_left(), kept=wf.kept, target_episodes=wf.config.target_episodes,
             instruction=wf.instruction, recording_steps=self._writer.num_steps if self._writer else 0,

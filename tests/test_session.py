@@ -1,0 +1,174 @@
+"""The whole control loop against the sim: real loop thread, real virtual SDL gamepad, real files."""
+import time
+
+import numpy as np
+import pytest
+
+from recorder.reader import read_episode
+from recorder.store import EpisodeStore
+from teleop_app.session import Mode, Session, SessionConfig, SessionError
+from teleop_app.workflow import WorkflowConfig
+
+
+def wait_for(cond, timeout=5.0, dt=0.01):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return True
+        time.sleep(dt)
+    return False
+
+
+def make(tmp_path, **kw):
+    wf = kw.pop("workflow", WorkflowConfig(countdown_s=0, reset_s=0, episode_s=0, target_episodes=5))
+    cfg = SessionConfig(dataset=str(tmp_path / "ds"), fps=kw.pop("fps", 20), workflow=wf, **kw)
+    return Session(cfg)
+
+
+@pytest.fixture
+def vpad():
+    from drivers.virtual_gamepad import VirtualGamepad
+    import pygame
+    pygame.joystick.init()
+    pad = VirtualGamepad()
+    pad.attach()
+    yield pad
+    pad.detach()
+
+
+def test_stick_moves_mapped_joint_the_right_way_and_estop_halts(tmp_path, vpad):
+    with make(tmp_path) as s:
+        s.set_mode(Mode.GAMEPAD)
+        assert wait_for(lambda: s.status.gamepad.connected), "session never saw the virtual pad"
+        m = s.mapping.groups[0].axes
+        b = next(a for a in m if a.axis == 0)            # left stick X
+        q0 = s.status.qpos[b.joint]
+        vpad.set_axis(0, 1.0)
+        sign = -1 if b.invert else 1
+        assert wait_for(lambda: sign * (s.status.qpos[b.joint] - q0) > 0.05), "joint did not move"
+        # E-stop: the commanded target freezes within one tick even with the stick held.
+        s.estop()
+        time.sleep(0.1)
+        held = s.status.sent.copy()
+        time.sleep(0.3)
+        assert np.array_equal(s.status.sent, held) and s.status.estopped
+        vpad.set_axis(0, 0.0)
+        s.reset_estop()
+        assert not s.status.estopped or wait_for(lambda: not s.status.estopped)
+
+
+def test_unplugged_pad_stops_motion(tmp_path, vpad):
+    with make(tmp_path) as s:
+        s.set_mode(Mode.GAMEPAD)
+        assert wait_for(lambda: s.status.gamepad.connected)
+        vpad.set_axis(0, 1.0)
+        time.sleep(0.2)
+        vpad.detach()
+        assert wait_for(lambda: not s.status.gamepad.connected)
+        time.sleep(0.1)
+        a = s.status.sent.copy()
+        time.sleep(0.3)
+        assert np.allclose(s.status.sent, a), "arm kept moving after the pad was unplugged"
+
+
+def test_watchdog_holds_when_commands_stop(tmp_path):
+    with make(tmp_path, use_gamepad=False) as s:
+        assert wait_for(lambda: s.status.qpos is not None)
+        q = s.status.qpos.copy()
+        s.jog(np.r_[0.5, np.zeros(7)])          # one jog, never refreshed
+        time.sleep(1.0)
+        moved = s.status.sent[0] - q[0]
+        # Moves for at most watchdog_s (0.5 s at 0.5 rad/s = 0.25 rad), then holds.
+        assert 0.05 < moved < 0.3
+        assert s.safety.counters.watchdog_trips > 0
+        a = s.status.sent.copy()
+        time.sleep(0.3)
+        assert np.allclose(s.status.sent, a)
+
+
+def test_limits_hold_under_commands_beyond_them(tmp_path):
+    with make(tmp_path, use_gamepad=False) as s:
+        for _ in range(30):
+            s.command(s.profile.upper() + 5.0)
+            time.sleep(0.02)
+        st = s.status
+        assert np.all(st.sent <= s.profile.upper() + 1e-9)
+        assert np.all(np.abs(np.diff([h[2] for h in s.history], axis=0))
+                      <= s.profile.max_speed() * s.period + 1e-9)
+        s.command(np.full(8, np.nan))
+        time.sleep(0.1)
+        assert np.all(np.isfinite(s.status.sent)) and s.safety.counters.rejected_nonfinite >= 1
+
+
+def test_kinesthetic_recording_action_is_next_measured_position(tmp_path):
+    with make(tmp_path, use_gamepad=False) as s:
+        s.set_mode(Mode.KINESTHETIC)
+        assert not s.devices.robot.torque_enabled
+        s.start_episode()
+        assert wait_for(lambda: s.status.workflow == "recording")
+        q = s.status.qpos.copy()
+        for k in range(20):                       # the "hand" moves joint 1 slowly
+            q[0] += 0.01
+            s.push(q)
+            time.sleep(0.05)
+        s.stop_episode()
+        s.keep(success=True)
+        s.set_mode(Mode.GAMEPAD)                  # leaving: torque back on at the present position
+        assert s.devices.robot.torque_enabled
+        here = s.devices.robot.get_observation().position
+        time.sleep(0.2)
+        assert np.allclose(s.devices.robot.get_observation().position, here, atol=1e-3), "arm jumped"
+    store = EpisodeStore.open(tmp_path / "ds")
+    (info,) = store.episodes()
+    ep = read_episode(tmp_path / "ds" / info.file)
+    assert ep.meta.mode == "kinesthetic" and ep.success == 1 and ep.num_steps > 10
+    assert np.allclose(ep.action[:-1, :7], ep.qpos[1:, :7])
+    assert ep.qpos[-1, 0] - ep.qpos[0, 0] > 0.1
+    assert np.all(np.diff(ep.timestamp) > 0)
+
+
+def test_scripted_mode_records_unattended_in_real_time(tmp_path):
+    wf = WorkflowConfig(countdown_s=0, reset_s=0.1, episode_s=20, target_episodes=2, auto_keep=True,
+                        instructions=["pick up the red cube"])
+    with make(tmp_path, use_gamepad=False, fps=50, workflow=wf) as s:
+        s.set_mode(Mode.SCRIPTED)
+        s.start_episode()
+        assert wait_for(lambda: s.workflow.state.value == "done", timeout=40), s.messages
+    eps = EpisodeStore.open(tmp_path / "ds").episodes()
+    assert len(eps) == 2 and all(e.success == 1 for e in eps)
+    ep = read_episode(tmp_path / "ds" / eps[0].file)
+    assert ep.meta.mode == "scripted" and "front" in ep.cameras
+    dt = np.diff(ep.timestamp)
+    assert abs(np.median(dt) - 0.02) < 0.002      # measured, at the requested 50 Hz
+
+
+def test_replay_follows_recorded_actions_through_safety(tmp_path):
+    from teleop_app.scripted import record_scripted
+    (path,) = record_scripted(tmp_path / "demo", ["pick_red"], 1, seed=3, fps=10)
+    ep = read_episode(path)
+    with make(tmp_path, use_gamepad=False, fps=10) as s:
+        s.start_replay(path)
+        assert wait_for(lambda: s.mode == Mode.HOLD and "replay finished" in s.messages[-1], timeout=30)
+        final = s.devices.robot.get_observation().position
+    assert np.allclose(final[:7], ep.action[-1, :7], atol=0.05)
+
+
+def test_switching_mode_while_recording_is_refused(tmp_path):
+    with make(tmp_path, use_gamepad=False) as s:
+        s.start_episode()
+        assert wait_for(lambda: s.status.workflow == "recording")
+        with pytest.raises(SessionError, match="stop the episode"):
+            s.set_mode(Mode.KINESTHETIC)
+
+
+def test_headless_scripted_recording_of_20_episodes(tmp_path):
+    from teleop_app.scripted import record_scripted
+    paths = record_scripted(tmp_path / "ds", ["pick_red", "pick_blue"], 10, seed=100, fps=10, image_size=96)
+    assert len(paths) >= 19                        # the expert solves >= 98%
+    store = EpisodeStore.open(tmp_path / "ds")
+    infos = store.episodes()
+    assert len(infos) == len(paths)
+    instr = {e.instruction for e in infos}
+    assert instr == {"pick up the red cube", "pick up the blue cube"}
+    ep = read_episode(paths[0])
+    assert ep.images("front").shape[1:] == (96, 96, 3) and ep.success == 1
