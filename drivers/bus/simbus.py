@@ -91,11 +91,12 @@ class IdealServos:
                 self._v[:] = 0
 
     def push(self, q) -> None:
-        """Move the joints by hand (only sticks with torque off, like a real arm)."""
+        """Move the joints by hand (ignored while torque is on, like a real arm)."""
         with self.lock:
-            self._q = np.asarray(q, dtype=float).copy()
             if self.torque:
-                self._target = self._q.copy()
+                return          # a powered servo holds its position
+            self._q = np.asarray(q, dtype=float).copy()
+            self._target = self._q.copy()
 
     def step(self, dt: float) -> None:
         with self.lock:
@@ -552,13 +553,13 @@ class SimServoBus:
         if self._torque_addr in span:
             on = [x.get(self._torque_addr) for x in self.servos]
             if any(on) != any(old_torque):
+                with self.backend.lock:     # torque first: a workcell ignores targets while limp
+                    self.backend.set_torque(any(on))
                 if any(on):   # torque on: hold where it is unless a goal comes
                     q = self._backend_q()
                     for x in self.servos:
                         x.set(self._goal_addr, self._to_ticks(q, x.joint))
                     self._push_targets()
-                with self.backend.lock:
-                    self.backend.set_torque(any(on))
 
     def _push_targets(self) -> None:
         q = np.array([self._from_ticks(s.get(self._goal_addr), s.joint) for s in self.servos])
