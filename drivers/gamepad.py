@@ -179,13 +179,23 @@ class Gamepad:
 
     def _pump(self) -> None:
         pg = self._pg
-        for ev in pg.event.get():
+        try:
+            events = pg.event.get()
+        except (SystemError, KeyError, pg.error):
+            # pygame 2.6 fails converting a JOYDEVICEADDED whose device is already gone
+            # again (plugged and unplugged between two reads); the whole batch is lost,
+            # so resynchronise from the device list instead.
+            self._close()
+            self._scan()
+            return
+        for ev in events:
             if ev.type == pg.JOYDEVICEADDED:
                 if self._joy is None and self._matches(ev.device_index):
                     self._open(ev.device_index)
             elif ev.type == pg.JOYDEVICEREMOVED:
                 if self._joy is not None and ev.instance_id == self._instance_id:
                     self._close()
+                    self._last_scan = 0.0        # another matching pad may still be there
             elif ev.type == pg.JOYBUTTONDOWN:
                 if self._joy is not None and getattr(ev, "instance_id", None) == self._instance_id:
                     self._pressed.add(ev.button)

@@ -188,9 +188,24 @@ class VirtualGamepad:
             self.set_axis(a, v)
         return idx
 
+    def _find_device(self, lib: ctypes.CDLL) -> int | None:
+        """Our current device index, or None if SDL no longer has the device (e.g. after
+        pygame.joystick.quit(), which frees it: our pointer must not be touched then)."""
+        if not lib.SDL_WasInit(SDL_INIT_JOYSTICK) & SDL_INIT_JOYSTICK:
+            return None
+        for d in range(lib.SDL_NumJoysticks()):
+            if lib.SDL_JoystickGetDeviceInstanceID(d) == self.instance_id:
+                return d
+        return None
+
     def _check(self, kind: str, i: int, n: int) -> ctypes.CDLL:
         if not self.attached:
             raise DeviceError("virtual gamepad is not attached: call attach() first")
+        lib = sdl_library()
+        if self._find_device(lib) is None:
+            self._joy = self.device_index = None
+            raise DeviceError("virtual gamepad vanished (SDL's joystick subsystem was shut down, "
+                              "e.g. by pygame.quit()); attach() again")
         if not 0 <= i < n:
             raise IndexError(f"virtual gamepad has {n} {kind}s; {kind} {i} does not exist")
         return sdl_library()
@@ -229,14 +244,11 @@ class VirtualGamepad:
         if not self.attached:
             return
         lib = sdl_library()
-        lib.SDL_JoystickClose(self._joy)
-        # The device index may have shifted if other pads came or went: find ours again.
-        idx = self.device_index
-        for d in range(lib.SDL_NumJoysticks()):
-            if lib.SDL_JoystickGetDeviceInstanceID(d) == self.instance_id:
-                idx = d
-                break
-        lib.SDL_JoystickDetachVirtual(idx)
+        # The device index shifts when other pads come or go: find ours again.
+        idx = self._find_device(lib)
+        if idx is not None:
+            lib.SDL_JoystickClose(self._joy)
+            lib.SDL_JoystickDetachVirtual(idx)
         self._joy = None
         self.device_index = None
 

@@ -154,3 +154,53 @@ def test_virtual_pad_rejects_bad_indices_and_values(vpad):
 def test_bad_deadzone_config():
     with pytest.raises(ValueError, match="deadzone"):
         Gamepad(GamepadConfig(deadzone=1.0))
+
+
+def test_plug_and_unplug_between_reads_does_not_break_reading(gamepad):
+    # pygame 2.6 raises while converting the stale JOYDEVICEADDED of this blink
+    blink = VirtualGamepad(name="blink")
+    blink.attach()
+    blink.set_axis(0, 0.5)
+    blink.detach()
+    assert gamepad.read().connected is False
+    pad = VirtualGamepad()
+    pad.attach()
+    try:
+        pad.set_axis(0, 1.0)
+        s = gamepad.read()
+        assert s.connected and s.axes[0] == pytest.approx(1.0)
+    finally:
+        pad.detach()
+
+
+def test_two_pads_and_index_shift(gamepad):
+    """Other engineers' tests may attach several pads: detaching the first must not
+    detach the wrong one, and the reader follows the pad it opened."""
+    a, b = VirtualGamepad(name="pad A"), VirtualGamepad(name="pad B")
+    a.attach()
+    b.attach()
+    try:
+        assert gamepad.read().name == "pad A"
+        a.detach()                                   # b's device index shifts to 0
+        b.set_axis(0, 1.0)
+        s = gamepad.read()
+        assert s.connected and s.name == "pad B" and s.axes[0] == pytest.approx(1.0)
+        b.detach()
+        assert gamepad.read().connected is False
+    finally:
+        a.detach()
+        b.detach()
+
+
+def test_virtual_pad_survives_joystick_subsystem_shutdown():
+    import pygame
+    pad = VirtualGamepad()
+    pad.attach()
+    pygame.joystick.quit()                          # frees the device behind our back
+    pygame.joystick.init()
+    with pytest.raises(DeviceError, match="vanished"):
+        pad.set_axis(0, 0.5)
+    pad.detach()                                    # no crash, no double free
+    pad.attach()
+    pad.set_axis(0, 0.5)
+    pad.detach()
