@@ -281,6 +281,8 @@ class FileCameraConfig:
     path: str                   # video file, folder of images, or glob ("frames/*.png")
     fps: float | None = None    # None: the video's own fps (images: 30)
     loop: bool = False
+    width: int | None = None    # resize frames to width x height (None: keep the file's size)
+    height: int | None = None
     lost_after_ms: float = 500.0
     reconnect_backoff: tuple[float, float] = (0.2, 5.0)
 
@@ -335,6 +337,7 @@ class FileCamera(_GrabberCamera):
                 raise DeviceError(f"{self._what()}: cannot read image {files[0]}")
             self._files, self._cap = files, None
             self.height, self.width = first.shape[:2]
+            self._src_size = (self.width, self.height)
             self.fps = float(self.config.fps or 30.0)
         else:
             if not os.path.exists(path):
@@ -347,7 +350,10 @@ class FileCamera(_GrabberCamera):
             self._cap, self._files = cap, None
             self.width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
             self.height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            self._src_size = (self.width, self.height)
             self.fps = float(self.config.fps or cap.get(cv2.CAP_PROP_FPS) or 30.0)
+        if self.config.width and self.config.height:
+            self.width, self.height = self.config.width, self.config.height
         self._pos = 0
         self._n = 0
         self._t0 = time.monotonic()
@@ -378,6 +384,8 @@ class FileCamera(_GrabberCamera):
                 return None, ts
         self._pos += 1
         self._n += 1
+        if (bgr.shape[1], bgr.shape[0]) != (self.width, self.height):
+            bgr = cv2.resize(bgr, (self.width, self.height), interpolation=cv2.INTER_AREA)
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), ts
 
     def _at_end(self) -> bool:
@@ -404,6 +412,35 @@ class FileCamera(_GrabberCamera):
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+# ================================================================== from a profile
+def parse_device(device: int | str) -> int | str:
+    """"0" -> 0 (an index); "/dev/video2", paths and URLs stay strings."""
+    if isinstance(device, int):
+        return device
+    d = str(device).strip()
+    return int(d) if d.isdigit() else d
+
+
+def camera_from_spec(spec, **overrides) -> "OpenCVCamera | FileCamera":
+    """Build a camera from anything with name/kind/device/width/height/fps attributes
+    (teleop_app.profiles.CameraSpec); kind "opencv" or "file". Extra keyword arguments
+    go to the config (e.g. loop=True, fourcc=None)."""
+    kind = getattr(spec, "kind", "opencv")
+    if kind == "opencv":
+        if spec.device == "":
+            raise DeviceError(f"camera '{spec.name}': no device set in the profile "
+                              "(an index like 0 or /dev/videoN; `teleop devices` lists cameras)")
+        return OpenCVCamera(OpenCVCameraConfig(name=spec.name, device=parse_device(spec.device),
+                                               width=spec.width, height=spec.height,
+                                               fps=float(spec.fps), **overrides))
+    if kind == "file":
+        return FileCamera(FileCameraConfig(name=spec.name, path=str(spec.device),
+                                           fps=float(spec.fps) if spec.fps else None,
+                                           width=spec.width, height=spec.height, **overrides))
+    raise DeviceError(f"camera '{spec.name}': kind {kind!r} is not an OpenCV/file camera "
+                      "(sim cameras come from the simulated workcell)")
 
 
 # ================================================================== listing

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from drivers.camera import (FileCamera, FileCameraConfig, OpenCVCamera, OpenCVCameraConfig,
+                            camera_from_spec, parse_device,
                             list_cameras)
 from drivers.interfaces import Camera, DeviceError, DeviceNotConnected
 
@@ -204,3 +205,53 @@ def test_list_cameras_without_devices_is_empty():
     assert isinstance(cams, list)
     if not list(__import__("glob").glob("/dev/video*")):
         assert cams == []
+
+
+def test_camera_from_profile_spec_resizes_file_frames(video):
+    from teleop_app.profiles import CameraSpec
+    cam = camera_from_spec(CameraSpec(name="front", kind="file", device=str(video),
+                                      width=32, height=24, fps=100))
+    assert isinstance(cam, FileCamera)
+    cam.connect()
+    try:
+        f = cam.wait_for_frame(timeout=2)
+        assert f.image.shape == (24, 32, 3) and (cam.width, cam.height) == (32, 24)
+    finally:
+        cam.disconnect()
+    spec = CameraSpec(name="front", kind="opencv", device="7")
+    cam = camera_from_spec(spec)
+    assert isinstance(cam, OpenCVCamera) and cam.config.device == 7
+    with pytest.raises(DeviceError, match="not found"):
+        cam.connect()
+    with pytest.raises(DeviceError, match="no device"):
+        camera_from_spec(CameraSpec(name="front", kind="opencv", device=""))
+    with pytest.raises(DeviceError, match="simulated workcell"):
+        camera_from_spec(CameraSpec(name="front", kind="sim"))
+    assert parse_device("0") == 0 and parse_device("/dev/video2") == "/dev/video2"
+
+
+def test_opencv_camera_verifies_mode_and_reconnects(video):
+    """A video file opened through OpenCVCamera (device given as a path) is a real
+    cv2.VideoCapture whose size/fps/format cannot be changed: the read-back check must
+    catch a mismatch and say what it got; with matching settings it streams, and its
+    end (reads failing) looks like an unplugged device: lost, then reopened."""
+    bad = OpenCVCamera(OpenCVCameraConfig("front", device=str(video), width=640, height=480,
+                                          fps=15, fourcc="YUYV"))
+    with pytest.raises(DeviceError) as e:
+        bad.connect()
+    msg = str(e.value)
+    assert "size 64x48 instead of 640x480" in msg and "30 fps instead of 15" in msg
+    assert "format 'MJPG' instead of 'YUYV'" in msg and "teleop devices" in msg
+    cam = OpenCVCamera(OpenCVCameraConfig("front", device=str(video), width=W, height=H, fps=30,
+                                          lost_after_ms=50, reconnect_backoff=(0.01, 0.05)))
+    cam.connect()
+    try:
+        f = cam.wait_for_frame(timeout=2)
+        assert f is not None and f.image.shape == (H, W, 3)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and cam.frame_count < 45:
+            time.sleep(0.005)
+        assert cam.frame_count >= 45, "must reopen after the stream ended"
+        assert cam.status == "connected"
+    finally:
+        cam.disconnect()
