@@ -227,10 +227,10 @@ class _Servo:
                     return 0x05 if dx else 0x40
                 i += 1                                         # reserved byte: ignored
                 continue
-            if i + it.size > end:
-                return 0x05 if dx else 0x40                    # cuts an item short
             if not it.writable:
                 return 0x07 if dx else 0x40
+            if i + it.size > end:
+                return 0x05 if dx else 0x40                    # cuts an item short
             if dx and it.eeprom and self.get(dxl.ADDR_TORQUE_ENABLE):
                 return 0x07                                    # EEPROM locked while torque is on
             v = self._dec(i, data[i - addr:i - addr + it.size])
@@ -239,6 +239,8 @@ class _Servo:
                 lo, hi = self.get(dxl.ADDR_MIN_POSITION_LIMIT), self.get(dxl.ADDR_MAX_POSITION_LIMIT)
             if dx and i == dxl.ADDR_OPERATING_MODE and v not in (0, 1, 3, 4, 5, 16):
                 return 0x06
+            if not dx and i == fts.ADDR_TORQUE_ENABLE and v not in (0, 1, 128):
+                return 0x40
             if not lo <= v <= hi:
                 return 0x06 if dx else 0x40
             i += it.size
@@ -298,6 +300,16 @@ class SimServoBus:
         for s in self.servos:
             s.set(self._pos_addr, self._to_ticks(q, s.joint))
             s.set(self._goal_addr, self._to_ticks(q, s.joint))
+
+    @classmethod
+    def workcell(cls, protocol: str = "dynamixel", workcell=None, **kw) -> "SimServoBus":
+        """The simulated workcell (7 joints + gripper) as servos 1..8, stepped in real time.
+        drivers.sim is imported only here, so drivers/bus works without it."""
+        if workcell is None:
+            from drivers.sim.workcell import Workcell   # lazy: optional dependency
+            workcell = Workcell()
+        kw.setdefault("step_backend", True)
+        return cls(workcell, protocol=protocol, **kw)
 
     # ---- unit mapping
     @property

@@ -6,6 +6,7 @@ of times on timeouts and corrupted replies, and raise typed errors that name the
 """
 from __future__ import annotations
 
+import termios
 import threading
 import time
 from types import ModuleType
@@ -17,6 +18,9 @@ from drivers.bus import feetech as fts
 from drivers.bus.errors import (BusDisconnected, BusError, ChecksumMismatch, PacketError, ServoError,
                                 ServoTimeout)
 from drivers.interfaces import DeviceError
+
+# what a vanished adapter raises: pyserial wraps most, termios.tcflush errors come through raw
+_IO_ERRORS = (serial.SerialException, OSError, termios.error)
 
 
 class ReadTimeout(BusError):
@@ -61,7 +65,7 @@ class SerialTransport:
         if ser is not None:
             try:
                 ser.close()
-            except (serial.SerialException, OSError):
+            except _IO_ERRORS:
                 pass
 
     def _lost(self, e: Exception) -> BusDisconnected:
@@ -81,14 +85,14 @@ class SerialTransport:
         self._buf.clear()
         try:
             ser.reset_input_buffer()
-        except (serial.SerialException, OSError) as e:
+        except _IO_ERRORS as e:
             raise self._lost(e) from None
 
     def write(self, data: bytes) -> None:
         ser = self._ensure_open()
         try:
             ser.write(data)
-        except (serial.SerialException, OSError) as e:
+        except _IO_ERRORS as e:
             raise self._lost(e) from None
 
     def read_packet(self, codec: ModuleType, timeout: float | None = None) -> bytes:
@@ -121,7 +125,7 @@ class SerialTransport:
             try:
                 want = max(need - len(buf), ser.in_waiting, 1)
                 chunk = ser.read(want)
-            except (serial.SerialException, OSError) as e:
+            except _IO_ERRORS as e:
                 raise self._lost(e) from None
             buf += chunk
 
