@@ -23,7 +23,9 @@ class H5Sink:
         self.cams = list(cameras)
         self.dof = dof
         self.n = 0
-        self.f = h5py.File(self.path, "w", libver="latest")
+        # Small raw-data chunk cache: image chunks (bigger than it) go straight to the OS, so little
+        # data sits in HDF5's memory where a crash or a full disk would strand it.
+        self.f = h5py.File(self.path, "w", libver="latest", rdcc_nbytes=256 * 1024)
         f = self.f
         for k, v in attrs.items():
             f.attrs[k] = v
@@ -97,6 +99,14 @@ class H5Sink:
                 os.fsync(self.f.id.get_vfd_handle())
             except (OSError, TypeError, ValueError):
                 pass
+
+    def trim(self) -> None:
+        """Cut every dataset back to the last fully appended step (after a failed append)."""
+        dsets = [self.qpos, self.action, self.action_raw, self.ts, self.qvel,
+                 *self.img.values(), *self.img_ts.values()]
+        for d in dsets:
+            if d is not None and d.shape[0] != self.n:
+                d.resize(self.n, axis=0)
 
     def close(self, success: int | None = None, extra_attrs: dict[str, Any] | None = None) -> None:
         if success is not None:

@@ -111,9 +111,11 @@ class JournalWriter:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (ImportError, OSError):
             pass
+        self.bytes_written = 0
         self._write(pack_header(header))
 
     def _write(self, data: bytes) -> None:
+        self.bytes_written += len(data)
         view = memoryview(data)
         while view:
             n = os.write(self.fd, view)

@@ -41,6 +41,7 @@ def recover_episode(final: Path) -> Path | None:
     partial = final.with_name(final.name + ".partial")
     journal = final.with_name(final.name + ".journal")
     tmp = final.with_name(final.name + ".recovering")
+    final.with_name(final.name + ".reserve").unlink(missing_ok=True)
     if final.exists():
         # finished file exists: the leftovers are stale (crash between rename and unlink)
         for p in (partial, journal):

@@ -56,9 +56,7 @@ def _disk_message(e: OSError, path: Path, step: int) -> str:
         what = "destination became read-only"
     else:
         what = f"write failed ({e})"
-    return (f"{what} while recording {path.name} (at step {step}): recording stopped. "
-            f"Steps already written are kept in {path.name}.partial/.journal; free space, then "
-            f"reopen the episode store to recover them.")
+    return f"{what} while recording {path.name} (at step {step}): recording stopped."
 
 
 class EpisodeWriter:
@@ -102,6 +100,7 @@ class EpisodeWriter:
         self._last_images: dict[str, Any] = {}
         self._last_image_ts: dict[str, float] = {}
         self._warned_at = 0.0
+        self._unsunk: list[Step] = []
 
         if self.path.exists():
             raise S.RecorderError(f"episode file already exists, refusing to overwrite: {self.path}")
@@ -114,15 +113,26 @@ class EpisodeWriter:
         self.attrs = attrs
         # Create both files now, synchronously: a read-only or missing destination fails here
         # with a clear message instead of after the operator has demonstrated a whole episode.
+        self.reserve_path = self.path.with_name(self.path.name + ".reserve")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._journal = JournalWriter(self.journal_path,
                                           JournalHeader(attrs, self.cameras, self.dof, self.jpeg))
             self._sink = H5Sink(self.partial_path, attrs, self.cameras, self.dof, self.jpeg)
             self._sink.flush(fsync=False)
+            self._make_reserve()
         except OSError as e:
+            try:
+                self._sink.f.close()
+            except Exception:  # noqa: BLE001
+                pass
             self._cleanup_files()
-            reason = "read-only file system" if getattr(e, "errno", None) == errno.EROFS else str(e)
+            if getattr(e, "errno", None) == errno.EROFS:
+                reason = "read-only file system"
+            elif getattr(e, "errno", None) == errno.ENOSPC:
+                reason = "disk full (not enough free space to start an episode)"
+            else:
+                reason = str(e)
             raise S.RecorderError(f"cannot create episode file in {self.path.parent}: {reason}. "
                                   f"Choose a writable data folder.") from e
 
@@ -224,6 +234,24 @@ class EpisodeWriter:
             return self.path
         return None
 
+    def _make_reserve(self) -> None:
+        """Pre-allocate some disk space that is released when the disk fills up, so the HDF5 library
+        can still flush its caches and close the file cleanly (a failed HDF5 close can crash the
+        process at exit). Size: HDF5 chunk caches (one chunk per image dataset) + metadata."""
+        size = 1 << 20
+        for h, w in self.cameras.values():
+            size += (1 << 18) if self.jpeg else h * w * 3
+        fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except (AttributeError, OSError) as e:
+                if getattr(e, "errno", None) == errno.ENOSPC:
+                    raise
+                os.write(fd, b"\0" * size)
+        finally:
+            os.close(fd)
+
     # ------------------------------------------------------------------ writer thread
     def _prepare(self, items: list) -> list[Step]:
         """Encode images (in parallel) and fill missing camera frames with the previous one."""
@@ -282,10 +310,14 @@ class EpisodeWriter:
                     now = time.monotonic()
                     self.max_lag_s = max(self.max_lag_s, now - items[0][0])
                     steps = self._prepare(items)
+                    self._unsunk = []
                     for st in steps:
-                        self._journal.append(self.written_steps, st)
-                        self.written_steps += 1
+                        self._journal.append(self.written_steps + len(self._unsunk), st)
+                        self._unsunk.append(st)
                     self._sink.append(steps)
+                    self._unsunk = []
+                    self.written_steps += len(steps)
+                    self._check_space()
                 if time.monotonic() - last_flush >= self.flush_interval_s and not stop:
                     self._sink.flush()
                     self._journal.sync()
@@ -297,8 +329,12 @@ class EpisodeWriter:
                                            self.path, self.written_steps)
             else:
                 self.error = f"recorder failed while writing {self.path.name}: {e!r}"
+            self._unsunk = self._unsunk if isinstance(e, OSError) else []
             log.error(self.error)
-            self._emergency_close()
+            if isinstance(e, OSError):
+                self._salvage()
+            else:
+                self._emergency_close()
             # keep draining so add_step never sees a full queue after the failure
             while True:
                 try:
@@ -324,6 +360,36 @@ class EpisodeWriter:
         _fsync_dir(self.path.parent)
         self._journal.close()
         self.journal_path.unlink(missing_ok=True)
+        self.reserve_path.unlink(missing_ok=True)
+
+    def _check_space(self) -> None:
+        """Stop *before* the disk is full: keep room for one more batch (<= 0.5 s) of recording (journal + HDF5) plus 2 MB free, so
+        the episode can always be closed cleanly. Raises OSError(ENOSPC) to end the episode."""
+        per_step = self._journal.bytes_written / max(1, self.written_steps)
+        margin = (2 << 20) + int(2 * per_step * min(64.0, 0.5 * float(self.meta.fps)))
+        free = shutil.disk_usage(self.path.parent).free
+        if free < margin:
+            raise OSError(errno.ENOSPC, f"No space left on device (only {free / 1e6:.1f} MB free, "
+                                        f"keeping {margin / 1e6:.1f} MB to close the episode)")
+
+    def _salvage(self) -> None:
+        """After a disk error: free the reserve, close the HDF5 cleanly with every step that reached
+        the journal, publish it as <name>.h5 (attr truncated=True) and drop the journal."""
+        self.reserve_path.unlink(missing_ok=True)
+        try:
+            # steps only in the journal are not appended: that would eat the space just freed
+            self._sink.trim()
+            self._sink.close(success=-1, extra_attrs={"truncated": True})
+            os.replace(self.partial_path, self.path)
+            self._journal.close()
+            self.journal_path.unlink(missing_ok=True)
+            self.written_steps = self._sink.n
+            self.error += f" The first {self._sink.n} steps were saved as {self.path.name} (success unknown)."
+        except Exception as e2:  # noqa: BLE001 - leave partial+journal for EpisodeStore.recover()
+            log.error("could not finalize %s after the disk error: %s", self.partial_path, e2, exc_info=True)
+            self.error += (f" Steps written so far are kept in {self.path.name}.partial/.journal; free "
+                           f"space, then reopen the episode store to recover them.")
+            self._emergency_close()
 
     def _emergency_close(self) -> None:
         for closer in (lambda: self._sink.f.close(), self._journal.close):
@@ -333,7 +399,7 @@ class EpisodeWriter:
                 pass
 
     def _cleanup_files(self) -> None:
-        for p in (self.partial_path, self.journal_path):
+        for p in (self.partial_path, self.journal_path, self.reserve_path):
             try:
                 p.unlink(missing_ok=True)
             except OSError:

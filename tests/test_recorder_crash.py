@@ -1,0 +1,209 @@
+"""Crash safety with real processes and real filesystems: SIGKILL mid-episode, disk full, read-only."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recorder import EpisodeMeta, EpisodeStore, EpisodeWriter, RecorderError, read_episode
+
+JOINTS = [f"j{i}" for i in range(7)] + ["gripper"]
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from recorder import EpisodeMeta, EpisodeStore, EpisodeWriter
+    root, hz, jpeg = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
+    joints = [f"j{i}" for i in range(7)] + ["gripper"]
+    cams = {"top": (120, 160), "wrist": (96, 128)}
+    st = EpisodeStore.create(root, robot="sim", fps=hz, joint_names=joints, cameras=cams)
+    rng = np.random.default_rng(0)
+    def run(n_steps, instruction):
+        w = EpisodeWriter(st.new_episode_path(), EpisodeMeta(instruction, hz, "sim", joints, "scripted"),
+                          cams, dof=8, jpeg=jpeg)
+        t0 = time.monotonic()
+        i = 0
+        while n_steps is None or i < n_steps:
+            tick = t0 + i / hz
+            time.sleep(max(0.0, tick - time.monotonic()))
+            now = time.monotonic()
+            imgs = {c: rng.integers(0, 255, (h, w_, 3), dtype=np.uint8) for c, (h, w_) in cams.items()}
+            w.add_step(np.full(8, i, np.float32), np.full(8, i + 0.5, np.float32), timestamp=now,
+                       images=imgs, image_timestamps={c: now - 0.005 for c in cams})
+            i += 1
+            if n_steps is None:
+                print("step", i, flush=True)
+        return st.add(w.finish(success=1))
+    for k in range(2):
+        run(int(hz), f"done {k}")
+    print("finished-2", flush=True)
+    run(None, "interrupted")
+""")
+
+
+def start_child(tmp_path: Path, root: Path, hz: float, jpeg: bool) -> subprocess.Popen:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, str(script), str(root), str(hz), "1" if jpeg else "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def kill_after(proc: subprocess.Popen, steps: int) -> int:
+    last = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError("child died: " + proc.stderr.read())
+        if line.startswith("step"):
+            last = int(line.split()[1])
+            if last >= steps:
+                break
+    time.sleep(0.13)            # land somewhere between flushes
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for line in proc.stdout.read().splitlines():   # steps printed before the kill landed
+        if line.startswith("step"):
+            last = int(line.split()[1])
+    return last
+
+
+@pytest.mark.parametrize("hz,jpeg", [(30.0, True), (50.0, False)], ids=["30Hz-jpeg", "50Hz-raw"])
+def test_sigkill_mid_episode_recovers(tmp_path, hz, jpeg):
+    root = tmp_path / "ds"
+    proc = start_child(tmp_path, root, hz, jpeg)
+    written = kill_after(proc, steps=int(2.2 * hz))
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = sorted(p.name for p in (root / "episodes").iterdir())
+    assert "episode_000003.h5.journal" in leftovers and "episode_000003.h5" not in leftovers
+
+    st = EpisodeStore.open(root)          # recover() runs automatically
+    assert st.last_recovered == [3]
+    eps = st.episodes()
+    assert [e.id for e in eps] == [1, 2, 3]
+    for e in eps[:2]:                     # earlier episodes intact
+        ep = read_episode(st.path(e.id))
+        assert ep.num_steps == int(hz) and ep.success == 1 and not ep.recovered
+        np.testing.assert_array_equal(ep.qpos[:, 0], np.arange(int(hz)))
+    ep = read_episode(st.path(3))
+    assert ep.recovered and ep.success == -1 and ep.meta.instruction == "interrupted"
+    assert ep.num_steps >= written - hz, (ep.num_steps, written)     # lost at most 1 s
+    assert ep.num_steps <= written
+    np.testing.assert_array_equal(ep.qpos[:, 0], np.arange(ep.num_steps))   # in order, no gaps
+    assert ep.images("top").shape == (ep.num_steps, 120, 160, 3)
+    assert np.all(np.diff(ep.timestamp) > 0)
+    assert not [p for p in (root / "episodes").iterdir() if p.name.endswith((".partial", ".journal"))]
+    print(f"written={written} recovered={ep.num_steps}")
+
+
+def test_recover_falls_back_to_partial_and_survives_torn_journal(tmp_path):
+    root = tmp_path / "ds"
+    proc = start_child(tmp_path, root, 30.0, True)
+    written = kill_after(proc, steps=60)
+    epdir = root / "episodes"
+    j = epdir / "episode_000003.h5.journal"
+    part = epdir / "episode_000003.h5.partial"
+    # 1) torn/garbage tail on the journal: recovery stops at the last intact record
+    keep_j, keep_p = j.read_bytes(), part.read_bytes()
+    with open(j, "ab") as f:
+        f.write(b"TJS\0" + os.urandom(40))
+    st = EpisodeStore.open(root)
+    n_journal = read_episode(st.path(3)).num_steps
+    assert written - 30 <= n_journal <= written
+    # 2) no journal at all: rebuild from the .partial HDF5 (up to its last flush), if it is readable
+    st.path(3).unlink()
+    part.write_bytes(keep_p)
+    st = EpisodeStore.open(root)
+    if st.last_recovered:
+        ep = read_episode(st.path(3))
+        assert ep.recovered and 0 < ep.num_steps <= n_journal
+        np.testing.assert_array_equal(ep.qpos[:, 0], np.arange(ep.num_steps))
+    else:   # HDF5 killed mid-write may be unreadable: then it must be kept aside, not deleted
+        assert (epdir / "episode_000003.h5.partial.unrecoverable").exists()
+    assert keep_j  # the journal was the primary path above
+
+
+def test_live_recording_is_not_recovered_under_the_writer(tmp_path):
+    st = EpisodeStore.create(tmp_path / "ds", robot="sim", fps=30, joint_names=JOINTS, cameras={})
+    w = EpisodeWriter(st.new_episode_path(), EpisodeMeta("x", 30, "sim", JOINTS, "teleop"), {}, dof=8)
+    w.add_step(np.zeros(8), np.zeros(8), timestamp=0.0)
+    time.sleep(0.1)
+    assert EpisodeStore.open(tmp_path / "ds").last_recovered == []   # journal is locked by the writer
+    st.add(w.finish())
+    assert [e.num_steps for e in st.episodes()] == [1]
+
+
+def _mount_tmpfs(path: Path, opts: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if not shutil.which("mount"):
+        return False
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True)
+    return r.returncode == 0
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    mnt = tmp_path / f"small-{uuid.uuid4().hex[:6]}"
+    if not _mount_tmpfs(mnt, "size=32m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root/CAP_SYS_ADMIN): disk-full test skipped")
+    yield mnt
+    _umount(mnt)
+
+
+def test_disk_full_stops_cleanly(small_fs):
+    st = EpisodeStore.create(small_fs / "ds", robot="sim", fps=50, joint_names=JOINTS, cameras={"top": (240, 320)})
+    w = EpisodeWriter(st.new_episode_path(), EpisodeMeta("ok", 50, "sim", JOINTS, "teleop"),
+                      {"top": (240, 320)}, dof=8, jpeg=False)
+    for i in range(5):
+        w.add_step(np.zeros(8), np.zeros(8), timestamp=i / 50, images={"top": np.zeros((240, 320, 3), np.uint8)})
+    first = st.add(w.finish(1))
+    rng = np.random.default_rng(1)
+    w = EpisodeWriter(st.new_episode_path(), EpisodeMeta("too big", 50, "sim", JOINTS, "teleop"),
+                      {"top": (240, 320)}, dof=8, jpeg=False)
+    t0 = time.monotonic()
+    i = 0
+    while w.error is None and time.monotonic() - t0 < 20:   # 230 KB/frame x2 (h5 + journal) vs 32 MB
+        w.add_step(np.zeros(8), np.zeros(8), timestamp=i / 50,
+                   images={"top": rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)})
+        i += 1
+        time.sleep(0.002)
+    assert w.error is not None and "disk full" in w.error, w.error
+    w.add_step(np.zeros(8), np.zeros(8), timestamp=99.0)   # ignored, does not raise or block
+    with pytest.raises(RecorderError, match="disk full") as err:
+        w.finish()
+    assert "were saved as episode_000002.h5" in str(err.value)
+    ep = read_episode(st.path(first.id))                   # earlier episode untouched
+    assert ep.num_steps == 5 and ep.success == 1
+    st = EpisodeStore.open(small_fs / "ds")                # the truncated one is kept and indexed
+    assert [e.id for e in st.episodes()] == [1, 2]
+    ep2 = read_episode(st.path(2))
+    assert ep2.attrs["truncated"] and ep2.success == -1 and ep2.num_steps >= 1
+    assert [p.name for p in st.episodes_dir.iterdir() if not p.name.endswith(".h5")] == []
+
+
+def test_read_only_destination_fails_at_start(tmp_path):
+    mnt = tmp_path / "ro"
+    if not _mount_tmpfs(mnt, "size=1m,ro"):
+        pytest.skip("cannot mount a read-only tmpfs here: read-only test skipped")
+    try:
+        with pytest.raises(RecorderError, match="read-only file system"):
+            EpisodeWriter(mnt / "episode_000001.h5", EpisodeMeta("x", 30, "sim", JOINTS, "teleop"), {}, dof=8)
+        with pytest.raises(RecorderError, match="cannot create episode store"):
+            EpisodeStore.create(mnt / "ds", robot="sim", fps=30, joint_names=JOINTS, cameras={})
+    finally:
+        _umount(mnt)
