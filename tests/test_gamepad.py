@@ -204,3 +204,25 @@ def test_virtual_pad_survives_joystick_subsystem_shutdown():
     pad.attach()
     pad.set_axis(0, 0.5)
     pad.detach()
+
+
+def test_read_from_a_worker_thread():
+    """The control loop polls from its own thread (Qt owns the main one)."""
+    import threading
+    out = {}
+
+    def worker():
+        gp = Gamepad()
+        gp.connect()
+        with VirtualGamepad() as pad:
+            pad.set_axis(3, -1.0)
+            pad.set_button(2, True)
+            s = gp.read()
+            out["state"] = (s.connected, s.axes[3], s.pressed)
+        out["after"] = gp.read().connected
+        gp.disconnect()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(10)
+    assert out["state"] == (True, pytest.approx(-1.0), {2}) and out["after"] is False
