@@ -85,13 +85,19 @@ def fk(q7) -> np.ndarray:
 
 def jacobian(q7) -> np.ndarray:
     """Geometric 6x7 Jacobian of the TCP: rows vx, vy, vz, wx, wy, wz (world frame)."""
-    fr = chain(np.asarray(q7, dtype=float)[:7])
+    return _jac(chain(np.asarray(q7, dtype=float)[:7]))
+
+
+def _jac(fr: list[np.ndarray]) -> np.ndarray:
     p = fr[-1][:3, 3]
+    z = np.array([f[:3, 2] for f in fr[:7]])
+    d = p - np.array([f[:3, 3] for f in fr[:7]])
     j = np.empty((6, 7))
-    for i in range(7):
-        z = fr[i][:3, 2]
-        j[:3, i] = np.cross(z, p - fr[i][:3, 3])
-        j[3:, i] = z
+    # z x d, written out: np.cross is slow for small arrays
+    j[0] = z[:, 1] * d[:, 2] - z[:, 2] * d[:, 1]
+    j[1] = z[:, 2] * d[:, 0] - z[:, 0] * d[:, 2]
+    j[2] = z[:, 0] * d[:, 1] - z[:, 1] * d[:, 0]
+    j[3:] = z.T
     return j
 
 
@@ -138,7 +144,8 @@ def ik(pos, rot=None, q_init=None, *, tol_pos: float = 1e-3, tol_rot: float = 1e
         else:
             q = np.clip(HOME[:7] + rng.uniform(-1.0, 1.0, 7) * (0.3 * attempt), lo, hi)
         for _ in range(max_iter):
-            t = fk(q)
+            fr = chain(q)
+            t = fr[-1]
             ep = pos - t[:3, 3]
             er = _rot_err(r_goal, t[:3, :3])
             pe, re = float(np.linalg.norm(ep)), float(np.linalg.norm(er))
@@ -152,9 +159,12 @@ def ik(pos, rot=None, q_init=None, *, tol_pos: float = 1e-3, tol_rot: float = 1e
                 ep = ep * (0.1 / pe)
             if re > 0.5:
                 er = er * (0.5 / re)
-            j = jacobian(q)
+            j = _jac(fr)
             e = np.concatenate([ep, er])
-            jjt = j @ j.T + (damping ** 2) * np.eye(6)
+            # damping fades near the goal (Levenberg-Marquardt style): fast final convergence
+            # and the damped null-space projector stops leaking the posture pull into the task
+            lam2 = damping ** 2 * min(1.0, err / 0.02) + 1e-6
+            jjt = j @ j.T + lam2 * np.eye(6)
             dq = j.T @ np.linalg.solve(jjt, e)
             # null-space posture pull toward HOME
             jp = j.T @ np.linalg.solve(jjt, j)

@@ -1,0 +1,143 @@
+"""Scripted IK expert that solves the workcell tasks, with small seeded human-like variation.
+
+Behaviour is a function of what the cameras show plus the arm state: a top-down grasp with a
+fixed gripper yaw, Cartesian waypoints (above the cube, descend, close, lift; for red_in_bowl
+also carry above the bowl, lower, open, retreat). Each tick moves the *measured* TCP a
+speed-limited step toward the current waypoint and solves IK warm-started at the measured
+joints, so the demos are closed-loop and every joint step is feasible at max_speed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kinematics as kin
+from .render import BOWL_H, CUBE
+from .workcell import HOLD_FRACTION, RELEASE_FRACTION, Workcell
+
+
+@dataclass
+class _Waypoint:
+    pos: np.ndarray | None      # None = stay where you are (gripper-only step)
+    grip: float                 # gripper target, fraction open
+    speed: float                # m/s
+    pause: float = 0.0          # s to wait after reaching it
+    wait_grip: bool = False     # wait until the gripper has (nearly) reached `grip`
+
+
+class ScriptedExpert:
+    def __init__(self, workcell: Workcell, seed: int = 0, dt: float = 0.1):
+        self.workcell = workcell
+        self.seed = int(seed)
+        self.dt = float(dt)
+        self.rot = kin.rot_down(0.0)
+        self.reset()
+
+    def reset(self) -> None:
+        """Plan the waypoints for the workcell's current scene and task (call after workcell.reset)."""
+        wc = self.workcell
+        rng = np.random.default_rng([self.seed, wc.seed, 99])
+        obj = wc.objects()
+        task = wc.task
+        cube = obj["blue_cube" if task == "pick_blue" else "red_cube"]
+        off = rng.uniform(-0.004, 0.004, 2)
+        above = np.array([cube[0] + off[0], cube[1] + off[1], cube[2] + rng.uniform(0.08, 0.11)])
+        grasp = np.array([above[0], above[1], cube[2] + rng.uniform(-0.003, 0.003)])
+        lift = np.array([grasp[0], grasp[1], cube[2] + rng.uniform(0.10, 0.13)])
+        v = rng.uniform(0.17, 0.22)
+        wps = [
+            _Waypoint(above, 1.0, v, pause=rng.choice([0.0, 0.0, 0.1])),
+            _Waypoint(grasp, 1.0, rng.uniform(0.10, 0.13), pause=rng.choice([0.0, 0.1])),
+            _Waypoint(None, 0.0, 0.0, pause=rng.choice([0.1, 0.2]), wait_grip=True),
+            _Waypoint(lift, 0.0, rng.uniform(0.13, 0.17)),
+        ]
+        if task == "red_in_bowl":
+            bowl = obj["bowl"]
+            bo = rng.uniform(-0.008, 0.008, 2)
+            carry = np.array([bowl[0] + bo[0], bowl[1] + bo[1], lift[2] + rng.uniform(0.0, 0.03)])
+            lower = np.array([carry[0], carry[1], BOWL_H + CUBE / 2 + rng.uniform(0.015, 0.03)])
+            retreat = np.array([carry[0], carry[1], lower[2] + rng.uniform(0.06, 0.09)])
+            wps += [
+                _Waypoint(carry, 0.0, rng.uniform(0.24, 0.30)),
+                _Waypoint(lower, 0.0, rng.uniform(0.12, 0.16), pause=rng.choice([0.0, 0.1])),
+                _Waypoint(None, 1.0, 0.0, pause=0.1, wait_grip=True),
+                _Waypoint(retreat, 1.0, rng.uniform(0.15, 0.2)),
+            ]
+        else:
+            wps.append(_Waypoint(None, 0.0, 0.0, pause=0.2))   # hold the lifted cube briefly
+        self.waypoints = wps
+        self.index = 0
+        self._wait = 0.0
+        self.done = False
+        self.steps = 0
+
+    @property
+    def phase(self) -> str:
+        names = ["approach", "descend", "close", "lift"] + (
+            ["carry", "lower", "open", "retreat"] if len(self.waypoints) > 5 else ["hold"])
+        return "done" if self.done else names[min(self.index, len(names) - 1)]
+
+    def act(self, qpos: np.ndarray) -> np.ndarray:
+        """Absolute 8-D joint target for the next control tick, given the measured joints."""
+        q = np.asarray(qpos, dtype=float).reshape(-1)
+        self.steps += 1
+        if self.done or self.index >= len(self.waypoints):
+            self.done = True
+            return self._hold(q)
+        wp = self.waypoints[self.index]
+        grip = wp.grip
+        if wp.pos is None:
+            target = self._hold(q)
+            target[7] = grip
+            reached = (not wp.wait_grip or (abs(q[7] - grip) < 0.03 if grip > 0.5
+                                            else q[7] <= HOLD_FRACTION + 0.02))
+        else:
+            tcp = kin.fk(q)[:3, 3]
+            d = wp.pos - tcp
+            dist = float(np.linalg.norm(d))
+            step = min(wp.speed * self.dt, dist)
+            p_next = tcp + (d / dist * step if dist > 1e-9 else 0.0)
+            target = self._ik(p_next, q)
+            target[7] = grip
+            reached = dist <= max(0.003, 0.25 * wp.speed * self.dt)
+        if reached:
+            self._wait += self.dt
+            if self._wait >= wp.pause - 1e-9:
+                self.index += 1
+                self._wait = 0.0
+                if self.index >= len(self.waypoints):
+                    self.done = True
+        return target
+
+    def _hold(self, q: np.ndarray) -> np.ndarray:
+        t = q.copy()
+        return t
+
+    def _ik(self, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+        try:
+            q7 = kin.ik(p, self.rot, q_init=q[:7], restarts=0, max_iter=60, tol_pos=5e-4)
+        except kin.IKError:
+            q7 = q[:7].copy()
+        lim = self.workcell.max_speed[:7] * self.dt * 0.98
+        q7 = q[:7] + np.clip(q7 - q[:7], -lim, lim)
+        out = np.empty(8)
+        out[:7] = np.clip(q7, self.workcell.lower[:7], self.workcell.upper[:7])
+        out[7] = q[7]
+        return out
+
+
+def run_episode(workcell: Workcell, expert: ScriptedExpert, max_steps: int = 200,
+                seed: int | None = None, task: str | None = None) -> tuple[bool, int]:
+    """Reset, run the expert until done (or max_steps); returns (success, steps)."""
+    workcell.reset(seed=seed, task=task)
+    expert.reset()
+    for i in range(max_steps):
+        workcell.set_target(expert.act(workcell.qpos()))
+        workcell.step(expert.dt)
+        if expert.done:
+            return workcell.success(), i + 1
+    return workcell.success(), max_steps
+
+
+_ = RELEASE_FRACTION  # re-exported for scripts that want the threshold

@@ -1,0 +1,362 @@
+"""Pure NumPy/OpenCV renderer for the simulated workcell (no GL, one core, >= 200 frames/s).
+
+A pinhole camera projects a textured table (one homography warp, cached per reset for the
+fixed front camera), blob shadows, shaded boxes (cubes, gripper hand and fingers), a bowl and
+the arm links as shaded thick lines, drawn far to near (painter's order). Coordinates use
+4 bits of sub-pixel precision so small motions still change the image smoothly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+CUBE = 0.04           # cube edge (m)
+BOWL_R = 0.075        # bowl rim radius (m)
+BOWL_FOOT = 0.045     # bowl foot radius (m)
+BOWL_H = 0.045        # bowl height (m)
+TABLE_X = (-0.35, 1.0)
+TABLE_Y = (-0.7, 0.7)
+_SHIFT = 4
+_SCALE = 1 << _SHIFT
+_TEX = 1024
+
+
+@dataclass
+class Style:
+    """Everything domain randomisation may change; fixed for one episode (set at reset)."""
+    light_dir: np.ndarray = field(default_factory=lambda: _unit([0.35, 0.45, 1.0]))
+    ambient: float = 0.45
+    diffuse: float = 0.6
+    brightness: float = 1.0
+    table_rgb: tuple = (186, 150, 112)
+    floor_rgb: tuple = (70, 72, 78)
+    red_rgb: tuple = (205, 30, 30)
+    blue_rgb: tuple = (30, 70, 210)
+    bowl_rgb: tuple = (60, 160, 95)
+    arm_rgb: tuple = (226, 226, 230)
+    eye_offset: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    target_offset: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    fov_offset: float = 0.0
+    noise: bool = False
+    noise_seed: int = 0
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=float)
+    return v / np.linalg.norm(v)
+
+
+def make_style(rng: np.random.Generator, light: bool, colors: bool, camera_jitter: bool,
+               noise: bool) -> Style:
+    """Draw a randomised Style; switches off -> the default look."""
+    s = Style()
+    if light:
+        s.light_dir = _unit([rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.8), rng.uniform(0.6, 1.4)])
+        s.ambient = rng.uniform(0.3, 0.6)
+        s.diffuse = rng.uniform(0.4, 0.75)
+        s.brightness = rng.uniform(0.75, 1.2)
+    if colors:
+        base = [(186, 150, 112), (160, 160, 155), (120, 95, 70), (205, 200, 185), (140, 150, 165)]
+        t = np.array(base[rng.integers(len(base))], dtype=float) + rng.uniform(-15, 15, 3)
+        s.table_rgb = tuple(np.clip(t, 0, 255))
+        j = lambda c, a: tuple(np.clip(np.array(c, float) + rng.uniform(-a, a, 3), 0, 255))
+        s.red_rgb = j((205, 30, 30), 20)     # small jitter keeps red red, blue blue
+        s.blue_rgb = j((30, 70, 210), 20)
+        s.bowl_rgb = j((60, 160, 95), 25)
+        s.floor_rgb = j((70, 72, 78), 25)
+    if camera_jitter:
+        s.eye_offset = rng.uniform(-0.025, 0.025, 3)
+        s.target_offset = rng.uniform(-0.02, 0.02, 3)
+        s.fov_offset = rng.uniform(-2.0, 2.0)
+    s.noise = noise
+    s.noise_seed = int(rng.integers(1 << 30))
+    return s
+
+
+class PinholeCamera:
+    """World -> pixel projection. Rows of `r` are the camera right, down and forward axes."""
+
+    def __init__(self, eye, target, up, fov_deg: float, width: int, height: int):
+        self.eye = np.asarray(eye, dtype=float)
+        f = _unit(np.asarray(target, dtype=float) - self.eye)
+        right = _unit(np.cross(f, up))
+        down = np.cross(f, right)
+        self.r = np.stack([right, down, f])
+        self.t = -self.r @ self.eye
+        self.f = 0.5 * height / math.tan(math.radians(fov_deg) / 2)
+        self.w, self.h = width, height
+        self.k = np.array([[self.f, 0, width / 2], [0, self.f, height / 2], [0, 0, 1.0]])
+
+    def project(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = p @ self.r.T + self.t
+        z = c[:, 2]
+        zs = np.where(z > 1e-3, z, 1e-3)
+        uv = np.empty((len(p), 2))
+        uv[:, 0] = c[:, 0] * self.f / zs + self.w / 2
+        uv[:, 1] = c[:, 1] * self.f / zs + self.h / 2
+        return uv, z
+
+    def table_homography(self) -> np.ndarray:
+        """Texture pixel -> image pixel homography for the table plane z = 0."""
+        sx = (TABLE_X[1] - TABLE_X[0]) / _TEX
+        sy = (TABLE_Y[1] - TABLE_Y[0]) / _TEX
+        # texture column u runs along +y, row v along +x (so the table reads naturally from the front)
+        a = np.array([[0, sx, TABLE_X[0]], [sy, 0, TABLE_Y[0]], [0, 0, 1.0]])
+        m = np.column_stack([self.r[:, 0], self.r[:, 1], self.t])
+        return self.k @ m @ a
+
+
+def front_camera(style: Style, width: int, height: int) -> PinholeCamera:
+    eye = np.array([1.0, 0.12, 0.66]) + style.eye_offset
+    target = np.array([0.44, 0.0, 0.12]) + style.target_offset
+    return PinholeCamera(eye, target, [0, 0, 1.0], 50.0 + style.fov_offset, width, height)
+
+
+def wrist_camera(tcp: np.ndarray, width: int, height: int) -> PinholeCamera:
+    """Camera on the hand, 12 cm above the TCP and 6 cm behind it, looking down past the fingers."""
+    r, p = tcp[:3, :3], tcp[:3, 3]
+    eye = p + r @ np.array([-0.07, 0.0, -0.15])
+    target = p + r @ np.array([0.0, 0.0, 0.10])
+    return PinholeCamera(eye, target, -r[:, 0], 70.0, width, height)
+
+
+_BASE_TEX: np.ndarray | None = None
+
+
+def _base_texture() -> np.ndarray:
+    """Grey-level wood-ish grain with faint tile lines (float32, mean ~1), built once."""
+    global _BASE_TEX
+    if _BASE_TEX is None:
+        rng = np.random.default_rng(1234)
+        small = rng.normal(0, 1, (64, 64)).astype(np.float32)
+        n = cv2.resize(small, (_TEX, _TEX), interpolation=cv2.INTER_CUBIC) * 0.03
+        grain = rng.normal(0, 1, (_TEX, 8)).astype(np.float32)
+        grain = cv2.resize(grain, (_TEX, _TEX), interpolation=cv2.INTER_LINEAR) * 0.04
+        tex = 1.0 + n + grain
+        step = _TEX // 10
+        tex[::step, :] *= 0.82
+        tex[:, ::step] *= 0.82
+        tex[:, :6] *= 0.6; tex[:, -6:] *= 0.6; tex[:6, :] *= 0.6; tex[-6:, :] *= 0.6
+        _BASE_TEX = tex
+    return _BASE_TEX
+
+
+def _box_faces():
+    # corner index bits: x(1) y(2) z(4); faces listed with outward normals
+    faces = [([0, 2, 6, 4], (-1, 0, 0)), ([1, 5, 7, 3], (1, 0, 0)), ([0, 4, 5, 1], (0, -1, 0)),
+             ([2, 3, 7, 6], (0, 1, 0)), ([0, 1, 3, 2], (0, 0, -1)), ([4, 6, 7, 5], (0, 0, 1))]
+    corners = np.array([[(i & 1) * 2 - 1, (i >> 1 & 1) * 2 - 1, (i >> 2 & 1) * 2 - 1]
+                        for i in range(8)], dtype=float)
+    return corners, [f[0] for f in faces], np.array([f[1] for f in faces], dtype=float)
+
+
+_CORNERS, _FACES, _NORMALS = _box_faces()
+_CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 24, endpoint=False)),
+                    np.sin(np.linspace(0, 2 * np.pi, 24, endpoint=False))], axis=1)
+
+
+@dataclass
+class Snapshot:
+    """The state render() needs, copied under the workcell lock."""
+    frames: list            # arm chain frames (joint1..7, flange, TCP), 4x4 each
+    grip: float             # gripper fraction open
+    cubes: dict             # name -> (pos (3,), yaw)
+    bowl: np.ndarray
+    colors: dict            # name -> rgb
+
+
+class Renderer:
+    def __init__(self, style: Style | None = None):
+        self.style = style or Style()
+        self._cache: dict = {}
+
+    def set_style(self, style: Style) -> None:
+        self.style = style
+        self._cache.clear()
+
+    # ---- per-style cached pieces -------------------------------------------------------
+    def _table_tex(self) -> np.ndarray:
+        key = "tex"
+        if key not in self._cache:
+            s = self.style
+            col = np.array(s.table_rgb, np.float32) * s.brightness * (s.ambient + s.diffuse * s.light_dir[2])
+            tex = _base_texture()[:, :, None] * col[None, None, :]
+            self._cache[key] = np.clip(tex, 0, 255).astype(np.uint8)
+        return self._cache[key]
+
+    def _background(self, cam: PinholeCamera, static: bool) -> np.ndarray:
+        key = ("bg", cam.w, cam.h)
+        if static and key in self._cache:
+            return self._cache[key].copy()
+        s = self.style
+        fl = np.array(s.floor_rgb, np.float32) * s.brightness
+        img = np.empty((cam.h, cam.w, 3), np.uint8)
+        ramp = np.linspace(0.7, 1.05, cam.h, dtype=np.float32)[:, None, None]
+        img[:] = np.clip(ramp * fl[None, None, :], 0, 255).astype(np.uint8)
+        cv2.warpPerspective(self._table_tex(), cam.table_homography(), (cam.w, cam.h), dst=img,
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+        if static:
+            self._cache[key] = img.copy()
+        return img
+
+    def _noise(self, w: int, h: int, idx: int):
+        key = ("noise", w, h)
+        if key not in self._cache:
+            rng = np.random.default_rng(self.style.noise_seed)
+            bank = []
+            for _ in range(6):
+                n = rng.normal(0, 5.0, (h, w, 3))
+                bank.append((np.clip(n, 0, 255).astype(np.uint8), np.clip(-n, 0, 255).astype(np.uint8)))
+            self._cache[key] = bank
+        bank = self._cache[key]
+        return bank[idx % len(bank)]
+
+    # ---- drawing ---------------------------------------------------------------------
+    def _shade(self, rgb, n: np.ndarray) -> np.ndarray:
+        s = self.style
+        k = s.brightness * (s.ambient + s.diffuse * np.clip(n @ s.light_dir, 0, None))
+        return np.clip(np.asarray(rgb, float)[None, :] * k[:, None], 0, 255)
+
+    def render(self, snap: Snapshot, view: str, width: int, height: int, frame_index: int = 0) -> np.ndarray:
+        tcp = snap.frames[-1]
+        if view == "front":
+            cam = front_camera(self.style, width, height)
+            img = self._background(cam, static=True)
+        elif view == "wrist":
+            cam = wrist_camera(tcp, width, height)
+            img = self._background(cam, static=False)
+        else:
+            raise ValueError(f"unknown camera view {view!r}; use 'front' or 'wrist'")
+        prims: list = []   # (depth, draw-callable-args)
+        s = self.style
+
+        # shadows (flat on the table, drawn first)
+        shadow = tuple(float(c) * 0.55 * s.brightness * (s.ambient + s.diffuse * s.light_dir[2])
+                       for c in s.table_rgb)
+        sh_pts = []
+        for pos, yaw in snap.cubes.values():
+            c, sn = math.cos(yaw), math.sin(yaw)
+            r = np.array([[c, -sn], [sn, c]])
+            off = -s.light_dir[:2] / s.light_dir[2] * max(pos[2] - CUBE / 2, 0.0)
+            foot = (_CORNERS[[0, 1, 3, 2], :2] * (CUBE / 2 * 1.05)) @ r.T + pos[:2] + off
+            sh_pts.append(np.column_stack([foot, np.full(4, 0.0005)]))
+        if tcp[2, 3] > 0.0:
+            off = -s.light_dir[:2] / s.light_dir[2] * tcp[2, 3]
+            ring = _CIRCLE * 0.03 * (1 + tcp[2, 3]) + tcp[:2, 3] + off
+            sh_pts.append(np.column_stack([ring, np.full(len(ring), 0.0005)]))
+        for pts in sh_pts:
+            uv, z = cam.project(pts)
+            if (z > 0.02).all():
+                cv2.fillConvexPoly(img, np.round(uv * _SCALE).astype(np.int32), shadow,
+                                   cv2.LINE_AA, _SHIFT)
+
+        # bowl
+        b = snap.bowl
+        rim = np.column_stack([_CIRCLE * BOWL_R + b[:2], np.full(24, b[2] + BOWL_H)])
+        foot = np.column_stack([_CIRCLE * BOWL_FOOT + b[:2], np.full(24, b[2])])
+        inner = np.column_stack([_CIRCLE * (BOWL_R - 0.006) + b[:2], np.full(24, b[2] + BOWL_H)])
+        floor = np.column_stack([_CIRCLE * (BOWL_FOOT - 0.01) + b[:2], np.full(24, b[2] + 0.012)])
+        bowl_pts = np.concatenate([rim, foot, inner, floor])
+        prims.append((float(cam.project(b[None, :] + [0, 0, BOWL_H / 2])[1][0]) + 0.02, "bowl", bowl_pts))
+
+        # cubes
+        for name, (pos, yaw) in snap.cubes.items():
+            c, sn = math.cos(yaw), math.sin(yaw)
+            rot = np.array([[c, -sn, 0], [sn, c, 0], [0, 0, 1.0]])
+            depth = float(cam.project(np.asarray(pos)[None, :])[1][0])
+            if np.hypot(*(pos[:2] - b[:2])) < BOWL_R and pos[2] < b[2] + BOWL_H + CUBE / 2:
+                depth = prims[0][0] - 0.01    # resting in the bowl: draw after the bowl
+            prims.append((depth, "box", (np.asarray(pos), rot, np.full(3, CUBE / 2), snap.colors[name])))
+
+        # gripper: fingers (+ hand and arm links in the front view)
+        r, p = tcp[:3, :3], tcp[:3, 3]
+        half_open = 0.04 * float(np.clip(snap.grip, 0, 1))
+        for sgn in (-1, 1):
+            fc = p + r @ np.array([0.0, sgn * (half_open + 0.009), -0.0175])
+            prims.append((float(cam.project(fc[None, :])[1][0]), "box",
+                          (fc, r, np.array([0.011, 0.009, 0.0275]), (105, 105, 112))))
+        if view == "front":
+            hc = p + r @ np.array([0.0, 0.0, -0.075])
+            prims.append((float(cam.project(hc[None, :])[1][0]), "box",
+                          (hc, r, np.array([0.03, 0.1, 0.03]), s.arm_rgb)))
+            f = snap.frames
+            pts = [np.zeros(3), np.array([0, 0, 0.2]), f[1][:3, 3], f[2][:3, 3], f[3][:3, 3], f[4][:3, 3],
+                   f[5][:3, 3], f[6][:3, 3], f[7][:3, 3] - f[7][:3, 2] * 0.03]
+            # J4 and J5 frames: elbow offset points; make the forearm go through them
+            segs = [(0, 1, 0.075), (1, 2, 0.065), (2, 3, 0.06), (3, 4, 0.06), (4, 5, 0.055),
+                    (5, 6, 0.055), (6, 7, 0.05), (7, 8, 0.045)]
+            arr = np.array(pts)
+            uv, z = cam.project(arr)
+            for i, j, rad in segs:
+                d = arr[j] - arr[i]
+                if np.linalg.norm(d) < 1e-6:
+                    continue
+                prims.append((float(max(z[i], z[j])) * 0.5 + float(min(z[i], z[j])) * 0.5 + 0.01,
+                              "link", (uv[i], uv[j], z[i], z[j], rad, _unit(d))))
+
+        prims.sort(key=lambda t: -t[0])
+        for _, kind, data in prims:
+            if kind == "box":
+                self._draw_box(img, cam, *data)
+            elif kind == "bowl":
+                self._draw_bowl(img, cam, data)
+            else:
+                self._draw_link(img, cam, *data)
+
+        if s.noise:
+            pos, neg = self._noise(width, height, frame_index)
+            cv2.add(img, pos, dst=img)
+            cv2.subtract(img, neg, dst=img)
+        return img
+
+    def _draw_box(self, img, cam, centre, rot, half, rgb):
+        corners = centre + (_CORNERS * half) @ rot.T
+        uv, z = cam.project(corners)
+        if (z < 0.02).any():
+            return
+        normals = _NORMALS @ rot.T
+        cols = self._shade(rgb, normals)
+        ipts = np.round(uv * _SCALE).astype(np.int32)
+        for k, idx in enumerate(_FACES):
+            fc = corners[idx].mean(axis=0)
+            if normals[k] @ (cam.eye - fc) <= 0:
+                continue
+            cv2.fillConvexPoly(img, ipts[idx], tuple(cols[k].tolist()), cv2.LINE_AA, _SHIFT)
+
+    def _draw_bowl(self, img, cam, pts):
+        uv, z = cam.project(pts)
+        if (z < 0.02).any():
+            return
+        s = self.style
+        ipts = np.round(uv * _SCALE).astype(np.int32)
+        rgb = np.asarray(s.bowl_rgb, float)
+        k = s.brightness
+        outer = tuple(np.clip(rgb * k * (s.ambient + 0.6 * s.diffuse), 0, 255).tolist())
+        inside = tuple(np.clip(rgb * k * (s.ambient * 0.8 + 0.25 * s.diffuse), 0, 255).tolist())
+        floor = tuple(np.clip(rgb * k * (s.ambient * 0.9 + 0.6 * s.diffuse * s.light_dir[2]), 0, 255).tolist())
+        lip = tuple(np.clip(rgb * k * 1.25 + 25, 0, 255).tolist())
+        hull = cv2.convexHull(ipts[:48])
+        cv2.fillConvexPoly(img, hull, outer, cv2.LINE_AA, _SHIFT)
+        cv2.fillConvexPoly(img, ipts[:24], lip, cv2.LINE_AA, _SHIFT)
+        cv2.fillConvexPoly(img, ipts[48:72], inside, cv2.LINE_AA, _SHIFT)
+        cv2.fillConvexPoly(img, ipts[72:96], floor, cv2.LINE_AA, _SHIFT)
+
+    def _draw_link(self, img, cam, a, b, za, zb, rad, d):
+        if za < 0.05 or zb < 0.05:
+            return
+        s = self.style
+        # brightest normal of a cylinder with axis d: the light's component orthogonal to d
+        lit = math.sqrt(max(0.0, 1.0 - float(d @ s.light_dir) ** 2))
+        base = np.asarray(s.arm_rgb, float) * s.brightness
+        col = tuple(np.clip(base * (s.ambient + s.diffuse * lit * 0.8), 0, 255).tolist())
+        hi = tuple(np.clip(base * (s.ambient + s.diffuse * lit * 1.1) + 10, 0, 255).tolist())
+        edge = tuple(np.clip(base * s.ambient * 0.6, 0, 255).tolist())
+        th = max(1, int(2 * rad * cam.f / (0.5 * (za + zb))))
+        pa = tuple(np.round(a * _SCALE).astype(int).tolist())
+        pb = tuple(np.round(b * _SCALE).astype(int).tolist())
+        cv2.line(img, pa, pb, edge, th + 2, cv2.LINE_AA, _SHIFT)
+        cv2.line(img, pa, pb, col, th, cv2.LINE_AA, _SHIFT)
+        cv2.line(img, pa, pb, hi, max(1, th // 3), cv2.LINE_AA, _SHIFT)
