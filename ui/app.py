@@ -1,0 +1,82 @@
+"""`teleop gui`: the desktop app. `main(config)` is what the CLI calls.
+
+Startup is kept short (target: live sim view within 3 s): no torch import (the policy tab imports it in a
+worker when a checkpoint is loaded), the session connects in a worker while the window is already up.
+
+    python -m ui.app --measure-startup     # prints seconds from process start to the first live frame
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+_T_IMPORT = time.monotonic()
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc; falls back to time since this module loaded)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _T_IMPORT
+
+
+def main(session_config=None, *, measure_startup: bool = False) -> int:
+    """Run the GUI on `session_config` (a teleop_app.session.SessionConfig). Returns the exit code."""
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")           # pygame: joystick only, never a window
+    os.environ.setdefault("SDL_JOYSTICK_ALLOW_BACKGROUND_EVENTS", "1")
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from ui.main_window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("teleop")
+    app.setOrganizationName("teleop")
+    win = MainWindow(session_config)
+    win.show()
+    measure = measure_startup or os.environ.get("TELEOP_GUI_MEASURE_STARTUP") == "1"
+    if measure:
+        t_start = time.monotonic()
+
+        def check():
+            if win.live.first_frame_time is not None:
+                age = process_age()
+                print(f"startup: first live frame {age:.2f} s after process start "
+                      f"(window shown + connect {time.monotonic() - t_start:.2f} s)", flush=True)
+                win.close()
+                app.quit()
+            elif win.conn_error.text():
+                print(f"startup: connect failed: {win.conn_error.text()}", flush=True)
+                win.close()
+                app.exit(1)
+        poll = QTimer(win)
+        poll.timeout.connect(check)
+        poll.start(10)
+        QTimer.singleShot(30000, lambda: (print("startup: no live frame within 30 s", flush=True), app.exit(2)))
+    QTimer.singleShot(0, win.connect_session)
+    try:
+        return int(app.exec())
+    finally:
+        if win.session is not None:
+            win.session.close()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from teleop_app.session import SessionConfig
+    ap = argparse.ArgumentParser(description="teleop desktop GUI (normally started with `teleop gui`)")
+    ap.add_argument("--profile", default="sim7")
+    ap.add_argument("--robot", default="sim")
+    ap.add_argument("--dataset", default="data/default")
+    ap.add_argument("--measure-startup", action="store_true",
+                    help="print the time from process start to the first live camera frame, then quit")
+    a = ap.parse_args()
+    sys.exit(main(SessionConfig(profile=a.profile, robot=a.robot, dataset=a.dataset),
+                  measure_startup=a.measure_startup))

@@ -1,0 +1,475 @@
+"""Episodes tab: the dataset's episodes (instruction, length, label, cadence health), a frame scrubber with
+camera images and joint/action plots, relabel, delete with undo, replay on the robot, and LeRobot / RLDS
+export in a cancellable background worker."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QProgressBar,
+                               QPushButton, QSlider, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout,
+                               QWidget)
+
+from ui.teleop_tab import plot_colors
+from ui.util import ImageView, Worker, run_in_thread
+
+COLS = ["id", "instruction", "steps", "duration", "label", "mode", "cadence"]
+
+
+def cadence_health(c: dict, fps: float | None = None) -> tuple[str, str]:
+    """('ok'|'warn'|'bad', text) from a store cadence summary."""
+    if not c:
+        return "warn", "unknown"
+    hz, p99, missed = c.get("achieved_hz", 0.0), c.get("p99_period_error_ms", 0.0), c.get("missed_ticks", 0)
+    text = f"{hz:.1f} Hz, p99 {p99:.1f} ms, missed {missed}"
+    period_ms = 1000.0 / fps if fps else 100.0
+    if missed > 0 or p99 > 0.5 * period_ms:
+        return "bad", text
+    if p99 > 0.1 * period_ms:
+        return "warn", text
+    return "ok", text
+
+
+class EpisodesTab(QWidget):
+    message = Signal(str)
+    dataset_changed = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.session = None
+        self.store = None
+        self.episode = None             # recorder.reader.Episode being scrubbed
+        self.episode_id: int | None = None
+        self._undo: list[int] = []
+        self._export: Worker | None = None
+        self._loading: Worker | None = None
+        self._known_kept = -1
+
+        # --- top bar
+        self.root_label = QLabel("no dataset")
+        self.open_btn = QPushButton("Open dataset...")
+        self.refresh_btn = QPushButton("Refresh")
+        top = QHBoxLayout()
+        top.addWidget(QLabel("<b>Dataset</b>"))
+        top.addWidget(self.root_label, 1)
+        top.addWidget(self.open_btn)
+        top.addWidget(self.refresh_btn)
+
+        # --- table
+        self.table = QTableWidget(0, len(COLS))
+        self.table.setHorizontalHeaderLabels(COLS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().hide()
+        h = self.table.horizontalHeader()
+        h.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        h.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.table.itemSelectionChanged.connect(self._selected)
+
+        # --- per-episode actions
+        self.success_btn = QPushButton("Success")
+        self.failure_btn = QPushButton("Failure")
+        self.unlabel_btn = QPushButton("Unlabel")
+        self.delete_btn = QPushButton("Delete [Del]")
+        self.undo_btn = QPushButton("Undo delete [Ctrl+Z]")
+        self.replay_btn = QPushButton("Replay on robot")
+        self.stop_replay_btn = QPushButton("Stop replay")
+        acts = QHBoxLayout()
+        for b in (self.success_btn, self.failure_btn, self.unlabel_btn, self.delete_btn, self.undo_btn,
+                  self.replay_btn, self.stop_replay_btn):
+            b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            acts.addWidget(b)
+        acts.addStretch(1)
+        self.success_btn.clicked.connect(lambda: self.relabel(1))
+        self.failure_btn.clicked.connect(lambda: self.relabel(0))
+        self.unlabel_btn.clicked.connect(lambda: self.relabel(-1))
+        self.delete_btn.clicked.connect(self.delete_selected)
+        self.undo_btn.clicked.connect(self.undo_delete)
+        self.replay_btn.clicked.connect(self.replay_selected)
+        self.stop_replay_btn.clicked.connect(self.stop_replay)
+
+        # --- export
+        self.export_lerobot_btn = QPushButton("Export LeRobot... [Ctrl+E]")
+        self.export_rlds_btn = QPushButton("Export RLDS...")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.progress.setFormat("")
+        self.progress.setTextVisible(True)
+        exp = QHBoxLayout()
+        for w in (self.export_lerobot_btn, self.export_rlds_btn):
+            exp.addWidget(w)
+        exp.addWidget(self.progress, 1)
+        exp.addWidget(self.cancel_btn)
+        self.export_lerobot_btn.clicked.connect(lambda: self.export_dialog("lerobot"))
+        self.export_rlds_btn.clicked.connect(lambda: self.export_dialog("rlds"))
+        self.cancel_btn.clicked.connect(self.cancel_export)
+
+        # --- scrubber
+        self.images_row = QHBoxLayout()
+        self.image_views: dict[str, ImageView] = {}
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setEnabled(False)
+        self.slider.valueChanged.connect(self._frame_changed)
+        self.frame_label = QLabel("select an episode")
+        self.play_btn = QPushButton("Play")
+        self.play_btn.setCheckable(True)
+        self.play_btn.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.play_btn.toggled.connect(self._play_toggled)
+        self.play_timer = QTimer(self)
+        self.play_timer.timeout.connect(self._play_tick)
+        scrub = QHBoxLayout()
+        scrub.addWidget(self.play_btn)
+        scrub.addWidget(self.slider, 1)
+        scrub.addWidget(self.frame_label)
+        import pyqtgraph as pg
+        self.plot = pg.PlotWidget()
+        self.plot.setBackground("#1e1f22")
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot.setLabel("bottom", "step")
+        self.plot.setLabel("left", "qpos (solid) / action (dashed)")
+        self.plot.setMinimumHeight(160)
+        self.cursor = pg.InfiniteLine(pos=0, angle=90, movable=True, pen=pg.mkPen("#f1c40f", width=2))
+        self.cursor.sigPositionChanged.connect(self._cursor_moved)
+        self.plot.addItem(self.cursor)
+        self._curves: list = []
+
+        viewer = QWidget()
+        vl = QVBoxLayout(viewer)
+        vl.setContentsMargins(0, 0, 0, 0)
+        vl.addLayout(self.images_row, 3)
+        vl.addLayout(scrub)
+        vl.addWidget(self.plot, 2)
+
+        left = QWidget()
+        ll = QVBoxLayout(left)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addWidget(self.table)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(viewer)
+        split.setStretchFactor(0, 2)
+        split.setStretchFactor(1, 3)
+
+        lay = QVBoxLayout(self)
+        lay.addLayout(top)
+        lay.addWidget(split, 1)
+        lay.addLayout(acts)
+        lay.addLayout(exp)
+        self.open_btn.clicked.connect(self.open_dialog)
+        self.refresh_btn.clicked.connect(self.refresh)
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ store
+    def set_session(self, session) -> None:
+        self.session = session
+        if session is not None and session.store is not None:
+            self.set_store(session.store)
+        self._update_buttons()
+
+    def set_store(self, store) -> None:
+        self.store = store
+        self.root_label.setText(str(store.root) if store is not None else "no dataset")
+        if store is not None:
+            self.dataset_changed.emit(str(store.root))
+        self.refresh()
+
+    def open_path(self, root: str) -> None:
+        """Open a dataset folder (in a worker: opening may recover interrupted recordings)."""
+        from recorder.store import EpisodeStore
+        if self.session is not None and self.session.store is not None and \
+                Path(root).resolve() == Path(self.session.store.root).resolve():
+            self.set_store(self.session.store)
+            return
+        run_in_thread(lambda w: EpisodeStore.open(root), on_done=self.set_store,
+                      on_error=lambda e: self.message.emit(f"cannot open dataset {root}: {e}"))
+
+    def open_dialog(self) -> None:
+        root = QFileDialog.getExistingDirectory(self, "Open dataset folder")
+        if root:
+            self.open_path(root)
+
+    def refresh(self) -> None:
+        sel = self.selected_id()
+        self.table.setRowCount(0)
+        if self.store is None:
+            return
+        fps = getattr(self.store, "config", {}).get("fps") if isinstance(getattr(self.store, "config", None),
+                                                                           dict) else None
+        infos = self.store.episodes()
+        self.table.setRowCount(len(infos))
+        for r, info in enumerate(infos):
+            label = {1: "success", 0: "failure"}.get(info.success, "unlabelled")
+            health, ctext = cadence_health(info.cadence, fps)
+            vals = [str(info.id), info.instruction, str(info.num_steps), f"{info.duration:.1f} s", label,
+                    info.mode, ctext + (" (recovered)" if info.recovered else "")]
+            for c, v in enumerate(vals):
+                it = QTableWidgetItem(v)
+                if c == 0:
+                    it.setData(Qt.ItemDataRole.UserRole, info.id)
+                if c == 4:
+                    it.setForeground(QColor({"success": "#27ae60", "failure": "#c0392b"}.get(label, "#888")))
+                if c == 6:
+                    it.setForeground(QColor({"ok": "#27ae60", "warn": "#e67e22", "bad": "#c0392b"}[health]))
+                    it.setToolTip(str(info.cadence))
+                self.table.setItem(r, c, it)
+        if sel is not None:
+            self.select_id(sel)
+        self._update_buttons()
+
+    def selected_id(self) -> int | None:
+        rows = self.table.selectionModel().selectedRows()
+        if not rows:
+            return None
+        it = self.table.item(rows[0].row(), 0)
+        return None if it is None else int(it.data(Qt.ItemDataRole.UserRole))
+
+    def select_id(self, ep_id: int) -> bool:
+        for r in range(self.table.rowCount()):
+            it = self.table.item(r, 0)
+            if it is not None and int(it.data(Qt.ItemDataRole.UserRole)) == ep_id:
+                self.table.selectRow(r)
+                return True
+        return False
+
+    def _update_buttons(self) -> None:
+        has = self.selected_id() is not None
+        for b in (self.success_btn, self.failure_btn, self.unlabel_btn, self.delete_btn):
+            b.setEnabled(has)
+        self.replay_btn.setEnabled(has and self.session is not None)
+        self.stop_replay_btn.setEnabled(self.session is not None)
+        self.undo_btn.setEnabled(bool(self._undo))
+        busy = self._export is not None
+        self.export_lerobot_btn.setEnabled(self.store is not None and not busy)
+        self.export_rlds_btn.setEnabled(self.store is not None and not busy)
+
+    # ------------------------------------------------------------------ scrubber
+    def _selected(self) -> None:
+        self._update_buttons()
+        ep_id = self.selected_id()
+        if ep_id is None or ep_id == self.episode_id:
+            return
+        self.load_episode(ep_id)
+
+    def load_episode(self, ep_id: int) -> None:
+        from recorder.reader import read_episode
+        try:
+            path = self.store.path(ep_id)
+        except Exception as e:
+            self.message.emit(str(e))
+            return
+        self.frame_label.setText("loading...")
+
+        def done(ep, ep_id=ep_id):
+            self._show_episode(ep_id, ep)
+        self._loading = run_in_thread(lambda w: read_episode(path), on_done=done,
+                                      on_error=lambda e: (self.frame_label.setText("unreadable"),
+                                                          self.message.emit(f"episode {ep_id}: {e}")))
+
+    def _show_episode(self, ep_id: int, ep) -> None:
+        import pyqtgraph as pg
+        if self.episode is not None:
+            self.episode.close()
+        self.play_btn.setChecked(False)
+        self.episode, self.episode_id = ep, ep_id
+        for v in self.image_views.values():
+            v.setParent(None)
+            v.deleteLater()
+        self.image_views.clear()
+        for cam in ep.cameras:
+            v = ImageView(cam)
+            self.image_views[cam] = v
+            self.images_row.addWidget(v)
+        for c in self._curves:
+            self.plot.removeItem(c)
+        self._curves = []
+        steps = np.arange(ep.num_steps)
+        cols = plot_colors(ep.qpos.shape[1] if ep.num_steps else 1)
+        for j in range(ep.qpos.shape[1] if ep.num_steps else 0):
+            self._curves.append(self.plot.plot(steps, ep.qpos[:, j], pen=pg.mkPen(cols[j], width=2)))
+            self._curves.append(self.plot.plot(steps, ep.action[:, j],
+                                               pen=pg.mkPen(cols[j], width=1, style=Qt.PenStyle.DashLine)))
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, max(0, ep.num_steps - 1))
+        self.slider.setValue(0)
+        self.slider.blockSignals(False)
+        self.slider.setEnabled(ep.num_steps > 0)
+        self.plot.setXRange(0, max(1, ep.num_steps - 1))
+        self.show_frame(0)
+
+    def show_frame(self, i: int) -> None:
+        ep = self.episode
+        if ep is None or ep.num_steps == 0:
+            return
+        i = int(max(0, min(i, ep.num_steps - 1)))
+        for cam, v in self.image_views.items():
+            try:
+                v.set_image(ep.image(cam, i))
+                v.set_note("")
+            except Exception as e:
+                v.set_image(None)
+                v.placeholder = f"unreadable frame: {e}"
+        t = ep.timestamp[i] - ep.timestamp[0]
+        lab = {1: "success", 0: "failure"}.get(ep.success, "unlabelled")
+        self.frame_label.setText(f"ep {self.episode_id}  frame {i + 1}/{ep.num_steps}  t={t:.2f} s  "
+                                 f"'{ep.meta.instruction}'  {lab}")
+        self.cursor.blockSignals(True)
+        self.cursor.setValue(i)
+        self.cursor.blockSignals(False)
+        if self.slider.value() != i:
+            self.slider.blockSignals(True)
+            self.slider.setValue(i)
+            self.slider.blockSignals(False)
+
+    def _frame_changed(self, i: int) -> None:
+        self.show_frame(i)
+
+    def _cursor_moved(self) -> None:
+        self.show_frame(int(round(self.cursor.value())))
+
+    def step_frame(self, d: int) -> None:
+        self.show_frame(self.slider.value() + d)
+
+    def _play_toggled(self, on: bool) -> None:
+        if on and self.episode is not None:
+            self.play_timer.start(int(1000 / max(1.0, self.episode.meta.fps)))
+            if self.slider.value() >= self.slider.maximum():
+                self.show_frame(0)
+        else:
+            self.play_timer.stop()
+        self.play_btn.setText("Pause" if on else "Play")
+
+    def _play_tick(self) -> None:
+        if self.episode is None or self.slider.value() >= self.slider.maximum():
+            self.play_btn.setChecked(False)
+            return
+        self.show_frame(self.slider.value() + 1)
+
+    # ------------------------------------------------------------------ edits
+    def relabel(self, success: int) -> None:
+        ep_id = self.selected_id()
+        if ep_id is None or self.store is None:
+            return
+        store = self.store
+
+        def done(_info):
+            self.refresh()
+            if self.episode is not None and self.episode_id == ep_id:
+                self.episode.success = success
+                self.show_frame(self.slider.value())
+            self.message.emit(f"episode {ep_id} labelled {({1: 'success', 0: 'failure'}.get(success, 'unlabelled'))}")
+        run_in_thread(lambda w: store.relabel(ep_id, success), on_done=done,
+                      on_error=lambda e: self.message.emit(f"relabel failed: {e}"))
+
+    def delete_selected(self) -> None:
+        ep_id = self.selected_id()
+        if ep_id is None or self.store is None:
+            return
+        if self.episode_id == ep_id and self.episode is not None:
+            self.episode.close()
+            self.episode, self.episode_id = None, None
+        try:
+            self.store.delete(ep_id)
+        except Exception as e:
+            self.message.emit(f"delete failed: {e}")
+            return
+        self._undo.append(ep_id)
+        self.message.emit(f"episode {ep_id} moved to the trash (Ctrl+Z to undo)")
+        self.refresh()
+
+    def undo_delete(self) -> None:
+        if not self._undo or self.store is None:
+            return
+        ep_id = self._undo.pop()
+        try:
+            self.store.undelete(ep_id)
+        except Exception as e:
+            self.message.emit(f"undo failed: {e}")
+        else:
+            self.message.emit(f"episode {ep_id} restored")
+        self.refresh()
+        self.select_id(ep_id)
+
+    def replay_selected(self) -> None:
+        ep_id = self.selected_id()
+        if ep_id is None or self.session is None:
+            self.message.emit("select an episode and connect a robot to replay")
+            return
+        path = self.store.path(ep_id)
+        session = self.session
+        # start_replay reads the file: do it off the UI thread.
+        run_in_thread(lambda w: session.start_replay(path),
+                      on_done=lambda _r: self.message.emit(f"replaying episode {ep_id}"),
+                      on_error=lambda e: self.message.emit(f"replay: {e}"))
+
+    def stop_replay(self) -> None:
+        if self.session is not None:
+            self.session.stop_replay()
+
+    # ------------------------------------------------------------------ export
+    def export_dialog(self, kind: str) -> None:
+        if self.store is None:
+            self.message.emit("open a dataset first")
+            return
+        out = QFileDialog.getExistingDirectory(self, f"Export {kind} into folder")
+        if out:
+            self.export(kind, out)
+
+    def export(self, kind: str, out: str, repo_id: str | None = None) -> Worker | None:
+        """Start an export in a worker; returns it (tests wait on its signals)."""
+        if self._export is not None:
+            self.message.emit("an export is already running")
+            return None
+        root = str(self.store.root)
+        repo_id = repo_id or f"local/{Path(root).name}"
+
+        def job(w: Worker):
+            if kind == "lerobot":
+                from recorder.export_lerobot import export_lerobot
+                return export_lerobot(root, out, repo_id, progress=w.callback("exporting"))
+            from recorder.export_rlds import export_rlds
+            return export_rlds(root, out, progress=w.callback("exporting"))
+
+        self.progress.setValue(0)
+        self.progress.setFormat(f"{kind}: starting...")
+        self.cancel_btn.setEnabled(True)
+        self._export = run_in_thread(job, on_done=lambda r: self._export_end(f"{kind} export done: {r or out}"),
+                                     on_error=lambda e: self._export_end(f"{kind} export failed: {e}", True),
+                                     on_progress=self._export_progress,
+                                     on_cancel=lambda: self._export_end(f"{kind} export cancelled", True))
+        self._update_buttons()
+        return self._export
+
+    def _export_progress(self, frac, text: str) -> None:
+        if frac is None:
+            self.progress.setRange(0, 0)
+        else:
+            self.progress.setRange(0, 1000)
+            self.progress.setValue(int(frac * 1000))
+        self.progress.setFormat(text or "%p%")
+
+    def _export_end(self, text: str, failed: bool = False) -> None:
+        self._export = None
+        self.cancel_btn.setEnabled(False)
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0 if failed else 1000)
+        self.progress.setFormat(text)
+        self.message.emit(text)
+        self._update_buttons()
+
+    def cancel_export(self) -> None:
+        if self._export is not None:
+            self._export.cancel()
+            self.progress.setFormat("cancelling...")
+
+    # ------------------------------------------------------------------ status
+    def update_status(self, st, visible: bool = True) -> None:
+        if st.kept != self._known_kept:
+            self._known_kept = st.kept
+            if self.store is not None:
+                self.refresh()

@@ -1,0 +1,98 @@
+"""Live camera grid: a QTimer pulls each camera's newest frame (latest-only, never queued) and paints it
+with its capture age and the display rate. Pulling on the UI thread is cheap: read_latest() only hands
+over a reference the camera's own thread produced; nothing here can slow the control loop.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
+
+from ui.util import ImageView, RateMeter, fmt_age
+
+STALE_S = 0.5          # a frame older than this is flagged: the camera stalled or vanished
+
+
+class LiveView(QWidget):
+    """Every camera of the session in a grid, refreshed at `hz` (default 40 Hz, above a 30 fps camera)."""
+
+    def __init__(self, parent=None, hz: float = 40.0):
+        super().__init__(parent)
+        self.session = None
+        self.views: dict[str, ImageView] = {}
+        self._last_index: dict[str, tuple] = {}
+        self._meters: dict[str, RateMeter] = {}
+        self.first_frame_time: float | None = None   # monotonic time the first image was painted
+        self._grid = QGridLayout()
+        self._grid.setSpacing(4)
+        self._empty = QLabel("Not connected.\nPick a profile and press Connect (Ctrl+L).")
+        self._empty.setStyleSheet("color: #888; font-size: 14px")
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(self._grid, 1)
+        self._grid.addWidget(self._empty, 0, 0)
+        self.timer = QTimer(self)
+        self.timer.setInterval(int(1000 / hz))
+        self.timer.timeout.connect(self.refresh)
+
+    def set_session(self, session) -> None:
+        for v in self.views.values():
+            v.setParent(None)
+            v.deleteLater()
+        self.views.clear()
+        self._last_index.clear()
+        self._meters.clear()
+        self.session = session
+        cams = session.devices.cameras if session is not None and session.devices else {}
+        self._empty.setVisible(not cams)
+        if session is not None and not cams:
+            self._empty.setText("This profile has no cameras.")
+        elif session is None:
+            self._empty.setText("Not connected.\nPick a profile and press Connect (Ctrl+L).")
+        cols = 1 if len(cams) <= 1 else 2 if len(cams) <= 4 else math.ceil(math.sqrt(len(cams)))
+        for i, name in enumerate(cams):
+            v = ImageView(name)
+            v.placeholder = "waiting for the first frame..."
+            self.views[name] = v
+            self._meters[name] = RateMeter()
+            self._grid.addWidget(v, i // cols, i % cols)
+        if cams:
+            self.timer.start()
+        else:
+            self.timer.stop()
+
+    def refresh(self) -> None:
+        s = self.session
+        if s is None or s.devices is None:
+            return
+        now = time.monotonic()
+        for name, cam in list(s.devices.cameras.items()):
+            v = self.views.get(name)
+            if v is None:
+                continue
+            try:
+                frame = cam.read_latest() if cam.is_connected else None
+            except Exception as e:   # a camera that dies must not take the window with it
+                v.set_note(f"error: {e}", "#e74c3c")
+                continue
+            if frame is None:
+                err = getattr(s, "_camera_errors", {}).get(name)
+                v.placeholder = f"camera unavailable: {err}" if err else "waiting for the first frame..."
+                v.set_note("no frame" if not err else "unavailable", "#e74c3c")
+                v.update()
+                continue
+            key = (frame.index, frame.timestamp)
+            if self._last_index.get(name) != key:
+                self._last_index[name] = key
+                v.set_image(frame.image)
+                self._meters[name].tick(now)
+                if self.first_frame_time is None:
+                    self.first_frame_time = now
+            age = now - frame.timestamp
+            color = "#e74c3c" if age > STALE_S else "#f1c40f" if age > 0.1 else "#2ecc71"
+            v.set_note(f"age {fmt_age(age)}  {self._meters[name].rate(now):.0f} fps", color)
+
+    def display_fps(self) -> dict[str, float]:
+        return {n: m.rate() for n, m in self._meters.items()}

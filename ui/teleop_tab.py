@@ -1,0 +1,441 @@
+"""Teleop / record tab: mode switch, instruction, the episode workflow buttons and timers, joint bars with
+sliders and jog, the gamepad state, live joint plots and the mapping editor.
+
+All actions are session commands; the tab reads `session.status` (pushed in by the main window at ~30 Hz)
+and `session.history` for the plots.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox,
+                               QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox,
+                               QSplitter, QTabWidget, QVBoxLayout, QWidget)
+
+from ui.joints import GamepadView, JointPanel
+from ui.mapping_editor import MappingEditor
+from ui.session_ext import set_workflow_params
+
+MODES = [("hold", "Hold", "0"), ("gamepad", "Gamepad", "1"), ("kinesthetic", "Kinesthetic", "2"),
+         ("scripted", "Scripted", "3")]
+STATE_COLORS = {"idle": "#7f8c8d", "countdown": "#f39c12", "recording": "#e74c3c", "review": "#3498db",
+                "resetting": "#9b59b6", "done": "#27ae60"}
+JOG_FRACTION = 0.3          # jog buttons move a joint at this fraction of its max speed
+PLOT_SECONDS = 20.0
+
+
+def plot_colors(n: int) -> list:
+    import pyqtgraph as pg
+    return [pg.intColor(i, hues=max(n, 2), values=1, maxValue=255, minValue=150) for i in range(n)]
+
+
+class JointPlot(QWidget):
+    """Measured (solid) and commanded (dashed) joint positions over the last PLOT_SECONDS, from session.history."""
+
+    def __init__(self, joint_names: list[str], parent=None):
+        super().__init__(parent)
+        import pyqtgraph as pg
+        self.names = joint_names
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.plot = pg.PlotWidget()
+        self.plot.setBackground("#1e1f22")
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot.setLabel("bottom", "time (s, 0 = now)")
+        self.plot.setLabel("left", "position (rad; gripper: fraction open)")
+        self.plot.addLegend(offset=(5, 5), labelTextSize="8pt", colCount=4)
+        cols = plot_colors(len(joint_names))
+        self.measured = [self.plot.plot([], [], pen=pg.mkPen(c, width=2), name=n) for n, c in zip(joint_names, cols)]
+        self.sent = [self.plot.plot([], [], pen=pg.mkPen(c, width=1, style=Qt.PenStyle.DashLine)) for c in cols]
+        self.plot.setXRange(-PLOT_SECONDS, 0, padding=0.01)
+        lay.addWidget(self.plot)
+        self._last_len = -1
+        self._last_t = None
+
+    def update_from(self, history) -> None:
+        try:
+            items = list(history)        # the deque is appended by the loop thread; a copy is atomic enough
+        except RuntimeError:
+            return
+        if not items:
+            return
+        if items[-1][0] == self._last_t:
+            return
+        self._last_t = items[-1][0]
+        now = items[-1][0]
+        items = [it for it in items if it[0] >= now - PLOT_SECONDS]
+        t = np.array([it[0] for it in items]) - now
+        q = np.array([it[1] for it in items])
+        s = np.array([it[2] for it in items])
+        for j in range(min(len(self.measured), q.shape[1])):
+            self.measured[j].setData(t, q[:, j])
+            self.sent[j].setData(t, s[:, j])
+
+
+class TeleopTab(QWidget):
+    message = Signal(str)
+    instruction_used = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.session = None
+        self.joints: JointPanel | None = None
+        self._jog_vel: np.ndarray | None = None
+        self._hold_target: np.ndarray | None = None
+        self._hold_until = 0.0
+        self._last_status = None
+
+        # --- mode row
+        self.mode_group = QButtonGroup(self)
+        self.mode_group.setExclusive(True)
+        self.mode_buttons: dict[str, QPushButton] = {}
+        mode_row = QHBoxLayout()
+        mode_row.addWidget(QLabel("<b>Mode</b>"))
+        for key, label, sc in MODES:
+            b = QPushButton(f"{label}  [{sc}]")
+            b.setCheckable(True)
+            b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            b.clicked.connect(lambda _=False, k=key: self.set_mode(k))
+            self.mode_group.addButton(b)
+            self.mode_buttons[key] = b
+            mode_row.addWidget(b)
+        self.mode_label = QLabel("")
+        mode_row.addWidget(self.mode_label)
+        mode_row.addStretch(1)
+        self.home_btn = QPushButton("Home [H]")
+        self.reset_scene_btn = QPushButton("New scene [N]")
+        self.reset_scene_btn.setToolTip("sim only: new object placement, arm at home")
+        self.grip_open = QPushButton("Open gripper")
+        self.grip_close = QPushButton("Close gripper")
+        for b in (self.home_btn, self.reset_scene_btn, self.grip_open, self.grip_close):
+            b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            mode_row.addWidget(b)
+        self.home_btn.clicked.connect(lambda: self._call("go_home"))
+        self.reset_scene_btn.clicked.connect(lambda: self._call("reset_scene"))
+        self.grip_open.clicked.connect(lambda: self._call("set_gripper", 1.0))
+        self.grip_close.clicked.connect(lambda: self._call("set_gripper", 0.0))
+
+        # --- instruction + workflow
+        self.instruction = QComboBox()
+        self.instruction.setEditable(True)
+        self.instruction.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.instruction.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.instruction.lineEdit().setPlaceholderText("language instruction for the next episodes")
+        self.instruction.lineEdit().returnPressed.connect(self.apply_instruction)
+        self.set_instr_btn = QPushButton("Set")
+        self.set_instr_btn.clicked.connect(self.apply_instruction)
+        instr_row = QHBoxLayout()
+        instr_row.addWidget(QLabel("<b>Instruction</b>"))
+        instr_row.addWidget(self.instruction, 1)
+        instr_row.addWidget(self.set_instr_btn)
+
+        self.state_label = QLabel("IDLE")
+        self.state_label.setMinimumWidth(260)
+        self.state_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.counter = QProgressBar()
+        self.counter.setFormat("%v / %m episodes kept")
+        self.counter.setMinimumWidth(200)
+        self.label_label = QLabel("")
+        self.target_spin = QSpinBox()
+        self.target_spin.setRange(1, 100000)
+        self.target_spin.setValue(50)
+        self.countdown_spin = QDoubleSpinBox()
+        self.episode_spin = QDoubleSpinBox()
+        self.reset_spin = QDoubleSpinBox()
+        for sp, hi in ((self.countdown_spin, 30), (self.episode_spin, 3600), (self.reset_spin, 600)):
+            sp.setRange(0, hi)
+            sp.setDecimals(1)
+            sp.setSuffix(" s")
+        for sp in (self.target_spin, self.countdown_spin, self.episode_spin, self.reset_spin):
+            sp.valueChanged.connect(self._workflow_params_changed)
+        params = QFormLayout()
+        params.addRow("target episodes", self.target_spin)
+        params.addRow("countdown", self.countdown_spin)
+        params.addRow("episode limit (0 = none)", self.episode_spin)
+        params.addRow("reset time", self.reset_spin)
+
+        self.wf_buttons: dict[str, QPushButton] = {}
+        wf_grid = QGridLayout()
+        specs = [("start", "Start  [Enter]", "start_episode"), ("next", "Next  [→]", "next"),
+                 ("stop", "Stop  [Esc]", "stop_episode"), ("rerecord", "Re-record  [←]", "rerecord"),
+                 ("keep", "Keep  [K]", "keep"), ("discard", "Discard  [D]", "discard"),
+                 ("success", "Success  [S]", None), ("failure", "Failure  [F]", None)]
+        for i, (key, text, method) in enumerate(specs):
+            b = QPushButton(text)
+            b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            b.setMinimumHeight(30)
+            if method:
+                b.clicked.connect(lambda _=False, m=method: self._call(m))
+            self.wf_buttons[key] = b
+            wf_grid.addWidget(b, i // 4, i % 4)
+        self.wf_buttons["success"].clicked.connect(lambda: self.mark(True))
+        self.wf_buttons["failure"].clicked.connect(lambda: self.mark(False))
+        self.wf_buttons["success"].setStyleSheet("color: #27ae60; font-weight: bold")
+        self.wf_buttons["failure"].setStyleSheet("color: #c0392b; font-weight: bold")
+
+        wf_box = QGroupBox("Episode")
+        wl = QHBoxLayout(wf_box)
+        left = QVBoxLayout()
+        left.addWidget(self.state_label)
+        left.addWidget(self.label_label)
+        left.addWidget(self.counter)
+        wl.addLayout(left)
+        wl.addLayout(wf_grid, 1)
+        wl.addLayout(params)
+
+        # --- joints + gamepad + lower tabs
+        self.joint_box = QGroupBox("Joints (white: measured, green: commanded; sliders: Hold = go to, "
+                                   "Kinesthetic = push the arm)")
+        self.joint_box_lay = QVBoxLayout(self.joint_box)
+        self.joint_placeholder = QLabel("connect to see the joints")
+        self.joint_box_lay.addWidget(self.joint_placeholder)
+        self.pad_box = QGroupBox("Gamepad")
+        pl = QVBoxLayout(self.pad_box)
+        self.pad_view = GamepadView()
+        pl.addWidget(self.pad_view)
+        upper = QSplitter(Qt.Orientation.Horizontal)
+        upper.addWidget(self.joint_box)
+        upper.addWidget(self.pad_box)
+        upper.setStretchFactor(0, 3)
+        upper.setStretchFactor(1, 1)
+
+        self.lower_tabs = QTabWidget()
+        self.plot_holder = QWidget()
+        QVBoxLayout(self.plot_holder).setContentsMargins(0, 0, 0, 0)
+        self.plot: JointPlot | None = None
+        self.mapping_holder = QWidget()
+        QVBoxLayout(self.mapping_holder).setContentsMargins(0, 0, 0, 0)
+        self.mapping_editor: MappingEditor | None = None
+        self.lower_tabs.addTab(self.plot_holder, "Live joint plot")
+        self.lower_tabs.addTab(self.mapping_holder, "Gamepad mapping")
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(upper)
+        split.addWidget(self.lower_tabs)
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 1)
+
+        lay = QVBoxLayout(self)
+        lay.addLayout(mode_row)
+        lay.addLayout(instr_row)
+        lay.addWidget(wf_box)
+        lay.addWidget(split, 1)
+
+        self.jog_timer = QTimer(self)
+        self.jog_timer.setInterval(100)      # well inside the session's 0.5 s command watchdog
+        self.jog_timer.timeout.connect(self._jog_tick)
+        self.hold_timer = QTimer(self)
+        self.hold_timer.setInterval(100)
+        self.hold_timer.timeout.connect(self._hold_tick)
+        self.set_session(None)
+
+    # ------------------------------------------------------------------ session
+    def set_session(self, session) -> None:
+        self.session = session
+        enabled = session is not None
+        for w in [*self.mode_buttons.values(), *self.wf_buttons.values(), self.home_btn, self.reset_scene_btn,
+                  self.grip_open, self.grip_close, self.set_instr_btn]:
+            w.setEnabled(enabled)
+        if session is None:
+            self.pad_view.set_state(type("S", (), {"connected": False, "axes": [], "buttons": [], "hats": [],
+                                                   "name": ""})())
+            return
+        prof = session.profile
+        self.reset_scene_btn.setEnabled(session.devices is not None and session.devices.workcell is not None)
+        self.mode_buttons["scripted"].setEnabled(self.reset_scene_btn.isEnabled())
+        if self.joints is not None:
+            self.joints.setParent(None)
+            self.joints.deleteLater()
+        self.joint_placeholder.hide()
+        self.joints = JointPanel(prof)
+        self.joints.slider_moved.connect(self._slider_moved)
+        self.joints.jog_changed.connect(self._jog_changed)
+        self.joint_box_lay.addWidget(self.joints)
+        if self.plot is None or self.plot.names != prof.joint_names:
+            if self.plot is not None:
+                self.plot.setParent(None)
+            self.plot = JointPlot(prof.joint_names)
+            self.plot_holder.layout().addWidget(self.plot)
+        if self.mapping_editor is None or self.mapping_editor.joint_names != prof.joint_names:
+            if self.mapping_editor is not None:
+                self.mapping_editor.setParent(None)
+            self.mapping_editor = MappingEditor(prof.joint_names)
+            self.mapping_editor.message.connect(self.message)
+            self.mapping_holder.layout().addWidget(self.mapping_editor)
+        self.mapping_editor.session = session
+        if session.mapping is not None:
+            self.mapping_editor.set_mapping(session.mapping)
+        wc = session.workflow.config
+        for sp, v in ((self.target_spin, wc.target_episodes), (self.countdown_spin, wc.countdown_s),
+                      (self.episode_spin, wc.episode_s), (self.reset_spin, wc.reset_s)):
+            sp.blockSignals(True)
+            sp.setValue(v)
+            sp.blockSignals(False)
+        cur = session.workflow.instruction
+        if cur and self.instruction.findText(cur) < 0:
+            self.instruction.insertItem(0, cur)
+        self.instruction.setCurrentText(cur)
+
+    def set_instruction_history(self, items: list[str]) -> None:
+        cur = self.instruction.currentText()
+        self.instruction.clear()
+        self.instruction.addItems([i for i in items if i])
+        self.instruction.setCurrentText(cur)
+
+    def _call(self, method: str, *args) -> bool:
+        """Run a session command; any refusal is shown, never raised into Qt."""
+        if self.session is None:
+            self.message.emit("not connected")
+            return False
+        try:
+            getattr(self.session, method)(*args)
+            return True
+        except Exception as e:
+            self.message.emit(f"{method.replace('_', ' ')}: {e}")
+            return False
+
+    def set_mode(self, mode: str) -> bool:
+        ok = self._call("set_mode", mode)
+        self._sync_mode()
+        return ok
+
+    def _sync_mode(self) -> None:
+        if self.session is None:
+            return
+        mode = self.session.mode.value
+        b = self.mode_buttons.get(mode)
+        if b is not None and not b.isChecked():
+            b.setChecked(True)
+        elif b is None:
+            checked = self.mode_group.checkedButton()
+            if checked is not None:           # policy / replay / homing: no manual mode is active
+                self.mode_group.setExclusive(False)
+                checked.setChecked(False)
+                self.mode_group.setExclusive(True)
+        self.mode_label.setText(f"active: <b>{mode}</b>")
+
+    def mark(self, success: bool) -> None:
+        """S/F: in review, label and keep; otherwise set the label for the episode under way."""
+        s = self.session
+        if s is None:
+            return
+        if s.status.workflow == "review":
+            self._call("keep", success)
+        else:
+            self._call("label", success)
+
+    def apply_instruction(self) -> None:
+        text = self.instruction.currentText().strip()
+        if not text:
+            self.message.emit("instruction is empty: type what the robot should do")
+            return
+        if self._call("set_instruction", text):
+            self.instruction_used.emit(text)
+            self.message.emit(f"instruction: {text}")
+
+    def _workflow_params_changed(self) -> None:
+        if self.session is None:
+            return
+        set_workflow_params(self.session, target_episodes=self.target_spin.value(),
+                            countdown_s=self.countdown_spin.value(), episode_s=self.episode_spin.value(),
+                            reset_s=self.reset_spin.value())
+
+    # ------------------------------------------------------------------ sliders and jog
+    def _slider_moved(self, i: int, v: float) -> None:
+        s = self.session
+        if s is None or s.status.qpos is None:
+            return
+        mode = s.mode.value
+        if mode == "kinesthetic":
+            q = s.status.qpos.copy()
+            q[i] = v
+            if self._call("push", q):
+                return
+        elif mode == "hold":
+            base = self._hold_target if self._hold_target is not None and self.hold_timer.isActive() \
+                else s.status.qpos.copy()
+            base[i] = v
+            self._hold_target = base
+            self._hold_until = time.monotonic() + 3.0
+            self._call("command", base)
+            self.hold_timer.start()
+        else:
+            self.message.emit(f"sliders move the arm in Hold [0] or Kinesthetic [2] mode (now: {mode})")
+
+    def _hold_tick(self) -> None:
+        s = self.session
+        if s is None or self._hold_target is None:
+            self.hold_timer.stop()
+            return
+        dragging = self.joints is not None and self.joints.dragging
+        q = s.status.qpos
+        reached = q is not None and np.allclose(q, self._hold_target, atol=5e-3)
+        if s.mode.value != "hold" or (not dragging and (reached or time.monotonic() > self._hold_until)):
+            self.hold_timer.stop()
+            self._hold_target = None
+            return
+        if dragging:
+            self._hold_until = time.monotonic() + 3.0
+        s.command(self._hold_target)
+
+    def _jog_changed(self, i: int, d: int) -> None:
+        s = self.session
+        if s is None:
+            return
+        if d == 0:
+            self.jog_timer.stop()
+            self._jog_vel = None
+            if s.mode.value != "kinesthetic":
+                self._call("jog", np.zeros(s.profile.dof))
+            return
+        vel = np.zeros(s.profile.dof)
+        vel[i] = d * s.profile.max_speed()[i] * JOG_FRACTION
+        self._jog_vel = vel
+        self._jog_tick()
+        self.jog_timer.start()
+
+    def _jog_tick(self) -> None:
+        s = self.session
+        if s is None or self._jog_vel is None:
+            self.jog_timer.stop()
+            return
+        if s.mode.value == "kinesthetic":
+            if s.status.qpos is not None:
+                self._call("push", s.status.qpos + self._jog_vel * self.jog_timer.interval() / 1000)
+        else:
+            self._call("jog", self._jog_vel)
+
+    # ------------------------------------------------------------------ status
+    def update_status(self, st, visible: bool = True) -> None:
+        if self.session is None or not st.connected:
+            return
+        self._sync_mode()
+        wf = st.workflow
+        color = STATE_COLORS.get(wf, "#7f8c8d")
+        txt = wf.upper()
+        if wf in ("countdown", "resetting") or (wf == "recording" and st.time_left > 0):
+            txt += f"  {st.time_left:.1f} s"
+        if wf == "recording":
+            txt += f"  ({st.recording_steps} steps)"
+        self.state_label.setText(f"<span style='font-size:20px; font-weight:bold; color:white'>{txt}</span>")
+        self.state_label.setStyleSheet(f"background:{color}; border-radius:6px; padding:6px")
+        lab = {1: "<span style='color:#27ae60'><b>success</b></span>",
+               0: "<span style='color:#c0392b'><b>failure</b></span>"}.get(st.label, "unlabelled")
+        sim = "" if st.sim_success is None else f" &nbsp; sim task: {'done ✔' if st.sim_success else 'not done'}"
+        self.label_label.setText(f"label: {lab}{sim}")
+        if self.counter.maximum() != max(1, st.target_episodes):
+            self.counter.setMaximum(max(1, st.target_episodes))
+        self.counter.setValue(min(st.kept, self.counter.maximum()))
+        self.wf_buttons["keep"].setEnabled(wf == "review")
+        self.wf_buttons["discard"].setEnabled(wf == "review")
+        self.wf_buttons["stop"].setEnabled(wf in ("recording", "countdown"))
+        self.wf_buttons["start"].setEnabled(wf in ("idle", "resetting", "done"))
+        if not visible:
+            return
+        if self.joints is not None:
+            self.joints.update_state(st.qpos, st.sent)
+        self.pad_view.set_state(st.gamepad, st.group)
+        if self.plot is not None and self.lower_tabs.currentWidget() is self.plot_holder:
+            self.plot.update_from(self.session.history)

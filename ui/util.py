@@ -1,0 +1,240 @@
+"""Small Qt helpers shared by the views: background workers, numpy -> QImage, image and status widgets.
+
+Nothing here knows about the session; it is plain Qt plumbing.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any, Callable
+
+import numpy as np
+from PySide6.QtCore import QRectF, QSize, Qt, QThread, Signal
+from PySide6.QtGui import QColor, QFont, QImage, QPainter
+from PySide6.QtWidgets import QLabel, QSizePolicy, QWidget
+
+
+class Cancelled(Exception):
+    """Raised inside a worker's progress callback once the user pressed Cancel."""
+
+
+class Worker(QThread):
+    """Runs `fn(worker, *args, **kwargs)` off the UI thread.
+
+    `fn` reports with `worker.report(fraction, text)` (fraction in 0..1, or None if unknown); that call
+    raises Cancelled after `cancel()`, so long jobs stop at their next progress point. Results and errors
+    come back as signals, which Qt queues onto the UI thread.
+    """
+    progress = Signal(object, str)      # fraction | None, text
+    succeeded = Signal(object)
+    failed = Signal(str)
+    cancelled = Signal()
+
+    _alive: set["Worker"] = set()        # keep running workers referenced (no GC of a running QThread)
+
+    def __init__(self, fn: Callable[..., Any], *args, name: str = "", **kwargs):
+        super().__init__()
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.setObjectName(name or getattr(fn, "__name__", "worker"))
+        self._cancel = False
+        self.finished.connect(self._forget)
+
+    def start(self, *a) -> None:  # noqa: D401 - keeps the QThread signature
+        Worker._alive.add(self)
+        super().start(*a)
+
+    def _forget(self) -> None:
+        Worker._alive.discard(self)
+
+    def cancel(self) -> None:
+        self._cancel = True
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self._cancel
+
+    def report(self, fraction: float | None = None, text: str = "") -> None:
+        if self._cancel:
+            raise Cancelled()
+        self.progress.emit(fraction, text)
+
+    def callback(self, text: str = "") -> Callable:
+        """A progress callback for library functions: accepts (done, total), (fraction,) or (fraction, text)."""
+        def cb(*a, **_kw):
+            frac, msg = None, text
+            if len(a) >= 2 and isinstance(a[0], (int, float)) and isinstance(a[1], (int, float)) and a[1]:
+                frac, msg = float(a[0]) / float(a[1]), f"{text} {a[0]}/{a[1]}".strip()
+            elif len(a) >= 1 and isinstance(a[0], (int, float)):
+                frac = float(a[0])
+                if len(a) >= 2 and isinstance(a[1], str):
+                    msg = a[1]
+            elif len(a) >= 1 and isinstance(a[0], str):
+                msg = a[0]
+            self.report(frac, msg)
+        return cb
+
+    def run(self) -> None:
+        try:
+            result = self.fn(self, *self.args, **self.kwargs)
+        except Cancelled:
+            self.cancelled.emit()
+        except Exception as e:  # every failure becomes a readable message in the UI
+            traceback.print_exc()
+            self.failed.emit(f"{type(e).__name__}: {e}" if not str(e).startswith(type(e).__name__) else str(e))
+        else:
+            self.succeeded.emit(result)
+
+
+def run_in_thread(fn: Callable, *args, on_done=None, on_error=None, on_progress=None, on_cancel=None,
+                  **kwargs) -> Worker:
+    """Start a Worker with the given slots connected and return it."""
+    w = Worker(fn, *args, **kwargs)
+    if on_done:
+        w.succeeded.connect(on_done)
+    if on_error:
+        w.failed.connect(on_error)
+    if on_progress:
+        w.progress.connect(on_progress)
+    if on_cancel:
+        w.cancelled.connect(on_cancel)
+    w.start()
+    return w
+
+
+def to_qimage(img: np.ndarray) -> QImage:
+    """Wrap an RGB uint8 HxWx3 (or gray HxW) array as a QImage without copying the pixels.
+
+    The QImage points into `img`; the caller keeps `img` alive as long as the QImage (ImageView does).
+    """
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        if img.strides[1] != 1:
+            img = np.ascontiguousarray(img)
+        h, w = img.shape
+        return QImage(img.data, w, h, img.strides[0], QImage.Format.Format_Grayscale8)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"expected HxWx3 RGB image, got shape {img.shape}")
+    if img.strides[1] != img.shape[2] or img.strides[2] != 1:
+        img = np.ascontiguousarray(img)
+    h, w, c = img.shape
+    fmt = QImage.Format.Format_RGB888 if c == 3 else QImage.Format.Format_RGBA8888
+    return QImage(img.data, w, h, img.strides[0], fmt)
+
+
+class ImageView(QWidget):
+    """Paints the latest image scaled to fit (aspect kept), with a caption and a corner note.
+
+    Painting scales straight from the numpy buffer: no QPixmap conversion, no per-frame copy.
+    """
+
+    def __init__(self, title: str = "", parent=None):
+        super().__init__(parent)
+        self.title = title
+        self._img: np.ndarray | None = None
+        self._qimg: QImage | None = None
+        self.note = ""
+        self.note_color = QColor("#dddddd")
+        self.placeholder = "no image"
+        self.frames_shown = 0
+        self.setMinimumSize(160, 120)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+    def sizeHint(self) -> QSize:
+        return QSize(320, 320)
+
+    def set_image(self, img: np.ndarray | None) -> None:
+        if img is None:
+            self._img = self._qimg = None
+        else:
+            self._img = img
+            self._qimg = to_qimage(img)
+            self.frames_shown += 1
+        self.update()
+
+    def set_note(self, text: str, color: str = "#dddddd") -> None:
+        if text != self.note:
+            self.note, self.note_color = text, QColor(color)
+            self.update()
+
+    def has_image(self) -> bool:
+        return self._qimg is not None
+
+    def paintEvent(self, _ev) -> None:
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor("#1e1f22"))
+        r = self.rect().adjusted(2, 2, -2, -2)
+        if self._qimg is not None:
+            iw, ih = self._qimg.width(), self._qimg.height()
+            s = min(r.width() / iw, r.height() / ih)
+            w, h = iw * s, ih * s
+            target = QRectF(r.x() + (r.width() - w) / 2, r.y() + (r.height() - h) / 2, w, h)
+            p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, s < 3)
+            p.drawImage(target, self._qimg)
+        else:
+            p.setPen(QColor("#888888"))
+            p.drawText(r, Qt.AlignmentFlag.AlignCenter, self.placeholder)
+        f = QFont(self.font())
+        f.setBold(True)
+        p.setFont(f)
+        fm = p.fontMetrics()
+        for text, color, align in ((self.title, QColor("#ffffff"), Qt.AlignmentFlag.AlignLeft),
+                                   (self.note, self.note_color, Qt.AlignmentFlag.AlignRight)):
+            if not text:
+                continue
+            tw = fm.horizontalAdvance(text) + 10
+            box = QRectF(r.x() + 4 if align == Qt.AlignmentFlag.AlignLeft else r.right() - tw - 4,
+                         r.y() + 4, tw, fm.height() + 4)
+            p.fillRect(box, QColor(0, 0, 0, 160))
+            p.setPen(color)
+            p.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+        p.end()
+
+
+class StatusLight(QLabel):
+    """A coloured dot plus text: ok (green), warn (amber), error (red), off (grey)."""
+    COLORS = {"ok": "#2ecc71", "warn": "#f39c12", "error": "#e74c3c", "off": "#7f8c8d"}
+
+    def __init__(self, name: str, parent=None):
+        super().__init__(parent)
+        self.name = name
+        self.state = "off"
+        self.detail = ""
+        self.setWordWrap(True)
+        self.setTextFormat(Qt.TextFormat.RichText)
+        self.set("off", "not connected")
+
+    def set(self, state: str, detail: str = "") -> None:
+        if (state, detail) == (self.state, self.detail) and self.text():
+            return
+        self.state, self.detail = state, detail
+        c = self.COLORS.get(state, self.COLORS["off"])
+        self.setText(f"<span style='color:{c}; font-size:16px'>&#9679;</span> <b>{self.name}</b>: "
+                     f"<span style='color:{'#c0392b' if state == 'error' else 'palette(text)'}'>{detail}</span>")
+        self.setToolTip(detail)
+
+
+def fmt_age(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1e3:.0f} ms"
+    return f"{seconds:.1f} s"
+
+
+class RateMeter:
+    """Counts events and reports the rate over the last ~second (for display fps)."""
+
+    def __init__(self, window: float = 1.0):
+        self.window = window
+        self._times: list[float] = []
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._times.append(now)
+        cut = now - self.window
+        while self._times and self._times[0] < cut:
+            self._times.pop(0)
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        recent = [t for t in self._times if t >= now - self.window]
+        return len(recent) / self.window
