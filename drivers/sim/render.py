@@ -110,9 +110,9 @@ class PinholeCamera:
 
 
 def front_camera(style: Style, width: int, height: int) -> PinholeCamera:
-    eye = np.array([1.0, 0.12, 0.66]) + style.eye_offset
-    target = np.array([0.44, 0.0, 0.12]) + style.target_offset
-    return PinholeCamera(eye, target, [0, 0, 1.0], 50.0 + style.fov_offset, width, height)
+    eye = np.array([0.95, 0.12, 0.80]) + style.eye_offset
+    target = np.array([0.43, 0.0, 0.13]) + style.target_offset
+    return PinholeCamera(eye, target, [0, 0, 1.0], 46.0 + style.fov_offset, width, height)
 
 
 def wrist_camera(tcp: np.ndarray, width: int, height: int) -> PinholeCamera:
