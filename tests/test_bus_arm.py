@@ -71,7 +71,7 @@ def test_velocity_reported_while_moving(rig):
     arm.send_action(np.zeros(8))
     assert wait_for(lambda: np.allclose(backend.qpos(), 0, atol=1e-3))
     backend.max_speed = 1.0
-    arm.send_action(np.full(8, 0.8))
+    arm.send_action(np.full(8, 3.0))
     time.sleep(0.1)
     v = arm.get_observation().velocity
     assert np.all(v[:7] > 0.5) and np.all(v[:7] < 1.5)

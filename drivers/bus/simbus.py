@@ -296,6 +296,8 @@ class SimServoBus:
         self._last_q: np.ndarray | None = None
         self._last_t = 0.0
         self._vel = np.zeros(n)
+        self._t_rx = 0.0          # when the last chunk of request bytes arrived
+        self._bus_t = 0.0         # wire-time model: the line is busy until this time
         q = self._backend_q()
         for s in self.servos:
             s.set(self._pos_addr, self._to_ticks(q, s.joint))
@@ -474,6 +476,7 @@ class SimServoBus:
                 continue
             try:
                 data = os.read(self._master, 4096)
+                self._t_rx = time.monotonic()
             except BlockingIOError:
                 continue
             except OSError:
@@ -504,7 +507,7 @@ class SimServoBus:
                 sid = buf[4] if self.protocol == "dynamixel" else buf[2]
                 raw = bytes(buf[:n])
                 del buf[:n]
-                self._wire_delay(len(raw))
+                self._wire_advance(len(raw))
                 if self._servo(sid) is not None:          # servo reports a bad packet addressed to it
                     self._reply([(sid, 0x03 if self.protocol == "dynamixel" else 0x10, b"")])
                 continue
@@ -513,14 +516,17 @@ class SimServoBus:
                 continue
             del buf[:n]
             self.stats["rx_packets"] += 1
-            self._wire_delay(n)
+            self._wire_advance(n)
             if self.protocol == "dynamixel" and pkt.instruction == dxl.STATUS:
                 continue                                  # someone else's status packet: ignore
             self._handle(pkt)
 
-    def _wire_delay(self, nbytes: int) -> None:
-        if self.model_wire_time and nbytes:
-            time.sleep(nbytes * 10 / self.baud)
+    def _wire_advance(self, nbytes: int) -> float:
+        """Account for nbytes on the half-duplex line (10 bit times each: start + 8 data + stop).
+        Returns when they finish. Requests occupy the line from when they arrived, replies right
+        after the request (return delay 0, as LeRobot configures servos)."""
+        self._bus_t = max(self._bus_t, self._t_rx) + nbytes * 10 / self.baud
+        return self._bus_t
 
     def _servo(self, sid: int) -> _Servo | None:
         for s in self.servos:
@@ -610,7 +616,11 @@ class SimServoBus:
             self.stats["tx_packets"] += 1
         if not out or self.faults.unplugged or self._master < 0:
             return
-        self._wire_delay(len(out))
+        done = self._wire_advance(len(out))
+        if self.model_wire_time:      # one sleep per reply, until its last byte would have arrived
+            wait = done - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
         try:
             os.write(self._master, bytes(out))
         except OSError:
