@@ -198,7 +198,9 @@ def _fourcc_str(v: float) -> str:
 class OpenCVCamera(_GrabberCamera):
     """A UVC/V4L2 camera through cv2.VideoCapture, settings verified at connect()."""
 
-    def __init__(self, config: OpenCVCameraConfig):
+    def __init__(self, config: OpenCVCameraConfig | None = None, **kwargs):
+        """OpenCVCamera(OpenCVCameraConfig(...)) or OpenCVCamera(name=..., device=..., ...)."""
+        config = config or OpenCVCameraConfig(**kwargs)
         super().__init__(config.name, config.lost_after_ms, config.reconnect_backoff)
         self.config = config
         self.width, self.height, self.fps = config.width, config.height, float(config.fps)
@@ -293,7 +295,9 @@ class FileCamera(_GrabberCamera):
     At the end without `loop`, the last frame stays available and `ended` becomes True.
     """
 
-    def __init__(self, config: FileCameraConfig):
+    def __init__(self, config: FileCameraConfig | None = None, **kwargs):
+        """FileCamera(FileCameraConfig(...)) or FileCamera(name=..., path=..., fps=...)."""
+        config = config or FileCameraConfig(**kwargs)
         super().__init__(config.name, config.lost_after_ms, config.reconnect_backoff)
         self.config = config
         self.width = self.height = 0

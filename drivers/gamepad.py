@@ -202,3 +202,22 @@ class Gamepad:
         # A removal whose event someone else consumed: the pad count tells.
         if self._joy is not None and pg.joystick.get_count() == 0:
             self._close()
+
+
+def list_gamepads() -> list[dict]:
+    """Attached gamepads for the UI / `teleop devices`: [{index, name, axes, buttons, hats}].
+    Returns [] (never raises) when there is none or SDL cannot start."""
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("SDL_JOYSTICK_ALLOW_BACKGROUND_EVENTS", "1")
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    try:
+        import pygame
+        pygame.joystick.init()
+        out = []
+        for i in range(pygame.joystick.get_count()):
+            j = pygame.joystick.Joystick(i)
+            out.append({"index": i, "name": j.get_name(), "axes": j.get_numaxes(),
+                        "buttons": j.get_numbuttons(), "hats": j.get_numhats()})
+        return out
+    except Exception:
+        return []

@@ -255,3 +255,13 @@ def test_opencv_camera_verifies_mode_and_reconnects(video):
         assert cam.status == "connected"
     finally:
         cam.disconnect()
+
+
+def test_keyword_construction(image_dir):
+    cam = FileCamera(name="wrist", path=str(image_dir), fps=100.0)
+    cam.connect()
+    try:
+        assert cam.wait_for_frame(timeout=2) is not None
+    finally:
+        cam.disconnect()
+    assert OpenCVCamera(name="front", device=3).config.device == 3

@@ -226,3 +226,12 @@ def test_read_from_a_worker_thread():
     t.start()
     t.join(10)
     assert out["state"] == (True, pytest.approx(-1.0), {2}) and out["after"] is False
+
+
+def test_list_gamepads():
+    from drivers.gamepad import list_gamepads
+    assert list_gamepads() == []
+    with VirtualGamepad(name="listed pad"):
+        pads = list_gamepads()
+        assert [(p["name"], p["axes"], p["buttons"], p["hats"]) for p in pads] == [("listed pad", 6, 11, 1)]
+    assert list_gamepads() == []
