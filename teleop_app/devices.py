@@ -1,7 +1,6 @@
 """Build robot, cameras and gamepad from a profile and a robot kind (sim / sim-serial / real)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,14 +48,6 @@ def make_workcell(profile: RobotProfile, seed: int = 0, task: str = "pick_red", 
                               height=cam.height if cam else 224, randomization=r))
 
 
-def sim_calibration(profile: RobotProfile):
-    """The sim bus centres every servo at 2048 ticks; its gripper maps fraction open f <-> f*pi/2 rad."""
-    from drivers.bus.arm import Calibration
-    n = profile.dof
-    scale = [1.0] * (n - 1) + [2.0 / math.pi]
-    return Calibration(offsets=[2048] * n, signs=[1] * n, scales=scale)
-
-
 def make_devices(profile: RobotProfile, kind: str = "sim", port: str | None = None, period: float = 0.1,
                  seed: int = 0, task: str = "pick_red", realtime: bool = True,
                  cameras: list[str] | None = None, protocol: str = "dynamixel",
@@ -76,7 +67,7 @@ def make_devices(profile: RobotProfile, kind: str = "sim", port: str | None = No
         wc = make_workcell(profile, seed, task, randomize)
         dev = Devices(robot=SimRobot(wc, period=period, realtime=realtime), cameras={}, workcell=wc)
     elif kind == "sim-serial":
-        from drivers.bus.arm import ServoArm, ServoArmConfig
+        from drivers.bus.arm import Calibration, ServoArm, ServoArmConfig
         from drivers.bus.simbus import SimServoBus
         wc = make_workcell(profile, seed, task, randomize)
         ids = [j.servo_id if j.servo_id is not None else i + 1 for i, j in enumerate(profile.all_joints)]
@@ -84,7 +75,7 @@ def make_devices(profile: RobotProfile, kind: str = "sim", port: str | None = No
         path = bus.start()
         arm = ServoArm(ServoArmConfig(protocol=protocol, port=path, baud=profile.bus.baud, ids=ids,
                                       joint_names=profile.joint_names,
-                                      calibration=sim_calibration(profile)))
+                                      calibration=Calibration.for_sim(profile.joint_names)))
         dev = Devices(robot=arm, cameras={}, workcell=wc, simbus=bus, closers=[bus.stop])
     else:
         from drivers.bus.arm import ServoArm, ServoArmConfig
@@ -107,13 +98,8 @@ def make_camera(spec, workcell=None, realtime: bool = True) -> Camera:
         from drivers.sim import SimCamera
         return SimCamera(workcell, name=spec.name, view=spec.view, width=spec.width, height=spec.height,
                          fps=spec.fps, realtime=realtime)
-    if spec.kind == "file":
-        from drivers.camera import FileCamera
-        return FileCamera(name=spec.name, path=spec.device, fps=spec.fps)
-    from drivers.camera import OpenCVCamera, OpenCVCameraConfig
-    dev = int(spec.device) if str(spec.device).isdigit() else spec.device
-    return OpenCVCamera(OpenCVCameraConfig(name=spec.name, device=dev, width=spec.width,
-                                           height=spec.height, fps=spec.fps))
+    from drivers.camera import camera_from_spec
+    return camera_from_spec(spec)
 
 
 def fk_for(dev: Devices):

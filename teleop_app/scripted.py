@@ -46,10 +46,8 @@ def record_scripted(root, tasks: list[str], episodes_per_task: int, seed: int = 
     for c in cams.values():
         c.connect()
     root = Path(root)
-    store = (EpisodeStore.open(root) if (root / "index.json").exists()
-             else EpisodeStore.create(root, prof.name, fps, prof.joint_names,
-                                      {n: (image_size, image_size) for n in cams}))
-    store.resume_check(prof.name, fps, prof.joint_names)
+    store = EpisodeStore.create(root, prof.name, fps, prof.joint_names,
+                                {n: (image_size, image_size) for n in cams})
     total = len(tasks) * episodes_per_task
     done, paths, s = 0, [], seed
     for k in range(episodes_per_task):

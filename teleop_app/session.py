@@ -221,13 +221,12 @@ class Session:
 
     def _open_store(self) -> None:
         from recorder.store import EpisodeStore
-        root = Path(self.config.dataset)
         cams = {n: (c.height, c.width) for n, c in self._camera_specs().items()}
-        if (root / "index.json").exists() or any(root.glob("*.h5")) if root.exists() else False:
-            self.store = EpisodeStore.open(root)
-            self.store.resume_check(self.profile.name, self.fps, self.profile.joint_names)
-        else:
-            self.store = EpisodeStore.create(root, self.profile.name, self.fps, self.profile.joint_names, cams)
+        # create() reopens an existing dataset after checking robot, fps and joints match (resume).
+        self.store = EpisodeStore.create(Path(self.config.dataset), self.profile.name, self.fps,
+                                         self.profile.joint_names, cams)
+        if self.store.last_recovered:
+            self.say(f"recovered interrupted episode(s) {self.store.last_recovered} from a crash")
 
     def _camera_specs(self):
         names = set(self.devices.cameras) if self.devices else set()
@@ -452,9 +451,9 @@ class Session:
         p = self._last_episode_path
         if p is None:
             return
-        ep_id = self.store.add(p)
+        ep_id = self.store.add(p).id
         if success != -1:
-            self.store.relabel(ep_id, bool(success))
+            self.store.relabel(ep_id, int(success))
         self.say(f"kept episode {ep_id} ({'success' if success == 1 else 'failure' if success == 0 else 'unlabelled'})")
         self._last_episode_path = None
         self._settled()

@@ -73,8 +73,8 @@ class Workflow:
     def stop(self) -> None:
         """Stop recording now and go to review."""
         if self.state == State.RECORDING:
+            self.label = -1          # before _end(): it may propose a label (the sim's success test)
             self._end()
-            self.label = -1
             self._go(State.REVIEW)
             if self.config.auto_keep:
                 self.keep()
