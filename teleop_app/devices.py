@@ -75,7 +75,10 @@ def make_devices(profile: RobotProfile, kind: str = "sim", port: str | None = No
         path = bus.start()
         arm = ServoArm(ServoArmConfig(protocol=protocol, port=path, baud=profile.bus.baud, ids=ids,
                                       joint_names=profile.joint_names,
-                                      calibration=Calibration.for_sim(profile.joint_names)))
+                                      calibration=Calibration.for_sim(profile.joint_names),
+                                      # The simulated servos answer from a Python thread in this process
+                                      # that competes for the GIL with the renderers: allow it more time.
+                                      timeout_s=0.1))
         dev = Devices(robot=arm, cameras={}, workcell=wc, simbus=bus, closers=[bus.stop])
     else:
         from drivers.bus.arm import ServoArm, ServoArmConfig

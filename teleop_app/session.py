@@ -161,6 +161,10 @@ class Session:
             self._open_gamepad()
         self._open_store()
         obs = self.devices.robot.get_observation()
+        if not self.devices.robot.torque_enabled:
+            # Servos power up limp: hold where the arm is first, then stiffen (no jump).
+            self.devices.robot.send_action(obs.position)
+            self.devices.robot.set_torque(True)
         self._target = obs.position.copy()
         self._gripper_cmd = float(obs.position[-1])
         self.safety.reset(obs.position)

@@ -172,3 +172,27 @@ def test_headless_scripted_recording_of_20_episodes(tmp_path):
     assert instr == {"pick up the red cube", "pick up the blue cube"}
     ep = read_episode(paths[0])
     assert ep.images("front").shape[1:] == (96, 96, 3) and ep.success == 1
+
+
+@pytest.mark.parametrize("protocol", ["dynamixel", "feetech"])
+def test_sim_serial_session_drives_arm_through_real_serial_driver(tmp_path, protocol):
+    with make(tmp_path, robot="sim-serial", protocol=protocol, use_gamepad=False, fps=20) as s:
+        from drivers.bus.arm import ServoArm
+        assert isinstance(s.devices.robot, ServoArm) and s.devices.robot.config.port.startswith("/dev/")
+        assert wait_for(lambda: s.status.qpos is not None)
+        q = s.status.qpos.copy()
+        goal = q.copy()
+        goal[0] += 0.2
+        goal[-1] = 0.4
+        s.start_episode()
+
+        def moved():
+            s.command(goal)
+            return abs(s.status.qpos[0] - goal[0]) < 0.01 and abs(s.status.qpos[-1] - 0.4) < 0.01
+        assert wait_for(moved, timeout=10), (s.status.qpos, list(s.messages))
+        s.stop_episode()
+        s.keep()
+        assert s.safety.counters.estops == 0
+    (info,) = EpisodeStore.open(tmp_path / "ds").episodes()
+    ep = read_episode(tmp_path / "ds" / info.file)
+    assert ep.qpos[-1, 0] - ep.qpos[0, 0] > 0.15
