@@ -23,9 +23,11 @@ class H5Sink:
         self.cams = list(cameras)
         self.dof = dof
         self.n = 0
+        # Default (earliest) file format on purpose: "latest" marks the file open-for-write in its
+        # superblock, and a crashed file then needs h5clear before it can be opened at all.
         # Small raw-data chunk cache: image chunks (bigger than it) go straight to the OS, so little
         # data sits in HDF5's memory where a crash or a full disk would strand it.
-        self.f = h5py.File(self.path, "w", libver="latest", rdcc_nbytes=256 * 1024)
+        self.f = h5py.File(self.path, "w", rdcc_nbytes=256 * 1024)
         f = self.f
         for k, v in attrs.items():
             f.attrs[k] = v

@@ -124,7 +124,9 @@ def test_recover_falls_back_to_partial_and_survives_torn_journal(tmp_path):
     # 2) no journal at all: rebuild from the .partial HDF5 (up to its last flush), if it is readable
     st.path(3).unlink()
     part.write_bytes(keep_p)
+    assert not j.exists()
     st = EpisodeStore.open(root)
+    print("partial-only recovery:", st.last_recovered)
     if st.last_recovered:
         ep = read_episode(st.path(3))
         assert ep.recovered and 0 < ep.num_steps <= n_journal
