@@ -99,6 +99,11 @@ class PinholeCamera:
         uv[:, 1] = c[:, 1] * self.f / zs + self.h / 2
         return uv, z
 
+    def depth(self, p) -> float:
+        """Distance of point p along the optical axis."""
+        r = self.r[2]
+        return float(r[0] * p[0] + r[1] * p[1] + r[2] * p[2] + self.t[2])
+
     def table_homography(self) -> np.ndarray:
         """Texture pixel -> image pixel homography for the table plane z = 0."""
         sx = (TABLE_X[1] - TABLE_X[0]) / _TEX
@@ -154,6 +159,8 @@ def _box_faces():
 
 
 _CORNERS, _FACES, _NORMALS = _box_faces()
+_FACES = [np.array(f) for f in _FACES]
+_FACE_AXIS = np.array([0, 0, 1, 1, 2, 2])
 _CIRCLE = np.stack([np.cos(np.linspace(0, 2 * np.pi, 24, endpoint=False)),
                     np.sin(np.linspace(0, 2 * np.pi, 24, endpoint=False))], axis=1)
 
@@ -260,13 +267,13 @@ class Renderer:
         inner = np.column_stack([_CIRCLE * (BOWL_R - 0.006) + b[:2], np.full(24, b[2] + BOWL_H)])
         floor = np.column_stack([_CIRCLE * (BOWL_FOOT - 0.01) + b[:2], np.full(24, b[2] + 0.012)])
         bowl_pts = np.concatenate([rim, foot, inner, floor])
-        prims.append((float(cam.project(b[None, :] + [0, 0, BOWL_H / 2])[1][0]) + 0.02, "bowl", bowl_pts))
+        prims.append((cam.depth(b + [0, 0, BOWL_H / 2]) + 0.02, "bowl", bowl_pts))
 
         # cubes
         for name, (pos, yaw) in snap.cubes.items():
             c, sn = math.cos(yaw), math.sin(yaw)
             rot = np.array([[c, -sn, 0], [sn, c, 0], [0, 0, 1.0]])
-            depth = float(cam.project(np.asarray(pos)[None, :])[1][0])
+            depth = cam.depth(pos)
             if np.hypot(*(pos[:2] - b[:2])) < BOWL_R and pos[2] < b[2] + BOWL_H + CUBE / 2:
                 depth = prims[0][0] - 0.01    # resting in the bowl: draw after the bowl
             prims.append((depth, "box", (np.asarray(pos), rot, np.full(3, CUBE / 2), snap.colors[name])))
@@ -276,12 +283,12 @@ class Renderer:
         half_open = 0.04 * float(np.clip(snap.grip, 0, 1))
         for sgn in (-1, 1):
             fc = p + r @ np.array([0.0, sgn * (half_open + 0.009), -0.0175])
-            prims.append((float(cam.project(fc[None, :])[1][0]), "box",
+            prims.append((cam.depth(fc), "box",
                           (fc, r, np.array([0.011, 0.009, 0.0275]), (105, 105, 112))))
         if view == "front":
             hc = p + r @ np.array([0.0, 0.0, -0.075])
-            prims.append((float(cam.project(hc[None, :])[1][0]), "box",
-                          (hc, r, np.array([0.03, 0.1, 0.03]), s.arm_rgb)))
+            prims.append((cam.depth(hc), "box",
+                          (hc, r, np.array([0.026, 0.088, 0.028]), s.arm_rgb)))
             f = snap.frames
             pts = [np.zeros(3), np.array([0, 0, 0.2]), f[1][:3, 3], f[2][:3, 3], f[3][:3, 3], f[4][:3, 3],
                    f[5][:3, 3], f[6][:3, 3], f[7][:3, 3] - f[7][:3, 2] * 0.03]
@@ -315,16 +322,18 @@ class Renderer:
     def _draw_box(self, img, cam, centre, rot, half, rgb):
         corners = centre + (_CORNERS * half) @ rot.T
         uv, z = cam.project(corners)
-        if (z < 0.02).any():
+        if z.min() < 0.02:
             return
         normals = _NORMALS @ rot.T
+        # back-face test with face centres = centre + normal * half-extent along that axis
+        fc = centre + normals * half[_FACE_AXIS][:, None]
+        facing = np.einsum("ij,ij->i", normals, cam.eye - fc) > 0
         cols = self._shade(rgb, normals)
         ipts = np.round(uv * _SCALE).astype(np.int32)
-        for k, idx in enumerate(_FACES):
-            fc = corners[idx].mean(axis=0)
-            if normals[k] @ (cam.eye - fc) <= 0:
-                continue
-            cv2.fillConvexPoly(img, ipts[idx], tuple(cols[k].tolist()), cv2.LINE_AA, _SHIFT)
+        for k in np.flatnonzero(facing):
+            c = cols[k]
+            cv2.fillConvexPoly(img, ipts[_FACES[k]], (float(c[0]), float(c[1]), float(c[2])),
+                               cv2.LINE_AA, _SHIFT)
 
     def _draw_bowl(self, img, cam, pts):
         uv, z = cam.project(pts)
@@ -349,14 +358,16 @@ class Renderer:
             return
         s = self.style
         # brightest normal of a cylinder with axis d: the light's component orthogonal to d
-        lit = math.sqrt(max(0.0, 1.0 - float(d @ s.light_dir) ** 2))
-        base = np.asarray(s.arm_rgb, float) * s.brightness
-        col = tuple(np.clip(base * (s.ambient + s.diffuse * lit * 0.8), 0, 255).tolist())
-        hi = tuple(np.clip(base * (s.ambient + s.diffuse * lit * 1.1) + 10, 0, 255).tolist())
-        edge = tuple(np.clip(base * s.ambient * 0.6, 0, 255).tolist())
+        dl = float(d[0] * s.light_dir[0] + d[1] * s.light_dir[1] + d[2] * s.light_dir[2])
+        lit = math.sqrt(max(0.0, 1.0 - dl * dl))
+        k = s.brightness
+        r0, g0, b0 = s.arm_rgb
+        def col(m, add=0.0):
+            return (min(255.0, r0 * k * m + add), min(255.0, g0 * k * m + add), min(255.0, b0 * k * m + add))
         th = max(1, int(2 * rad * cam.f / (0.5 * (za + zb))))
-        pa = tuple(np.round(a * _SCALE).astype(int).tolist())
-        pb = tuple(np.round(b * _SCALE).astype(int).tolist())
-        cv2.line(img, pa, pb, edge, th + 2, cv2.LINE_AA, _SHIFT)
-        cv2.line(img, pa, pb, col, th, cv2.LINE_AA, _SHIFT)
-        cv2.line(img, pa, pb, hi, max(1, th // 3), cv2.LINE_AA, _SHIFT)
+        pa = (int(round(a[0] * _SCALE)), int(round(a[1] * _SCALE)))
+        pb = (int(round(b[0] * _SCALE)), int(round(b[1] * _SCALE)))
+        cv2.line(img, pa, pb, col(s.ambient * 0.6), th + 2, cv2.LINE_AA, _SHIFT)
+        cv2.line(img, pa, pb, col(s.ambient + s.diffuse * lit * 0.8), th, cv2.LINE_AA, _SHIFT)
+        cv2.line(img, pa, pb, col(s.ambient + s.diffuse * lit * 1.1, 10.0), max(1, th // 3),
+                 cv2.LINE_AA, _SHIFT)

@@ -123,7 +123,9 @@ class Workcell:
             r = self.config.randomization
             style = make_style(np.random.default_rng([self.seed, 7]), r.light, r.colors,
                                r.camera_jitter, r.noise)
-            self.renderer.set_style(style)
+            # a fresh renderer (not set_style): a camera thread still drawing the previous
+            # scene keeps its own renderer and caches, so it never sees half-cleared caches
+            self.renderer = Renderer(style)
             self._colors = {"red_cube": style.red_rgb, "blue_cube": style.blue_rgb}
 
     @staticmethod
