@@ -209,3 +209,28 @@ def test_read_only_destination_fails_at_start(tmp_path):
             EpisodeStore.create(mnt / "ds", robot="sim", fps=30, joint_names=JOINTS, cameras={})
     finally:
         _umount(mnt)
+
+
+@pytest.mark.parametrize("jpeg", [False, True], ids=["raw", "jpeg"])
+def test_disk_full_hard_enospc(small_fs, monkeypatch, jpeg):
+    """Without the early stop, the real ENOSPC from os.write/HDF5 still ends the episode cleanly."""
+    monkeypatch.setattr(EpisodeWriter, "_check_space", lambda self: None)
+    cams = {"top": (240, 320), "wrist": (240, 320)}
+    w = EpisodeWriter(small_fs / "episode_000001.h5", EpisodeMeta("x", 50, "sim", JOINTS, "teleop"), cams,
+                      dof=8, jpeg=jpeg)
+    rng = np.random.default_rng(2)
+    t0 = time.monotonic()
+    i = 0
+    while w.error is None and time.monotonic() - t0 < 30:
+        w.add_step(np.full(8, i, np.float32), np.zeros(8), timestamp=i / 50,
+                   images={c: rng.integers(0, 255, (240, 320, 3), dtype=np.uint8) for c in cams})
+        i += 1
+        time.sleep(0.004)
+    assert w.error and "disk full" in w.error
+    with pytest.raises(RecorderError, match="saved as episode_000001.h5"):
+        w.finish()
+    ep = read_episode(small_fs / "episode_000001.h5")
+    assert ep.attrs["truncated"] and ep.num_steps > 0
+    np.testing.assert_array_equal(ep.qpos[:, 0], np.arange(ep.num_steps))
+    assert ep.images("top").shape[0] == ep.num_steps
+    assert sorted(p.name for p in small_fs.iterdir()) == ["episode_000001.h5"]
