@@ -165,6 +165,23 @@ def test_corrupt_crc_retry_then_error(rig):
     arm.get_observation()
 
 
+def test_latched_hardware_error_then_recovery(rig):
+    arm, sim, backend = rig
+    arm.set_torque(True)
+    sim.hardware_error([2])                         # overload: servo 2 goes limp and reports it
+    if arm.config.protocol == "dynamixel":
+        with pytest.raises(dxl.HardwareAlert, match="servo 2.*reboot"):
+            arm.get_observation()
+        assert arm.bus.hardware_error_status(2) == 0x20
+        arm.bus.reboot(2)
+    else:
+        with pytest.raises(fts.OverloadError, match="servo 2.*re-enable torque"):
+            arm.get_observation()
+        assert arm.bus.read(2, fts.ADDR_TORQUE_ENABLE, 1, allow_alert=True) == b"\x00"
+        arm.bus.write(2, fts.ADDR_TORQUE_ENABLE, b"\x01")
+    assert arm.get_observation().position.shape == (8,)
+
+
 def test_unplug_silent_then_replug_recovers(rig):
     arm, sim, _ = rig
     sim.unplug()

@@ -172,6 +172,7 @@ def test_truncated_is_incomplete(params, data):
         d.parse_packet(pkt[:cut])
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=40))
 def test_stuff_unstuff_inverse(b):
     s = d.stuff(b)
@@ -179,6 +180,7 @@ def test_stuff_unstuff_inverse(b):
     assert s.count(b"\xFF\xFF\xFD") == s.count(b"\xFF\xFF\xFD\xFD")
 
 
+@settings(deadline=None)
 @given(st.integers(-(2 ** 31), 2 ** 31 - 1))
 def test_value_encoding(v):
     assert d.decode(d.encode(v, 4)) == v

@@ -127,6 +127,7 @@ def test_bad_header():
         f.parse_status(h("FE FF 01 02 00 FC"))
 
 
+@settings(deadline=None)
 @given(st.integers(-32767, 32767))
 def test_value_roundtrip(v):
     assert f.decode(f.encode(v, 2)) == v

@@ -49,6 +49,7 @@ MODEL_XL330_M288 = 1200
 
 # Status error byte: bit 7 = hardware alert, bits 0..6 = error number
 ALERT_BIT = 0x80
+ALERT_MASK = ALERT_BIT        # bits that report the servo's health rather than this request
 
 
 class ResultFail(ServoError):

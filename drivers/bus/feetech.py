@@ -15,6 +15,7 @@ HEADER = b"\xFF\xFF"
 BROADCAST_ID = 0xFE
 MAX_ID = 0xFC
 MIN_PACKET = 6           # FF FF ID LEN ERR CHK
+ALERT_MASK = 0x2F        # voltage, angle, overheat, over-current, overload: health, not this request
 
 PING, READ, WRITE, REG_WRITE, ACTION, RESET = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 SYNC_READ, SYNC_WRITE = 0x82, 0x83

@@ -180,6 +180,7 @@ class _Servo:
             self.set(15, 40); self.set(16, 1000); self.set(48, 1000); self.set(55, 1)
             self.set(62, 74); self.set(63, 30)
         self.sid = sid
+        self.alert = 0            # latched hardware error bits (fault injection)
 
     @property
     def sid(self) -> int:
@@ -416,6 +417,12 @@ class SimServoBus:
             self.faults.drop.clear()
             self.faults.corrupt.clear()
 
+    def hardware_error(self, ids: list[int] | int, bits: int = 0x20) -> None:
+        """Latch a hardware error like a stalled servo (default 0x20 = overload): torque goes off
+        and every status packet carries it (Dynamixel: alert bit 0x80 + Hardware Error Status at
+        address 70, cleared by REBOOT; Feetech: the status bit, cleared by writing torque on)."""
+        self._command(("hwerr", [ids] if isinstance(ids, int) else list(ids), bits))
+
     def unplug(self, eio: bool = False) -> None:
         """Whole bus goes silent (power cut), or with eio=True the adapter vanishes: the pty is
         closed and client reads/writes fail with EIO."""
@@ -426,7 +433,7 @@ class SimServoBus:
         self._command("replug")
         return self.port or ""
 
-    def _command(self, cmd: str) -> None:
+    def _command(self, cmd) -> None:
         if not self._running:
             raise RuntimeError("SimServoBus is not started")
         done = threading.Event()
@@ -435,8 +442,16 @@ class SimServoBus:
         if not done.wait(2.0):
             raise RuntimeError(f"sim bus thread did not handle {cmd!r}")
 
-    def _do_command(self, cmd: str) -> None:
-        if cmd == "unplug":
+    def _do_command(self, cmd) -> None:
+        if isinstance(cmd, tuple) and cmd[0] == "hwerr":
+            for sid in cmd[1]:
+                srv = self._servo(sid)
+                if srv is not None:
+                    self._apply(srv, self._torque_addr, b"\x00")
+                    srv.alert = cmd[2]
+                    if self.protocol == "dynamixel":
+                        srv.set(dxl.ADDR_HARDWARE_ERROR, cmd[2])
+        elif cmd == "unplug":
             self.faults.unplugged = "silent"
         elif cmd == "unplug_eio":
             self.faults.unplugged = "eio"
@@ -466,26 +481,34 @@ class SimServoBus:
                     last_step = now
             if self._wake_r in r:
                 os.read(self._wake_r, 64)
+                self._receive(buf)    # bytes sent before the command was issued come first
                 while not self._cmds.empty():
                     cmd, done = self._cmds.get()
                     self._do_command(cmd)
-                    buf.clear()
+                    if cmd in ("unplug", "unplug_eio", "replug"):
+                        buf.clear()
                     done.set()
                 continue
-            if self._master < 0 or self._master not in r:
-                continue
+            if self._master >= 0 and self._master in r and not self._receive(buf):
+                time.sleep(0.01)      # EIO: no client has the slave open yet / anymore
+
+    def _receive(self, buf: bytearray) -> bool:
+        """Read whatever the client sent and serve it; False on a hung-up pty."""
+        while self._master >= 0:
             try:
                 data = os.read(self._master, 4096)
-                self._t_rx = time.monotonic()
             except BlockingIOError:
-                continue
+                return True
             except OSError:
-                time.sleep(0.01)      # no client has the slave open yet / anymore
-                continue
+                return False
+            if not data:
+                return True
+            self._t_rx = time.monotonic()
             if self.faults.unplugged:
                 continue              # dead bus: bytes vanish
             buf += data
             self._drain(buf)
+        return True
 
     def _drain(self, buf: bytearray) -> None:
         codec = self.codec
@@ -609,6 +632,9 @@ class SimServoBus:
             drop, corrupt = self._take_fault(sid)
             if drop:
                 continue
+            srv = self._servo(sid)
+            if srv is not None and srv.alert:
+                err |= 0x80 if self.protocol == "dynamixel" else srv.alert
             pkt = bytearray(self.codec.build_status(sid, err, params))
             if corrupt:
                 pkt[-1] ^= 0x5A
@@ -688,6 +714,7 @@ class SimServoBus:
                 replies.append((s.sid, 0, b""))
                 self._apply(s, dxl.ADDR_TORQUE_ENABLE, b"\x00")
                 s.set(dxl.ADDR_HARDWARE_ERROR, 0)
+                s.alert = 0
             elif ins in (dxl.READ, dxl.WRITE):
                 replies.append((s.sid, 0x05, b""))
             else:
@@ -725,6 +752,9 @@ class SimServoBus:
         targets = self._targets(pkt.servo_id)
         if not targets:
             return
+        if ins == fts.PING:   # broadcast ping: every servo answers, in id order
+            self._reply([(s.sid, 0, b"") for s in sorted(targets, key=lambda s: s.sid)])
+            return
         replies = []
         for s in targets:
             if ins == fts.PING:
@@ -737,6 +767,8 @@ class SimServoBus:
                 err = s.check_write(p[0], bytes(p[1:]))
                 if not err:
                     old = s.sid
+                    if p[0] == fts.ADDR_TORQUE_ENABLE and p[1:2] == b"\x01":
+                        s.alert = 0                       # re-enabling torque clears an overload
                     self._apply(s, p[0], bytes(p[1:]))
                     if s.sid != old:
                         replies.append((old, 0, b""))

@@ -158,9 +158,11 @@ class _ServoBus:
     def _retryable_servo_error(self, e: ServoError) -> bool:
         return False
 
-    def transact(self, packet: bytes, ids: list[int]) -> dict[int, object]:
+    def transact(self, packet: bytes, ids: list[int], allow_alert: bool = False) -> dict[int, object]:
         """Send `packet`, collect one status packet from each id in `ids` (none for broadcast
-        writes), retrying the whole exchange on timeouts / corruption. Returns {id: Packet}."""
+        writes), retrying the whole exchange on timeouts / corruption. Returns {id: Packet}.
+        allow_alert: don't raise for health bits (hardware alert / overload ...), e.g. to read
+        the error status register of a servo that has latched an error."""
         with self.lock:
             got: dict[int, object] = {}
             corrupt: ChecksumMismatch | None = None
@@ -188,7 +190,10 @@ class _ServoBus:
                     continue
                 try:
                     for sid in ids:
-                        self.codec.raise_for_status(got[sid])
+                        p = got[sid]
+                        if allow_alert and p.error:
+                            p = type(p)(p.servo_id, p.instruction, p.params, p.error & ~self.codec.ALERT_MASK)
+                        self.codec.raise_for_status(p)
                 except ServoError as e:
                     if self._retryable_servo_error(e) and attempt + 1 < self.retries:
                         continue
@@ -206,8 +211,8 @@ class _ServoBus:
         """Return the model number; ServoTimeout if the servo does not answer."""
         raise NotImplementedError
 
-    def read(self, servo_id: int, address: int, length: int) -> bytes:
-        pkt = self.transact(self.codec.read(servo_id, address, length), [servo_id])[servo_id]
+    def read(self, servo_id: int, address: int, length: int, allow_alert: bool = False) -> bytes:
+        pkt = self.transact(self.codec.read(servo_id, address, length), [servo_id], allow_alert)[servo_id]
         if len(pkt.params) != length:
             raise BusError(f"servo {servo_id} returned {len(pkt.params)} bytes, expected {length}")
         return pkt.params
@@ -253,6 +258,11 @@ class DynamixelBus(_ServoBus):
         if len(pkt.params) < 3:
             raise BusError(f"servo {servo_id} sent a short ping reply")
         return dxl.decode(pkt.params[:2], signed=False), pkt.params[2]
+
+    def hardware_error_status(self, servo_id: int) -> int:
+        """Hardware Error Status (address 70): 0x01 voltage, 0x04 overheat, 0x08 encoder,
+        0x10 electrical shock, 0x20 overload. Readable while the alert is latched."""
+        return self.read(servo_id, dxl.ADDR_HARDWARE_ERROR, 1, allow_alert=True)[0]
 
     def reboot(self, servo_id: int) -> None:
         """Clear a latched hardware error (torque goes off, the servo restarts)."""
