@@ -253,3 +253,19 @@ def test_index_1000_episodes_opens_fast(tmp_path):
     dt = time.perf_counter() - t
     assert len(st2.episodes()) == 1000
     assert dt < 1.0, f"opening a 1,000-episode store took {dt:.3f} s"
+
+
+def test_writer_falling_behind_reports_drops_never_blocks(tmp_path):
+    cams = {"a": (480, 640), "b": (480, 640)}
+    w = EpisodeWriter(tmp_path / "slow.h5", meta(), cams, dof=8, jpeg=True, max_queue_s=0.0)  # 16-step queue
+    img = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    worst = 0.0
+    for i in range(300):                      # far faster than JPEG-encoding 2 x VGA noise frames
+        t = time.perf_counter()
+        w.add_step(np.zeros(8), np.zeros(8), timestamp=i * 1e-3, images={"a": img, "b": img})
+        worst = max(worst, time.perf_counter() - t)
+    assert w.dropped > 0 and "falling behind" in w.warning and "dropped" in w.warning
+    assert w.num_steps + w.dropped == 300
+    assert worst < 0.05, f"add_step blocked for {worst * 1e3:.0f} ms"
+    ep = read_episode(w.finish())
+    assert ep.num_steps == w.num_steps
