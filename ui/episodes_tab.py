@@ -127,24 +127,15 @@ class EpisodesTab(QWidget):
         scrub.addWidget(self.play_btn)
         scrub.addWidget(self.slider, 1)
         scrub.addWidget(self.frame_label)
-        import pyqtgraph as pg
-        self.plot = pg.PlotWidget()
-        self.plot.setBackground("#1e1f22")
-        self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.plot.setLabel("bottom", "step")
-        self.plot.setLabel("left", "qpos (solid) / action (dashed)")
-        self.plot.setMinimumHeight(160)
-        self.cursor = pg.InfiniteLine(pos=0, angle=90, movable=True, pen=pg.mkPen("#f1c40f", width=2))
-        self.cursor.sigPositionChanged.connect(self._cursor_moved)
-        self.plot.addItem(self.cursor)
+        self.plot = None                 # pyqtgraph is imported on first use: keeps app start fast
+        self.cursor = None
         self._curves: list = []
-
         viewer = QWidget()
         vl = QVBoxLayout(viewer)
         vl.setContentsMargins(0, 0, 0, 0)
         vl.addLayout(self.images_row, 3)
         vl.addLayout(scrub)
-        vl.addWidget(self.plot, 2)
+        self._viewer_layout = vl
 
         left = QWidget()
         ll = QVBoxLayout(left)
@@ -164,6 +155,25 @@ class EpisodesTab(QWidget):
         self.open_btn.clicked.connect(self.open_dialog)
         self.refresh_btn.clicked.connect(self.refresh)
         self._update_buttons()
+
+    def _ensure_plot(self) -> None:
+        if self.plot is not None:
+            return
+        import pyqtgraph as pg
+        self.plot = pg.PlotWidget()
+        self.plot.setBackground("#1e1f22")
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot.setLabel("bottom", "step")
+        self.plot.setLabel("left", "qpos (solid) / action (dashed)")
+        self.plot.setMinimumHeight(160)
+        self.cursor = pg.InfiniteLine(pos=0, angle=90, movable=True, pen=pg.mkPen("#f1c40f", width=2))
+        self.cursor.sigPositionChanged.connect(self._cursor_moved)
+        self.plot.addItem(self.cursor)
+        self._viewer_layout.addWidget(self.plot, 2)
+
+    def showEvent(self, ev) -> None:
+        self._ensure_plot()
+        super().showEvent(ev)
 
     # ------------------------------------------------------------------ store
     def set_session(self, session) -> None:
@@ -273,6 +283,7 @@ class EpisodesTab(QWidget):
 
     def _show_episode(self, ep_id: int, ep) -> None:
         import pyqtgraph as pg
+        self._ensure_plot()
         if self.episode is not None:
             self.episode.close()
         self.play_btn.setChecked(False)
@@ -351,20 +362,28 @@ class EpisodesTab(QWidget):
         self.show_frame(self.slider.value() + 1)
 
     # ------------------------------------------------------------------ edits
+    def _release_file(self, ep_id: int) -> None:
+        """Close our read handle on an episode file before it is modified or moved (HDF5 refuses to open a
+        file for writing that this process has open for reading); images reopen it lazily."""
+        if self.episode is not None and self.episode_id == ep_id:
+            self.episode.close()
+
     def relabel(self, success: int) -> None:
+        """Write the label into the episode file (a few ms: one attribute) and refresh the table."""
         ep_id = self.selected_id()
         if ep_id is None or self.store is None:
             return
-        store = self.store
-
-        def done(_info):
-            self.refresh()
-            if self.episode is not None and self.episode_id == ep_id:
-                self.episode.success = success
-                self.show_frame(self.slider.value())
-            self.message.emit(f"episode {ep_id} labelled {({1: 'success', 0: 'failure'}.get(success, 'unlabelled'))}")
-        run_in_thread(lambda w: store.relabel(ep_id, success), on_done=done,
-                      on_error=lambda e: self.message.emit(f"relabel failed: {e}"))
+        self._release_file(ep_id)
+        try:
+            self.store.relabel(ep_id, success)
+        except Exception as e:
+            self.message.emit(f"relabel failed: {e}")
+            return
+        if self.episode is not None and self.episode_id == ep_id:
+            self.episode.success = success
+            self.show_frame(self.slider.value())
+        self.refresh()
+        self.message.emit(f"episode {ep_id} labelled {({1: 'success', 0: 'failure'}.get(success, 'unlabelled'))}")
 
     def delete_selected(self) -> None:
         ep_id = self.selected_id()
@@ -373,6 +392,9 @@ class EpisodesTab(QWidget):
         if self.episode_id == ep_id and self.episode is not None:
             self.episode.close()
             self.episode, self.episode_id = None, None
+            for v in self.image_views.values():
+                v.set_image(None)
+            self.frame_label.setText("deleted")
         try:
             self.store.delete(ep_id)
         except Exception as e:

@@ -22,7 +22,7 @@ from ui.policy_tab import PolicyTab
 from ui.session_ext import camera_errors
 from ui.shortcuts import SHORTCUTS, HelpDialog
 from ui.teleop_tab import TeleopTab
-from ui.util import StatusLight, Worker, run_in_thread
+from ui.util import StatusLight, Worker, run_in_thread, set_style
 
 STATUS_HZ = 30
 ROBOT_KINDS = ("sim", "sim-serial", "real")
@@ -153,7 +153,10 @@ class MainWindow(QMainWindow):
         self.rec_label = QLabel("")
         self.mode_label = QLabel("")
         self.fps_label = QLabel("")
-        for w in (self.mode_label, self.fps_label, self.rec_label, self.loop_label):
+        for w, sample in ((self.mode_label, "mode: kinesthetic"), (self.fps_label, "display front 30 fps, wrist 30 fps"),
+                          (self.rec_label, "resetting  kept 000/000"),
+                          (self.loop_label, "loop 10.0/10 Hz  p99 0.00 ms  missed 0  tick 0.0 ms")):
+            w.setMinimumWidth(w.fontMetrics().horizontalAdvance(sample) + 12)   # stable width: no relayout
             self.statusBar().addPermanentWidget(w)
 
         # ---------------- wiring
@@ -368,6 +371,9 @@ class MainWindow(QMainWindow):
                 tab.update_status(st, visible=tab is cur)
             except Exception as e:   # a view bug must not stop the status updates (nor the e-stop)
                 self.statusBar().showMessage(f"view error: {e}", 5000)
+        if time.monotonic() - getattr(self, "_fps_t", 0.0) < 0.5:
+            return
+        self._fps_t = time.monotonic()
         fps = self.live.display_fps()
         self.fps_label.setText("display " + ", ".join(f"{n} {v:.0f} fps" for n, v in fps.items()) if fps else "")
 
@@ -399,11 +405,15 @@ class MainWindow(QMainWindow):
 
     def _update_bar(self, st) -> None:
         lp = st.loop
-        if lp is not None:
+        now = time.monotonic()
+        slow = now - getattr(self, "_bar_t", 0.0) >= 0.25     # figures readable at 4 Hz; avoids relayouts
+        if slow:
+            self._bar_t = now
+        if lp is not None and slow:
             warn = lp.missed > 0 or lp.p99_err_ms > 0.2 * 1000 / lp.hz
             self.loop_label.setText(f"loop {lp.achieved_hz:.1f}/{lp.hz:g} Hz  p99 {lp.p99_err_ms:.2f} ms  "
                                     f"missed {lp.missed}  tick {lp.last_tick_ms:.1f} ms")
-            self.loop_label.setStyleSheet("color: #e67e22" if warn else "")
+            set_style(self.loop_label, "color: #e67e22" if warn else "")
         wf = st.workflow
         if wf == "recording":
             self.rec_label.setText(f"<span style='color:#e74c3c'>&#9679; REC</span> {st.recording_steps} steps")

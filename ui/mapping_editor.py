@@ -91,8 +91,9 @@ class MappingEditor(QWidget):
     def _group_names(self) -> list[str]:
         names = []
         for r in range(self.axes.rowCount()):
-            g = self.axes.cellWidget(r, 0).currentText()
-            if g not in names:
+            w = self.axes.cellWidget(r, 0)
+            g = w.currentText() if w is not None else None
+            if g and g not in names:
                 names.append(g)
         return names
 
@@ -108,11 +109,14 @@ class MappingEditor(QWidget):
 
     def _add_axis_row(self, a, group: str) -> None:
         t = self.axes
+        names = self._group_names()
+        if group not in names:
+            names.append(group)
         r = t.rowCount()
         t.insertRow(r)
         g = QComboBox()
         g.setEditable(True)
-        for name in self._group_names() or [group]:
+        for name in names:
             g.addItem(name)
         g.setCurrentText(group)
         t.setCellWidget(r, 0, g)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QUrl, Qt, Signal
-from PySide6.QtGui import QDesktopServices
+from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox,
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton,
                                QSpinBox, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
@@ -48,10 +48,7 @@ def make_runner(policy, session):
         Runner = policy_api("PolicyRunner")
     except ImportError:
         return SimpleRunner(policy)
-    try:
-        return Runner(policy, profile=session.profile, fps=session.fps)
-    except TypeError:
-        return Runner(policy)
+    return call_flexible(Runner, policy, lower=session.profile.lower(), upper=session.profile.upper())
 
 
 class SimpleRunner:
@@ -168,17 +165,9 @@ class PolicyTab(QWidget):
         sg.addWidget(self.last_safety, 4, 0, 1, 4)
 
         # --- plot
-        import pyqtgraph as pg
         self.joint_pick = QComboBox()
-        self.plot = pg.PlotWidget()
-        self.plot.setBackground("#1e1f22")
-        self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.plot.addLegend(offset=(5, 5))
-        self.plot.setLabel("bottom", "time (s, 0 = now)")
-        self.pred_curve = self.plot.plot([], [], pen=pg.mkPen("#f39c12", width=2), name="predicted (policy)")
-        self.sent_curve = self.plot.plot([], [], pen=pg.mkPen("#3498db", width=2), name="executed (after safety)")
-        self.meas_curve = self.plot.plot([], [], pen=pg.mkPen("#2ecc71", width=1), name="measured")
-        self.plot.setMinimumHeight(160)
+        self.plot = None                 # created on first show (pyqtgraph import is deferred)
+        self.pred_curve = self.sent_curve = self.meas_curve = None
         plot_box = QWidget()
         pv = QVBoxLayout(plot_box)
         pv.setContentsMargins(0, 0, 0, 0)
@@ -187,7 +176,7 @@ class PolicyTab(QWidget):
         ph.addWidget(self.joint_pick)
         ph.addStretch(1)
         pv.addLayout(ph)
-        pv.addWidget(self.plot)
+        self._plot_layout = pv
 
         # --- runs table + validation
         self.runs_table = QTableWidget(0, 5)
@@ -250,6 +239,25 @@ class PolicyTab(QWidget):
         lay.addWidget(self.run_label)
         lay.addWidget(split, 1)
         self._update_buttons()
+
+    def _ensure_plot(self) -> None:
+        if self.plot is not None:
+            return
+        import pyqtgraph as pg
+        self.plot = pg.PlotWidget()
+        self.plot.setBackground("#1e1f22")
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot.addLegend(offset=(5, 5))
+        self.plot.setLabel("bottom", "time (s, 0 = now)")
+        self.pred_curve = self.plot.plot([], [], pen=pg.mkPen("#f39c12", width=2), name="predicted (policy)")
+        self.sent_curve = self.plot.plot([], [], pen=pg.mkPen("#3498db", width=2), name="executed (after safety)")
+        self.meas_curve = self.plot.plot([], [], pen=pg.mkPen("#2ecc71", width=1), name="measured")
+        self.plot.setMinimumHeight(160)
+        self._plot_layout.addWidget(self.plot, 1)
+
+    def showEvent(self, ev) -> None:
+        self._ensure_plot()
+        super().showEvent(ev)
 
     # ------------------------------------------------------------------ session / loading
     def set_session(self, session) -> None:
@@ -451,7 +459,7 @@ class PolicyTab(QWidget):
                     t.setItem(i, c, it)
                 it.setText(v)
                 if c == 4:
-                    it.setForeground(Qt.GlobalColor.gray if r.result not in colors else colors[r.result])
+                    it.setForeground(QColor(colors.get(r.result, "#888888")))
         done = [r for r in self.runs if r.result in ("success", "failure")]
         ok = sum(r.result == "success" for r in done)
         self.summary.setText(f"{ok}/{len(done)} judged runs succeeded" if done else "no judged runs yet")
@@ -547,6 +555,7 @@ class PolicyTab(QWidget):
             self._update_plot()
 
     def _update_plot(self) -> None:
+        self._ensure_plot()
         j = self.joint_pick.currentIndex()
         if j < 0:
             return

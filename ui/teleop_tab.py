@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFormLay
 from ui.joints import GamepadView, JointPanel
 from ui.mapping_editor import MappingEditor
 from ui.session_ext import set_workflow_params
+from ui.util import set_style
 
 MODES = [("hold", "Hold", "0"), ("gamepad", "Gamepad", "1"), ("kinesthetic", "Kinesthetic", "2"),
          ("scripted", "Scripted", "3")]
@@ -34,7 +35,7 @@ def plot_colors(n: int) -> list:
 class JointPlot(QWidget):
     """Measured (solid) and commanded (dashed) joint positions over the last PLOT_SECONDS, from session.history."""
 
-    def __init__(self, joint_names: list[str], parent=None):
+    def __init__(self, joint_names: list[str], parent=None, y_range: tuple[float, float] | None = None):
         super().__init__(parent)
         import pyqtgraph as pg
         self.names = joint_names
@@ -50,11 +51,20 @@ class JointPlot(QWidget):
         self.measured = [self.plot.plot([], [], pen=pg.mkPen(c, width=2), name=n) for n, c in zip(joint_names, cols)]
         self.sent = [self.plot.plot([], [], pen=pg.mkPen(c, width=1, style=Qt.PenStyle.DashLine)) for c in cols]
         self.plot.setXRange(-PLOT_SECONDS, 0, padding=0.01)
+        if y_range is not None:        # fixed axes: a moving auto-range re-renders the axes on every update
+            self.plot.setYRange(*y_range, padding=0.02)
+        self.plot.disableAutoRange()
+        self.plot.setClipToView(True)
         lay.addWidget(self.plot)
         self._last_len = -1
         self._last_t = None
+        self._last_draw = 0.0
 
-    def update_from(self, history) -> None:
+    def update_from(self, history, max_hz: float = 5.0) -> None:
+        now_wall = time.monotonic()
+        if now_wall - self._last_draw < 1.0 / max_hz:
+            return
+        self._last_draw = now_wall
         try:
             items = list(history)        # the deque is appended by the loop thread; a copy is atomic enough
         except RuntimeError:
@@ -70,8 +80,8 @@ class JointPlot(QWidget):
         q = np.array([it[1] for it in items])
         s = np.array([it[2] for it in items])
         for j in range(min(len(self.measured), q.shape[1])):
-            self.measured[j].setData(t, q[:, j])
-            self.sent[j].setData(t, s[:, j])
+            self.measured[j].setData(t, q[:, j], skipFiniteCheck=True)
+            self.sent[j].setData(t, s[:, j], skipFiniteCheck=True)
 
 
 class TeleopTab(QWidget):
@@ -86,6 +96,7 @@ class TeleopTab(QWidget):
         self._hold_target: np.ndarray | None = None
         self._hold_until = 0.0
         self._last_status = None
+        self._plot_due = 0.0
 
         # --- mode row
         self.mode_group = QButtonGroup(self)
@@ -253,11 +264,11 @@ class TeleopTab(QWidget):
         self.joints.slider_moved.connect(self._slider_moved)
         self.joints.jog_changed.connect(self._jog_changed)
         self.joint_box_lay.addWidget(self.joints)
-        if self.plot is None or self.plot.names != prof.joint_names:
-            if self.plot is not None:
-                self.plot.setParent(None)
-            self.plot = JointPlot(prof.joint_names)
-            self.plot_holder.layout().addWidget(self.plot)
+        if self.plot is not None and self.plot.names != prof.joint_names:
+            self.plot.setParent(None)
+            self.plot = None
+        # The plot (pyqtgraph import) is built shortly after connecting, once the live view is up.
+        self._plot_due = time.monotonic() + 0.5
         if self.mapping_editor is None or self.mapping_editor.joint_names != prof.joint_names:
             if self.mapping_editor is not None:
                 self.mapping_editor.setParent(None)
@@ -420,7 +431,7 @@ class TeleopTab(QWidget):
         if wf == "recording":
             txt += f"  ({st.recording_steps} steps)"
         self.state_label.setText(f"<span style='font-size:20px; font-weight:bold; color:white'>{txt}</span>")
-        self.state_label.setStyleSheet(f"background:{color}; border-radius:6px; padding:6px")
+        set_style(self.state_label, f"background:{color}; border-radius:6px; padding:6px")
         lab = {1: "<span style='color:#27ae60'><b>success</b></span>",
                0: "<span style='color:#c0392b'><b>failure</b></span>"}.get(st.label, "unlabelled")
         sim = "" if st.sim_success is None else f" &nbsp; sim task: {'done ✔' if st.sim_success else 'not done'}"
@@ -437,5 +448,11 @@ class TeleopTab(QWidget):
         if self.joints is not None:
             self.joints.update_state(st.qpos, st.sent)
         self.pad_view.set_state(st.gamepad, st.group)
-        if self.plot is not None and self.lower_tabs.currentWidget() is self.plot_holder:
-            self.plot.update_from(self.session.history)
+        if self.lower_tabs.currentWidget() is self.plot_holder:
+            if self.plot is None and time.monotonic() >= self._plot_due:
+                prof = self.session.profile
+                self.plot = JointPlot(prof.joint_names, y_range=(float(prof.lower().min()),
+                                                                 float(prof.upper().max())))
+                self.plot_holder.layout().addWidget(self.plot)
+            if self.plot is not None:
+                self.plot.update_from(self.session.history)

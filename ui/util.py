@@ -214,6 +214,13 @@ class StatusLight(QLabel):
         self.setToolTip(detail)
 
 
+def set_style(widget, css: str) -> None:
+    """setStyleSheet only when it changes: restyling re-polishes the widget, which is not free at 30 Hz."""
+    if widget.property("_css") != css:
+        widget.setProperty("_css", css)
+        widget.setStyleSheet(css)
+
+
 def fmt_age(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1e3:.0f} ms"

@@ -1,0 +1,323 @@
+"""The GUI clicked through against the sim: real Qt widgets (offscreen), real Session and control loop,
+real virtual SDL gamepad, real HDF5 episodes read back."""
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+import sys
+import time
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QSettings, Qt
+
+from teleop_app.session import SessionConfig
+from teleop_app.workflow import WorkflowConfig
+from ui.main_window import MainWindow
+from ui.shortcuts import SHORTCUTS, HelpDialog
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def config(tmp_path, **kw):
+    wf = WorkflowConfig(countdown_s=0, reset_s=0, episode_s=0, target_episodes=3)
+    return SessionConfig(robot="sim", dataset=str(tmp_path / "ds"), fps=kw.pop("fps", 20), workflow=wf, **kw)
+
+
+@pytest.fixture
+def win(qtbot, tmp_path):
+    """A MainWindow with settings in a temp file, not yet connected."""
+    settings = QSettings(str(tmp_path / "ui.ini"), QSettings.Format.IniFormat)
+    w = MainWindow(config(tmp_path), settings=settings)
+    qtbot.addWidget(w)
+    w.resize(1500, 950)
+    w.show()
+    yield w
+    w.close()          # closes the session (loop stopped, devices released)
+
+
+def connect(qtbot, w, timeout=15000):
+    assert w.connect_session() is not None
+    qtbot.waitUntil(lambda: w.session is not None and w.session.status.connected, timeout=timeout)
+    return w.session
+
+
+def key(qtbot, w, k, mod=Qt.KeyboardModifier.NoModifier):
+    w.activateWindow()
+    w.setFocus()
+    qtbot.keyClick(w, k, mod)
+
+
+@pytest.fixture
+def vpad():
+    import pygame
+    from drivers.virtual_gamepad import VirtualGamepad
+    pygame.joystick.init()
+    pad = VirtualGamepad()
+    pad.attach()
+    yield pad
+    pad.detach()
+
+
+def test_connect_shows_live_cameras_lights_and_estop(qtbot, win):
+    s = connect(qtbot, win)
+    assert "torch" not in sys.modules, "startup must not import torch"
+    # every camera of the profile shows frames, with their capture age
+    qtbot.waitUntil(lambda: all(v.has_image() for v in win.live.views.values()) and len(win.live.views) == 2,
+                    timeout=5000)
+    qtbot.waitUntil(lambda: all("age" in v.note for v in win.live.views.values()), timeout=2000)
+    # latest-only display keeps up with the cameras: (nearly) every produced frame is painted
+    cams = s.devices.cameras
+    n0 = {n: v.frames_shown for n, v in win.live.views.items()}
+    i0 = {n: cams[n].read_latest().index for n in cams}
+    qtbot.wait(1500)
+    shown = {n: v.frames_shown - n0[n] for n, v in win.live.views.items()}
+    made = {n: cams[n].read_latest().index - i0[n] for n in cams}
+    print("frames made / shown in 1.5 s:", made, shown)
+    assert all(shown[n] >= 0.8 * made[n] - 1 and shown[n] >= 5 for n in cams), (made, shown)
+    assert win.light_robot.state == "ok" and win.light_cams.state == "ok"
+    assert win.light_pad.state in ("warn", "error") and "gamepad" in win.light_pad.detail
+    qtbot.waitUntil(lambda: "Hz" in win.loop_label.text(), timeout=3000)
+    # E-stop from the keyboard (Space), then release (Ctrl+R)
+    key(qtbot, win, Qt.Key.Key_Space)
+    qtbot.waitUntil(lambda: s.status.estopped, timeout=1000)
+    qtbot.waitUntil(lambda: "E-STOP" in win.banner.text() and win.light_robot.state == "error", timeout=1000)
+    held = s.status.sent.copy()
+    qtbot.wait(300)
+    assert np.array_equal(s.status.sent, held)
+    key(qtbot, win, Qt.Key.Key_R, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: not s.status.estopped, timeout=1000)
+    # the big button does the same
+    qtbot.mouseClick(win.estop_btn, Qt.MouseButton.LeftButton)
+    assert s.status.estopped or s.safety.estopped
+
+
+def test_connect_error_is_shown_not_raised(qtbot, win):
+    win.kind.setCurrentText("real")
+    win.profile.setCurrentText("so101")
+    win.port.setText("/dev/does-not-exist-ttyUSB9")
+    win.connect_session()
+    qtbot.waitUntil(lambda: bool(win.conn_error.text()), timeout=10000)
+    assert win.session is None
+    assert win.light_robot.state == "error"
+    assert "does-not-exist" in win.conn_error.text() or "port" in win.conn_error.text().lower()
+    assert win.connect_btn.isEnabled()
+
+
+def test_gamepad_drives_the_joint_and_the_view_follows(qtbot, win, vpad):
+    s = connect(qtbot, win)
+    key(qtbot, win, Qt.Key.Key_1)                    # mode: gamepad
+    qtbot.waitUntil(lambda: s.mode.value == "gamepad", timeout=1000)
+    assert win.teleop.mode_buttons["gamepad"].isChecked()
+    qtbot.waitUntil(lambda: s.status.gamepad.connected, timeout=5000)
+    qtbot.waitUntil(lambda: win.light_pad.state == "ok" and win.teleop.pad_view.state.connected, timeout=2000)
+    b = next(a for a in s.mapping.groups[0].axes if a.axis == 0)
+    q0 = s.status.qpos[b.joint]
+    label0 = win.teleop.joints.values[b.joint].text()
+    vpad.set_axis(0, 1.0)
+    sign = -1 if b.invert else 1
+    qtbot.waitUntil(lambda: sign * (s.status.qpos[b.joint] - q0) > 0.1, timeout=5000)
+    vpad.set_axis(0, 0.0)
+    qtbot.waitUntil(lambda: win.teleop.joints.values[b.joint].text() != label0, timeout=2000)
+    bar = win.teleop.joints.bars[b.joint]
+    assert bar.value == pytest.approx(s.status.qpos[b.joint], abs=0.2)
+    # the live plot got the motion from session.history
+    def plotted():
+        p = win.teleop.plot
+        return p is not None and p.measured[b.joint].xData is not None and len(p.measured[b.joint].xData) > 5
+    qtbot.waitUntil(plotted, timeout=3000)
+
+
+def test_record_label_scrub_relabel_delete_undo_replay(qtbot, win):
+    s = connect(qtbot, win)
+    t = win.teleop
+    t.instruction.setCurrentText("put the red cube in the bowl")
+    qtbot.mouseClick(t.set_instr_btn, Qt.MouseButton.LeftButton)
+    assert s.workflow.instruction == "put the red cube in the bowl"
+    assert win.settings.value("instructions")[0] == "put the red cube in the bowl"
+    key(qtbot, win, Qt.Key.Key_Return)               # start (no countdown in this config)
+    qtbot.waitUntil(lambda: s.status.workflow == "recording", timeout=2000)
+    qtbot.waitUntil(lambda: "REC" in win.rec_label.text(), timeout=1000)
+    # move a joint with the + jog button while recording
+    plus = t.joints.layout().itemAtPosition(2, 5).widget()
+    q0 = s.status.qpos[1]
+    qtbot.mousePress(plus, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: s.status.qpos[1] - q0 > 0.05, timeout=3000)
+    qtbot.mouseRelease(plus, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: s.status.recording_steps >= 15, timeout=3000)
+    key(qtbot, win, Qt.Key.Key_Escape)               # stop -> review
+    qtbot.waitUntil(lambda: s.status.workflow == "review", timeout=2000)
+    key(qtbot, win, Qt.Key.Key_S)                    # success: label and keep
+    qtbot.waitUntil(lambda: s.status.kept == 1, timeout=2000)
+    assert t.counter.value() == 1 or qtbot.waitUntil(lambda: t.counter.value() == 1, timeout=1000) is None
+
+    e = win.episodes
+    key(qtbot, win, Qt.Key.Key_2, Qt.KeyboardModifier.ControlModifier)
+    assert win.tabs.currentWidget() is e
+    qtbot.waitUntil(lambda: e.table.rowCount() == 1, timeout=3000)
+    assert e.table.item(0, 4).text() == "success"
+    assert e.table.item(0, 1).text() == "put the red cube in the bowl"
+    e.table.selectRow(0)
+    qtbot.waitUntil(lambda: e.episode is not None, timeout=5000)
+    n = e.episode.num_steps
+    assert n >= 15 and set(e.image_views) == {"front", "wrist"}
+    e.slider.setValue(n - 1)
+    assert f"frame {n}/{n}" in e.frame_label.text()
+    assert e.cursor.value() == n - 1
+    assert all(v.has_image() for v in e.image_views.values())
+    key(qtbot, win, Qt.Key.Key_Comma)                # previous frame
+    assert e.slider.value() == n - 2
+    # relabel as failure (written to the file, read back by the store)
+    qtbot.mouseClick(e.failure_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: e.table.rowCount() == 1 and e.table.item(0, 4).text() == "failure", timeout=3000)
+    assert s.store.episodes()[0].success == 0
+    # delete, then undo
+    e.table.selectRow(0)
+    key(qtbot, win, Qt.Key.Key_Delete)
+    qtbot.waitUntil(lambda: e.table.rowCount() == 0, timeout=2000)
+    assert s.store.episodes() == []
+    key(qtbot, win, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: e.table.rowCount() == 1, timeout=2000)
+    # replay on the robot: homing to the first pose, then the recorded actions, then hold
+    e.table.selectRow(0)
+    qtbot.mouseClick(e.replay_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: s.mode.value in ("homing", "replay"), timeout=3000)
+    qtbot.waitUntil(lambda: s.mode.value == "replay", timeout=10000)
+    qtbot.waitUntil(lambda: s.mode.value == "hold", timeout=10000)
+    assert any("replay finished" in m for m in s.messages)
+
+
+class TinyPolicy:
+    """Moves joint 0 towards +0.5 rad in small steps: enough to see predicted vs executed."""
+
+    def __init__(self, meta=None):
+        self.meta = meta
+        self.calls = 0
+
+    def reset(self):
+        pass
+
+    def predict(self, obs):
+        self.calls += 1
+        q = np.asarray(obs["qpos"], float).copy()
+        chunk = np.repeat(q[None, :], 4, axis=0)
+        chunk[:, 0] += 0.05 * np.arange(1, 5)
+        return chunk
+
+
+def test_policy_start_step_stop_runs_and_estop(qtbot, win):
+    s = connect(qtbot, win)
+    p = win.policy
+    key(qtbot, win, Qt.Key.Key_3, Qt.KeyboardModifier.ControlModifier)
+    assert win.tabs.currentWidget() is p
+    from teleop_app.policy.base import PolicyMeta
+    pol = TinyPolicy(PolicyMeta(joint_names=s.profile.joint_names, action_dim=s.profile.dof, fps=s.fps,
+                                kind="tiny-test", chunk_size=4))
+    p.install(pol, "tiny")
+    assert s.policy_runner is p.gated and s.policy_name == "tiny"
+    # single step: exactly one policy action, then the arm holds
+    key(qtbot, win, Qt.Key.Key_Period)
+    qtbot.waitUntil(lambda: p.gated.steps == 1 and s.mode.value == "policy", timeout=2000)
+    qtbot.wait(300)
+    assert p.gated.steps == 1
+    # run freely
+    q0 = s.status.qpos[0]
+    key(qtbot, win, Qt.Key.Key_P)
+    qtbot.waitUntil(lambda: s.status.qpos[0] - q0 > 0.1, timeout=5000)
+    assert p.run is not None and "running" in p.run_label.text()
+    qtbot.waitUntil(lambda: p.pred_curve.xData is not None and len(p.pred_curve.xData) > 3, timeout=2000)
+    # stop: the run is recorded and judged by the sim (the task is not done)
+    key(qtbot, win, Qt.Key.Key_Escape)
+    qtbot.waitUntil(lambda: s.mode.value == "hold", timeout=1000)
+    assert len(p.runs) == 1 and p.runs[0].result == "failure" and p.runs[0].steps > 2
+    assert p.runs_table.item(0, 4).text() == "failure"
+    # operator override: S marks the last run a success
+    key(qtbot, win, Qt.Key.Key_S)
+    assert p.runs[0].result in ("failure", "success")
+    # e-stop during a run ends it and the arm holds
+    key(qtbot, win, Qt.Key.Key_P)
+    qtbot.waitUntil(lambda: s.mode.value == "policy" and p.run is not None, timeout=2000)
+    key(qtbot, win, Qt.Key.Key_Space)
+    qtbot.waitUntil(lambda: s.status.estopped and p.run is None, timeout=2000)
+    assert len(p.runs) == 2
+    assert int(p.safety_labels["estops"].text()) >= 1 or \
+        qtbot.waitUntil(lambda: int(p.safety_labels["estops"].text()) >= 1, timeout=1000) is None
+
+
+def test_policy_load_error_is_readable(qtbot, win, tmp_path):
+    connect(qtbot, win)
+    bad = tmp_path / "not_a_checkpoint.pt"
+    bad.write_bytes(b"garbage")
+    w = win.policy.load(str(bad))
+    assert w is not None
+    qtbot.waitUntil(lambda: "cannot load" in win.policy.meta_label.text(), timeout=30000)
+    assert win.policy.gated is None
+    assert win.session.mode.value == "hold"
+
+
+def test_mapping_editor_edit_apply_save_load(qtbot, win, tmp_path):
+    s = connect(qtbot, win)
+    ed = win.teleop.mapping_editor
+    assert ed.axes.rowCount() > 0 and ed.buttons.rowCount() > 0
+    # invert the first axis binding and halve its scale, then apply
+    inv = ed.axes.cellWidget(0, 4)
+    was = inv.isChecked()
+    inv.setChecked(not was)
+    ed.axes.cellWidget(0, 3).setValue(0.5)
+    qtbot.mouseClick(ed.apply_btn, Qt.MouseButton.LeftButton)
+    a = s.mapping.groups[0].axes[0]
+    assert a.invert is (not was) and a.scale == pytest.approx(0.5)
+    path = tmp_path / "m.toml"
+    assert ed.save(str(path)) and path.exists()
+    ed.set_mapping(__import__("teleop_app.mapping", fromlist=["x"]).default_mapping(8))
+    assert ed.load(str(path))
+    assert ed.mapping().groups[0].axes[0].scale == pytest.approx(0.5)
+    # an invalid mapping is refused with a message, the session keeps the old one
+    ed.axes.setRowCount(0)
+    old = s.mapping
+    assert not ed.apply()
+    assert s.mapping is old and "not applied" in ed.status.text()
+    # a broken TOML file gives a readable error
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [")
+    assert not ed.load(str(bad)) and "cannot load" in ed.status.text()
+
+
+def test_kinesthetic_slider_pushes_the_sim_arm(qtbot, win):
+    s = connect(qtbot, win)
+    key(qtbot, win, Qt.Key.Key_2)
+    qtbot.waitUntil(lambda: s.mode.value == "kinesthetic" and not s.status.torque, timeout=2000)
+    j = win.teleop.joints
+    q0 = s.status.qpos[0]
+    j.sliders[0].setValue(j.to_slider(0, q0 + 0.3))
+    qtbot.waitUntil(lambda: abs(s.status.qpos[0] - (q0 + 0.3)) < 0.02, timeout=3000)
+    key(qtbot, win, Qt.Key.Key_0)                     # back to hold: torque on, no jump
+    qtbot.waitUntil(lambda: s.mode.value == "hold" and s.status.torque, timeout=2000)
+    assert abs(s.status.qpos[0] - (q0 + 0.3)) < 0.05
+
+
+def test_help_lists_every_shortcut_and_every_action_exists(qtbot, win):
+    for _key, _text, method in SHORTCUTS:
+        assert callable(getattr(win, method)), method
+    d = HelpDialog(win)
+    qtbot.addWidget(d)
+    assert d.table.rowCount() == len(SHORTCUTS)
+    keys = {d.table.item(r, 0).text() for r in range(d.table.rowCount())}
+    assert {"Space", "Return", "Right", "Left", "Esc", "S", "F", "H", "1", "2", "3", "Ctrl+E", "F1"} <= keys
+
+
+def test_settings_persist_between_windows(qtbot, tmp_path):
+    ini = str(tmp_path / "ui.ini")
+    w = MainWindow(SessionConfig(), settings=QSettings(ini, QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.kind.setCurrentText("sim-serial")
+    w.dataset.setText(str(tmp_path / "elsewhere"))
+    w._remember_instruction("stack the cubes")
+    w.close()
+    w2 = MainWindow(SessionConfig(), settings=QSettings(ini, QSettings.Format.IniFormat))
+    qtbot.addWidget(w2)
+    assert w2.kind.currentText() == "sim-serial"
+    assert w2.dataset.text() == str(tmp_path / "elsewhere")
+    assert w2.teleop.instruction.findText("stack the cubes") >= 0
+    w2.close()
