@@ -45,8 +45,15 @@ def rig(request):
 
 
 def test_is_a_robot(rig):
-    arm, _, _ = rig
+    arm, sim, backend = rig
     assert isinstance(arm, Robot) and arm.is_connected and not arm.torque_enabled
+    q = backend.qpos()
+    q[2] = (-131073 - 2048) / (4096 / (2 * math.pi)) if arm.config.protocol == "dynamixel" else -1.0
+    backend.push(q)                                  # dynamixel: FF FF FD FF on the wire -> stuffed
+    t0 = time.monotonic()
+    obs = arm.get_observation()
+    assert t0 <= obs.timestamp <= time.monotonic()
+    assert obs.position[2] == pytest.approx(q[2], abs=TICK)
 
 
 def test_read_write_roundtrip_in_radians(rig):
@@ -295,6 +302,13 @@ def test_dynamixel_sdk_client_against_sim():
         assert gw.txPacket() == sdk.COMM_SUCCESS
         assert wait_for(lambda: ph.read4ByteTxRx(pt, 8, dxl.ADDR_PRESENT_POSITION)[0] == 2848)
         assert ph.reboot(pt, 2)[0] == sdk.COMM_SUCCESS
+        # a status packet that needs byte stuffing: present position 0xFFFDFFFF (= -131073)
+        for i in IDS:                                # the backend's torque is all-or-nothing
+            ph.write1ByteTxRx(pt, i, dxl.ADDR_TORQUE_ENABLE, 0)
+        q = backend.qpos()
+        q[2] = (-131073 - 2048) / (4096 / (2 * math.pi))
+        backend.push(q)
+        assert ph.read4ByteTxRx(pt, 3, dxl.ADDR_PRESENT_POSITION)[:2] == (0xFFFDFFFF, sdk.COMM_SUCCESS)
     finally:
         pt.closePort()
         sim.stop()
@@ -335,8 +349,7 @@ def test_sim7_workcell_over_serial():
     profile = load_profile("sim7")
     sim = SimServoBus.workcell("dynamixel")
     port = sim.start()
-    arm = ServoArm(ServoArmConfig.from_profile(profile, port=port, protocol="dynamixel",
-                                               calibration=Calibration.for_sim(profile.joint_names)))
+    arm = ServoArm.from_profile(profile, port=port, protocol="dynamixel")   # sim kind -> for_sim calibration
     try:
         arm.connect()
         assert np.allclose(arm.get_observation().position, sim.backend.qpos(), atol=TICK)

@@ -202,6 +202,17 @@ class ServoArm:
         self._lo = np.full(len(self.ids), 0.0)
         self._hi = np.full(len(self.ids), 4095.0)
 
+    @classmethod
+    def from_profile(cls, profile, port: str | None = None, protocol: str | None = None,
+                     calibration: str | Path | Calibration | None = None, **kw) -> "ServoArm":
+        """Build from a RobotProfile; `protocol` is needed for kind 'sim' profiles served by
+        SimServoBus (then calibration defaults to Calibration.for_sim)."""
+        proto = protocol or profile.bus.kind
+        if calibration is None and profile.bus.kind == "sim":
+            calibration = Calibration.for_sim(profile.joint_names)
+        return cls(ServoArmConfig.from_profile(profile, port=port, protocol=proto,
+                                               calibration=calibration, **kw))
+
     # -- Robot
     @property
     def is_connected(self) -> bool:
@@ -282,17 +293,17 @@ class ServoArm:
         vel = cur = None
         if not self.config.read_velocity:
             ticks = self.read_ticks()
-            ts = time.monotonic()
+            ts = self.bus.last_request_time
         elif self._dx:   # 126 current(2) | 128 velocity(4) | 132 position(4): one contiguous block
             d = self.bus.sync_read(dxl.ADDR_PRESENT_CURRENT, 10, self.ids)
-            ts = time.monotonic()
+            ts = self.bus.last_request_time     # servos latch present values on receiving it
             ticks = np.array([dxl.decode(d[i][6:10]) for i in self.ids], dtype=float)
             rv = np.array([dxl.decode(d[i][2:6]) for i in self.ids], dtype=float)
             vel = self.calibration.rate_from_rad_s(names, rv * dxl.VELOCITY_UNIT_RAD_S)
             cur = np.array([dxl.decode(d[i][0:2]) for i in self.ids], dtype=float) * dxl.CURRENT_UNIT_A
         else:            # 56 position(2) | 58 speed(2)
             d = self.bus.sync_read(fts.ADDR_PRESENT_POSITION, 4, self.ids)
-            ts = time.monotonic()
+            ts = self.bus.last_request_time
             ticks = np.array([fts.decode(d[i][0:2]) for i in self.ids], dtype=float)
             rv = np.array([fts.decode(d[i][2:4]) for i in self.ids], dtype=float)
             vel = self.calibration.rate_from_rad_s(names, rv * fts.SPEED_UNIT_RAD_S)

@@ -140,6 +140,7 @@ class _ServoBus:
         self.retries = max(1, int(retries))
         self.lock = threading.RLock()
         self.stats = {"timeouts": 0, "corrupt": 0, "retries": 0}
+        self.last_request_time = 0.0   # monotonic time the last request left (servos sample then)
 
     @property
     def port(self) -> str:
@@ -171,6 +172,7 @@ class _ServoBus:
                     self.stats["retries"] += 1
                 self.t.flush_input()
                 self.t.write(packet)
+                self.last_request_time = time.monotonic()
                 got, corrupt = {}, None
                 try:
                     while len(got) < len(ids):
