@@ -1,0 +1,159 @@
+"""Self-describing checkpoints for the project's VLA, and the policy object that runs one.
+
+One file holds: format tag + version, the weights (plain tensors), the model config, PolicyMeta
+(joint names, fps, cameras, image size, chunk, normalisation stats), the tokenizer vocabulary
+and training info (+ optimizer state for resume). Only tensors, numbers, strings, lists and dicts
+are stored and the file is loaded with `weights_only=True`, so opening a checkpoint never runs code.
+Writes go to a temp file then os.replace, so a crash never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .base import PolicyError, PolicyMeta
+from .tokenizer import Tokenizer
+
+FORMAT = "teleop-vla"
+VERSION = 1
+
+
+class CheckpointError(PolicyError):
+    """The checkpoint file is missing, corrupt or not a teleop VLA checkpoint."""
+
+
+def save_checkpoint(path, model, meta: PolicyMeta, tokenizer: Tokenizer, train_info: dict | None = None,
+                    optimizer_state: dict | None = None) -> Path:
+    import torch
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "format": FORMAT,
+        "version": VERSION,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "model_config": model.cfg.to_dict(),
+        "meta": meta.to_dict(),
+        "tokenizer": tokenizer.to_dict(),
+        # JSON round trip: only plain values reach the file (weights_only loading allows no classes)
+        "train": json.loads(json.dumps(dict(train_info or {}), default=str)),
+    }
+    if optimizer_state is not None:
+        blob["optimizer"] = optimizer_state
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path) -> dict:
+    """The raw checkpoint dict, validated. Raises CheckpointError with what to do."""
+    import torch
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path} (train one with `teleop policy train`)")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; give the checkpoint file (e.g. {path}/policy.pt)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated / foreign files
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {detail[:240]}); "
+                              "the file is corrupt, truncated or not a teleop checkpoint (objects other "
+                              "than tensors are refused) - use an earlier checkpoint or retrain") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a teleop VLA checkpoint (no '{FORMAT}' format tag)")
+    if int(blob.get("version", -1)) > VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {blob.get('version')} is newer than this "
+                              f"app supports ({VERSION}); update teleop")
+    for key in ("state_dict", "model_config", "meta", "tokenizer"):
+        if key not in blob:
+            raise CheckpointError(f"{path}: checkpoint is missing '{key}'; it is incomplete - retrain")
+    return blob
+
+
+def build_model(blob: dict, path="<checkpoint>"):
+    from .model import ModelConfig, VLAModel
+    try:
+        cfg = ModelConfig.from_dict(blob["model_config"])
+        model = VLAModel(cfg)
+        model.load_state_dict(blob["state_dict"])
+    except Exception as e:
+        raise CheckpointError(f"{path}: weights do not match the stored model config ({e}); "
+                              "the file is corrupt or from an incompatible version") from None
+    model.eval()
+    return model
+
+
+class VLAPolicy:
+    """Runs the project's VLA on one observation; see base.Policy."""
+
+    def __init__(self, model, meta: PolicyMeta, tokenizer: Tokenizer, train_info: dict | None = None,
+                 threads: int | None = 2):
+        import torch
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model.eval()
+        self.meta = meta
+        self.tokenizer = tokenizer
+        self.train_info = dict(train_info or {})
+        st, ac = meta.stats["state"], meta.stats["action"]
+        self._s_mean, self._s_std = np.asarray(st["mean"], np.float32), np.asarray(st["std"], np.float32)
+        self._a_mean, self._a_std = np.asarray(ac["mean"], np.float32), np.asarray(ac["std"], np.float32)
+        self._tok_cache: dict[str, list[int]] = {}
+
+    def reset(self) -> None:
+        pass
+
+    def preprocess_images(self, images: dict) -> np.ndarray:
+        """-> (n_cam, 3, H, W) float32 in [0,1], resized to the model's input size."""
+        import cv2
+        h, w = self.meta.image_size
+        out = []
+        for cam in self.meta.cameras:
+            if cam not in images or images[cam] is None:
+                raise PolicyError(f"observation lacks camera '{cam}' the policy needs "
+                                  f"(got {sorted(images)})")
+            img = np.asarray(images[cam])
+            if img.ndim != 3 or img.shape[2] != 3:
+                raise PolicyError(f"camera '{cam}' image must be HxWx3, got shape {img.shape}")
+            if img.shape[:2] != (h, w):
+                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            out.append(img.transpose(2, 0, 1))
+        return np.stack(out).astype(np.float32) / 255.0
+
+    def tokens(self, instruction: str) -> list[int]:
+        if instruction not in self._tok_cache:
+            self._tok_cache[instruction] = self.tokenizer.encode(instruction)
+        return self._tok_cache[instruction]
+
+    def predict(self, obs: dict) -> np.ndarray:
+        import torch
+        imgs = self.preprocess_images(obs["images"])
+        q = np.asarray(obs["qpos"], np.float32)
+        if q.shape != self._s_mean.shape:
+            raise PolicyError(f"qpos has shape {q.shape}, policy expects {self._s_mean.shape}")
+        s = (q - self._s_mean) / self._s_std
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(imgs)[None],
+                             torch.tensor([self.tokens(obs.get("instruction", ""))]),
+                             torch.from_numpy(s)[None])[0].numpy()
+        return out.astype(np.float64) * self._a_std + self._a_mean
+
+
+def load_checkpoint_policy(path, threads: int | None = 2, **_ignored) -> VLAPolicy:
+    blob = read_checkpoint(path)
+    try:
+        meta = PolicyMeta.from_dict(blob["meta"])
+        tok = Tokenizer.from_dict(blob["tokenizer"])
+        for k in ("state", "action"):
+            for s in ("mean", "std"):
+                if len(meta.stats[k][s]) != (meta.action_dim if k == "action" else len(meta.joint_names)):
+                    raise ValueError(f"stats {k}.{s} has the wrong length")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: checkpoint metadata is malformed ({e}); retrain") from None
+    model = build_model(blob, path)
+    return VLAPolicy(model, meta, tok, blob.get("train"), threads=threads)

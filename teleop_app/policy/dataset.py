@@ -1,0 +1,131 @@
+"""Recorded episodes -> in-memory training arrays (numpy only; torch stays in train.py).
+
+Images are resized once to the model input size, so an epoch costs no decoding. Episodes are
+split into train / held-out deterministically by episode file name, so offline validation
+later uses exactly the episodes training never saw.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .base import PolicyError
+
+
+@dataclass
+class EpisodeArrays:
+    file: str
+    instruction: str
+    qpos: np.ndarray                 # (T, D) float32
+    action: np.ndarray               # (T, D) float32
+    images: dict[str, np.ndarray]    # cam -> (T, H, W, 3) uint8 at model size
+    success: int
+
+
+@dataclass
+class Dataset:
+    episodes: list[EpisodeArrays]
+    joint_names: list[str]
+    fps: float
+    cameras: list[str]
+    image_size: tuple[int, int]
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def num_steps(self) -> int:
+        return sum(len(e.qpos) for e in self.episodes)
+
+    def stats(self) -> dict:
+        q = np.concatenate([e.qpos for e in self.episodes])
+        a = np.concatenate([e.action for e in self.episodes])
+        # floor the std so a joint that never moved does not blow up after normalisation
+        return {"state": {"mean": q.mean(0).tolist(), "std": np.maximum(q.std(0), 1e-2).tolist()},
+                "action": {"mean": a.mean(0).tolist(), "std": np.maximum(a.std(0), 1e-2).tolist()}}
+
+
+def episode_files(root) -> list[Path]:
+    """Episode files of a dataset: the store's index when there is one, else every *.h5 below root."""
+    root = Path(root)
+    if not root.exists():
+        raise PolicyError(f"dataset folder not found: {root}")
+    if root.is_file():
+        return [root]
+    if (root / "store.json").exists():
+        from recorder.store import EpisodeStore
+        st = EpisodeStore.open(root, recover=False)
+        files = [root / e.file for e in st.episodes()]
+    else:
+        files = sorted(p for p in root.rglob("*.h5") if ".trash" not in p.parts)
+    if not files:
+        raise PolicyError(f"no episodes in {root}; record some first (teleop record / scripted)")
+    return files
+
+
+def is_held_out(path, val_fraction: float) -> bool:
+    """Deterministic split by file name (stable when episodes are added later)."""
+    if val_fraction <= 0:
+        return False
+    h = int(hashlib.sha1(Path(path).name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return h < val_fraction
+
+
+def resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import cv2
+    h, w = size
+    if images.shape[1:3] == (h, w):
+        return np.ascontiguousarray(images)
+    return np.stack([cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in images])
+
+
+def load_dataset(root, cameras: list[str] | None = None, image_size: tuple[int, int] = (64, 64),
+                 split: str = "train", val_fraction: float = 0.1, only_success: bool = True,
+                 files: list[Path] | None = None, progress=None) -> Dataset:
+    """Load episodes (split 'train', 'val' or 'all'). Failed episodes (success == 0) are skipped
+    when only_success; unlabelled ones (-1) are kept. Corrupt files are skipped and listed."""
+    from recorder.reader import read_episode
+    from recorder.schema import CorruptEpisodeError
+    files = files if files is not None else episode_files(root)
+    if split == "train":
+        files = [f for f in files if not is_held_out(f, val_fraction)]
+    elif split == "val":
+        files = [f for f in files if is_held_out(f, val_fraction)]
+    eps, skipped = [], []
+    joint_names, fps = None, None
+    for i, f in enumerate(files):
+        try:
+            ep = read_episode(f)
+        except CorruptEpisodeError as e:
+            skipped.append(f"{f.name}: {e}")
+            continue
+        with ep:
+            if only_success and ep.success == 0:
+                skipped.append(f"{f.name}: failed episode")
+                continue
+            if ep.num_steps < 2:
+                skipped.append(f"{f.name}: fewer than 2 steps")
+                continue
+            cams = cameras if cameras is not None else list(ep.cameras)
+            missing = [c for c in cams if c not in ep.cameras]
+            if missing:
+                skipped.append(f"{f.name}: lacks camera(s) {missing}")
+                continue
+            if joint_names is None:
+                joint_names, fps, cameras = list(ep.meta.joint_names), float(ep.meta.fps), list(cams)
+            elif list(ep.meta.joint_names) != joint_names:
+                raise PolicyError(f"{f}: joint names {ep.meta.joint_names} differ from the rest of the "
+                                  f"dataset {joint_names}; train on one robot's data at a time")
+            elif abs(float(ep.meta.fps) - fps) > 1e-6:
+                raise PolicyError(f"{f}: recorded at {ep.meta.fps} Hz, the rest at {fps} Hz; "
+                                  "train on one control rate at a time")
+            imgs = {c: resize(ep.images(c), image_size) for c in cameras}
+            eps.append(EpisodeArrays(f.name, ep.meta.instruction, ep.qpos.astype(np.float32),
+                                     ep.action.astype(np.float32), imgs, ep.success))
+        if progress:
+            progress(i + 1, len(files))
+    if not eps:
+        why = "; ".join(skipped[:5])
+        raise PolicyError(f"no usable episodes for split '{split}' in {root}" + (f" ({why})" if why else ""))
+    return Dataset(eps, joint_names, fps, list(cameras), tuple(image_size), skipped)

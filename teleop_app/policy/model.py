@@ -1,0 +1,141 @@
+"""The project's own small Vision-Language-Action model (torch, runs on the CPU).
+
+    camera images --CNN (FiLM-conditioned on the instruction)--> spatial tokens per camera
+    instruction   --word embedding------------------------------> word tokens
+    joint state   --linear--------------------------------------> one proprio token
+    + `chunk` learned action-query tokens
+    -> small transformer encoder over all tokens
+    -> each query token -> one future action (normalised absolute joint targets)
+
+FiLM lets the instruction steer *what* the vision encoder looks for (red vs blue cube), which
+a late-fusion transformer alone learns slowly on small datasets. CoordConv channels help
+the CNN report *where* things are. Import this module only where torch is wanted.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    max_len: int = 12
+    state_dim: int = 8
+    action_dim: int = 8
+    chunk: int = 10
+    cameras: list[str] = field(default_factory=lambda: ["front"])
+    image_size: tuple[int, int] = (64, 64)
+    channels: tuple[int, ...] = (32, 64, 128)
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    ff_mult: int = 2
+    dropout: float = 0.0
+    grid: int = 4                    # spatial tokens per camera = grid * grid
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["image_size"] = tuple(d.get("image_size", (64, 64)))
+        d["channels"] = tuple(d.get("channels", (32, 64, 128)))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class FiLMConvBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride, 1)
+        self.norm = nn.GroupNorm(8, cout)
+
+    def forward(self, x, gamma, beta):
+        x = self.norm(self.conv(x))
+        x = x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+        return F.relu(x)
+
+
+class VisionEncoder(nn.Module):
+    """Image (B,3,H,W) in [0,1] + FiLM params -> (B, grid*grid, d_model)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c = cfg.channels
+        self.stem = nn.Sequential(nn.Conv2d(5, c[0], 5, 2, 2), nn.GroupNorm(8, c[0]), nn.ReLU())
+        self.blocks = nn.ModuleList(FiLMConvBlock(a, b, 2) for a, b in zip(c[:-1], c[1:]))
+        self.proj = nn.Conv2d(c[-1], cfg.d_model, 1)
+        self.grid = cfg.grid
+        self.film_sizes = list(c[1:])
+        h, w = cfg.image_size
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
+
+    def forward(self, img, films):
+        b = img.shape[0]
+        x = torch.cat([img * 2 - 1, self.coords.expand(b, -1, -1, -1)], 1)
+        x = self.stem(x)
+        for blk, (g, bt) in zip(self.blocks, films):
+            x = blk(x, g, bt)
+        x = F.adaptive_avg_pool2d(self.proj(x), self.grid)
+        return x.flatten(2).transpose(1, 2)
+
+
+class VLAModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.word_emb = nn.Embedding(cfg.vocab_size, d, padding_idx=0)
+        self.word_pos = nn.Parameter(torch.zeros(1, cfg.max_len, d))
+        self.encoders = nn.ModuleList(VisionEncoder(cfg) for _ in cfg.cameras)
+        film_total = 2 * sum(self.encoders[0].film_sizes) * len(cfg.cameras)
+        self.film = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, film_total))
+        nn.init.zeros_(self.film[-1].weight)
+        nn.init.zeros_(self.film[-1].bias)
+        n_img = cfg.grid * cfg.grid
+        self.img_pos = nn.Parameter(torch.randn(1, n_img * len(cfg.cameras), d) * 0.02)
+        self.state_proj = nn.Linear(cfg.state_dim, d)
+        self.queries = nn.Parameter(torch.randn(1, cfg.chunk, d) * 0.02)
+        self.type_emb = nn.Parameter(torch.randn(4, d) * 0.02)   # image, word, state, query
+        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, d * cfg.ff_mult, cfg.dropout,
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.action_dim)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """images (B, n_cam, 3, H, W) float in [0,1]; tokens (B, L) long; state (B, D) normalised.
+        Returns (B, chunk, action_dim) normalised actions."""
+        b = tokens.shape[0]
+        mask = tokens != 0
+        w = self.word_emb(tokens) + self.word_pos[:, : tokens.shape[1]]
+        pooled = (w * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        film = self.film(pooled)
+        sizes = self.encoders[0].film_sizes
+        img_tokens, off = [], 0
+        for ci, enc in enumerate(self.encoders):
+            films = []
+            for s in sizes:
+                films.append((film[:, off:off + s], film[:, off + s:off + 2 * s]))
+                off += 2 * s
+            img_tokens.append(enc(images[:, ci], films))
+        x_img = torch.cat(img_tokens, 1) + self.img_pos + self.type_emb[0]
+        x_w = w + self.type_emb[1]
+        x_s = self.state_proj(state)[:, None] + self.type_emb[2]
+        x_q = self.queries.expand(b, -1, -1) + self.type_emb[3]
+        x = torch.cat([x_img, x_w, x_s, x_q], 1)
+        n_before = x_img.shape[1]
+        pad = torch.zeros(b, x.shape[1], dtype=torch.bool, device=x.device)
+        pad[:, n_before:n_before + tokens.shape[1]] = ~mask
+        x = self.transformer(x, src_key_padding_mask=pad)
+        q = self.norm(x[:, -self.cfg.chunk:])
+        return self.head(q)

@@ -1,0 +1,224 @@
+"""Train the project's VLA on recorded episodes, on the CPU, with progress, checkpoints and resume.
+
+    train("data/demos", "runs/vla.pt", steps=6000, max_minutes=20)
+
+Targets are chunks of the next `chunk` absolute joint targets (padded past the episode end with
+the last action = hold), normalised with the dataset mean/std. Images get a random shift
+(+-pad px) and a mild brightness jitter, the joint state a little noise, so the policy copes
+with its own small errors in closed loop. L1 loss (as ACT): sharper than L2 on multi-modal data.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .base import PolicyError, PolicyMeta
+from .dataset import Dataset, load_dataset
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    step: int
+    loss: float
+    val_loss: float | None
+    minutes: float
+    episodes: int
+    samples: int
+    cancelled: bool = False
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+
+class _Batcher:
+    """Flat arrays over all episodes + index tables for chunk targets."""
+
+    def __init__(self, ds: Dataset, tok: Tokenizer, chunk: int, stats: dict):
+        self.cams = ds.cameras
+        self.images = {c: np.concatenate([e.images[c] for e in ds.episodes]) for c in self.cams}
+        q = np.concatenate([e.qpos for e in ds.episodes])
+        a = np.concatenate([e.action for e in ds.episodes])
+        s_mean, s_std = np.asarray(stats["state"]["mean"], np.float32), np.asarray(stats["state"]["std"], np.float32)
+        a_mean, a_std = np.asarray(stats["action"]["mean"], np.float32), np.asarray(stats["action"]["std"], np.float32)
+        self.state = (q - s_mean) / s_std
+        self.action = (a - a_mean) / a_std
+        toks, chunk_idx, start = [], [], 0
+        for e in ds.episodes:
+            n = len(e.qpos)
+            toks += [tok.encode(e.instruction)] * n
+            t = np.arange(n)[:, None] + np.arange(chunk)[None]
+            chunk_idx.append(start + np.minimum(t, n - 1))
+            start += n
+        self.tokens = np.asarray(toks, np.int64)
+        self.chunk_idx = np.concatenate(chunk_idx)
+        self.n = start
+
+    def batch(self, idx: np.ndarray):
+        imgs = np.stack([self.images[c][idx] for c in self.cams], 1)      # (B, C, H, W, 3)
+        return imgs, self.tokens[idx], self.state[idx], self.action[self.chunk_idx[idx]]
+
+
+def _to_torch(imgs, toks, state, act, aug: bool, rng: np.random.Generator, pad: int = 4,
+              state_noise: float = 0.05):
+    import torch
+    import torch.nn.functional as F
+    x = torch.from_numpy(imgs).permute(0, 1, 4, 2, 3).float().div_(255.0)   # (B, C, 3, H, W)
+    s = torch.from_numpy(state)
+    if aug:
+        b, c, ch, h, w = x.shape
+        flat = F.pad(x.reshape(b * c, ch, h, w), (pad, pad, pad, pad), mode="replicate")
+        dx, dy = rng.integers(0, 2 * pad + 1, b * c), rng.integers(0, 2 * pad + 1, b * c)
+        flat = torch.stack([flat[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b * c)])
+        gain = torch.from_numpy(rng.uniform(0.85, 1.15, (b * c, 1, 1, 1)).astype(np.float32))
+        x = (flat * gain).clamp_(0, 1).reshape(b, c, ch, h, w)
+        s = s + state_noise * torch.randn_like(s)
+    return x, torch.from_numpy(toks), s, torch.from_numpy(act)
+
+
+def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: float = 3e-4,
+          resume: bool = True, progress: Callable[[dict], None] | None = None,
+          cancel: threading.Event | None = None, *, cameras: list[str] | None = None,
+          image_size: tuple[int, int] = (64, 64), chunk: int = 10, val_fraction: float = 0.1,
+          checkpoint_every: int = 500, max_minutes: float | None = None, seed: int = 0,
+          model: dict | None = None, threads: int = 2, weight_decay: float = 1e-4,
+          warmup: int = 200) -> TrainResult:
+    """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
+
+    The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
+    time-boxed run still finishes at a low LR. `cancel.set()` stops after the current step and
+    saves. With resume, an existing out_path with optimizer state continues where it stopped.
+    """
+    import torch
+    from .checkpoint import CheckpointError, build_model, read_checkpoint, save_checkpoint
+    from .model import ModelConfig, VLAModel
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    out_path = Path(out_path)
+    t_load = time.monotonic()
+    if progress:
+        progress({"phase": "loading", "step": 0, "steps": steps})
+    ds = load_dataset(dataset_root, cameras, tuple(image_size), "train", val_fraction)
+    try:
+        val = load_dataset(dataset_root, ds.cameras, tuple(image_size), "val", val_fraction)
+    except PolicyError:
+        val = None
+    load_s = time.monotonic() - t_load
+
+    blob = None
+    if resume and out_path.exists():
+        try:
+            blob = read_checkpoint(out_path)
+        except CheckpointError:
+            blob = None          # unreadable: start fresh (the old file is replaced on first save)
+        if blob is not None and ("optimizer" not in blob or blob["train"].get("step", 0) >= steps):
+            blob = None if "optimizer" not in blob else blob
+    if blob is not None:
+        tok = Tokenizer.from_dict(blob["tokenizer"])
+        meta = PolicyMeta.from_dict(blob["meta"])
+        if meta.joint_names != ds.joint_names or meta.cameras != ds.cameras:
+            raise PolicyError(f"cannot resume {out_path}: it was trained on joints {meta.joint_names} / "
+                              f"cameras {meta.cameras}, the dataset has {ds.joint_names} / {ds.cameras}; "
+                              "pass resume=False or a new output path")
+        net = build_model(blob, out_path)
+        stats = meta.stats
+        info = dict(blob["train"])
+        start_step, elapsed0 = int(info.get("step", 0)), float(info.get("elapsed_s", 0.0))
+    else:
+        tok = Tokenizer.build([e.instruction for e in ds.episodes])
+        stats = ds.stats()
+        cfg = ModelConfig(vocab_size=len(tok), max_len=tok.max_len, state_dim=len(ds.joint_names),
+                          action_dim=len(ds.joint_names), chunk=chunk, cameras=list(ds.cameras),
+                          image_size=tuple(image_size), **(model or {}))
+        net = VLAModel(cfg)
+        meta = PolicyMeta(joint_names=ds.joint_names, action_dim=len(ds.joint_names), fps=ds.fps,
+                          image_size=tuple(image_size), cameras=list(ds.cameras), chunk_size=chunk,
+                          stats=stats, kind="teleop-vla",
+                          extra={"instructions": sorted({e.instruction for e in ds.episodes})})
+        info, start_step, elapsed0 = {}, 0, 0.0
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    if blob is not None:
+        opt.load_state_dict(blob["optimizer"])
+    tr = _Batcher(ds, tok, net.cfg.chunk, stats)
+    va = _Batcher(val, tok, net.cfg.chunk, stats) if val is not None else None
+    held_out = [e.file for e in val.episodes] if val is not None else []
+
+    def lr_at(step: int, elapsed: float) -> float:
+        frac = step / max(1, steps)
+        if max_minutes:
+            frac = max(frac, elapsed / (60.0 * max_minutes))
+        warm = min(1.0, (step + 1) / max(1, warmup))
+        return lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    def val_loss() -> float | None:
+        if va is None:
+            return None
+        net.eval()
+        idx = np.random.default_rng(1).choice(va.n, min(va.n, 256), replace=False)
+        with torch.inference_mode():
+            x, t, s, a = _to_torch(*va.batch(idx), aug=False, rng=rng)
+            v = float((net(x, t, s) - a).abs().mean())
+        net.train()
+        return v
+
+    def save(step: int, loss: float, vl: float | None, elapsed: float) -> None:
+        info.update({"step": step, "steps": steps, "loss": loss, "val_loss": vl, "elapsed_s": elapsed,
+                     "batch_size": batch_size, "lr": lr, "dataset": str(dataset_root),
+                     "episodes": len(ds.episodes), "samples": tr.n, "held_out": held_out,
+                     "val_fraction": val_fraction, "torch": str(torch.__version__),
+                     "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        save_checkpoint(out_path, net, meta, tok, info, opt.state_dict())
+
+    t0 = time.monotonic()
+    step, loss_ema, history, cancelled = start_step, None, [], False
+    vl = None
+    while step < steps:
+        elapsed = elapsed0 + time.monotonic() - t0
+        if cancel is not None and cancel.is_set():
+            cancelled = True
+            break
+        if max_minutes and elapsed >= 60.0 * max_minutes:
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, elapsed)
+        idx = rng.integers(0, tr.n, batch_size)
+        x, t, s, a = _to_torch(*tr.batch(idx), aug=True, rng=rng)
+        loss = (net(x, t, s) - a).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        step += 1
+        lv = loss.item()
+        if not math.isfinite(lv):
+            raise PolicyError(f"training diverged (loss {lv} at step {step}); lower the learning rate")
+        loss_ema = lv if loss_ema is None else 0.95 * loss_ema + 0.05 * lv
+        if step % 50 == 0 or step == steps:
+            history.append((step, loss_ema))
+        if step % checkpoint_every == 0:
+            vl = val_loss()
+            save(step, loss_ema, vl, elapsed0 + time.monotonic() - t0)
+        if progress and (step % 10 == 0 or step == steps):
+            el = elapsed0 + time.monotonic() - t0
+            rate = (step - start_step) / max(1e-6, time.monotonic() - t0)
+            eta = (steps - step) / max(rate, 1e-6)
+            if max_minutes:
+                eta = min(eta, max(0.0, 60 * max_minutes - el))
+            progress({"phase": "training", "step": step, "steps": steps, "loss": loss_ema, "val_loss": vl,
+                      "elapsed_s": el, "eta_s": eta, "lr": opt.param_groups[0]["lr"]})
+    elapsed = elapsed0 + time.monotonic() - t0
+    vl = val_loss()
+    save(step, loss_ema if loss_ema is not None else float("nan"), vl, elapsed)
+    if progress:
+        progress({"phase": "done", "step": step, "steps": steps, "loss": loss_ema, "val_loss": vl,
+                  "elapsed_s": elapsed, "load_s": load_s})
+    return TrainResult(out_path, step, float(loss_ema if loss_ema is not None else float("nan")), vl,
+                       elapsed / 60.0, len(ds.episodes), tr.n, cancelled, history)
