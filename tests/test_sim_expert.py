@@ -65,3 +65,20 @@ def test_expert_drives_sim_robot():
         if ex.done:
             break
     assert wc.success() and wc.grasped() == "red_cube"
+
+
+def test_expert_replans_on_new_episode_and_retries_a_missed_grasp():
+    wc = Workcell(SimConfig(seed=5, task="pick_red"))
+    ex = ScriptedExpert(wc)
+    wc.reset(seed=6, task="pick_blue")          # no explicit ex.reset(): act() notices
+    moved = False
+    for _ in range(200):
+        if ex.phase == "close" and not moved:   # bump the cube away just before the fingers close
+            wc._cubes["blue_cube"].pos[0] += 0.06
+            moved = True
+        wc.set_target(ex.act(wc.qpos()))
+        wc.step(0.1)
+        if ex.done:
+            break
+    assert moved and ex._retries == 1
+    assert wc.success() and wc.grasped() == "blue_cube"

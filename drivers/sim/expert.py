@@ -35,9 +35,15 @@ class ScriptedExpert:
         self.reset()
 
     def reset(self) -> None:
-        """Plan the waypoints for the workcell's current scene and task (call after workcell.reset)."""
+        """Plan the waypoints for the workcell's current scene and task (call after workcell.reset;
+        act() also replans by itself when it notices a new episode)."""
+        self._retries = 0
+        self._plan()
+
+    def _plan(self) -> None:
         wc = self.workcell
-        rng = np.random.default_rng([self.seed, wc.seed, 99])
+        self._episode = wc.episode
+        rng = np.random.default_rng([self.seed, wc.seed, 99, self._retries])
         obj = wc.objects()
         task = wc.task
         cube = obj["blue_cube" if task == "pick_blue" else "red_cube"]
@@ -81,7 +87,17 @@ class ScriptedExpert:
     def act(self, qpos: np.ndarray) -> np.ndarray:
         """Absolute 8-D joint target for the next control tick, given the measured joints."""
         q = np.asarray(qpos, dtype=float).reshape(-1)
+        if self.workcell.episode != self._episode:
+            self.reset()
         self.steps += 1
+        # missed the cube (e.g. someone else was driving): go back and try again from here
+        wanted = "blue_cube" if self.workcell.task == "pick_blue" else "red_cube"
+        if (not self.done and self.index == 3 and self._retries < 2 and self.waypoints[3].pos is not None
+                and self.workcell.grasped() != wanted and q[7] < HOLD_FRACTION - 0.05):
+            self._retries += 1
+            steps = self.steps
+            self._plan()
+            self.steps = steps
         if self.done or self.index >= len(self.waypoints):
             self.done = True
             return self._hold(q)

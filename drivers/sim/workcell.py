@@ -78,6 +78,10 @@ class Workcell:
 
     def __init__(self, config: SimConfig | None = None):
         self.config = config or SimConfig()
+        c = self.config
+        if not (16 <= int(c.width) <= 4096 and 16 <= int(c.height) <= 4096):
+            raise ValueError(f"SimConfig width/height must be 16..4096 pixels, got {c.width}x{c.height}")
+        self.episode = 0             # incremented by every reset (lets helpers notice a new scene)
         self.joint_names = list(kin.JOINT_NAMES)
         self.lower = kin.LOWER.copy()
         self.upper = kin.UPPER.copy()
@@ -100,6 +104,7 @@ class Workcell:
             if seed is None:
                 seed = self.seed + 1 if hasattr(self, "seed") else self.config.seed
             self.seed = int(seed)
+            self.episode += 1
             if task is not None:
                 self.task = task_from_instruction(task)
             elif not hasattr(self, "task"):
