@@ -103,6 +103,9 @@ def test_torque_off_is_back_drivable_and_push_ignored_with_torque_on():
     wc.push(pushed)
     wc.step(0.5)
     assert wc.qpos()[0] == pytest.approx(0.3)           # stays where pushed
+    assert wc.qvel()[0] == pytest.approx(0.3 / 0.5)     # hand motion shows up as velocity
+    wc.step(0.5)
+    assert wc.qvel()[0] == 0.0
     wc.set_torque(True)
     wc.step(0.5)
     assert wc.qpos()[0] == pytest.approx(0.3)           # re-enabling holds, no jump

@@ -120,6 +120,7 @@ class Workcell:
             self._q = self.home.copy()
             self._goal = self.home.copy()
             self._qd = np.zeros(8)
+            self._q_last_step = self._q.copy()
             self._grasped: str | None = None
             self._grasp_local = np.zeros(3)
             self._grasp_yaw = 0.0
@@ -203,7 +204,9 @@ class Workcell:
             else:
                 new = prev
             self._q = new
-            self._qd = (new - prev) / dt
+            # velocity over the step, including any hand pushes since the last step
+            self._qd = (new - self._q_last_step) / dt
+            self._q_last_step = new.copy()
             self.time += dt
             self._after_move(prev, dt)
 
