@@ -100,7 +100,7 @@ class EpisodeWriter:
         self._last_images: dict[str, Any] = {}
         self._last_image_ts: dict[str, float] = {}
         self._warned_at = 0.0
-        self._unsunk: list[Step] = []
+        self._salvaged = False
 
         if self.path.exists():
             raise S.RecorderError(f"episode file already exists, refusing to overwrite: {self.path}")
@@ -200,8 +200,10 @@ class EpisodeWriter:
     def finish(self, success: int = -1) -> Path:
         """Drain, close and atomically publish <name>.h5. Returns its path.
 
-        Raises RecorderError if the recording failed (.error); the written part then stays in the
-        .partial/.journal files for EpisodeStore.recover()."""
+        After a disk error (.error set) the steps written so far were already published as a
+        truncated episode (attr truncated=True, success=-1): finish() returns that path and .error
+        keeps the message. Only if nothing could be published does it raise RecorderError (the
+        written part then stays in .partial/.journal for EpisodeStore.recover())."""
         if self._finished:
             raise S.RecorderError("finish() called twice")
         if success not in (1, 0, -1):
@@ -213,6 +215,8 @@ class EpisodeWriter:
         if self._pool:
             self._pool.shutdown(wait=False)
         if self.error:
+            if self._salvaged:
+                return self.path        # truncated episode was published; .error says why
             raise S.RecorderError(self.error)
         return self.path
 
@@ -310,12 +314,10 @@ class EpisodeWriter:
                     now = time.monotonic()
                     self.max_lag_s = max(self.max_lag_s, now - items[0][0])
                     steps = self._prepare(items)
-                    self._unsunk = []
-                    for st in steps:
-                        self._journal.append(self.written_steps + len(self._unsunk), st)
-                        self._unsunk.append(st)
+                    # journal first: if HDF5 then fails, the journal still has the batch
+                    for k, st in enumerate(steps):
+                        self._journal.append(self.written_steps + k, st)
                     self._sink.append(steps)
-                    self._unsunk = []
                     self.written_steps += len(steps)
                     self._check_space()
                 if time.monotonic() - last_flush >= self.flush_interval_s and not stop:
@@ -324,17 +326,15 @@ class EpisodeWriter:
                     last_flush = time.monotonic()
             self._close()
         except Exception as e:  # noqa: BLE001 - any failure must end the episode cleanly, with a message
-            if isinstance(e, OSError) or "errno" in str(e).lower() or "write" in str(e).lower():
+            text = str(e).lower()
+            if isinstance(e, OSError) or "errno" in text or "write" in text or "flush" in text:
+                # h5py reports some disk failures as RuntimeError("Unable to flush raw data ...")
                 self.error = _disk_message(e if isinstance(e, OSError) else OSError(str(e)),
                                            self.path, self.written_steps)
             else:
                 self.error = f"recorder failed while writing {self.path.name}: {e!r}"
-            self._unsunk = self._unsunk if isinstance(e, OSError) else []
             log.error(self.error)
-            if isinstance(e, OSError):
-                self._salvage()
-            else:
-                self._emergency_close()
+            self._salvage()     # publish every complete step (or leave the files for recover())
             # keep draining so add_step never sees a full queue after the failure
             while True:
                 try:
@@ -384,6 +384,7 @@ class EpisodeWriter:
             self._journal.close()
             self.journal_path.unlink(missing_ok=True)
             self.written_steps = self._sink.n
+            self._salvaged = True
             self.error += f" The first {self._sink.n} steps were saved as {self.path.name} (success unknown)."
         except Exception as e2:  # noqa: BLE001 - leave partial+journal for EpisodeStore.recover()
             log.error("could not finalize %s after the disk error: %s", self.partial_path, e2, exc_info=True)
