@@ -343,18 +343,20 @@ def test_feetech_sdk_client_against_sim():
         sim.stop()
 
 
-def test_sim7_workcell_over_serial():
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_sim7_workcell_over_serial(protocol):
     pytest.importorskip("drivers.sim.workcell")
     from teleop_app.profiles import load_profile
     profile = load_profile("sim7")
-    sim = SimServoBus.workcell("dynamixel")
+    sim = SimServoBus.workcell(protocol)
     port = sim.start()
-    arm = ServoArm.from_profile(profile, port=port, protocol="dynamixel")   # sim kind -> for_sim calibration
+    arm = ServoArm.from_profile(profile, port=port, protocol=protocol)   # sim kind -> for_sim calibration
     try:
         arm.connect()
         assert np.allclose(arm.get_observation().position, sim.backend.qpos(), atol=TICK)
         arm.set_torque(True)
-        target = profile.home() + np.array([0.1, 0, 0, 0, 0, 0.8, 0, -0.5])   # joint6 at 2.7 rad > pi/2
+        target = profile.home() + np.array([0.1, 0, 0, 0, 0, 0, 0, -0.5])
+        target[5] = 3.5                              # joint6 beyond pi: needs the multi-turn range
         arm.send_action(target)
         assert wait_for(lambda: np.allclose(arm.get_observation().position, target, atol=2 * TICK), 5.0)
     finally:

@@ -18,6 +18,13 @@ so a matching calibration uses offset 2048, sign +1, scale 1 for joints and scal
 Dynamixel servos boot in extended position mode (operating mode 4) because sim7 joints span more
 than +-pi around the centre tick; write mode 3 to get the 0..4095 limits of a factory servo.
 
+Torque: the backend has one switch, on while any servo has torque enabled (a limp arm for
+kinesthetic teaching means torque off on all servos).
+
+Feetech servos keep the factory angle limits 0..4095 (ServoArm clamps goals to them), except in
+SimServoBus.workcell(), which sets both limits to 0 (multi-turn) so sim7's joint6 (up to 3.75 rad)
+is reachable.
+
 Feetech status errors: the sim answers bad accesses (unknown/read-only address, value outside an
 item's range, unknown instruction) with bit 0x40, the protocol-1 "instruction error" bit.
 """
@@ -312,7 +319,12 @@ class SimServoBus:
             from drivers.sim.workcell import Workcell   # lazy: optional dependency
             workcell = Workcell()
         kw.setdefault("step_backend", True)
-        return cls(workcell, protocol=protocol, **kw)
+        bus = cls(workcell, protocol=protocol, **kw)
+        if protocol == "feetech":
+            for srv in bus.servos:      # min = max = 0: multi-turn, no angle limits
+                srv.set(fts.ADDR_MIN_ANGLE_LIMIT, 0)
+                srv.set(fts.ADDR_MAX_ANGLE_LIMIT, 0)
+        return bus
 
     # ---- unit mapping
     @property
