@@ -236,8 +236,10 @@ def test_missing_servo_named_at_connect():
 
 def test_missing_port_is_clear():
     arm = ServoArm(ServoArmConfig("feetech", "/dev/ttyUSB_missing_42", IDS, NAMES))
-    with pytest.raises(DeviceError, match="cannot open servo bus port '/dev/ttyUSB_missing_42'.*dialout"):
+    with pytest.raises(DeviceError, match="cannot open servo bus port '/dev/ttyUSB_missing_42'.*plugged in"):
         arm.connect()
+    with pytest.raises(DeviceError, match="not a serial port"):
+        ServoArm(ServoArmConfig("dynamixel", "/dev/null", IDS, NAMES)).connect()
     with pytest.raises(DeviceError, match="not connected"):
         arm.get_observation()
 

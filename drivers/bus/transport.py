@@ -23,6 +23,24 @@ from drivers.interfaces import DeviceError
 _IO_ERRORS = (serial.SerialException, OSError, termios.error)
 
 
+def _open_hint(e: Exception) -> str:
+    """What to do, by the cause pyserial reports."""
+    errno = getattr(e, "errno", None)
+    text = str(e)
+    if errno == 2 or "No such file" in text:
+        return ("No such device: is the USB adapter plugged in and powered, and the path right? "
+                "List adapters with `ls /dev/serial/by-id/` (or `python -m serial.tools.list_ports`)")
+    if errno == 13 or "Permission denied" in text:
+        return ("Permission denied: add yourself to the serial group (Linux: `sudo usermod -aG dialout "
+                "$USER`, then log out and in) or check the udev rules")
+    if errno == 16 or "busy" in text.lower():
+        return "The port is busy: close other programs using it (Dynamixel Wizard, another teleop)"
+    if errno == 25 or "Inappropriate ioctl" in text:
+        return "That path is not a serial port: pick the adapter's /dev/ttyUSB* or /dev/ttyACM* device"
+    return ("Check the adapter is plugged in, the path is right (ls /dev/serial/by-id/) and that you "
+            "may use it (Linux: `sudo usermod -aG dialout $USER`)")
+
+
 class ReadTimeout(BusError):
     """No complete packet arrived within the timeout (internal; the bus turns it into ServoTimeout)."""
 
@@ -48,10 +66,7 @@ class SerialTransport:
         try:
             ser.open()
         except (serial.SerialException, OSError, ValueError) as e:
-            raise DeviceError(
-                f"cannot open servo bus port {self.port!r}: {e}. Check the adapter is plugged in and the "
-                f"path is right (ls /dev/serial/by-id/), and that you may use it (Linux: "
-                f"`sudo usermod -aG dialout $USER`, then log in again)") from None
+            raise DeviceError(f"cannot open servo bus port {self.port!r}: {e}. {_open_hint(e)}") from None
         try:   # FTDI adapters default to a 16 ms latency timer; ask for 1 ms where the driver allows
             ser.set_low_latency_mode(True)
             self.low_latency = True
