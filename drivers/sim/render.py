@@ -203,8 +203,24 @@ class Renderer:
         img = np.empty((cam.h, cam.w, 3), np.uint8)
         ramp = np.linspace(0.7, 1.05, cam.h, dtype=np.float32)[:, None, None]
         img[:] = np.clip(ramp * fl[None, None, :], 0, 255).astype(np.uint8)
-        cv2.warpPerspective(self._table_tex(), cam.table_homography(), (cam.w, cam.h), dst=img,
-                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+        # only pixels whose viewing ray points down can see the table; the homography would
+        # also map the plane *behind* the camera (mirrored) onto the others
+        kinv = np.linalg.inv(cam.k)
+        ray_z = (cam.r.T @ kinv)[2]                   # world z of the ray through (u, v, 1)
+        corners = np.array([[0, 0, 1], [cam.w, 0, 1], [0, cam.h, 1], [cam.w, cam.h, 1.0]])
+        dz = corners @ ray_z
+        above = cam.eye[2] > 0
+        if above and (dz < 0).all():
+            cv2.warpPerspective(self._table_tex(), cam.table_homography(), (cam.w, cam.h), dst=img,
+                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+        elif above and (dz < 0).any():
+            sky = img.copy()
+            cv2.warpPerspective(self._table_tex(), cam.table_homography(), (cam.w, cam.h), dst=img,
+                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+            u = np.arange(cam.w) + 0.5
+            v = np.arange(cam.h)[:, None] + 0.5
+            mask = (ray_z[0] * u + ray_z[1] * v + ray_z[2]) >= 0
+            img[mask] = sky[mask]
         if static:
             self._cache[key] = img.copy()
         return img
