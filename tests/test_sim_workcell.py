@@ -69,6 +69,14 @@ def test_reset_none_advances_seed_and_task_sets_instruction():
     assert wc.seed == 4
     wc.reset(task="put the red cube in the bowl")
     assert wc.task == "red_in_bowl" and wc.instruction == TASKS["red_in_bowl"]
+    before = wc.objects()["red_cube"]
+    wc.task = "Pick up the blue cube"
+    assert wc.task == "pick_blue" and wc.instruction == "pick up the blue cube"
+    assert np.array_equal(wc.objects()["red_cube"], before)
+    with pytest.raises(KeyError):
+        wc.task = "juggle"
+    with pytest.raises(KeyError, match="known"):
+        Workcell(SimConfig(task="nope"))
 
 
 # ---- servo model --------------------------------------------------------------------------

@@ -106,10 +106,9 @@ class Workcell:
             self.seed = int(seed)
             self.episode += 1
             if task is not None:
-                self.task = task_from_instruction(task)
-            elif not hasattr(self, "task"):
-                self.task = task_from_instruction(self.config.task)
-            self.instruction = TASKS[self.task]
+                self.task = task
+            elif not hasattr(self, "_task"):
+                self.task = self.config.task
             rng = np.random.default_rng(self.seed)
             bowl, red, blue = self._place(rng)
             self._bowl = np.array([*bowl, 0.0])
@@ -133,6 +132,19 @@ class Workcell:
             # scene keeps its own renderer and caches, so it never sees half-cleared caches
             self.renderer = Renderer(style)
             self._colors = {"red_cube": style.red_rgb, "blue_cube": style.blue_rgb}
+
+    @property
+    def task(self) -> str:
+        return self._task
+
+    @task.setter
+    def task(self, value: str) -> None:
+        """Switching task keeps the scene (placement depends on the seed only)."""
+        self._task = task_from_instruction(value)
+
+    @property
+    def instruction(self) -> str:
+        return TASKS[self._task]
 
     @staticmethod
     def _place(rng: np.random.Generator):
