@@ -1,0 +1,158 @@
+"""Serve any local checkpoint over OpenVLA's deploy.py protocol (stdlib HTTP, no pickle on the wire).
+
+    POST /act  {"image": HxWx3 uint8, "instruction": str,           <- OpenVLA fields
+                "images": {cam: HxWx3}, "qpos": (D,), "return_chunk": bool}   <- extensions
+      -> 200: the first action (D,) as a json_numpy array, or {"action": (K, D)} with return_chunk
+      -> 400 / 500: {"error": "..."} (bad request / the policy failed)
+    GET /health -> {"ok": true, "meta": PolicyMeta}
+
+Our policies output absolute joint targets (not OpenVLA's 7-D EE delta), so clients use
+RemotePolicy(action_mode="joint"). Inference is serialised with a lock (one model, many clients).
+"""
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from . import wire
+from .base import Policy
+
+MAX_BODY = 64 * 1024 * 1024
+
+
+class _BadRequest(ValueError):
+    pass
+
+
+class PolicyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, policy: Policy, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True):
+        self.policy = policy
+        self.quiet = quiet
+        self.lock = threading.Lock()
+        self.requests = 0
+        super().__init__((host, port), _Handler)
+
+    @property
+    def url(self) -> str:
+        h, p = self.server_address[:2]
+        return f"http://{h}:{p}"
+
+    def act(self, payload) -> object:
+        if not isinstance(payload, dict):
+            raise _BadRequest("request body must be a JSON object {'image': ..., 'instruction': ...}")
+        if "encoded" in payload and len(payload) == 1:          # deploy.py's double-encoded variant
+            payload = wire.loads(payload["encoded"])
+        meta = self.policy.meta
+        images = payload.get("images")
+        if images is None:
+            if "image" not in payload:
+                raise _BadRequest("missing 'image' (HxWx3 uint8 array, json_numpy encoded)")
+            images = {meta.cameras[0]: payload["image"]}
+        if not isinstance(images, dict):
+            raise _BadRequest("'images' must map camera name -> image array")
+        for cam in meta.cameras:
+            img = images.get(cam)
+            if img is None:
+                raise _BadRequest(f"this policy needs camera(s) {meta.cameras}; send them as "
+                                  f"'images': {{name: array}} (got {sorted(images)})")
+            if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+                raise _BadRequest(f"image '{cam}' must be an HxWx3 uint8 array, got {type(img).__name__} "
+                                  f"{getattr(img, 'shape', '')}")
+        instruction = payload.get("instruction")
+        if not isinstance(instruction, str):
+            raise _BadRequest("missing 'instruction' (string)")
+        qpos = payload.get("qpos")
+        if qpos is None:
+            raise _BadRequest(f"this policy needs the joint state: send 'qpos' ({len(meta.joint_names)} "
+                              f"values: {', '.join(meta.joint_names)})")
+        qpos = np.asarray(qpos, float).reshape(-1)
+        if qpos.shape != (len(meta.joint_names),):
+            raise _BadRequest(f"'qpos' must have {len(meta.joint_names)} values, got {qpos.shape[0]}")
+        obs = {"images": {c: np.asarray(images[c], np.uint8) for c in meta.cameras}, "qpos": qpos,
+               "instruction": instruction}
+        with self.lock:
+            chunk = np.asarray(self.policy.predict(obs), np.float64)
+        self.requests += 1
+        if chunk.ndim == 1:
+            chunk = chunk[None]
+        if payload.get("return_chunk"):
+            return {"action": chunk}
+        return chunk[0]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: PolicyServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # noqa: D401 - keep test output clean unless asked
+        if not self.server.quiet:
+            super().log_message(fmt, *args)
+
+    def _send(self, status: int, obj) -> None:
+        body = wire.dumps(obj).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True     # the client gave up (timeout): nothing to answer
+
+    def do_GET(self):  # noqa: N802
+        if self.path.rstrip("/") in ("", "/health"):
+            self._send(200, {"ok": True, "meta": self.server.policy.meta.to_dict()})
+        else:
+            self._send(404, {"error": f"no such endpoint {self.path}; use POST /act or GET /health"})
+
+    def do_POST(self):  # noqa: N802
+        if self.path.rstrip("/") != "/act":
+            self._send(404, {"error": f"no such endpoint {self.path}; use POST /act"})
+            return
+        try:
+            n = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            n = -1
+        if n <= 0 or n > MAX_BODY:
+            self._send(400, {"error": f"request needs a JSON body of 1..{MAX_BODY} bytes (Content-Length {n})"})
+            return
+        try:
+            payload = wire.loads(self.rfile.read(n))
+            out = self.server.act(payload)
+        except (wire.WireError, _BadRequest) as e:
+            self._send(400, {"error": str(e)})
+            return
+        except Exception as e:  # noqa: BLE001 - the policy failed: report it, keep serving
+            self._send(500, {"error": f"policy failed: {type(e).__name__}: {e}"})
+            return
+        self._send(200, out)
+
+
+def make_server(policy: Policy, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True) -> PolicyServer:
+    """Bound server, not yet serving (port 0 = any free port; see .url). Run .serve_forever()."""
+    return PolicyServer(policy, host, port, quiet)
+
+
+def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
+          ready: threading.Event | None = None) -> None:
+    """Load a checkpoint and serve it until interrupted (Ctrl+C)."""
+    from .base import load_policy
+    policy = load_policy(str(checkpoint))
+    srv = make_server(policy, host, port, quiet)
+    print(f"serving {checkpoint} on {srv.url}/act  (cameras {policy.meta.cameras}, "
+          f"{policy.meta.action_dim}-D joint targets, chunk {policy.meta.chunk_size}); Ctrl+C stops",
+          flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.server_close()
+
