@@ -14,7 +14,7 @@ import numpy as np
 
 from . import kinematics as kin
 from .render import BOWL_H, CUBE
-from .workcell import HOLD_FRACTION, RELEASE_FRACTION, Workcell
+from .workcell import HOLD_FRACTION, Workcell
 
 
 @dataclass
@@ -127,8 +127,8 @@ class ScriptedExpert:
         return target
 
     def _hold(self, q: np.ndarray) -> np.ndarray:
-        t = q.copy()
-        return t
+        """Stay where the arm is (gripper target set by the caller)."""
+        return q.copy()
 
     def _ik(self, p: np.ndarray, q: np.ndarray) -> np.ndarray:
         try:
@@ -154,6 +154,3 @@ def run_episode(workcell: Workcell, expert: ScriptedExpert, max_steps: int = 200
         if expert.done:
             return workcell.success(), i + 1
     return workcell.success(), max_steps
-
-
-_ = RELEASE_FRACTION  # re-exported for scripts that want the threshold
