@@ -68,6 +68,9 @@ def test_connect_shows_live_cameras_lights_and_estop(qtbot, win):
                     timeout=5000)
     qtbot.waitUntil(lambda: all("age" in v.note for v in win.live.views.values()), timeout=2000)
     # latest-only display keeps up with the cameras: (nearly) every produced frame is painted
+    # (measured once the plotting library has finished loading in the background after the first frame)
+    from ui.util import pyqtgraph_ready
+    qtbot.waitUntil(pyqtgraph_ready, timeout=15000)
     cams = s.devices.cameras
     n0 = {n: v.frames_shown for n, v in win.live.views.items()}
     i0 = {n: cams[n].read_latest().index for n in cams}

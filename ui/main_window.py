@@ -22,7 +22,7 @@ from ui.policy_tab import PolicyTab
 from ui.session_ext import camera_errors
 from ui.shortcuts import SHORTCUTS, HelpDialog
 from ui.teleop_tab import TeleopTab
-from ui.util import StatusLight, Worker, run_in_thread, set_style
+from ui.util import StatusLight, Worker, preload_pyqtgraph, run_in_thread, set_style
 
 STATUS_HZ = 30
 ROBOT_KINDS = ("sim", "sim-serial", "real")
@@ -362,6 +362,8 @@ class MainWindow(QMainWindow):
         if s is None:
             return
         st = s.status
+        if self.live.first_frame_time is not None or not self.live.views:
+            preload_pyqtgraph()          # plots need it; loading it now cannot delay the first frame
         self._update_lights(s, st)
         self._update_bar(st)
         self._update_log(s)

@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFormLay
 from ui.joints import GamepadView, JointPanel
 from ui.mapping_editor import MappingEditor
 from ui.session_ext import set_workflow_params
-from ui.util import set_style
+from ui.util import pyqtgraph_ready, set_style
 
 MODES = [("hold", "Hold", "0"), ("gamepad", "Gamepad", "1"), ("kinesthetic", "Kinesthetic", "2"),
          ("scripted", "Scripted", "3")]
@@ -449,7 +449,7 @@ class TeleopTab(QWidget):
             self.joints.update_state(st.qpos, st.sent)
         self.pad_view.set_state(st.gamepad, st.group)
         if self.lower_tabs.currentWidget() is self.plot_holder:
-            if self.plot is None and time.monotonic() >= self._plot_due:
+            if self.plot is None and time.monotonic() >= self._plot_due and pyqtgraph_ready():
                 prof = self.session.profile
                 self.plot = JointPlot(prof.joint_names, y_range=(float(prof.lower().min()),
                                                                  float(prof.upper().max())))

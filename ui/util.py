@@ -4,6 +4,8 @@ Nothing here knows about the session; it is plain Qt plumbing.
 """
 from __future__ import annotations
 
+import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable
@@ -22,13 +24,17 @@ class Worker(QThread):
     """Runs `fn(worker, *args, **kwargs)` off the UI thread.
 
     `fn` reports with `worker.report(fraction, text)` (fraction in 0..1, or None if unknown); that call
-    raises Cancelled after `cancel()`, so long jobs stop at their next progress point. Results and errors
-    come back as signals, which Qt queues onto the UI thread.
+    raises Cancelled after `cancel()`, so long jobs stop at their next progress point.
+
+    Results never travel through a Qt signal as Python objects: PySide6 miscounts references of Python
+    objects (None, True, ...) passed through queued cross-thread `Signal(object)` connections and the
+    interpreter later aborts. The worker keeps `result` / `error` itself and emits argument-free (or
+    plain float/str) signals; the slots run on the UI thread and read the stored values.
     """
-    progress = Signal(object, str)      # fraction | None, text
-    succeeded = Signal(object)
-    failed = Signal(str)
-    cancelled = Signal()
+    _progress = Signal(float, str)      # fraction (-1 = unknown), text
+    _finished_ok = Signal()
+    _failed = Signal(str)
+    _cancelled = Signal()
 
     _alive: set["Worker"] = set()        # keep running workers referenced (no GC of a running QThread)
 
@@ -37,10 +43,22 @@ class Worker(QThread):
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.setObjectName(name or getattr(fn, "__name__", "worker"))
         self._cancel = False
+        self.result: Any = None
+        self.error: str | None = None
+        self.state = "pending"           # pending / running / done / failed / cancelled
+        self._on_done: list[Callable] = []
+        self._on_error: list[Callable] = []
+        self._on_progress: list[Callable] = []
+        self._on_cancel: list[Callable] = []
+        self._finished_ok.connect(lambda: [cb(self.result) for cb in self._on_done])
+        self._failed.connect(lambda msg: [cb(msg) for cb in self._on_error])
+        self._progress.connect(lambda f, t: [cb(None if f < 0 else f, t) for cb in self._on_progress])
+        self._cancelled.connect(lambda: [cb() for cb in self._on_cancel])
         self.finished.connect(self._forget)
 
     def start(self, *a) -> None:  # noqa: D401 - keeps the QThread signature
         Worker._alive.add(self)
+        self.state = "running"
         super().start(*a)
 
     def _forget(self) -> None:
@@ -56,10 +74,10 @@ class Worker(QThread):
     def report(self, fraction: float | None = None, text: str = "") -> None:
         if self._cancel:
             raise Cancelled()
-        self.progress.emit(fraction, text)
+        self._progress.emit(-1.0 if fraction is None else float(fraction), str(text))
 
     def callback(self, text: str = "") -> Callable:
-        """A progress callback for library functions: accepts (done, total), (fraction,) or (fraction, text)."""
+        """A progress callback for library functions: accepts (done, total, ...), (fraction,) or (fraction, text)."""
         def cb(*a, **_kw):
             frac, msg = None, text
             if len(a) >= 2 and isinstance(a[0], (int, float)) and isinstance(a[1], (int, float)) and a[1]:
@@ -75,30 +93,50 @@ class Worker(QThread):
 
     def run(self) -> None:
         try:
-            result = self.fn(self, *self.args, **self.kwargs)
+            self.result = self.fn(self, *self.args, **self.kwargs)
         except Cancelled:
-            self.cancelled.emit()
+            self.state = "cancelled"
+            self._cancelled.emit()
         except Exception as e:  # every failure becomes a readable message in the UI
             traceback.print_exc()
-            self.failed.emit(f"{type(e).__name__}: {e}" if not str(e).startswith(type(e).__name__) else str(e))
+            msg = str(e) or type(e).__name__
+            self.error = msg if type(e).__name__ in msg or isinstance(e, (RuntimeError, OSError, ValueError)) \
+                else f"{type(e).__name__}: {msg}"
+            self.state = "failed"
+            self._failed.emit(self.error)
         else:
-            self.succeeded.emit(result)
+            self.state = "done"
+            self._finished_ok.emit()
 
 
 def run_in_thread(fn: Callable, *args, on_done=None, on_error=None, on_progress=None, on_cancel=None,
                   **kwargs) -> Worker:
-    """Start a Worker with the given slots connected and return it."""
+    """Start a Worker with the given callbacks (called on the UI thread) and return it."""
     w = Worker(fn, *args, **kwargs)
-    if on_done:
-        w.succeeded.connect(on_done)
-    if on_error:
-        w.failed.connect(on_error)
-    if on_progress:
-        w.progress.connect(on_progress)
-    if on_cancel:
-        w.cancelled.connect(on_cancel)
+    for lst, cb in ((w._on_done, on_done), (w._on_error, on_error), (w._on_progress, on_progress),
+                    (w._on_cancel, on_cancel)):
+        if cb:
+            lst.append(cb)
     w.start()
     return w
+
+
+_pg_thread: threading.Thread | None = None
+
+
+def preload_pyqtgraph() -> None:
+    """Import pyqtgraph in a background thread (0.5-1.5 s on a loaded machine). Done once the live view
+    is up, so neither app start nor the live cameras wait for it. Importing Qt modules off the main thread
+    is fine; only widgets must be created on it (the tabs do that once `pyqtgraph_ready()`)."""
+    global _pg_thread
+    if _pg_thread is None and "pyqtgraph" not in sys.modules:
+        _pg_thread = threading.Thread(target=lambda: __import__("pyqtgraph"), name="preload-pyqtgraph",
+                                      daemon=True)
+        _pg_thread.start()
+
+
+def pyqtgraph_ready() -> bool:
+    return "pyqtgraph" in sys.modules and (_pg_thread is None or not _pg_thread.is_alive())
 
 
 def to_qimage(img: np.ndarray) -> QImage:
