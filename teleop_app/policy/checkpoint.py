@@ -53,7 +53,7 @@ def read_checkpoint(path) -> dict:
     import torch
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path} (train one with `teleop policy train`)")
+        raise CheckpointError(f"checkpoint not found: {path} (train one with `teleop train`)")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory; give the checkpoint file (e.g. {path}/policy.pt)")
     try:

@@ -152,7 +152,7 @@ class RemotePolicy:
             except (ConnectionRefusedError, socket.gaierror) as e:
                 self.close()
                 raise RemotePolicyError(f"{where} is not reachable ({e.strerror or e}); start it "
-                                        "(e.g. `teleop policy serve CHECKPOINT`) or check the URL") from None
+                                        "(e.g. `teleop serve CHECKPOINT`) or check the URL") from None
             except (http.client.HTTPException, ConnectionError, OSError) as e:
                 self.close()
                 if attempt == 0 and isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError,

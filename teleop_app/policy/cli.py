@@ -1,0 +1,205 @@
+"""`teleop train | serve | eval | report`: the policy commands (registered by teleop_app/cli.py).
+
+torch is imported only when a command runs, so `teleop --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .base import PolicyError
+
+_TRAIN_EPILOG = """example (record 100 demos per task in the sim, then train for 20 minutes):
+  teleop record --fast --episodes 100 --image-size 64 --data data/sim_demos
+  teleop train data/sim_demos runs/vla.pt --minutes 20
+Training resumes from OUT if it exists (use --no-resume to start over); Ctrl+C saves and stops."""
+
+_EVAL_EPILOG = """examples:
+  teleop eval runs/vla.pt --episodes 20                      closed loop in the sim, all tasks
+  teleop eval runs/vla.pt --offline data/sim_demos           held-out recorded episodes, no robot
+  teleop eval http://gpu-box:8000 --tasks pick_red --remote-camera front   an OpenVLA server
+  teleop eval runs/vla.pt --episodes 20 --out reports/today  also write report.html / report.md"""
+
+
+def _csv(s: str | None) -> list[str] | None:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+
+def add_commands(subparsers) -> None:
+    """Register train / serve / eval / report on an argparse subparsers object."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "train", help="train the project's small VLA on a recorded dataset (CPU)", formatter_class=fmt,
+        description="Train the built-in vision-language-action model on recorded episodes. Runs on the "
+                    "CPU; prints progress and writes a checkpoint every --checkpoint-every steps.",
+        epilog=_TRAIN_EPILOG)
+    p.add_argument("dataset", help="dataset folder (an episode store, or any folder of .h5 episodes)")
+    p.add_argument("out", help="checkpoint file to write, e.g. runs/vla.pt")
+    p.add_argument("--steps", type=int, default=20000, help="max optimizer steps (default 20000)")
+    p.add_argument("--minutes", type=float, default=20.0, help="time budget; stops and saves when reached "
+                   "(default 20; 0 = no limit)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (cosine decay)")
+    p.add_argument("--cameras", help="comma-separated cameras to use (default: all in the dataset)")
+    p.add_argument("--image-size", type=int, default=64, help="model input size in px (square, default 64)")
+    p.add_argument("--chunk", type=int, default=10, help="actions predicted per step (default 10)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="episodes held out for validation")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT exists")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_train)
+
+    p = subparsers.add_parser(
+        "serve", help="serve a checkpoint over HTTP (OpenVLA deploy.py protocol)", formatter_class=fmt,
+        description="Expose a trained checkpoint at http://HOST:PORT/act, speaking OpenVLA's "
+                    "deploy.py protocol (json_numpy arrays). Our model returns absolute joint targets; "
+                    "send 'qpos' and optionally 'return_chunk': true.")
+    p.add_argument("checkpoint", help="checkpoint file (from `teleop train`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1 = this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(fn=cmd_serve)
+
+    p = subparsers.add_parser(
+        "eval", help="validate a policy: closed loop in the sim, or offline on recorded episodes",
+        formatter_class=fmt, epilog=_EVAL_EPILOG,
+        description="Closed-loop: roll the policy out in the simulated workcell on unseen scenes, every "
+                    "command through the safety layer, success judged by the sim. Offline (--offline): "
+                    "compare its actions with held-out recorded ones.")
+    p.add_argument("policy", help="checkpoint file, or http(s)://host:port of a VLA server")
+    p.add_argument("--tasks", help="comma-separated sim tasks (default: all: pick_red,pick_blue,red_in_bowl)")
+    p.add_argument("--episodes", type=int, default=20, help="rollouts per task (default 20)")
+    p.add_argument("--seed", type=int, default=None, help="first scene seed (default 1000000: unseen)")
+    p.add_argument("--chunk-mode", default="ensemble", choices=["ensemble", "replan"],
+                   help="ensemble = predict every tick and average overlapping chunks; replan = play a chunk")
+    p.add_argument("--async", dest="async_", action="store_true", help="run inference in a worker thread")
+    p.add_argument("--max-latency-ms", type=float, default=None, help="watchdog: hold if inference is slower")
+    p.add_argument("--record", help="record every rollout as an episode (mode 'policy') into this folder")
+    p.add_argument("--offline", metavar="DATASET", help="offline validation on this dataset instead")
+    p.add_argument("--split", default="val", choices=["val", "all"], help="offline: held-out or all episodes")
+    p.add_argument("--max-episodes", type=int, default=None, help="offline: limit episodes")
+    p.add_argument("--remote-action", default="ee_delta", choices=["ee_delta", "joint"],
+                   help="URL policies: OpenVLA 7-D EE delta (default) or teleop server joint targets")
+    p.add_argument("--remote-camera", default="front")
+    p.add_argument("--unnorm-key", help="URL policies: OpenVLA dataset statistics key")
+    p.add_argument("--out", help="folder for results.json (+ report.html / report.md)")
+    p.set_defaults(fn=cmd_eval)
+
+    p = subparsers.add_parser(
+        "report", help="write an HTML + Markdown validation report from saved eval results",
+        description="Combine saved closed-loop results (eval --out DIR writes DIR/rollouts.json) and/or "
+                    "offline results (DIR/offline.json) into report.html (self-contained) and report.md.")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--results", help="rollouts.json from `teleop eval --out`")
+    p.add_argument("--offline", help="offline.json from `teleop eval --offline ... --out`")
+    p.add_argument("--title", default="Policy validation report")
+    p.set_defaults(fn=cmd_report)
+
+
+def _fail(cmd: str, e: Exception) -> int:
+    print(f"teleop {cmd}: error: {e}", file=sys.stderr)
+    return 1
+
+
+def cmd_train(a) -> int:
+    import threading
+    from .train import train
+    cancel = threading.Event()
+    last = [0.0]
+
+    def progress(p: dict) -> None:
+        now = time.monotonic()
+        if p["phase"] != "training":
+            print(f"[{p['phase']}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                 for k, v in p.items() if k != "phase"), flush=True)
+        elif now - last[0] > 5 or p["step"] == p["steps"]:
+            last[0] = now
+            vl = f", val {p['val_loss']:.4f}" if p.get("val_loss") is not None else ""
+            print(f"step {p['step']}/{p['steps']}  loss {p['loss']:.4f}{vl}  lr {p['lr']:.2e}  "
+                  f"{p['elapsed_s'] / 60:.1f} min, ~{p['eta_s'] / 60:.1f} min left", flush=True)
+    try:
+        r = train(a.dataset, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, resume=not a.no_resume,
+                  progress=progress, cancel=cancel, cameras=_csv(a.cameras),
+                  image_size=(a.image_size, a.image_size), chunk=a.chunk, val_fraction=a.val_fraction,
+                  checkpoint_every=a.checkpoint_every, max_minutes=a.minutes or None, seed=a.seed,
+                  threads=a.threads)
+    except KeyboardInterrupt:
+        print("interrupted; the last periodic checkpoint is kept (re-run to resume)", file=sys.stderr)
+        return 130
+    except PolicyError as e:
+        return _fail("train", e)
+    print(f"wrote {r.path}: {r.step} steps in {r.minutes:.1f} min on {r.episodes} episodes "
+          f"({r.samples} samples), loss {r.loss:.4f}"
+          + (f", held-out loss {r.val_loss:.4f}" if r.val_loss is not None else ""))
+    return 0
+
+
+def cmd_serve(a) -> int:
+    from .server import serve
+    try:
+        serve(a.checkpoint, a.host, a.port)
+    except (PolicyError, OSError) as e:
+        return _fail("serve", e)
+    return 0
+
+
+def _load(a):
+    from .base import load_policy
+    if str(a.policy).startswith(("http://", "https://")):
+        return load_policy(a.policy, action_mode=a.remote_action, camera=a.remote_camera,
+                           unnorm_key=a.unnorm_key)
+    return load_policy(a.policy)
+
+
+def cmd_eval(a) -> int:
+    try:
+        policy = _load(a)
+        out = Path(a.out) if a.out else None
+        if a.offline:
+            from .offline import evaluate_offline
+            off = evaluate_offline(policy, a.offline, split=a.split, max_episodes=a.max_episodes,
+                                   plot_path=(out / "offline_actions.png") if out else None,
+                                   progress=lambda i, n: print(f"\repisode {i}/{n}", end="", flush=True))
+            print()
+            print(off.summary())
+            if out:
+                off.save(out / "offline.json")
+                from .report import write_report
+                print(f"report: {write_report(None, off, out, info={'policy': a.policy, 'dataset': a.offline})}")
+            return 0
+        from .evaluate import EVAL_SEED0, run_sim_rollouts
+        tasks = _csv(a.tasks) or ["pick_red", "pick_blue", "red_in_bowl"]
+
+        def progress(i, n, r):
+            mark = "ok  " if r.success else "FAIL"
+            print(f"[{i}/{n}] {mark} {r.task:<12} seed {r.seed}  {r.steps} steps  {r.reason}", flush=True)
+        res = run_sim_rollouts(policy, tasks, a.episodes, seed0=EVAL_SEED0 if a.seed is None else a.seed,
+                               record_root=a.record, chunk_mode=a.chunk_mode, async_=a.async_,
+                               max_latency=a.max_latency_ms / 1000 if a.max_latency_ms else None,
+                               progress=progress, policy_name=str(a.policy))
+        print(res.summary())
+        if out:
+            res.save(out / "rollouts.json")
+            from .report import write_report
+            print(f"report: {write_report(res, None, out, info={'policy': a.policy})}")
+    except PolicyError as e:
+        return _fail("eval", e)
+    return 0
+
+
+def cmd_report(a) -> int:
+    from .evaluate import RolloutResults
+    from .offline import OfflineResults
+    from .report import write_report
+    import json
+    if not a.results and not a.offline:
+        return _fail("report", ValueError("give --results and/or --offline (files written by `teleop eval --out`)"))
+    try:
+        res = RolloutResults.load(a.results) if a.results else None
+        off = OfflineResults.from_dict(json.loads(Path(a.offline).read_text())) if a.offline else None
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return _fail("report", ValueError(f"cannot read results: {e}"))
+    print(f"report: {write_report(res, off, a.out, title=a.title)}")
+    return 0
