@@ -244,8 +244,26 @@ def test_policy_start_step_stop_runs_and_estop(qtbot, win):
     key(qtbot, win, Qt.Key.Key_Space)
     qtbot.waitUntil(lambda: s.status.estopped and p.run is None, timeout=2000)
     assert len(p.runs) == 2
-    assert int(p.safety_labels["estops"].text()) >= 1 or \
-        qtbot.waitUntil(lambda: int(p.safety_labels["estops"].text()) >= 1, timeout=1000) is None
+    qtbot.waitUntil(lambda: int(p.safety_labels["estops"].text()) >= 1, timeout=1000)
+    # validation rollouts run headless in a worker and produce a report; the live arm is untouched
+    p.task_pick.setCurrentIndex(p.task_pick.findData("pick_red"))
+    p.n_rollouts.setValue(2)
+    p.max_steps.setValue(5)
+    q_live = s.status.qpos.copy()
+    w = p.validate()
+    qtbot.waitUntil(lambda: w.state in ("done", "failed"), timeout=30000)
+    assert w.state == "done", w.error
+    qtbot.waitUntil(lambda: "succeeded" in p.val_result.text(), timeout=2000)
+    assert "0/2 succeeded" in p.val_result.text()         # 5 steps cannot pick a cube
+    assert p._report is not None and p._report.exists() and p.report_btn.isEnabled()
+    assert np.allclose(s.status.qpos, q_live, atol=1e-3)
+    # a long validation is cancellable
+    p.n_rollouts.setValue(200)
+    w = p.validate()
+    qtbot.waitUntil(lambda: p.val_progress.value() > 0 or w.state != "running", timeout=20000)
+    p.cancel_validation()
+    qtbot.waitUntil(lambda: w.state == "cancelled", timeout=20000)
+    assert "cancelled" in p.val_result.text()
 
 
 def test_policy_load_error_is_readable(qtbot, win, tmp_path):

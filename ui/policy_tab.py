@@ -189,6 +189,12 @@ class PolicyTab(QWidget):
         self.n_rollouts = QSpinBox()
         self.n_rollouts.setRange(1, 1000)
         self.n_rollouts.setValue(10)
+        self.task_pick = QComboBox()
+        self.task_pick.addItem("all tasks", None)
+        self.max_steps = QSpinBox()
+        self.max_steps.setRange(0, 10000)
+        self.max_steps.setSpecialValueText("task default")
+        self.max_steps.setPrefix("max steps ")
         self.val_btn = QPushButton("Run validation rollouts")
         self.val_cancel = QPushButton("Cancel")
         self.val_cancel.setEnabled(False)
@@ -207,7 +213,11 @@ class PolicyTab(QWidget):
         row.addWidget(self.val_btn)
         row.addWidget(self.val_cancel)
         row.addWidget(self.report_btn)
-        vf.addRow("rollouts", row)
+        vf.addRow("rollouts per task", row)
+        row2 = QHBoxLayout()
+        row2.addWidget(self.task_pick, 1)
+        row2.addWidget(self.max_steps)
+        vf.addRow("tasks", row2)
         vf.addRow(self.val_progress)
         self.val_result = QLabel("")
         self.val_result.setWordWrap(True)
@@ -274,6 +284,10 @@ class PolicyTab(QWidget):
                 f"NaN/inf actions stop the policy</small>")
             if not self.instruction.text():
                 self.instruction.setText(session.workflow.instruction)
+            if session.devices is not None and session.devices.workcell is not None and self.task_pick.count() == 1:
+                from drivers.sim import TASKS
+                for t, ins in TASKS.items():
+                    self.task_pick.addItem(f"{t}: {ins}", t)
             if self.policy is not None:
                 self.install(self.policy, self.source.text())
         self._update_buttons()
@@ -349,7 +363,8 @@ class PolicyTab(QWidget):
         self.scene_btn.setEnabled(sim)
         self.succ_btn.setEnabled(self.run is not None)
         self.fail_btn.setEnabled(self.run is not None)
-        self.val_btn.setEnabled(self._val_worker is None and bool(self.source.text().strip()))
+        self.val_btn.setEnabled(self._val_worker is None and (bool(self.source.text().strip()) or
+                                                              self.policy is not None))
         self.report_btn.setEnabled(self._report is not None)
 
     # ------------------------------------------------------------------ running
@@ -466,26 +481,37 @@ class PolicyTab(QWidget):
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> Worker | None:
+        """N headless sim rollouts per task (a fresh copy of the policy, never the live robot) + a report."""
         spec = self.source.text().strip()
-        if not spec:
-            self.message.emit("give the checkpoint to validate")
+        if not spec and self.policy is None:
+            self.message.emit("load a policy (checkpoint or URL) to validate")
+            return None
+        if self.run is not None:
+            self.message.emit("stop the live run before validating")
             return None
         n = self.n_rollouts.value()
-        instruction = self.instruction.text().strip() or None
+        task = self.task_pick.currentData()
+        max_steps = self.max_steps.value() or None
         profile_name = self.session.profile.name if self.session else "sim7"
+        base = Path(self.session.config.dataset).parent if self.session else Path("reports")
+        out_dir = base / "validation" / time.strftime("%Y%m%d-%H%M%S")
+        live_policy = None if spec else self.policy
 
         def job(w: Worker):
+            from drivers.sim import TASKS
             run_sim_rollouts = policy_api("run_sim_rollouts")
-            write_report = policy_api("write_report")
             w.report(0.0, "loading policy")
-            policy = policy_api("load_policy")(spec)
-            res = call_flexible(run_sim_rollouts, policy, n=n, n_rollouts=n, episodes=n, instruction=instruction,
-                                profile=profile_name, progress=w.callback("rollout"))
-            out = Path("reports")
-            return res, call_flexible(write_report, res, out_dir=out, out=out, path=out)
+            policy = live_policy if live_policy is not None else policy_api("load_policy")(spec)
+            tasks = list(TASKS) if task is None else [task]
+            res = call_flexible(run_sim_rollouts, policy, tasks, n, max_steps=max_steps, profile=profile_name,
+                                progress=w.callback("rollout"), policy_name=Path(spec).name if spec else "policy")
+            info = {"source": spec or "policy object from the GUI", "profile": profile_name,
+                    "started_from": "teleop gui"}
+            return res, write_validation_report(res, out_dir, info)
 
         self.val_progress.setValue(0)
         self.val_progress.setFormat("starting...")
+        self.val_result.setText("")
         self.val_cancel.setEnabled(True)
         self._val_worker = run_in_thread(job, on_done=self._val_done, on_error=self._val_failed,
                                          on_progress=self._val_prog, on_cancel=lambda: self._val_failed("cancelled"))
@@ -502,13 +528,14 @@ class PolicyTab(QWidget):
         self._val_worker = None
         self.val_cancel.setEnabled(False)
         self._report = Path(report) if report else None
-        rate = getattr(res, "success_rate", None)
-        if rate is None and isinstance(res, dict):
-            rate = res.get("success_rate")
         self.val_progress.setValue(1000)
         self.val_progress.setFormat("done")
-        self.val_result.setText(f"success rate: <b>{rate:.0%}</b>; report: {report}" if rate is not None
-                                else f"report: {report}")
+        o = res.overall() if hasattr(res, "overall") else {}
+        per = res.per_task() if hasattr(res, "per_task") else {}
+        lines = [f"<b>{o.get('success', '?')}/{o.get('n', '?')} succeeded</b> "
+                 f"(95% CI {o.get('ci95', [0, 0])[0]:.0%}-{o.get('ci95', [0, 0])[1]:.0%})" if o else ""]
+        lines += [f"{t}: {d['success']}/{d['n']}" for t, d in per.items()]
+        self.val_result.setText("<br>".join(lines) + f"<br>report: {report}")
         self.message.emit(f"validation done: report {report}")
         self._update_buttons()
 
@@ -574,6 +601,29 @@ class PolicyTab(QWidget):
             self.pred_curve.setData(tp[k], np.array([p[1][j] for p in pred])[k])
         else:
             self.pred_curve.setData([], [])
+
+
+def write_validation_report(res, out_dir: Path, info: dict | None = None) -> Path:
+    """The policy package's write_report() when it exists; else results JSON + a small HTML summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        write_report = policy_api("write_report")
+    except ImportError:
+        write_report = None
+    if write_report is not None:
+        return Path(write_report(res, None, out_dir, info=info or {}))
+    import html
+    if hasattr(res, "save"):
+        res.save(out_dir / "results.json")
+    summary = res.summary() if hasattr(res, "summary") else str(res)
+    fails = res.failures() if hasattr(res, "failures") else []
+    page = out_dir / "report.html"
+    page.write_text("<html><head><meta charset='utf-8'><title>policy validation</title></head><body>"
+                    f"<h1>Policy validation</h1><pre>{html.escape(summary)}</pre>"
+                    + (f"<h2>Failures</h2><pre>{html.escape(chr(10).join(fails))}</pre>" if fails else "")
+                    + "<p>raw results: results.json</p></body></html>")
+    return page
 
 
 def call_flexible(fn, *args, **kwargs):
