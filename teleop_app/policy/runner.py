@@ -147,12 +147,12 @@ class PolicyRunner:
                 self._busy_since = None
 
     # ---- chunk bookkeeping -----------------------------------------------------------
-    def _add_chunk(self, step: int, chunk: np.ndarray) -> None:
+    def _add_chunk(self, step: int, chunk: np.ndarray, now_step: int) -> None:
         if self.chunk_mode == "replan":
             self._chunks = [(step, chunk)]
         else:
             self._chunks.append((step, chunk))
-            self._chunks = [(s, c) for s, c in self._chunks if s + len(c) > self._step]
+            self._chunks = [(s, c) for s, c in self._chunks if s + len(c) > now_step]
 
     def _action_for(self, t: int) -> np.ndarray | None:
         cover = [(s, c) for s, c in self._chunks if s <= t < s + len(c)]
@@ -188,7 +188,7 @@ class PolicyRunner:
                 self.stats.latencies.append(dt)
                 self.stats.inferences += 1
                 chunk = self._validate(out, t)
-                self._add_chunk(t, chunk)
+                self._add_chunk(t, chunk, t)
                 if self.max_latency is not None and dt > self.max_latency:
                     # the observation is stale by now: hold this tick, use the chunk from the next
                     self.stats.watchdog_trips += 1
@@ -213,7 +213,7 @@ class PolicyRunner:
             step, out, err = res
             if err is not None:
                 raise PolicyError(f"policy inference failed at step {step}: {err}") from err
-            self._add_chunk(step, self._validate(out, step))
+            self._add_chunk(step, self._validate(out, step), t)
             # a replan chunk must be requested again once used up
         late = (self.max_latency is not None and busy_since is not None
                 and time.monotonic() - busy_since > self.max_latency)
