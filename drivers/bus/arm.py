@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,7 +157,7 @@ class ServoArmConfig:
     baud: int = 1_000_000
     calibration: str | Path | Calibration | None = None   # None: centre 2048, sign +1, scale 1
     retries: int = 3                    # tries per transaction before ServoTimeout
-    timeout_s: float = 0.02             # per-packet reply timeout
+    timeout_s: float = 0.05             # per-packet reply timeout (a reply takes < 2 ms; slack for stalls)
     read_velocity: bool = True          # same sync read, a few more bytes per servo
     torque_off_on_disconnect: bool = False
 
@@ -248,8 +247,19 @@ class ServoArm:
         self._connected = True
 
     def _read_limits(self) -> None:
+        """Tick range per servo from its mode and limits; refuse modes where goals do nothing."""
+        addr = dxl.ADDR_OPERATING_MODE if self._dx else fts.ADDR_OPERATING_MODE
+        modes = self.bus.sync_read(addr, 1, self.ids)
+        ok = (3, 4, 5) if self._dx else (0,)
+        bad = [f"{sid} ({name}): mode {modes[sid][0]}" for sid, name in zip(self.ids, self.joint_names)
+               if modes[sid][0] not in ok]
+        if bad:
+            self.bus.close()
+            want = ("3 (position) or 4 (extended position)" if self._dx else "0 (position)")
+            raise DeviceError(f"servos not in a position mode on {self.bus.port}: {'; '.join(bad)}. "
+                              f"Set operating mode {want} with torque off (address {addr}), e.g. "
+                              f"arm.bus.write(id, {addr}, bytes([{ok[0]}])) or the vendor tool")
         if self._dx:
-            modes = self.bus.sync_read(dxl.ADDR_OPERATING_MODE, 1, self.ids)
             lims = self.bus.sync_read(dxl.ADDR_MAX_POSITION_LIMIT, 8, self.ids)
             for k, sid in enumerate(self.ids):
                 if modes[sid][0] == 3:
@@ -295,6 +305,7 @@ class ServoArm:
             ticks = self.read_ticks()
             ts = self.bus.last_request_time
         elif self._dx:   # 126 current(2) | 128 velocity(4) | 132 position(4): one contiguous block
+            # (126 is current on XM/XL330 in 2.69 mA units; on XL430 it is load in 0.1 %)
             d = self.bus.sync_read(dxl.ADDR_PRESENT_CURRENT, 10, self.ids)
             ts = self.bus.last_request_time     # servos latch present values on receiving it
             ticks = np.array([dxl.decode(d[i][6:10]) for i in self.ids], dtype=float)

@@ -48,7 +48,7 @@ class ReadTimeout(BusError):
 class SerialTransport:
     """A serial port (USB adapter or pty) that frames packets for a codec module."""
 
-    def __init__(self, port: str, baud: int = 1_000_000, timeout: float = 0.02):
+    def __init__(self, port: str, baud: int = 1_000_000, timeout: float = 0.05):
         self.port, self.baud, self.timeout = port, int(baud), float(timeout)
         self.low_latency = False
         self._ser: serial.Serial | None = None
@@ -305,7 +305,7 @@ class FeetechBus(_ServoBus):
                        "torque enable = 1 again to clear an overload")
 
 
-def make_bus(protocol: str, port: str, baud: int = 1_000_000, timeout: float = 0.02,
+def make_bus(protocol: str, port: str, baud: int = 1_000_000, timeout: float = 0.05,
              retries: int = 3) -> DynamixelBus | FeetechBus:
     cls = {"dynamixel": DynamixelBus, "feetech": FeetechBus}.get(protocol)
     if cls is None:
