@@ -359,6 +359,8 @@ class SimServoBus:
         """Open the pty and start serving; returns the device path to open (the link if given)."""
         if self._running:
             return self.port or ""
+        if self._wake_r < 0:
+            raise RuntimeError("a stopped SimServoBus cannot be restarted: make a new one")
         self._open_pty()
         self._running = True
         self._thread = threading.Thread(target=self._serve, name=f"simbus-{self.protocol}", daemon=True)
@@ -398,6 +400,9 @@ class SimServoBus:
         if self._thread:
             self._thread.join(2.0)
         self._close_pty()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        self._wake_r = self._wake_w = -1
         if self.link and os.path.islink(self.link):
             os.unlink(self.link)
 
