@@ -417,9 +417,9 @@ class Session:
         from recorder.schema import EpisodeMeta
         from recorder.writer import EpisodeWriter
         mode = {Mode.GAMEPAD: "teleop", Mode.HOLD: "teleop", Mode.KINESTHETIC: "kinesthetic",
-                Mode.SCRIPTED: "scripted", Mode.POLICY: "policy", Mode.REPLAY: "replay",
+                Mode.SCRIPTED: "scripted", Mode.POLICY: "policy", Mode.REPLAY: "scripted",
                 Mode.HOMING: "teleop"}[self.mode]
-        extra = {"robot_kind": self.config.robot}
+        extra = {"robot_kind": self.config.robot, "control_mode": self.mode.value}
         if self.devices.workcell is not None:
             wc = self.devices.workcell
             extra.update(task=wc.task, seed=int(wc.seed))
