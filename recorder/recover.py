@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 def pending(directory: Path) -> list[Path]:
     """Final paths (<name>.h5) of unfinished recordings in directory that nobody is writing."""
     out = set()
+    for p in directory.glob("*.journal.done"):   # finished episodes' journals awaiting deletion
+        p.unlink(missing_ok=True)
     for p in directory.iterdir():
         for suf in (S.PARTIAL_SUFFIX, S.JOURNAL_SUFFIX):
             if p.name.endswith(suf):
