@@ -20,6 +20,12 @@ from ui.shortcuts import SHORTCUTS, HelpDialog
 pytestmark = pytest.mark.timeout(120)
 
 
+def test_qt_binding_is_sound():
+    """PySide6 6.12.0 + Python 3.11 loses a ref to None per void call and aborts the process later."""
+    from ui.util import qt_binding_problem
+    assert qt_binding_problem() is None
+
+
 def config(tmp_path, **kw):
     wf = WorkflowConfig(countdown_s=0, reset_s=0, episode_s=0, target_episodes=3)
     return SessionConfig(robot="sim", dataset=str(tmp_path / "ds"), fps=kw.pop("fps", 20), workflow=wf, **kw)

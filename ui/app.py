@@ -33,6 +33,11 @@ def main(session_config=None, *, measure_startup: bool = False) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
+    from ui.util import qt_binding_problem
+    problem = qt_binding_problem()
+    if problem:
+        print(f"teleop gui: {problem}", file=sys.stderr)
+        return 2
     from ui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])

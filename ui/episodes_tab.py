@@ -130,27 +130,38 @@ class EpisodesTab(QWidget):
         self.plot = None                 # pyqtgraph is imported on first use: keeps app start fast
         self.cursor = None
         self._curves: list = []
+        # table on top (full width: every column readable), below it the viewer: images | plot, scrub bar
+        images = QWidget()
+        images.setLayout(self.images_row)
+        self.images_row.setContentsMargins(0, 0, 0, 0)
+        self.view_split = QSplitter(Qt.Orientation.Horizontal)
+        self.view_split.addWidget(images)
+        self.plot_holder = QWidget()
+        self._viewer_layout = QVBoxLayout(self.plot_holder)
+        self._viewer_layout.setContentsMargins(0, 0, 0, 0)
+        self.view_split.addWidget(self.plot_holder)
+        self.view_split.setStretchFactor(0, 1)
+        self.view_split.setStretchFactor(1, 1)
         viewer = QWidget()
         vl = QVBoxLayout(viewer)
         vl.setContentsMargins(0, 0, 0, 0)
-        vl.addLayout(self.images_row, 3)
+        vl.addWidget(self.view_split, 1)
         vl.addLayout(scrub)
-        self._viewer_layout = vl
-
-        left = QWidget()
-        ll = QVBoxLayout(left)
-        ll.setContentsMargins(0, 0, 0, 0)
-        ll.addWidget(self.table)
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(left)
+        table_box = QWidget()
+        tl = QVBoxLayout(table_box)
+        tl.setContentsMargins(0, 0, 0, 0)
+        tl.addWidget(self.table, 1)
+        tl.addLayout(acts)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(table_box)
         split.addWidget(viewer)
         split.setStretchFactor(0, 2)
         split.setStretchFactor(1, 3)
+        split.setSizes([300, 500])
 
         lay = QVBoxLayout(self)
         lay.addLayout(top)
         lay.addWidget(split, 1)
-        lay.addLayout(acts)
         lay.addLayout(exp)
         self.open_btn.clicked.connect(self.open_dialog)
         self.refresh_btn.clicked.connect(self.refresh)
@@ -169,7 +180,7 @@ class EpisodesTab(QWidget):
         self.cursor = pg.InfiniteLine(pos=0, angle=90, movable=True, pen=pg.mkPen("#f1c40f", width=2))
         self.cursor.sigPositionChanged.connect(self._cursor_moved)
         self.plot.addItem(self.cursor)
-        self._viewer_layout.addWidget(self.plot, 2)
+        self._viewer_layout.addWidget(self.plot, 1)
 
     def showEvent(self, ev) -> None:
         self._ensure_plot()

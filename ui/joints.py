@@ -21,6 +21,7 @@ class LimitBar(QWidget):
         self.lower, self.upper = float(lower), float(upper)
         self.value: float | None = None
         self.target: float | None = None
+        self.limit_warning = True
         self.setMinimumHeight(18)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
@@ -37,7 +38,7 @@ class LimitBar(QWidget):
         return r.x() + max(0.0, min(1.0, f)) * r.width()
 
     def near_limit(self) -> str:
-        if self.value is None:
+        if self.value is None or not self.limit_warning:
             return "none"
         f = (self.value - self.lower) / (self.upper - self.lower)
         if f <= 0.005 or f >= 0.995:
@@ -124,6 +125,7 @@ class JointPanel(QWidget):
         g.setColumnStretch(2, 3)
         g.setColumnStretch(3, 2)
         g.setRowStretch(profile.dof + 1, 1)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self._programmatic = False
 
     def _pressed(self):

@@ -26,6 +26,7 @@ class LiveView(QWidget):
         self._last_index: dict[str, tuple] = {}
         self._meters: dict[str, RateMeter] = {}
         self.first_frame_time: float | None = None   # monotonic time the first image was painted
+        self._cols = 0
         self._grid = QGridLayout()
         self._grid.setSpacing(4)
         self._empty = QLabel("Not connected.\nPick a profile and press Connect (Ctrl+L).")
@@ -52,17 +53,48 @@ class LiveView(QWidget):
             self._empty.setText("This profile has no cameras.")
         elif session is None:
             self._empty.setText("Not connected.\nPick a profile and press Connect (Ctrl+L).")
-        cols = 1 if len(cams) <= 1 else 2 if len(cams) <= 4 else math.ceil(math.sqrt(len(cams)))
-        for i, name in enumerate(cams):
+        for name in cams:
             v = ImageView(name)
             v.placeholder = "waiting for the first frame..."
             self.views[name] = v
             self._meters[name] = RateMeter()
-            self._grid.addWidget(v, i // cols, i % cols)
+        self._cols = 0
+        self._relayout()
         if cams:
             self.timer.start()
         else:
             self.timer.stop()
+
+    def best_columns(self, n: int, w: float, h: float, aspect: float = 1.0) -> int:
+        """Columns that make the (aspect-kept) images largest in a w x h area."""
+        best, best_side = 1, -1.0
+        for cols in range(1, n + 1):
+            rows = math.ceil(n / cols)
+            cell_w, cell_h = w / cols, h / rows
+            side = min(cell_w, cell_h * aspect)
+            if side > best_side + 1e-6:
+                best, best_side = cols, side
+        return best
+
+    def _relayout(self) -> None:
+        n = len(self.views)
+        if not n:
+            return
+        cams = self.session.devices.cameras if self.session is not None and self.session.devices else {}
+        c0 = next(iter(cams.values()), None)
+        aspect = (c0.width / c0.height) if c0 is not None and getattr(c0, "height", 0) else 1.0
+        cols = self.best_columns(n, max(1, self.width()), max(1, self.height()), aspect)
+        if cols == self._cols:
+            return
+        self._cols = cols
+        for v in self.views.values():
+            self._grid.removeWidget(v)
+        for i, v in enumerate(self.views.values()):
+            self._grid.addWidget(v, i // cols, i % cols)
+
+    def resizeEvent(self, ev) -> None:
+        super().resizeEvent(ev)
+        self._relayout()
 
     def refresh(self) -> None:
         s = self.session

@@ -376,6 +376,8 @@ class MainWindow(QMainWindow):
         if time.monotonic() - getattr(self, "_fps_t", 0.0) < 0.5:
             return
         self._fps_t = time.monotonic()
+        if s.store is not None:
+            self.light_data.set("ok", f"{s.store.root} ({len(s.store.episodes())} episodes)")
         fps = self.live.display_fps()
         self.fps_label.setText("display " + ", ".join(f"{n} {v:.0f} fps" for n, v in fps.items()) if fps else "")
 

@@ -49,7 +49,8 @@ class MappingEditor(QWidget):
         self.buttons.setHorizontalHeaderLabels(BUTTON_COLS)
         for t in (self.axes, self.buttons):
             t.verticalHeader().setDefaultSectionSize(26)
-            t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+            t.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+            t.horizontalHeader().setStretchLastSection(True)
             t.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         row_btns = QHBoxLayout()
         self.add_axis = QPushButton("+ axis")

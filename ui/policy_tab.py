@@ -259,9 +259,10 @@ class PolicyTab(QWidget):
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.plot.addLegend(offset=(5, 5))
         self.plot.setLabel("bottom", "time (s, 0 = now)")
-        self.pred_curve = self.plot.plot([], [], pen=pg.mkPen("#f39c12", width=2), name="predicted (policy)")
-        self.sent_curve = self.plot.plot([], [], pen=pg.mkPen("#3498db", width=2), name="executed (after safety)")
         self.meas_curve = self.plot.plot([], [], pen=pg.mkPen("#2ecc71", width=1), name="measured")
+        self.sent_curve = self.plot.plot([], [], pen=pg.mkPen("#3498db", width=3), name="executed (after safety)")
+        self.pred_curve = self.plot.plot([], [], pen=pg.mkPen("#f39c12", width=2, style=Qt.PenStyle.DashLine),
+                                         name="predicted (policy)")
         self.plot.setMinimumHeight(160)
         self._plot_layout.addWidget(self.plot, 1)
 
@@ -564,7 +565,8 @@ class PolicyTab(QWidget):
                 lab.setStyleSheet("color: #e67e22; font-weight: bold" if v != "0" else "")
         self.last_safety.setText(f"last tick: {', '.join(st.last_safety)}" if st.last_safety else "last tick: ok")
         r = self.run
-        if r is not None:
+        # Judge only on statuses published after this run began (a scene reset shows up one tick later).
+        if r is not None and st.t > r.t0 + 1.5 / max(1.0, self.session.fps if self.session else 10.0):
             if st.mode != "policy" and r.result == "running" and self.gated is not None and self.gated.budget is None:
                 self.end_run("stopped (" + (st.message or st.mode) + ")")    # NaN / e-stop / mode change
             elif st.sim_success and self.gated is not None and self.gated.budget is None:

@@ -45,7 +45,7 @@ class JointPlot(QWidget):
         self.plot.setBackground("#1e1f22")
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.plot.setLabel("bottom", "time (s, 0 = now)")
-        self.plot.setLabel("left", "position (rad; gripper: fraction open)")
+        self.plot.setLabel("left", "rad  (gripper: open fraction)")
         self.plot.addLegend(offset=(5, 5), labelTextSize="8pt", colCount=4)
         cols = plot_colors(len(joint_names))
         self.measured = [self.plot.plot([], [], pen=pg.mkPen(c, width=2), name=n) for n, c in zip(joint_names, cols)]
@@ -149,6 +149,7 @@ class TeleopTab(QWidget):
         self.counter.setFormat("%v / %m episodes kept")
         self.counter.setMinimumWidth(200)
         self.label_label = QLabel("")
+        self.label_label.setTextFormat(Qt.TextFormat.RichText)
         self.target_spin = QSpinBox()
         self.target_spin.setRange(1, 100000)
         self.target_spin.setValue(50)
@@ -225,8 +226,11 @@ class TeleopTab(QWidget):
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(upper)
         split.addWidget(self.lower_tabs)
-        split.setStretchFactor(0, 1)
+        split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
+        split.setSizes([300, 500])
+        self.pad_box.setMaximumWidth(340)
+        self.split = split
 
         lay = QVBoxLayout(self)
         lay.addLayout(mode_row)
@@ -261,6 +265,7 @@ class TeleopTab(QWidget):
             self.joints.deleteLater()
         self.joint_placeholder.hide()
         self.joints = JointPanel(prof)
+        self.joints.bars[-1].limit_warning = False      # an open or closed gripper is not "at a limit"
         self.joints.slider_moved.connect(self._slider_moved)
         self.joints.jog_changed.connect(self._jog_changed)
         self.joint_box_lay.addWidget(self.joints)
@@ -434,6 +439,8 @@ class TeleopTab(QWidget):
         set_style(self.state_label, f"background:{color}; border-radius:6px; padding:6px")
         lab = {1: "<span style='color:#27ae60'><b>success</b></span>",
                0: "<span style='color:#c0392b'><b>failure</b></span>"}.get(st.label, "unlabelled")
+        if wf != "review":        # the label belongs to the episode under review only
+            lab = "set in review with S / F"
         sim = "" if st.sim_success is None else f" &nbsp; sim task: {'done ✔' if st.sim_success else 'not done'}"
         self.label_label.setText(f"label: {lab}{sim}")
         if self.counter.maximum() != max(1, st.target_episodes):

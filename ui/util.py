@@ -16,6 +16,30 @@ from PySide6.QtGui import QColor, QFont, QImage, QPainter
 from PySide6.QtWidgets import QLabel, QSizePolicy, QWidget
 
 
+def qt_binding_problem() -> str | None:
+    """None if the Qt binding is sound, else what to do.
+
+    PySide6 6.12.0 on Python < 3.12 drops a reference to None on every call of a method returning void;
+    after a few thousand calls the interpreter aborts ("none_dealloc"). Detected in microseconds here so
+    the app refuses to start with a clear message instead of crashing minutes into a session.
+    """
+    if sys.version_info >= (3, 12):          # None is immortal there: the bug is harmless
+        return None
+    from PySide6 import __version__ as pyside_version
+    from PySide6.QtCore import QRectF
+    r = QRectF()
+    before = sys.getrefcount(None)
+    for _ in range(100):
+        r.setWidth(1.0)
+    lost = before - sys.getrefcount(None)
+    if lost >= 50:
+        sys.modules.setdefault("_teleop_none_keepalive", [None] * 1000)   # repay what the probe took
+        return (f"PySide6 {pyside_version} has a reference-counting bug on Python "
+                f"{sys.version_info.major}.{sys.version_info.minor} that crashes the app after a few "
+                "thousand Qt calls. Install a working version: .venv/bin/pip install 'PySide6-Essentials==6.11.3'")
+    return None
+
+
 class Cancelled(Exception):
     """Raised inside a worker's progress callback once the user pressed Cancel."""
 
@@ -216,13 +240,11 @@ class ImageView(QWidget):
         f.setBold(True)
         p.setFont(f)
         fm = p.fontMetrics()
-        for text, color, align in ((self.title, QColor("#ffffff"), Qt.AlignmentFlag.AlignLeft),
-                                   (self.note, self.note_color, Qt.AlignmentFlag.AlignRight)):
+        for text, color, top in ((self.title, QColor("#ffffff"), True), (self.note, self.note_color, False)):
             if not text:
                 continue
             tw = fm.horizontalAdvance(text) + 10
-            box = QRectF(r.x() + 4 if align == Qt.AlignmentFlag.AlignLeft else r.right() - tw - 4,
-                         r.y() + 4, tw, fm.height() + 4)
+            box = QRectF(r.x() + 4, r.y() + 4 if top else r.bottom() - fm.height() - 8, tw, fm.height() + 4)
             p.fillRect(box, QColor(0, 0, 0, 160))
             p.setPen(color)
             p.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
