@@ -167,3 +167,36 @@ def read_episode(path: str | os.PathLike) -> Episode:
                    timestamp=ts, success=int(attrs.get("success", -1)), cameras=cams, num_steps=n,
                    image_timestamps=img_ts, recovered=bool(attrs.get("recovered", False)), attrs=attrs,
                    encodings=enc, image_shapes=shapes)
+
+
+def read_summary(path: str | os.PathLike) -> dict:
+    """Fast index read: attrs, /timestamp and camera timestamps only (no joint arrays, no images).
+    Checks the schema version and dataset lengths; raises CorruptEpisodeError like read_episode."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise S.CorruptEpisodeError(f"{path}: not a readable HDF5 episode ({e})") from e
+    with f:
+        try:
+            a = f.attrs
+            version = a.get("schema_version")
+            if version is None or S._s(version).split(".")[0] != S.SCHEMA_VERSION.split(".")[0]:
+                raise S.CorruptEpisodeError(f"{path}: not a teleop episode of schema {S.SCHEMA_VERSION}")
+            out = {k: (S._s(a[k]) if k in a else "") for k in ("instruction", "mode", "start_time")}
+            out["fps"] = float(a["fps"])
+            out["success"] = int(a.get("success", -1))
+            out["recovered"] = bool(a.get("recovered", False))
+            ts = f[S.TIMESTAMP][()]
+            img_ts = {c: d[()] for c, d in f[S.IMAGE_TIMESTAMPS].items()} if S.IMAGE_TIMESTAMPS in f else {}
+            lens = {k: f[k].shape[0] for k in (S.QPOS, S.ACTION)}
+            lens.update({f"timestamps/{c}": len(v) for c, v in img_ts.items()})
+        except (KeyError, ValueError, TypeError) as e:
+            raise S.CorruptEpisodeError(f"{path}: wrong schema ({e!r})") from e
+        except (OSError, RuntimeError) as e:
+            raise S.CorruptEpisodeError(f"{path}: data unreadable, file truncated or corrupt ({e})") from e
+    bad = {k: v for k, v in lens.items() if v != len(ts)}
+    if bad:
+        raise S.CorruptEpisodeError(f"{path}: dataset lengths disagree with /timestamp ({len(ts)}): {bad}")
+    out.update(timestamp=ts, image_timestamps=img_ts, num_steps=len(ts))
+    return out

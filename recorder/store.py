@@ -23,9 +23,9 @@ import h5py
 import numpy as np
 
 from . import schema as S
-from .reader import read_episode
+from .reader import read_episode, read_summary
 from .recover import pending, recover_episode
-from .validate import cadence_summary
+from .validate import cadence_from, cadence_summary
 
 log = logging.getLogger(__name__)
 
@@ -201,16 +201,17 @@ class EpisodeStore:
 
     def _info_for(self, path: Path) -> EpisodeInfo | None:
         try:
-            ep = read_episode(path)
+            s = read_summary(path)
         except S.CorruptEpisodeError as e:
             log.warning("skipping unreadable episode: %s", e)
             return None
-        ep.close()
+        ts = s["timestamp"]
+        rep = cadence_from(ts, s["fps"], s["image_timestamps"])
         return EpisodeInfo(id=episode_id(path), file=str(path.relative_to(self.root)),
-                           instruction=ep.meta.instruction, num_steps=ep.num_steps, success=ep.success,
-                           mode=ep.meta.mode, duration=ep.duration, cadence=cadence_summary(ep),
-                           start_time=ep.meta.start_time or "", recovered=ep.recovered,
-                           mtime=path.stat().st_mtime)
+                           instruction=s["instruction"], num_steps=s["num_steps"], success=s["success"],
+                           mode=s["mode"], duration=float(ts[-1] - ts[0]) if len(ts) > 1 else 0.0,
+                           cadence=cadence_summary(report=rep), start_time=s["start_time"],
+                           recovered=s["recovered"], mtime=path.stat().st_mtime)
 
     # ------------------------------------------------------------------ episodes
     def _next_id(self) -> int:

@@ -13,14 +13,19 @@ STUCK_POS_RANGE = 1e-6    # ...whose measured position moved less than this is "
 
 
 def cadence_report(ep: Episode) -> dict:
+    """See cadence_from (this takes a read Episode)."""
+    return cadence_from(ep.timestamp, ep.meta.fps, ep.image_timestamps)
+
+
+def cadence_from(timestamp: np.ndarray, fps: float, image_timestamps: dict[str, np.ndarray]) -> dict:
     """Timing of the recorded loop.
 
     achieved_hz: mean step rate; p99_period_error_ms: 99th percentile of |period - 1/fps|;
     missed_ticks: ticks that should have happened in the gaps (period rounded to whole ticks - 1);
     max_frame_age_ms[cam]: worst (tick time - frame capture time); repeated_frames[cam]: steps whose
     camera frame was not new (same capture time as the step before)."""
-    ts = np.asarray(ep.timestamp, np.float64)
-    fps = float(ep.meta.fps)
+    ts = np.asarray(timestamp, np.float64)
+    fps = float(fps)
     nominal = 1.0 / fps
     rep: dict = {"fps": fps, "num_steps": int(len(ts)), "duration_s": 0.0, "achieved_hz": 0.0,
                  "p99_period_error_ms": 0.0, "max_period_ms": 0.0, "missed_ticks": 0,
@@ -35,7 +40,7 @@ def cadence_report(ep: Episode) -> dict:
             rep["p99_period_error_ms"] = float(np.percentile(np.abs(good - nominal), 99) * 1e3)
             rep["max_period_ms"] = float(good.max() * 1e3)
             rep["missed_ticks"] = int(np.maximum(np.rint(good / nominal) - 1, 0).sum())
-    for cam, its in ep.image_timestamps.items():
+    for cam, its in image_timestamps.items():
         its = np.asarray(its, np.float64)
         age = (ts - its)[np.isfinite(its)]
         rep["max_frame_age_ms"][cam] = float(age.max() * 1e3) if len(age) else float("nan")
@@ -43,9 +48,9 @@ def cadence_report(ep: Episode) -> dict:
     return rep
 
 
-def cadence_summary(ep: Episode) -> dict:
+def cadence_summary(ep: Episode | None = None, *, report: dict | None = None) -> dict:
     """Compact, JSON-able subset for the store index."""
-    r = cadence_report(ep)
+    r = report if report is not None else cadence_report(ep)
     return {"achieved_hz": round(r["achieved_hz"], 3), "p99_period_error_ms": round(r["p99_period_error_ms"], 3),
             "missed_ticks": r["missed_ticks"],
             "max_frame_age_ms": {k: (round(v, 2) if np.isfinite(v) else None) for k, v in r["max_frame_age_ms"].items()}}

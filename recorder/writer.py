@@ -241,10 +241,13 @@ class EpisodeWriter:
     def _make_reserve(self) -> None:
         """Pre-allocate some disk space that is released when the disk fills up, so the HDF5 library
         can still flush its caches and close the file cleanly (a failed HDF5 close can crash the
-        process at exit). Size: HDF5 chunk caches (one chunk per image dataset) + metadata."""
+        process at exit). Size: 1 MB of metadata + per camera one raw frame (chunk cache), or for JPEG
+        one flush interval of frames (JPEG bytes live in HDF5's metadata cache until the next flush),
+        estimated at half the raw size per frame."""
         size = 1 << 20
+        per_flush = max(1, int(math.ceil(float(self.meta.fps) * self.flush_interval_s)))
         for h, w in self.cameras.values():
-            size += (1 << 18) if self.jpeg else h * w * 3
+            size += (h * w * 3 // 2) * per_flush if self.jpeg else h * w * 3
         fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             try:
