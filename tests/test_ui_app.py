@@ -138,7 +138,7 @@ def test_gamepad_drives_the_joint_and_the_view_follows(qtbot, win, vpad):
     qtbot.waitUntil(plotted, timeout=3000)
 
 
-def test_record_label_scrub_relabel_delete_undo_replay(qtbot, win):
+def test_record_label_scrub_relabel_delete_undo_export_replay(qtbot, win, tmp_path):
     s = connect(qtbot, win)
     t = win.teleop
     t.instruction.setCurrentText("put the red cube in the bowl")
@@ -188,6 +188,25 @@ def test_record_label_scrub_relabel_delete_undo_replay(qtbot, win):
     assert s.store.episodes() == []
     key(qtbot, win, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     qtbot.waitUntil(lambda: e.table.rowCount() == 1, timeout=2000)
+    # export (labelled successes only) in a worker with progress; cancel removes the partial output
+    e.table.selectRow(0)
+    qtbot.mouseClick(e.success_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: e.table.item(0, 4).text() == "success", timeout=3000)
+    from ui.episodes_tab import export_target
+    out = export_target(tmp_path / "exports", "ds", "lerobot")
+    w = e.export("lerobot", out)
+    qtbot.waitUntil(lambda: w.state in ("done", "failed"), timeout=60000)
+    assert w.state == "done", w.error
+    assert (out / "meta" / "info.json").exists() and "done" in e.progress.format()
+    w = e.export("rlds", tmp_path / "rlds")
+    qtbot.waitUntil(lambda: w.state in ("done", "failed"), timeout=60000)
+    assert w.state == "done", w.error
+    assert list((tmp_path / "rlds").rglob("episode_*.npy"))
+    w = e.export("lerobot", tmp_path / "cancelled")
+    w.cancel()
+    qtbot.waitUntil(lambda: w.state in ("done", "failed", "cancelled"), timeout=60000)
+    assert w.state == "cancelled" and not (tmp_path / "cancelled").exists()
+    assert "cancelled" in e.progress.format()
     # replay on the robot: homing to the first pose, then the recorded actions, then hold
     e.table.selectRow(0)
     qtbot.mouseClick(e.replay_btn, Qt.MouseButton.LeftButton)

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHea
                                QWidget)
 
 from ui.teleop_tab import plot_colors
-from ui.util import ImageView, Worker, run_in_thread
+from ui.util import Cancelled, ImageView, Worker, run_in_thread
 
 COLS = ["id", "instruction", "steps", "duration", "label", "mode", "cadence"]
 
@@ -30,6 +30,18 @@ def cadence_health(c: dict, fps: float | None = None) -> tuple[str, str]:
     if p99 > 0.1 * period_ms:
         return "warn", text
     return "ok", text
+
+
+def export_target(parent: Path, name: str, kind: str) -> Path:
+    """An empty folder to export into: `parent` itself if empty, else parent/<name>_<kind>[_N]."""
+    if parent.is_dir() and not any(parent.iterdir()):
+        return parent
+    out = parent / f"{name}_{kind}"
+    n = 2
+    while out.exists() and any(out.iterdir()):
+        out = parent / f"{name}_{kind}_{n}"
+        n += 1
+    return out
 
 
 class EpisodesTab(QWidget):
@@ -449,24 +461,36 @@ class EpisodesTab(QWidget):
         if self.store is None:
             self.message.emit("open a dataset first")
             return
-        out = QFileDialog.getExistingDirectory(self, f"Export {kind} into folder")
-        if out:
-            self.export(kind, out)
+        parent = QFileDialog.getExistingDirectory(self, f"Export {kind}: choose the folder to export into")
+        if parent:
+            self.export(kind, export_target(Path(parent), Path(self.store.root).name, kind))
 
-    def export(self, kind: str, out: str, repo_id: str | None = None) -> Worker | None:
-        """Start an export in a worker; returns it (tests wait on its signals)."""
+    def export(self, kind: str, out: str | Path, repo_id: str | None = None) -> Worker | None:
+        """Export the dataset (episodes labelled failed are skipped) in a worker; returns it.
+        Cancel stops after the current episode and removes the partial export."""
         if self._export is not None:
             self.message.emit("an export is already running")
             return None
-        root = str(self.store.root)
-        repo_id = repo_id or f"local/{Path(root).name}"
+        if self.store is None:
+            self.message.emit("open a dataset first")
+            return None
+        store = self.store          # the live store object: never re-open (and "recover") a store in use
+        out = Path(out)
+        repo_id = repo_id or f"local/{Path(store.root).name}"
 
         def job(w: Worker):
-            if kind == "lerobot":
-                from recorder.export_lerobot import export_lerobot
-                return export_lerobot(root, out, repo_id, progress=w.callback("exporting"))
-            from recorder.export_rlds import export_rlds
-            return export_rlds(root, out, progress=w.callback("exporting"))
+            import shutil
+            created = not out.exists()
+            try:
+                if kind == "lerobot":
+                    from recorder.export_lerobot import export_lerobot
+                    return export_lerobot(store, out, repo_id, progress=w.callback("episode"))
+                from recorder.export_rlds import export_rlds
+                return export_rlds(store, out, progress=w.callback("episode"))
+            except Cancelled:
+                if created and out.exists():
+                    shutil.rmtree(out, ignore_errors=True)
+                raise
 
         self.progress.setValue(0)
         self.progress.setFormat(f"{kind}: starting...")
@@ -474,7 +498,8 @@ class EpisodesTab(QWidget):
         self._export = run_in_thread(job, on_done=lambda r: self._export_end(f"{kind} export done: {r or out}"),
                                      on_error=lambda e: self._export_end(f"{kind} export failed: {e}", True),
                                      on_progress=self._export_progress,
-                                     on_cancel=lambda: self._export_end(f"{kind} export cancelled", True))
+                                     on_cancel=lambda: self._export_end(f"{kind} export cancelled (partial output "
+                                                                        "removed)", True))
         self._update_buttons()
         return self._export
 
