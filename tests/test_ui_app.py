@@ -291,6 +291,37 @@ def test_policy_start_step_stop_runs_and_estop(qtbot, win):
     assert "cancelled" in p.val_result.text()
 
 
+def test_policy_from_a_server_url_steps_the_arm(qtbot, win):
+    """The URL path: the project's own policy server on loopback, joint-target mode."""
+    import threading
+    from teleop_app.policy.base import PolicyMeta
+    from teleop_app.policy.server import make_server
+    s = connect(qtbot, win)
+    served = TinyPolicy(PolicyMeta(joint_names=s.profile.joint_names, action_dim=s.profile.dof, fps=s.fps,
+                                   kind="tiny-served", chunk_size=4))
+    srv = make_server(served, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        p = win.policy
+        p.source.setText(srv.url)
+        p.remote_mode.setCurrentIndex(p.remote_mode.findData("joint"))
+        qtbot.mouseClick(p.load_btn, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: p.gated is not None, timeout=15000)
+        assert "remote" in p.meta_label.text()
+        q0 = s.status.qpos[0]
+        for _ in range(3):
+            p.step()
+            qtbot.wait(150)
+        qtbot.waitUntil(lambda: p.gated.steps == 3, timeout=3000)
+        qtbot.waitUntil(lambda: s.status.qpos[0] - q0 > 0.02, timeout=3000)
+        assert served.calls >= 1                       # the server really answered
+        p.stop()
+        assert s.mode.value == "hold"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_policy_load_error_is_readable(qtbot, win, tmp_path):
     connect(qtbot, win)
     bad = tmp_path / "not_a_checkpoint.pt"
@@ -300,6 +331,10 @@ def test_policy_load_error_is_readable(qtbot, win, tmp_path):
     qtbot.waitUntil(lambda: "cannot load" in win.policy.meta_label.text(), timeout=30000)
     assert win.policy.gated is None
     assert win.session.mode.value == "hold"
+    # a server that is not there: a readable error too, nothing installed
+    win.policy.load("http://127.0.0.1:9/")
+    qtbot.waitUntil(lambda: "cannot load http" in win.policy.meta_label.text(), timeout=20000)
+    assert "not reachable" in win.policy.meta_label.text() and win.policy.gated is None
 
 
 def test_mapping_editor_edit_apply_save_load(qtbot, win, tmp_path):

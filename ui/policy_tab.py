@@ -100,12 +100,17 @@ class PolicyTab(QWidget):
         # --- source
         self.source = QLineEdit()
         self.source.setPlaceholderText("checkpoint file (.pt) or policy server URL (http://host:port)")
+        self.remote_mode = QComboBox()
+        self.remote_mode.addItem("server sends EE deltas (OpenVLA)", "ee_delta")
+        self.remote_mode.addItem("server sends joint targets (teleop serve)", "joint")
+        self.remote_mode.setToolTip("only for server URLs: what the policy server's /act returns")
         self.browse_btn = QPushButton("Browse...")
         self.load_btn = QPushButton("Load")
         self.load_btn.setStyleSheet("font-weight: bold")
         src = QHBoxLayout()
         src.addWidget(QLabel("<b>Policy</b>"))
         src.addWidget(self.source, 1)
+        src.addWidget(self.remote_mode)
         src.addWidget(self.browse_btn)
         src.addWidget(self.load_btn)
         self.meta_label = QLabel("no policy loaded")
@@ -308,14 +313,25 @@ class PolicyTab(QWidget):
         self.load_btn.setEnabled(False)
         profile = self.session.profile if self.session is not None else None
         fps = self.session.fps if self.session is not None else None
+        remote = spec.startswith(("http://", "https://"))
+        mode = self.remote_mode.currentData()
 
         def job(w: Worker):
-            w.report(None, "loading policy")
+            w.report(None, "connecting to the policy server" if remote else "loading checkpoint (torch)")
             try:
                 load_policy = policy_api("load_policy")
             except ImportError as e:
                 raise RuntimeError(f"policy support is not available: {e}") from e
-            policy = load_policy(spec)
+            if remote:
+                check_server(spec)
+                policy = load_policy(spec, profile=profile, action_mode=mode)
+                if fps:
+                    policy.meta.fps = fps      # a server answers at whatever rate we ask: ours
+            else:
+                if not Path(spec).exists():
+                    raise FileNotFoundError(f"checkpoint {spec} not found: pick a .pt file (Browse...) "
+                                            "or give a server URL http://host:port")
+                policy = load_policy(spec)
             if profile is not None and getattr(policy, "meta", None) is not None:
                 check = policy_api("check_compatible")
                 check(policy.meta, profile, fps=fps)
@@ -497,12 +513,14 @@ class PolicyTab(QWidget):
         base = Path(self.session.config.dataset).parent if self.session else Path("reports")
         out_dir = base / "validation" / time.strftime("%Y%m%d-%H%M%S")
         live_policy = None if spec else self.policy
+        remote_kw = {"profile": profile_name, "action_mode": self.remote_mode.currentData()} \
+            if spec.startswith(("http://", "https://")) else {}
 
         def job(w: Worker):
             from drivers.sim import TASKS
             run_sim_rollouts = policy_api("run_sim_rollouts")
             w.report(0.0, "loading policy")
-            policy = live_policy if live_policy is not None else policy_api("load_policy")(spec)
+            policy = live_policy if live_policy is not None else policy_api("load_policy")(spec, **remote_kw)
             tasks = list(TASKS) if task is None else [task]
             res = call_flexible(run_sim_rollouts, policy, tasks, n, max_steps=max_steps, profile=profile_name,
                                 progress=w.callback("rollout"), policy_name=Path(spec).name if spec else "policy")
@@ -603,6 +621,22 @@ class PolicyTab(QWidget):
             self.pred_curve.setData(tp[k], np.array([p[1][j] for p in pred])[k])
         else:
             self.pred_curve.setData([], [])
+
+
+def check_server(url: str, timeout: float = 2.0) -> None:
+    """Fail early, with what to do, if nothing listens at the policy server's address."""
+    import socket
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    if not u.hostname:
+        raise ValueError(f"bad policy server URL {url!r}; expected http://host:port")
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ConnectionError(f"policy server {url} is not reachable ({e.strerror or e}); start it "
+                              "(e.g. `teleop policy serve CHECKPOINT`) or check host and port") from None
 
 
 def write_validation_report(res, out_dir: Path, info: dict | None = None) -> Path:
