@@ -100,6 +100,15 @@ def test_connect_shows_live_cameras_lights_and_estop(qtbot, win):
     # the big button does the same
     qtbot.mouseClick(win.estop_btn, Qt.MouseButton.LeftButton)
     assert s.status.estopped or s.safety.estopped
+    # disconnect (Ctrl+D) releases the devices in a worker; reconnect (Ctrl+L) builds a fresh session
+    key(qtbot, win, Qt.Key.Key_D, Qt.KeyboardModifier.ControlModifier)
+    assert win.session is None and not win.estop_btn.isEnabled()
+    qtbot.waitUntil(lambda: not s.loop.running and s.devices is None, timeout=5000)
+    qtbot.waitUntil(lambda: "not connected" in win.banner.text(), timeout=2000)
+    key(qtbot, win, Qt.Key.Key_L, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: win.session is not None and win.session.status.connected, timeout=15000)
+    assert win.session is not s and not win.session.status.estopped
+    qtbot.waitUntil(lambda: all(v.has_image() for v in win.live.views.values()), timeout=5000)
 
 
 def test_connect_error_is_shown_not_raised(qtbot, win):
@@ -320,6 +329,41 @@ def test_policy_from_a_server_url_steps_the_arm(qtbot, win):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def tiny_checkpoint(path, profile, fps):
+    """A real (random, tiny) VLA checkpoint whose actions stay within a few mrad of the current pose."""
+    from teleop_app.policy.base import PolicyMeta
+    from teleop_app.policy.checkpoint import save_checkpoint
+    from teleop_app.policy.model import ModelConfig, VLAModel
+    from teleop_app.policy.tokenizer import Tokenizer
+    tok = Tokenizer.build(["pick up the red cube"])
+    cfg = ModelConfig(vocab_size=len(tok), chunk=4, channels=(8, 8), d_model=16, n_layers=1, n_heads=2,
+                      image_size=(32, 32))
+    d = profile.dof
+    stats = {"state": {"mean": [float(x) for x in profile.home()], "std": [1.0] * d},
+             "action": {"mean": [0.0] * (d - 1) + [1.0], "std": [0.002] * d}}
+    meta = PolicyMeta(joint_names=profile.joint_names, action_dim=d, fps=fps, image_size=(32, 32),
+                      cameras=["front"], chunk_size=4, stats=stats, kind="vla-tiny-test",
+                      extra={"action_space": "delta_arm"})
+    return save_checkpoint(path, VLAModel(cfg), meta, tok)
+
+
+def test_policy_checkpoint_loads_in_a_worker_and_runs(qtbot, win, tmp_path):
+    s = connect(qtbot, win)
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", s.profile, s.fps)
+    p = win.policy
+    p.source.setText(str(ckpt))
+    qtbot.mouseClick(p.load_btn, Qt.MouseButton.LeftButton)
+    assert "loading" in p.meta_label.text()            # returns at once: loading runs in a worker
+    qtbot.waitUntil(lambda: p.gated is not None or "cannot" in p.meta_label.text(), timeout=60000)
+    assert p.gated is not None, p.meta_label.text()
+    assert "vla-tiny-test" in p.meta_label.text()
+    p.start()
+    qtbot.waitUntil(lambda: p.gated.steps >= 5, timeout=5000)
+    assert s.mode.value == "policy" and not s.status.estopped
+    p.stop()
+    assert s.mode.value == "hold" and p.runs[-1].steps >= 5
 
 
 def test_policy_load_error_is_readable(qtbot, win, tmp_path):
