@@ -104,6 +104,8 @@ class VLAPolicy:
         self._s_mean, self._s_std = np.asarray(st["mean"], np.float32), np.asarray(st["std"], np.float32)
         self._a_mean, self._a_std = np.asarray(ac["mean"], np.float32), np.asarray(ac["std"], np.float32)
         self._tok_cache: dict[str, list[int]] = {}
+        # "delta_arm": the network predicts arm moves relative to the current joints (train.chunk_targets)
+        self.action_space = meta.extra.get("action_space", "absolute")
 
     def reset(self) -> None:
         pass
@@ -141,7 +143,10 @@ class VLAPolicy:
             out = self.model(torch.from_numpy(imgs)[None],
                              torch.tensor([self.tokens(obs.get("instruction", ""))]),
                              torch.from_numpy(s)[None])[0].numpy()
-        return out.astype(np.float64) * self._a_std + self._a_mean
+        a = out.astype(np.float64) * self._a_std + self._a_mean
+        if self.action_space == "delta_arm":
+            a[:, :-1] += q[:-1]
+        return a
 
 
 def load_checkpoint_policy(path, threads: int | None = 2, **_ignored) -> VLAPolicy:

@@ -36,6 +36,7 @@ class ModelConfig:
     ff_mult: int = 2
     dropout: float = 0.0
     grid: int = 4                    # spatial tokens per camera = grid * grid
+    keypoints: int = 32              # spatial-softmax keypoints per camera (0 = off)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -74,6 +75,13 @@ class VisionEncoder(nn.Module):
         self.blocks = nn.ModuleList(FiLMConvBlock(a, b, 2) for a, b in zip(c[:-1], c[1:]))
         self.proj = nn.Conv2d(c[-1], cfg.d_model, 1)
         self.grid = cfg.grid
+        self.n_kp = cfg.keypoints
+        if self.n_kp:
+            # spatial softmax: each map's expected (x, y) = where its feature fires, a direct,
+            # sub-pixel position signal (robomimic / diffusion-policy style); one token per camera
+            self.kp_conv = nn.Conv2d(c[-1], self.n_kp, 1)
+            self.kp_mlp = nn.Sequential(nn.Linear(2 * self.n_kp, cfg.d_model), nn.ReLU(),
+                                        nn.Linear(cfg.d_model, cfg.d_model))
         self.film_sizes = list(c[1:])
         h, w = cfg.image_size
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
@@ -85,8 +93,16 @@ class VisionEncoder(nn.Module):
         x = self.stem(x)
         for blk, (g, bt) in zip(self.blocks, films):
             x = blk(x, g, bt)
-        x = F.adaptive_avg_pool2d(self.proj(x), self.grid)
-        return x.flatten(2).transpose(1, 2)
+        tokens = F.adaptive_avg_pool2d(self.proj(x), self.grid).flatten(2).transpose(1, 2)
+        if self.n_kp:
+            m = self.kp_conv(x)
+            hh, ww = m.shape[-2:]
+            att = torch.softmax(m.flatten(2), -1)                       # (B, K, h*w)
+            ys, xs = torch.meshgrid(torch.linspace(-1, 1, hh), torch.linspace(-1, 1, ww), indexing="ij")
+            pos = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).to(att)   # (h*w, 2)
+            kp = (att @ pos).flatten(1)                                    # (B, 2K)
+            tokens = torch.cat([tokens, self.kp_mlp(kp)[:, None]], 1)
+        return tokens
 
 
 class VLAModel(nn.Module):
@@ -101,7 +117,7 @@ class VLAModel(nn.Module):
         self.film = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, film_total))
         nn.init.zeros_(self.film[-1].weight)
         nn.init.zeros_(self.film[-1].bias)
-        n_img = cfg.grid * cfg.grid
+        n_img = cfg.grid * cfg.grid + (1 if cfg.keypoints else 0)
         self.img_pos = nn.Parameter(torch.randn(1, n_img * len(cfg.cameras), d) * 0.02)
         self.state_proj = nn.Linear(cfg.state_dim, d)
         self.queries = nn.Parameter(torch.randn(1, cfg.chunk, d) * 0.02)

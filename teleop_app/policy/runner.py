@@ -41,7 +41,7 @@ class RunnerStats:
 class PolicyRunner:
     def __init__(self, policy: Policy, chunk_mode: str = "ensemble", *, replan_every: int | None = None,
                  ensemble_decay: float = 0.01, async_: bool = False, max_latency: float | None = None,
-                 lower=None, upper=None, range_margin: float = 0.3):
+                 lower=None, upper=None, range_margin: float = 0.5):
         if chunk_mode not in ("ensemble", "replan"):
             raise ValueError(f"chunk_mode must be 'ensemble' or 'replan', got {chunk_mode!r}")
         self.policy = policy
@@ -101,14 +101,17 @@ class PolicyRunner:
             kind = "NaN" if np.isnan(a).any() else "inf"
             raise PolicyOutputError(f"policy output {kind} at step {step}; stopped, nothing sent")
         if self.lower is not None and self.upper is not None:
-            bad = (a < self.lower - self.range_margin) | (a > self.upper + self.range_margin)
+            # margin relative to each joint's range: catches unit mix-ups (deg vs rad, mm vs m) and
+            # garbage, while a small overshoot is left to the safety layer's clamp (and counted there)
+            m = self.range_margin * (self.upper - self.lower)
+            bad = (a < self.lower - m) | (a > self.upper + m)
             if bad.any():
                 j = int(np.argwhere(bad)[0][1])
                 names = list(getattr(self.policy.meta, "joint_names", []))
                 name = names[j] if j < len(names) else f"#{j}"
                 raise PolicyOutputError(
                     f"policy output out of range at step {step}: {name} = {a[bad][0]:.3f} outside "
-                    f"[{self.lower[j]:.3f}, {self.upper[j]:.3f}] by more than {self.range_margin}; "
+                    f"[{self.lower[j]:.3f}, {self.upper[j]:.3f}] by more than {m[j]:.3f}; "
                     "stopped, nothing sent (check the policy was trained for this robot's units)")
         return a
 

@@ -2,8 +2,9 @@
 
     train("data/demos", "runs/vla.pt", steps=6000, max_minutes=20)
 
-Targets are chunks of the next `chunk` absolute joint targets (padded past the episode end with
-the last action = hold), normalised with the dataset mean/std. Images get a random shift
+Targets are chunks of the next `chunk` joint targets (padded past the episode end with the last
+action = hold), by default as arm moves relative to the current joints (see chunk_targets),
+normalised with the dataset mean/std; the policy always outputs absolute joint targets. Images get a random shift
 (+-pad px) and a mild brightness jitter, the joint state a little noise, so the policy copes
 with its own small errors in closed loop. L1 loss (as ACT): sharper than L2 on multi-modal data.
 """
@@ -36,32 +37,54 @@ class TrainResult:
     history: list[tuple[int, float]] = field(default_factory=list)
 
 
-class _Batcher:
-    """Flat arrays over all episodes + index tables for chunk targets."""
+def chunk_targets(ds: Dataset, chunk: int, action_space: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, chunk, D) raw targets and (N, chunk) chunk indices, over all episodes concatenated.
 
-    def __init__(self, ds: Dataset, tok: Tokenizer, chunk: int, stats: dict):
+    action_space "delta_arm": arm joints as (target[t+k] - qpos[t]), gripper absolute. The model
+    then only has to be precise about the small move from where the arm is, not about absolute
+    angles (much better use of a small network); the policy adds qpos back, so it still outputs
+    absolute joint targets. "absolute": targets as recorded.
+    """
+    out, start, idx = [], 0, []
+    for e in ds.episodes:
+        n = len(e.qpos)
+        t = np.minimum(np.arange(n)[:, None] + np.arange(chunk)[None], n - 1)
+        a = e.action[t].astype(np.float32)                       # (n, chunk, D)
+        if action_space == "delta_arm":
+            a[..., :-1] -= e.qpos[:, None, :-1]
+        out.append(a)
+        idx.append(start + t)
+        start += n
+    return np.concatenate(out), np.concatenate(idx)
+
+
+def target_stats(ds: Dataset, chunk: int, action_space: str) -> dict:
+    a = chunk_targets(ds, chunk, action_space)[0].reshape(-1, len(ds.joint_names))
+    st = ds.stats()
+    st["action"] = {"mean": a.mean(0).tolist(), "std": np.maximum(a.std(0), 1e-3).tolist()}
+    return st
+
+
+class _Batcher:
+    """Flat arrays over all episodes + normalised chunk targets."""
+
+    def __init__(self, ds: Dataset, tok: Tokenizer, chunk: int, stats: dict, action_space: str):
         self.cams = ds.cameras
         self.images = {c: np.concatenate([e.images[c] for e in ds.episodes]) for c in self.cams}
         q = np.concatenate([e.qpos for e in ds.episodes])
-        a = np.concatenate([e.action for e in ds.episodes])
         s_mean, s_std = np.asarray(stats["state"]["mean"], np.float32), np.asarray(stats["state"]["std"], np.float32)
         a_mean, a_std = np.asarray(stats["action"]["mean"], np.float32), np.asarray(stats["action"]["std"], np.float32)
         self.state = (q - s_mean) / s_std
-        self.action = (a - a_mean) / a_std
-        toks, chunk_idx, start = [], [], 0
+        self.targets = (chunk_targets(ds, chunk, action_space)[0] - a_mean) / a_std
+        toks = []
         for e in ds.episodes:
-            n = len(e.qpos)
-            toks += [tok.encode(e.instruction)] * n
-            t = np.arange(n)[:, None] + np.arange(chunk)[None]
-            chunk_idx.append(start + np.minimum(t, n - 1))
-            start += n
+            toks += [tok.encode(e.instruction)] * len(e.qpos)
         self.tokens = np.asarray(toks, np.int64)
-        self.chunk_idx = np.concatenate(chunk_idx)
-        self.n = start
+        self.n = len(q)
 
     def batch(self, idx: np.ndarray):
         imgs = np.stack([self.images[c][idx] for c in self.cams], 1)      # (B, C, H, W, 3)
-        return imgs, self.tokens[idx], self.state[idx], self.action[self.chunk_idx[idx]]
+        return imgs, self.tokens[idx], self.state[idx], self.targets[idx]
 
 
 def _to_torch(imgs, toks, state, act, aug: bool, rng: np.random.Generator, pad: int = 4,
@@ -87,7 +110,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           image_size: tuple[int, int] = (64, 64), chunk: int = 10, val_fraction: float = 0.1,
           checkpoint_every: int = 500, max_minutes: float | None = None, seed: int = 0,
           model: dict | None = None, threads: int = 2, weight_decay: float = 1e-4,
-          warmup: int = 200) -> TrainResult:
+          warmup: int = 200, action_space: str = "delta_arm") -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
     The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
@@ -129,11 +152,14 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                               "pass resume=False or a new output path")
         net = build_model(blob, out_path)
         stats = meta.stats
+        action_space = meta.extra.get("action_space", "absolute")
         info = dict(blob["train"])
         start_step, elapsed0 = int(info.get("step", 0)), float(info.get("elapsed_s", 0.0))
     else:
         tok = Tokenizer.build([e.instruction for e in ds.episodes])
-        stats = ds.stats()
+        if action_space not in ("delta_arm", "absolute"):
+            raise ValueError(f"action_space must be 'delta_arm' or 'absolute', got {action_space!r}")
+        stats = target_stats(ds, chunk, action_space)
         cfg = ModelConfig(vocab_size=len(tok), max_len=tok.max_len, state_dim=len(ds.joint_names),
                           action_dim=len(ds.joint_names), chunk=chunk, cameras=list(ds.cameras),
                           image_size=tuple(image_size), **(model or {}))
@@ -141,14 +167,15 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         meta = PolicyMeta(joint_names=ds.joint_names, action_dim=len(ds.joint_names), fps=ds.fps,
                           image_size=tuple(image_size), cameras=list(ds.cameras), chunk_size=chunk,
                           stats=stats, kind="teleop-vla",
-                          extra={"instructions": sorted({e.instruction for e in ds.episodes})})
+                          extra={"instructions": sorted({e.instruction for e in ds.episodes}),
+                                 "action_space": action_space})
         info, start_step, elapsed0 = {}, 0, 0.0
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     if blob is not None:
         opt.load_state_dict(blob["optimizer"])
-    tr = _Batcher(ds, tok, net.cfg.chunk, stats)
-    va = _Batcher(val, tok, net.cfg.chunk, stats) if val is not None else None
+    tr = _Batcher(ds, tok, net.cfg.chunk, stats, action_space)
+    va = _Batcher(val, tok, net.cfg.chunk, stats, action_space) if val is not None else None
     held_out = [e.file for e in val.episodes] if val is not None else []
 
     def lr_at(step: int, elapsed: float) -> float:
