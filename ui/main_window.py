@@ -323,6 +323,10 @@ class MainWindow(QMainWindow):
         self.conn_error.setText(f"Could not connect: {err}")
         self.banner.setText("<span style='color:#e74c3c'><b>not connected</b></span> - see the connection panel")
         self.show_message(f"connect failed: {err}")
+        # Reviewing, labelling and exporting need no robot: open the dataset anyway if it exists.
+        root = Path(self.dataset.text().strip() or ".")
+        if self.episodes.store is None and (root / "index.json").exists():
+            self.episodes.open_path(str(root))
 
     def _detach(self) -> None:
         self.session = None

@@ -584,7 +584,9 @@ class PolicyTab(QWidget):
         self.last_safety.setText(f"last tick: {', '.join(st.last_safety)}" if st.last_safety else "last tick: ok")
         r = self.run
         # Judge only on statuses published after this run began (a scene reset shows up one tick later).
-        if r is not None and st.t > r.t0 + 1.5 / max(1.0, self.session.fps if self.session else 10.0):
+        if r is not None and st.estopped:
+            self.end_run("e-stop" + (f": {st.message}" if st.message else ""))
+        elif r is not None and st.t > r.t0 + 1.5 / max(1.0, self.session.fps if self.session else 10.0):
             if st.mode != "policy" and r.result == "running" and self.gated is not None and self.gated.budget is None:
                 self.end_run("stopped (" + (st.message or st.mode) + ")")    # NaN / e-stop / mode change
             elif st.sim_success and self.gated is not None and self.gated.budget is None:

@@ -7,6 +7,7 @@ from PySide6.QtWidgets import QDialog, QDialogButtonBox, QHeaderView, QLabel, QT
 # (key sequence, what it does, MainWindow method name)
 SHORTCUTS: list[tuple[str, str, str]] = [
     ("Space", "E-STOP: hold position now (latched)", "estop"),
+    ("Ctrl+Space", "E-STOP, also while typing in a text field", "estop"),
     ("Ctrl+R", "release the e-stop", "reset_estop"),
     ("Return", "start the episode (countdown, then recording)", "start_episode"),
     ("Enter", "start the episode (keypad Enter)", "start_episode"),

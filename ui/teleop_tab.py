@@ -365,10 +365,12 @@ class TeleopTab(QWidget):
             return
         mode = s.mode.value
         if mode == "kinesthetic":
+            if s.devices is None or s.devices.workcell is None:
+                self.message.emit("kinesthetic on a real arm: torque is off, move the arm by hand")
+                return
             q = s.status.qpos.copy()
             q[i] = v
-            if self._call("push", q):
-                return
+            self._call("push", q)
         elif mode == "hold":
             base = self._hold_target if self._hold_target is not None and self.hold_timer.isActive() \
                 else s.status.qpos.copy()
