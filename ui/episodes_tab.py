@@ -388,7 +388,12 @@ class EpisodesTab(QWidget):
     def _release_file(self, ep_id: int) -> None:
         """Close our read handle on an episode file before it is modified or moved (HDF5 refuses to open a
         file for writing that this process has open for reading); images reopen it lazily."""
-        if self.episode is not None and self.episode_id == ep_id:
+        w = self._loading
+        if w is not None and w.isRunning():
+            w.wait(10000)               # a load of this file in flight would hold it open
+        if w is not None and w.result is not None:
+            w.result.close()
+        if self.episode is not None:
             self.episode.close()
 
     def relabel(self, success: int) -> None:
@@ -412,8 +417,8 @@ class EpisodesTab(QWidget):
         ep_id = self.selected_id()
         if ep_id is None or self.store is None:
             return
+        self._release_file(ep_id)
         if self.episode_id == ep_id and self.episode is not None:
-            self.episode.close()
             self.episode, self.episode_id = None, None
             for v in self.image_views.values():
                 v.set_image(None)
