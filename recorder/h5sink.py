@@ -60,7 +60,8 @@ class H5Sink:
             self.img_ts[cam] = f.create_dataset(f"{S.IMAGE_TIMESTAMPS}/{cam}", shape=(0,), maxshape=(None,),
                                                 dtype="f8", chunks=(rows,))
 
-    def append(self, steps: list[Step]) -> None:
+    def append(self, steps: list[Step], records: list[bytes] | None = None) -> None:
+        """Append prepared steps (records: their packed form, unused in-process)."""
         if not steps:
             return
         n0, k = self.n, len(steps)
@@ -110,7 +111,7 @@ class H5Sink:
             if d is not None and d.shape[0] != self.n:
                 d.resize(self.n, axis=0)
 
-    def close(self, success: int | None = None, extra_attrs: dict[str, Any] | None = None) -> None:
+    def close(self, success: int | None = None, extra_attrs: dict[str, Any] | None = None) -> int:
         if success is not None:
             self.f.attrs["success"] = int(success)
         for k, v in (extra_attrs or {}).items():
@@ -118,3 +119,4 @@ class H5Sink:
         self.f.attrs["num_steps"] = self.n
         self.f.attrs["flushed_steps"] = self.n
         self.f.close()
+        return self.n

@@ -124,6 +124,10 @@ class JournalWriter:
     def append(self, index: int, step: Step) -> None:
         self._write(pack_step(index, step, self.cams))
 
+    def append_raw(self, record: bytes) -> None:
+        """Append an already packed step record (pack_step)."""
+        self._write(record)
+
     def sync(self) -> None:
         os.fsync(self.fd)
 

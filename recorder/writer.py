@@ -25,7 +25,8 @@ import numpy as np
 
 from . import schema as S
 from .h5sink import H5Sink
-from .journal import JournalHeader, JournalWriter, Step
+from .h5proc import SinkProcess
+from .journal import JournalHeader, JournalWriter, Step, pack_step
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class EpisodeWriter:
 
     def __init__(self, path: str | os.PathLike, meta: S.EpisodeMeta, cameras: dict[str, tuple[int, int]],
                  dof: int, jpeg: bool = True, jpeg_quality: int = 90, flush_interval_s: float = 0.5,
-                 max_queue_s: float = 3.0):
+                 max_queue_s: float = 3.0, hdf5_process: bool = True):
         meta.check()
         self.path = Path(path)
         if self.path.suffix != S.SUFFIX:
@@ -100,6 +101,7 @@ class EpisodeWriter:
         self._last_images: dict[str, Any] = {}
         self._last_image_ts: dict[str, float] = {}
         self._warned_at = 0.0
+        self._cam_order = list(self.cameras)
         self._salvaged = False
 
         if self.path.exists():
@@ -114,18 +116,15 @@ class EpisodeWriter:
         # Create both files now, synchronously: a read-only or missing destination fails here
         # with a clear message instead of after the operator has demonstrated a whole episode.
         self.reserve_path = self.path.with_name(self.path.name + ".reserve")
+        self._sink = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._journal = JournalWriter(self.journal_path,
-                                          JournalHeader(attrs, self.cameras, self.dof, self.jpeg))
-            self._sink = H5Sink(self.partial_path, attrs, self.cameras, self.dof, self.jpeg)
-            self._sink.flush(fsync=False)
+            header = JournalHeader(attrs, self.cameras, self.dof, self.jpeg)
+            self._journal = JournalWriter(self.journal_path, header)
             self._make_reserve()
+            self._sink = self._start_sink(header, hdf5_process)
         except OSError as e:
-            try:
-                self._sink.f.close()
-            except Exception:  # noqa: BLE001
-                pass
+            self._emergency_close()
             self._cleanup_files()
             if getattr(e, "errno", None) == errno.EROFS:
                 reason = "read-only file system"
@@ -138,8 +137,9 @@ class EpisodeWriter:
 
         qsize = max(16, int(math.ceil(float(meta.fps) * max_queue_s)))
         self._q: queue.Queue = queue.Queue(maxsize=qsize)
-        self._pool = ThreadPoolExecutor(max_workers=min(4, max(2, len(self.cameras))),
-                                        thread_name_prefix="jpeg") if self.jpeg and self.cameras else None
+        workers = max(1, min(len(self.cameras), (os.cpu_count() or 2) - 1, 4))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jpeg",
+                                        initializer=_lower_priority) if self.jpeg and self.cameras else None
         self._thread = threading.Thread(target=self._run, name=f"EpisodeWriter-{self.path.stem}", daemon=True)
         self._thread.start()
 
@@ -238,6 +238,17 @@ class EpisodeWriter:
             return self.path
         return None
 
+    def _start_sink(self, header: JournalHeader, hdf5_process: bool):
+        """HDF5 writer: a child process (keeps h5py off this process's GIL), else in-thread."""
+        if hdf5_process:
+            try:
+                return SinkProcess(self.partial_path, self.reserve_path, header, self.flush_interval_s)
+            except OSError as e:   # cannot spawn (fd/process limits): degrade, but keep recording
+                log.warning("HDF5 writer process unavailable (%s); writing HDF5 in-process", e)
+        sink = H5Sink(self.partial_path, header.attrs, self.cameras, self.dof, self.jpeg)
+        sink.flush(fsync=False)
+        return sink
+
     def _make_reserve(self) -> None:
         """Pre-allocate some disk space that is released when the disk fills up, so the HDF5 library
         can still flush its caches and close the file cleanly (a failed HDF5 close can crash the
@@ -297,6 +308,7 @@ class EpisodeWriter:
         return steps
 
     def _run(self) -> None:
+        _lower_priority()
         last_flush = time.monotonic()
         stop = False
         try:
@@ -318,9 +330,11 @@ class EpisodeWriter:
                     self.max_lag_s = max(self.max_lag_s, now - items[0][0])
                     steps = self._prepare(items)
                     # journal first: if HDF5 then fails, the journal still has the batch
-                    for k, st in enumerate(steps):
-                        self._journal.append(self.written_steps + k, st)
-                    self._sink.append(steps)
+                    records = [pack_step(self.written_steps + k, st, self._cam_order)
+                               for k, st in enumerate(steps)]
+                    for rec in records:
+                        self._journal.append_raw(rec)
+                    self._sink.append(steps, records)
                     self.written_steps += len(steps)
                     self._check_space()
                 if time.monotonic() - last_flush >= self.flush_interval_s and not stop:
@@ -354,11 +368,12 @@ class EpisodeWriter:
             return
         extra = {"aborted": True} if getattr(self, "_abort_keep", False) else None
         self._sink.close(success=self._success, extra_attrs=extra)
-        fd = os.open(self.partial_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if isinstance(self._sink, H5Sink):      # (the child process fsyncs its own file)
+            fd = os.open(self.partial_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(self.partial_path, self.path)
         _fsync_dir(self.path.parent)
         self._journal.close()
@@ -387,13 +402,13 @@ class EpisodeWriter:
         try:
             # steps only in the journal are not appended: that would eat the space just freed
             self._sink.trim()
-            self._sink.close(success=-1, extra_attrs={"truncated": True})
+            n = self._sink.close(success=-1, extra_attrs={"truncated": True})
             os.replace(self.partial_path, self.path)
             self._journal.close()
             self.journal_path.unlink(missing_ok=True)
-            self.written_steps = self._sink.n
+            self.written_steps = n
             self._salvaged = True
-            self.error += f" The first {self._sink.n} steps were saved as {self.path.name} (success unknown)."
+            self.error += f" The first {n} steps were saved as {self.path.name} (success unknown)."
         except Exception as e2:  # noqa: BLE001 - leave partial+journal for EpisodeStore.recover()
             log.error("could not finalize %s after the disk error: %s", self.partial_path, e2, exc_info=True)
             self.error += (f" Steps written so far are kept in {self.path.name}.partial/.journal; free "
@@ -401,7 +416,15 @@ class EpisodeWriter:
             self._emergency_close()
 
     def _emergency_close(self) -> None:
-        for closer in (lambda: self._sink.f.close(), self._journal.close):
+        sink = self._sink
+        closers = [getattr(self, "_journal", None) and self._journal.close]
+        if isinstance(sink, SinkProcess):
+            closers.append(sink.kill)
+        elif sink is not None:
+            closers.append(lambda: sink.f.close())
+        for closer in closers:
+            if not closer:
+                continue
             try:
                 closer()
             except Exception:  # noqa: BLE001 - best effort, the journal is the fallback
@@ -413,6 +436,15 @@ class EpisodeWriter:
                 p.unlink(missing_ok=True)
             except OSError:
                 pass
+
+
+def _lower_priority() -> None:
+    """Run this (writer/encoder) thread at nice +10: on a busy machine the control loop thread of
+    the same process must win the CPU, the writer has seconds of queue to catch up."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
 
 
 def _nearly_full(path: Path) -> bool:
