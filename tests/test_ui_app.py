@@ -409,6 +409,11 @@ def test_mapping_editor_edit_apply_save_load(qtbot, win, tmp_path):
     qtbot.mouseClick(ed.apply_btn, Qt.MouseButton.LeftButton)
     a = s.mapping.groups[0].axes[0]
     assert a.invert is (not was) and a.scale == pytest.approx(0.5)
+    # the table round-trips every binding (buttons by index, d-pad by direction)
+    from teleop_app.mapping import default_mapping
+    d = default_mapping(8)
+    assert s.mapping.buttons == d.buttons and s.mapping.hats == d.hats
+    assert [g.name for g in s.mapping.groups] == [g.name for g in d.groups]
     path = tmp_path / "m.toml"
     assert ed.save(str(path)) and path.exists()
     ed.set_mapping(__import__("teleop_app.mapping", fromlist=["x"]).default_mapping(8))

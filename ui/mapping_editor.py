@@ -9,6 +9,17 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog
 AXIS_COLS = ["group", "axis", "joint", "scale", "invert", "deadzone", "trigger"]
 BUTTON_COLS = ["input", "index / dir", "action", "joint", "value"]
 HAT_DIRS = ["up", "down", "left", "right"]
+# Xbox layout under SDL on Linux (drivers.virtual_gamepad / teleop_app.mapping use the same order)
+AXIS_NAMES = ["LX", "LY", "LT", "RX", "RY", "RT"]
+BUTTON_NAMES = ["A", "B", "X", "Y", "LB", "RB", "Back", "Start", "Guide", "LStick", "RStick"]
+
+
+def _index_combo(names: list[str], n: int, value: int) -> QComboBox:
+    c = QComboBox()
+    for i in range(n):
+        c.addItem(f"{i}: {names[i]}" if i < len(names) else str(i), i)
+    c.setCurrentIndex(max(0, c.findData(value)))
+    return c
 
 
 def _mapping_module():
@@ -121,10 +132,7 @@ class MappingEditor(QWidget):
             g.addItem(name)
         g.setCurrentText(group)
         t.setCellWidget(r, 0, g)
-        ax = QSpinBox()
-        ax.setRange(0, 31)
-        ax.setValue(a.axis)
-        t.setCellWidget(r, 1, ax)
+        t.setCellWidget(r, 1, _index_combo(AXIS_NAMES, 16, a.axis))
         t.setCellWidget(r, 2, self._joint_combo(a.joint))
         sc = QDoubleSpinBox()
         sc.setRange(-5, 5)
@@ -151,22 +159,22 @@ class MappingEditor(QWidget):
         k.addItems(["button", "d-pad"])
         k.setCurrentText(kind)
         t.setCellWidget(r, 0, k)
-        if kind == "button":
-            idx = QComboBox()
-            idx.addItems([str(i) for i in range(32)])
-            idx.setCurrentIndex(b.button)
-        else:
-            idx = QComboBox()
-            idx.addItems([f"{h}:{d}" for h in range(2) for d in HAT_DIRS])
-            idx.setCurrentText(f"{b.hat}:{b.direction}")
+        def fill(combo: QComboBox, kind: str) -> None:
+            combo.clear()
+            if kind == "button":
+                for i in range(32):
+                    combo.addItem(f"{i}: {BUTTON_NAMES[i]}" if i < len(BUTTON_NAMES) else str(i), i)
+            else:
+                for h in range(2):
+                    for d in HAT_DIRS:
+                        combo.addItem(f"d-pad {h} {d}" if h else f"d-pad {d}", (h, d))
+        idx = QComboBox()
+        fill(idx, kind)
+        idx.setCurrentIndex(max(0, idx.findData(b.button if kind == "button" else (b.hat, b.direction))))
         t.setCellWidget(r, 1, idx)
 
         def kind_changed(text, r_idx=idx):
-            r_idx.clear()
-            if text == "button":
-                r_idx.addItems([str(i) for i in range(32)])
-            else:
-                r_idx.addItems([f"{h}:{d}" for h in range(2) for d in HAT_DIRS])
+            fill(r_idx, text)
         k.currentTextChanged.connect(kind_changed)
         act = QComboBox()
         act.addItems(self.actions)
@@ -207,16 +215,16 @@ class MappingEditor(QWidget):
         for r in range(self.axes.rowCount()):
             w = [self.axes.cellWidget(r, c) for c in range(len(AXIS_COLS))]
             groups.setdefault(w[0].currentText().strip() or "main", []).append(m.AxisBinding(
-                axis=w[1].value(), joint=w[2].currentData(), scale=w[3].value(), invert=w[4].isChecked(),
+                axis=int(w[1].currentData()), joint=w[2].currentData(), scale=w[3].value(), invert=w[4].isChecked(),
                 deadzone=w[5].value(), trigger=w[6].isChecked()))
         buttons, hats = [], []
         for r in range(self.buttons.rowCount()):
             w = [self.buttons.cellWidget(r, c) for c in range(len(BUTTON_COLS))]
             action, joint, value = w[2].currentText(), w[3].currentData(), w[4].value()
             if w[0].currentText() == "button":
-                buttons.append(m.ButtonBinding(int(w[1].currentText()), action, joint, value))
+                buttons.append(m.ButtonBinding(int(w[1].currentData()), action, joint, value))
             else:
-                hat, d = w[1].currentText().split(":")
+                hat, d = w[1].currentData()
                 hats.append(m.HatBinding(int(hat), d, action, joint, value))
         mp = m.Mapping(name=self.name, groups=[m.Group(n, a) for n, a in groups.items()], buttons=buttons,
                        hats=hats, speed_scale=self.speed.value())
