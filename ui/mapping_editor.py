@@ -167,10 +167,10 @@ class MappingEditor(QWidget):
             else:
                 for h in range(2):
                     for d in HAT_DIRS:
-                        combo.addItem(f"d-pad {h} {d}" if h else f"d-pad {d}", (h, d))
+                        combo.addItem(f"d-pad {h} {d}" if h else f"d-pad {d}", f"{h}:{d}")
         idx = QComboBox()
         fill(idx, kind)
-        idx.setCurrentIndex(max(0, idx.findData(b.button if kind == "button" else (b.hat, b.direction))))
+        idx.setCurrentIndex(max(0, idx.findData(b.button if kind == "button" else f"{b.hat}:{b.direction}")))
         t.setCellWidget(r, 1, idx)
 
         def kind_changed(text, r_idx=idx):
@@ -224,7 +224,7 @@ class MappingEditor(QWidget):
             if w[0].currentText() == "button":
                 buttons.append(m.ButtonBinding(int(w[1].currentData()), action, joint, value))
             else:
-                hat, d = w[1].currentData()
+                hat, d = str(w[1].currentData()).split(":")
                 hats.append(m.HatBinding(int(hat), d, action, joint, value))
         mp = m.Mapping(name=self.name, groups=[m.Group(n, a) for n, a in groups.items()], buttons=buttons,
                        hats=hats, speed_scale=self.speed.value())
