@@ -68,6 +68,16 @@ class RolloutResults:
         tot["holds"] = sum(r.holds for r in self.rollouts)
         return tot
 
+    def wrong_object(self) -> dict[str, int]:
+        """Per pick task: rollouts that lifted the *other* cube (the instruction was not followed)."""
+        want = {"pick_red": "red_cube", "pick_blue": "blue_cube"}
+        out = {}
+        for t in self.tasks():
+            if t in want:
+                out[t] = sum(1 for r in self.rollouts if r.task == t
+                             and r.notes.get("lifted") not in (None, want[t]))
+        return out
+
     def failures(self) -> list[str]:
         return [f"{r.task} seed {r.seed}: {r.reason}" for r in self.rollouts
                 if r.success is False or r.nan_stop]
@@ -80,6 +90,9 @@ class RolloutResults:
         lines.append(f"  {'overall':<12} {fmt_rate(o['success'], o['n'])}")
         lat = self.latency_ms()
         lines.append(f"  inference latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms (n={lat['n']})")
+        wrong = self.wrong_object()
+        if wrong:
+            lines.append(f"  lifted the wrong cube: {wrong}")
         lines.append(f"  safety/interventions {self.interventions()}")
         return "\n".join(lines)
 
@@ -102,6 +115,17 @@ class RolloutResults:
     @classmethod
     def load(cls, path) -> "RolloutResults":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _lifted(wc) -> str | None:
+    """The cube held or resting well above the table at the end, if any."""
+    from drivers.sim.render import CUBE
+    if wc.grasped():
+        return wc.grasped()
+    for name, p in wc.objects().items():
+        if name != "bowl" and p[2] > CUBE / 2 + 0.03:
+            return name
+    return None
 
 
 def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: int = EVAL_SEED0,
@@ -174,6 +198,7 @@ def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: i
                                            dof=prof.dof, jpeg=False)
                 r = rollout(runner, robot, cams, wc.instruction, layer, max_steps=steps, period=period,
                             success_fn=wc.success, writer=writer, task=task, seed=seed)
+                r.notes = {"lifted": _lifted(wc)}
                 if writer is not None:
                     if r.commands_sent == 0:
                         writer.abort()          # stopped before the first command: nothing to keep

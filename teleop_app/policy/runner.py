@@ -246,6 +246,7 @@ class RolloutResult:
     latencies: list[float] = field(default_factory=list)
     episode: str | None = None     # recorded episode file
     commands_sent: int = 0
+    notes: dict = field(default_factory=dict)     # e.g. sim: which object ended up lifted
 
     def to_dict(self) -> dict:
         return dict(vars(self))

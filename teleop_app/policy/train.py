@@ -4,8 +4,9 @@
 
 Targets are chunks of the next `chunk` joint targets (padded past the episode end with the last
 action = hold), by default as arm moves relative to the current joints (see chunk_targets),
-normalised with the dataset mean/std; the policy always outputs absolute joint targets. Images get a random shift
-(+-pad px) and a mild brightness jitter, the joint state a little noise, so the policy copes
+normalised with the dataset mean/std; the policy always outputs absolute joint targets. Images get a small random shift
+(+-aug_shift px: small, because a fixed camera's pixel position *is* the cube position the arm must
+reach) and a mild brightness jitter, the joint state a little noise, so the policy copes
 with its own small errors in closed loop. L1 loss (as ACT): sharper than L2 on multi-modal data.
 """
 from __future__ import annotations
@@ -93,13 +94,14 @@ def _to_torch(imgs, toks, state, act, aug: bool, rng: np.random.Generator, pad: 
     import torch.nn.functional as F
     x = torch.from_numpy(imgs).permute(0, 1, 4, 2, 3).float().div_(255.0)   # (B, C, 3, H, W)
     s = torch.from_numpy(state)
-    if aug:
+    if aug and pad > 0:
         b, c, ch, h, w = x.shape
         flat = F.pad(x.reshape(b * c, ch, h, w), (pad, pad, pad, pad), mode="replicate")
         dx, dy = rng.integers(0, 2 * pad + 1, b * c), rng.integers(0, 2 * pad + 1, b * c)
         flat = torch.stack([flat[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b * c)])
         gain = torch.from_numpy(rng.uniform(0.85, 1.15, (b * c, 1, 1, 1)).astype(np.float32))
         x = (flat * gain).clamp_(0, 1).reshape(b, c, ch, h, w)
+    if aug:
         s = s + state_noise * torch.randn_like(s)
     return x, torch.from_numpy(toks), s, torch.from_numpy(act)
 
@@ -110,7 +112,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           image_size: tuple[int, int] = (64, 64), chunk: int = 10, val_fraction: float = 0.1,
           checkpoint_every: int = 500, max_minutes: float | None = None, seed: int = 0,
           model: dict | None = None, threads: int = 2, weight_decay: float = 1e-4,
-          warmup: int = 200, action_space: str = "delta_arm") -> TrainResult:
+          warmup: int = 200, action_space: str = "delta_arm", aug_shift: int = 2) -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
     The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
@@ -217,7 +219,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         for g in opt.param_groups:
             g["lr"] = lr_at(step, elapsed)
         idx = rng.integers(0, tr.n, batch_size)
-        x, t, s, a = _to_torch(*tr.batch(idx), aug=True, rng=rng)
+        x, t, s, a = _to_torch(*tr.batch(idx), aug=True, rng=rng, pad=aug_shift)
         loss = (net(x, t, s) - a).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
