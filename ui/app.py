@@ -29,6 +29,9 @@ def process_age() -> float:
 def main(session_config=None, *, measure_startup: bool = False) -> int:
     """Run the GUI on `session_config` (a teleop_app.session.SessionConfig). Returns the exit code."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")           # pygame: joystick only, never a window
+    # The control loop shares the GIL with the UI thread; a 1 ms switch interval (default 5 ms) bounds how
+    # long the loop can wait for it behind Python UI code (measured: loop p99 jitter ~9 -> ~6 ms at 30 Hz).
+    sys.setswitchinterval(0.001)
     os.environ.setdefault("SDL_JOYSTICK_ALLOW_BACKGROUND_EVENTS", "1")
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
