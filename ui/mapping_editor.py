@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QHBoxLayout, QHeaderView,
-                               QLabel, QPushButton, QSpinBox, QSplitter, QTableWidget, QVBoxLayout, QWidget)
+                               QLabel, QPushButton, QSplitter, QTableWidget, QVBoxLayout, QWidget)
 
 AXIS_COLS = ["group", "axis", "joint", "scale", "invert", "deadzone", "trigger"]
 BUTTON_COLS = ["input", "index / dir", "action", "joint", "value"]
