@@ -429,7 +429,7 @@ def test_mapping_editor_edit_apply_save_load(qtbot, win, tmp_path):
     assert not ed.load(str(bad)) and "cannot load" in ed.status.text()
 
 
-def test_kinesthetic_slider_pushes_the_sim_arm(qtbot, win):
+def test_kinesthetic_slider_then_countdown_and_discard(qtbot, win):
     s = connect(qtbot, win)
     key(qtbot, win, Qt.Key.Key_2)
     qtbot.waitUntil(lambda: s.mode.value == "kinesthetic" and not s.status.torque, timeout=2000)
@@ -440,6 +440,21 @@ def test_kinesthetic_slider_pushes_the_sim_arm(qtbot, win):
     key(qtbot, win, Qt.Key.Key_0)                     # back to hold: torque on, no jump
     qtbot.waitUntil(lambda: s.mode.value == "hold" and s.status.torque, timeout=2000)
     assert abs(s.status.qpos[0] - (q0 + 0.3)) < 0.05
+    # countdown set from the episode panel, shown while it runs; then discard goes to the reset timer
+    t = win.teleop
+    t.countdown_spin.setValue(0.8)
+    t.reset_spin.setValue(0.8)
+    assert s.workflow.config.countdown_s == pytest.approx(0.8)
+    key(qtbot, win, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: "COUNTDOWN" in t.state_label.text() and " s" in t.state_label.text(), timeout=1000)
+    qtbot.waitUntil(lambda: s.status.workflow == "recording", timeout=3000)
+    qtbot.waitUntil(lambda: s.status.recording_steps >= 3, timeout=2000)
+    key(qtbot, win, Qt.Key.Key_Escape)
+    qtbot.waitUntil(lambda: s.status.workflow == "review" and t.wf_buttons["discard"].isEnabled(), timeout=2000)
+    key(qtbot, win, Qt.Key.Key_D)
+    qtbot.waitUntil(lambda: "RESETTING" in t.state_label.text(), timeout=1000)
+    qtbot.waitUntil(lambda: s.status.workflow == "idle", timeout=3000)
+    assert s.status.kept == 0 and s.store.episodes() == []
 
 
 def test_help_lists_every_shortcut_and_every_action_exists(qtbot, win):

@@ -16,12 +16,15 @@ def set_workflow_params(session, **params) -> None:
 
     Wanted in Session: `set_workflow(**params)`.
     """
+    import dataclasses
     cfg = session.workflow.config
+    types = {f.name: str(f.type) for f in dataclasses.fields(cfg)}
+    casts = {"float": float, "int": int, "bool": bool}
     with session._lock:
         for k, v in params.items():
-            if not hasattr(cfg, k):
+            if k not in types:
                 raise AttributeError(f"workflow has no setting {k!r}")
-            setattr(cfg, k, type(getattr(cfg, k))(v))
+            setattr(cfg, k, casts.get(types[k], lambda x: x)(v))   # by declared type: 0 (int) may become 0.8
 
 
 def camera_errors(session) -> dict[str, str]:
