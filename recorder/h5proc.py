@@ -52,6 +52,12 @@ def _read_record(fd: int) -> tuple[bytes, bytes] | None:
 
 
 def main() -> int:
+    stop = []    # SIGUSR1 from the parent: it is salvaging after a disk error, stop appending now
+    try:
+        import signal
+        signal.signal(signal.SIGUSR1, lambda *_: stop.append(True))
+    except (ImportError, ValueError, AttributeError):
+        pass
     from .h5sink import H5Sink  # imported here: the parent never needs h5py for this module
 
     fd = sys.stdin.fileno()
@@ -79,6 +85,7 @@ def main() -> int:
                            int(cfg["dof"]), bool(cfg["jpeg"]))
     flush_s = float(cfg["flush_interval_s"])
     sink = None
+    fin = None
     try:
         sink = H5Sink(Path(cfg["partial"]), header.attrs, header.cameras, header.dof, header.jpeg)
         sink.flush(fsync=False)
@@ -95,6 +102,9 @@ def main() -> int:
                     sink.close()
                     return 0
                 kind, payload = rec
+                if kind == b"S" and stop:
+                    batch = []          # truncating: the journal had these, the disk has no room
+                    continue
                 if kind == b"S":
                     batch.append(_unpack_step(payload, header))
                     more, _, _ = select.select([fd], [], [], 0)
@@ -104,6 +114,11 @@ def main() -> int:
                     batch = []
                 elif kind == b"F":
                     fin = json.loads(payload)
+                    if stop or (fin.get("extra") or {}).get("truncated"):
+                        if cfg.get("reserve"):
+                            Path(cfg["reserve"]).unlink(missing_ok=True)
+                        batch = []
+                        sink.trim()
                     sink.append(batch)
                     n = sink.close(success=int(fin["success"]), extra_attrs=fin.get("extra") or None)
                     _fsync_file(Path(cfg["partial"]))
@@ -113,16 +128,29 @@ def main() -> int:
                 sink.flush()
                 last_flush = time.monotonic()
     except Exception as e:  # noqa: BLE001 - report, then save what is complete
-        Path(cfg.get("reserve", "")).unlink(missing_ok=True) if cfg.get("reserve") else None
+        no_space = getattr(e, "errno", None) == errno.ENOSPC or "No space" in str(e) or "errno = 28" in str(e)
+        msg = f"{'ENOSPC ' if no_space else ''}{e}"
+        answer(f"FAIL {msg}")
+        # The parent stops sending steps when it reads FAIL and then sends F (or dies: EOF).
+        # Until then discard its steps, so nothing else competes for the space freed below.
+        while fin is None:
+            try:
+                rec = _read_record(fd)
+            except (ValueError, OSError):
+                rec = None
+            if rec is None or rec[0] == b"F":
+                break
+        if cfg.get("reserve"):
+            Path(cfg["reserve"]).unlink(missing_ok=True)
         n = -1
         if sink is not None:
             try:
                 sink.trim()
                 n = sink.close(success=-1, extra_attrs={"truncated": True})
+                _fsync_file(Path(cfg["partial"]))
             except Exception:  # noqa: BLE001
                 n = -1
-        no_space = getattr(e, "errno", None) == errno.ENOSPC or "No space" in str(e) or "errno = 28" in str(e)
-        answer(f"ERR {n} {'ENOSPC ' if no_space else ''}{e}")
+        answer(f"ERR {n} {msg}")
         return 2
 
 
@@ -147,12 +175,17 @@ class SinkProcess:
             pass
         self.n = 0
         self.closed_n: int | None = None
-        self.failure: str | None = None
+        self.failure: str | None = None    # the child reported FAIL (it is waiting for F)
+        self.dead = False                  # the child has exited
+        self.ready = False                 # the child has its SIGUSR1 handler and the file open
         body = {"attrs": header.attrs, "cameras": {k: list(v) for k, v in header.cameras.items()},
                 "dof": header.dof, "jpeg": header.jpeg, "partial": str(partial), "reserve": str(reserve),
                 "flush_interval_s": flush_interval_s}
         self._send(_record(b"H", json.dumps(body).encode()))
-        self._ready = False
+
+    def _error(self) -> OSError:
+        msg = self.failure or "HDF5 writer process died"
+        return OSError(errno.ENOSPC if msg.startswith("ENOSPC") else errno.EIO, msg)
 
     def _send(self, data: bytes) -> None:
         view = memoryview(data)
@@ -160,13 +193,12 @@ class SinkProcess:
             while view:
                 k = os.write(self.fd, view)       # releases the GIL while the pipe is full
                 view = view[k:]
-        except (BrokenPipeError, OSError) as e:
-            self._collect_failure()
-            raise OSError(errno.ENOSPC if self.failure and "ENOSPC" in self.failure else errno.EIO,
-                          self.failure or f"HDF5 writer process died ({e})") from None
+        except OSError:                           # EPIPE: the child exited
+            self._finish_reply(self._reply(timeout=10.0))
+            raise self._error() from None
 
     def _reply(self, timeout: float = 30.0) -> str | None:
-        """Next status line from the child (skipping READY)."""
+        """Next final status line (OK/ERR); records a FAIL notice on the way."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             r, _, _ = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
@@ -175,61 +207,82 @@ class SinkProcess:
             line = self.proc.stdout.readline().decode("utf-8", "replace").strip()
             if not line:
                 return None
-            if line.startswith("READY"):
-                self._ready = True
+            if line.startswith("FAIL"):
+                self.failure = self.failure or line[5:]
                 continue
-            return line
+            if line.startswith("READY"):
+                self.ready = True
+                continue
+            if line.startswith(("OK", "ERR")):
+                return line
         return None
 
-    def _collect_failure(self) -> None:
-        if self.failure is not None:
-            return
-        line = self._reply(timeout=10.0) or "ERR -1 HDF5 writer process died"
-        parts = line.split(" ", 2)
+    def _finish_reply(self, line: str | None) -> None:
+        parts = (line or "ERR -1 no answer from the HDF5 writer process").split(" ", 2)
         self.closed_n = int(parts[1]) if len(parts) > 1 and parts[1].lstrip("-").isdigit() else -1
-        self.failure = parts[2] if len(parts) > 2 else line
-        self._reap()
+        if parts[0] != "OK":
+            self.failure = self.failure or (parts[2] if len(parts) > 2 else line)
+        self.dead = True
+        threading.Thread(target=self._reap, daemon=True, name="h5proc-reap").start()
+
+    def poll(self) -> None:
+        """Raise OSError if the child reported a failure (non-blocking)."""
+        if self.failure is None and not self.dead:
+            r, _, _ = select.select([self.proc.stdout], [], [], 0)
+            while r:
+                line = self.proc.stdout.readline().decode("utf-8", "replace").strip()
+                if line.startswith("FAIL"):
+                    self.failure = line[5:]
+                elif line.startswith("READY"):
+                    self.ready = True
+                elif line.startswith(("OK", "ERR")) or not line:
+                    self._finish_reply(line or None)
+                    break
+                r, _, _ = select.select([self.proc.stdout], [], [], 0)
+        if self.failure is not None or self.dead:
+            raise self._error()
 
     def append(self, steps: list[Step], records: list[bytes] | None = None) -> None:
         if records:
             self._send(b"".join(records))
             self.n += len(records)
+        self.poll()
 
     def flush(self, fsync: bool = True) -> None:
-        """The child flushes on its own clock (every flush_interval_s)."""
-        if self.proc.poll() is not None:
-            self._collect_failure()
-            raise OSError(errno.EIO, self.failure or "HDF5 writer process died")
+        """The child flushes on its own clock (every flush_interval_s); here only a health check."""
+        self.poll()
 
     def trim(self) -> None:
         """The child trims itself when closing."""
 
     def close(self, success: int | None = None, extra_attrs: dict | None = None) -> int:
-        if self.failure is not None:
-            if self.closed_n is not None and self.closed_n >= 0:
-                return self.closed_n
-            raise OSError(errno.EIO, self.failure)
-        fin = {"success": -1 if success is None else int(success),
-               "extra": {k: (bool(v) if isinstance(v, bool) else v) for k, v in (extra_attrs or {}).items()}}
-        self._send(_record(b"F", json.dumps(fin).encode()))
-        line = self._reply()
-        # the child's interpreter shutdown takes ~0.1 s: do not make finish() wait for it
-        threading.Thread(target=self._reap, daemon=True, name="h5proc-reap").start()
-        if line and line.startswith("OK"):
-            self.closed_n = int(line.split()[1])
+        """Ask the child to close the file; returns the number of steps in it."""
+        truncated = bool((extra_attrs or {}).get("truncated"))
+        if truncated and not self.dead:
+            try:
+                self.poll()          # collect READY / FAIL / an exit already reported
+            except OSError:
+                pass
+        if not self.dead:
+            if truncated and self.ready:
+                try:   # skip the steps still queued in the pipe (they would eat the freed space)
+                    import signal
+                    self.proc.send_signal(signal.SIGUSR1)
+                except (ImportError, AttributeError, OSError):
+                    pass
+            fin = {"success": -1 if success is None else int(success), "extra": extra_attrs or {}}
+            self._send(_record(b"F", json.dumps(fin).encode()))
+            self._finish_reply(self._reply())
+        if self.closed_n is not None and self.closed_n >= 0:
             return self.closed_n
-        parts = (line or "ERR -1 no answer from the HDF5 writer process").split(" ", 2)
-        self.closed_n = int(parts[1]) if parts[1].lstrip("-").isdigit() else -1
-        self.failure = parts[2] if len(parts) > 2 else "HDF5 writer failed"
-        if self.closed_n >= 0:
-            return self.closed_n
-        raise OSError(errno.EIO, self.failure)
+        raise self._error()
 
     def kill(self) -> None:
         try:
             self.proc.kill()
         except OSError:
             pass
+        self.dead = True
         self._reap()
 
     def _reap(self) -> None:
@@ -244,7 +297,7 @@ class SinkProcess:
             self.proc.wait()
         try:
             self.proc.stdout.close()
-        except OSError:
+        except (OSError, ValueError):
             pass
 
 

@@ -398,7 +398,9 @@ class EpisodeWriter:
     def _salvage(self) -> None:
         """After a disk error: free the reserve, close the HDF5 cleanly with every step that reached
         the journal, publish it as <name>.h5 (attr truncated=True) and drop the journal."""
-        self.reserve_path.unlink(missing_ok=True)
+        if not isinstance(self._sink, SinkProcess):
+            self.reserve_path.unlink(missing_ok=True)
+        # (a writer child process frees the reserve itself, once nobody is writing any more)
         try:
             # steps only in the journal are not appended: that would eat the space just freed
             self._sink.trim()
@@ -406,6 +408,7 @@ class EpisodeWriter:
             os.replace(self.partial_path, self.path)
             self._journal.close()
             self.journal_path.unlink(missing_ok=True)
+            self.reserve_path.unlink(missing_ok=True)
             self.written_steps = n
             self._salvaged = True
             self.error += f" The first {n} steps were saved as {self.path.name} (success unknown)."

@@ -226,7 +226,11 @@ def test_disk_full_hard_enospc(small_fs, monkeypatch, jpeg):
         i += 1
         time.sleep(0.004)
     assert w.error and "disk full" in w.error
-    assert w.finish() == small_fs / "episode_000001.h5" and "saved as episode_000001.h5" in w.error
+    try:
+        assert w.finish() == small_fs / "episode_000001.h5" and "saved as episode_000001.h5" in w.error
+    except RecorderError:
+        print("DEBUG", shutil.disk_usage(small_fs), [(p.name, p.stat().st_size) for p in small_fs.iterdir()], i)
+        raise
     ep = read_episode(small_fs / "episode_000001.h5")
     assert ep.attrs["truncated"] and ep.num_steps > 0
     np.testing.assert_array_equal(ep.qpos[:, 0], np.arange(ep.num_steps))
