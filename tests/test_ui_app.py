@@ -75,7 +75,8 @@ def test_connect_shows_live_cameras_lights_and_estop(qtbot, win):
     # latest-only display keeps up with the cameras: (nearly) every produced frame is painted
     # (measured once the plotting library has finished loading in the background after the first frame)
     from ui.util import pyqtgraph_ready
-    qtbot.waitUntil(pyqtgraph_ready, timeout=15000)
+    qtbot.waitUntil(lambda: pyqtgraph_ready() and win.teleop.plot is not None, timeout=15000)
+    qtbot.wait(300)
     cams = s.devices.cameras
     n0 = {n: v.frames_shown for n, v in win.live.views.items()}
     i0 = {n: cams[n].read_latest().index for n in cams}
@@ -83,8 +84,8 @@ def test_connect_shows_live_cameras_lights_and_estop(qtbot, win):
     shown = {n: v.frames_shown - n0[n] for n, v in win.live.views.items()}
     made = {n: cams[n].read_latest().index - i0[n] for n in cams}
     print("frames made / shown in 1.5 s:", made, shown)
-    # (0.6: this box has 2 cores for ~6 busy processes; idle, every frame of the 30 fps camera is shown)
-    assert all(shown[n] >= 0.6 * made[n] - 1 and shown[n] >= 5 for n in cams), (made, shown)
+    # (measured 95-100 % here; 0.7 leaves room for a machine shared by ~6 busy processes on 2 cores)
+    assert all(shown[n] >= 0.7 * made[n] - 1 and shown[n] >= 5 for n in cams), (made, shown)
     assert win.light_robot.state == "ok" and win.light_cams.state == "ok"
     assert win.light_pad.state in ("warn", "error") and "gamepad" in win.light_pad.detail
     qtbot.waitUntil(lambda: "Hz" in win.loop_label.text(), timeout=3000)
