@@ -141,6 +141,16 @@ def main() -> int:
     shot("policy")
     win.policy.stop()
 
+    # --- keyboard help (F1)
+    from ui.shortcuts import HelpDialog
+    dlg = HelpDialog(win)
+    dlg.show()
+    pump(0.4)
+    path = out / "screenshot_help.png"
+    dlg.grab().save(str(path))
+    print(f"saved {path}")
+    dlg.close()
+
     win.close()
     print(f"done; dataset used: {tmp}")
     return 0
