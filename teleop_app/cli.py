@@ -314,11 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as e:
         from teleop_app.session import SessionError
-        try:
-            from recorder.schema import RecorderError
-        except ImportError:
-            RecorderError = SessionError
-        if isinstance(e, (SessionError, RecorderError)):
+        from recorder.schema import RecorderError
+        from teleop_app.policy.base import PolicyError
+        if isinstance(e, (SessionError, RecorderError, PolicyError)):
             print(f"teleop {a.cmd}: error: {e}", file=sys.stderr)
             return 1
         raise
