@@ -93,7 +93,7 @@ def bench_throughput(tmp: Path, quick: bool) -> dict:
     print(f"  loop wake-up lateness p99 {r['tick_late_p99_ms']:.2f} ms, max {r['tick_late_max_ms']:.1f} ms "
           f"(sleep-paced 50 Hz loop in the same process as the writer)")
     print(f"  add_step p99 {r['add_step_p99_ms']:.2f} ms  finalize {r['finalize_s'] * 1e3:.0f} ms  "
-          f"file {r['size_mb']:.0f} MB  process CPU {r['cpu_s'] / r['wall_s'] * 100:.0f}% of one core")
+          f"file {r['size_mb']:.0f} MB  recording-process CPU {r['cpu_s'] / r['wall_s'] * 100:.0f}% of one core (HDF5 child not included)")
     return r
 
 

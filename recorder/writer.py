@@ -137,7 +137,7 @@ class EpisodeWriter:
 
         qsize = max(16, int(math.ceil(float(meta.fps) * max_queue_s)))
         self._q: queue.Queue = queue.Queue(maxsize=qsize)
-        workers = max(1, min(len(self.cameras), (os.cpu_count() or 2) - 1, 4))
+        workers = max(1, min(len(self.cameras), max(2, (os.cpu_count() or 2) - 1), 4))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jpeg",
                                         initializer=_lower_priority) if self.jpeg and self.cameras else None
         self._thread = threading.Thread(target=self._run, name=f"EpisodeWriter-{self.path.stem}", daemon=True)
