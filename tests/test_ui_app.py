@@ -187,6 +187,12 @@ def test_record_label_scrub_relabel_delete_undo_export_replay(qtbot, win, tmp_pa
     assert all(v.has_image() for v in e.image_views.values())
     key(qtbot, win, Qt.Key.Key_Comma)                # previous frame
     assert e.slider.value() == n - 2
+    assert "Hz" in e.details.text() and "missed ticks" in e.details.text()
+    # correct the instruction in place (written into the episode file, read back by the store)
+    e.table.item(0, 1).setText("put the red cube into the bowl")
+    qtbot.waitUntil(lambda: s.store.episodes()[0].instruction == "put the red cube into the bowl", timeout=3000)
+    qtbot.waitUntil(lambda: e.table.item(0, 1).text() == "put the red cube into the bowl", timeout=2000)
+    assert not e.table.item(0, 4).flags() & Qt.ItemFlag.ItemIsEditable
     # relabel as failure (written to the file, read back by the store)
     qtbot.mouseClick(e.failure_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: e.table.rowCount() == 1 and e.table.item(0, 4).text() == "failure", timeout=3000)

@@ -44,6 +44,18 @@ def export_target(parent: Path, name: str, kind: str) -> Path:
     return out
 
 
+def cadence_text(ep, rep: dict) -> str:
+    """One line about how the episode was recorded (timing and camera freshness)."""
+    if "error" in rep:
+        return f"cadence: unavailable ({rep['error']})"
+    ages = ", ".join(f"{c} {v:.0f} ms" for c, v in rep.get("max_frame_age_ms", {}).items() if v == v)
+    rep_fr = ", ".join(f"{c} {n}" for c, n in rep.get("repeated_frames", {}).items())
+    return (f"<small>recorded {ep.meta.start_time or '?'} by {ep.meta.operator or '-'} ({ep.meta.mode}); "
+            f"{rep['achieved_hz']:.2f} Hz of {rep['fps']:g}, p99 period error {rep['p99_period_error_ms']:.1f} ms, "
+            f"missed ticks {rep['missed_ticks']}; worst frame age: {ages or '-'}; repeated frames: {rep_fr or '-'}"
+            f"{'; RECOVERED after a crash' if ep.recovered else ''}</small>")
+
+
 class EpisodesTab(QWidget):
     message = Signal(str)
     dataset_changed = Signal(str)
@@ -74,7 +86,11 @@ class EpisodesTab(QWidget):
         self.table.setHorizontalHeaderLabels(COLS)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        # only the instruction cell is editable (double-click / F2): fixes a typo'd instruction in the file
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked |
+                                   QAbstractItemView.EditTrigger.EditKeyPressed)
+        self.table.itemChanged.connect(self._item_edited)
+        self._refreshing = False
         self.table.verticalHeader().hide()
         h = self.table.horizontalHeader()
         h.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
@@ -129,6 +145,8 @@ class EpisodesTab(QWidget):
         self.slider.setEnabled(False)
         self.slider.valueChanged.connect(self._frame_changed)
         self.frame_label = QLabel("select an episode")
+        self.details = QLabel("")
+        self.details.setWordWrap(True)
         self.play_btn = QPushButton("Play")
         self.play_btn.setCheckable(True)
         self.play_btn.setFocusPolicy(Qt.FocusPolicy.NoFocus)
@@ -159,6 +177,7 @@ class EpisodesTab(QWidget):
         vl.setContentsMargins(0, 0, 0, 0)
         vl.addWidget(self.view_split, 1)
         vl.addLayout(scrub)
+        vl.addWidget(self.details)
         table_box = QWidget()
         tl = QVBoxLayout(table_box)
         tl.setContentsMargins(0, 0, 0, 0)
@@ -229,6 +248,16 @@ class EpisodesTab(QWidget):
 
     def refresh(self) -> None:
         sel = self.selected_id()
+        self._refreshing = True
+        try:
+            self._fill_table()
+        finally:
+            self._refreshing = False
+        if sel is not None:
+            self.select_id(sel)
+        self._update_buttons()
+
+    def _fill_table(self) -> None:
         self.table.setRowCount(0)
         if self.store is None:
             return
@@ -243,6 +272,10 @@ class EpisodesTab(QWidget):
                     info.mode, ctext + (" (recovered)" if info.recovered else "")]
             for c, v in enumerate(vals):
                 it = QTableWidgetItem(v)
+                if c != 1:
+                    it.setFlags(it.flags() & ~Qt.ItemFlag.ItemIsEditable)
+                else:
+                    it.setToolTip("double-click to correct the instruction (written into the episode file)")
                 if c == 0:
                     it.setData(Qt.ItemDataRole.UserRole, info.id)
                 if c == 4:
@@ -251,9 +284,24 @@ class EpisodesTab(QWidget):
                     it.setForeground(QColor({"ok": "#27ae60", "warn": "#e67e22", "bad": "#c0392b"}[health]))
                     it.setToolTip(str(info.cadence))
                 self.table.setItem(r, c, it)
-        if sel is not None:
-            self.select_id(sel)
-        self._update_buttons()
+
+    def _item_edited(self, item) -> None:
+        if self._refreshing or item.column() != 1 or self.store is None:
+            return
+        ep_id = int(self.table.item(item.row(), 0).data(Qt.ItemDataRole.UserRole))
+        text = item.text().strip()
+        if not text:
+            self.message.emit("an instruction cannot be empty")
+            QTimer.singleShot(0, self.refresh)
+            return
+        self._release_file(ep_id)
+        try:
+            self.store.rename_instruction(ep_id, text)
+        except Exception as e:
+            self.message.emit(f"rename failed: {e}")
+        else:
+            self.message.emit(f"episode {ep_id}: instruction set to '{text}'")
+        QTimer.singleShot(0, self.refresh)       # not from inside the item's own change signal
 
     def selected_id(self) -> int | None:
         rows = self.table.selectionModel().selectedRows()
@@ -298,9 +346,20 @@ class EpisodesTab(QWidget):
             return
         self.frame_label.setText("loading...")
 
-        def done(ep, ep_id=ep_id):
+        def job(w):
+            ep = read_episode(path)
+            try:
+                from recorder.validate import cadence_report
+                rep = cadence_report(ep)
+            except Exception as e:  # a report problem must not hide the episode
+                rep = {"error": str(e)}
+            return ep, rep
+
+        def done(result, ep_id=ep_id):
+            ep, rep = result
             self._show_episode(ep_id, ep)
-        self._loading = run_in_thread(lambda w: read_episode(path), on_done=done,
+            self.details.setText(cadence_text(ep, rep))
+        self._loading = run_in_thread(job, on_done=done,
                                       on_error=lambda e: (self.frame_label.setText("unreadable"),
                                                           self.message.emit(f"episode {ep_id}: {e}")))
 
@@ -392,7 +451,7 @@ class EpisodesTab(QWidget):
         if w is not None and w.isRunning():
             w.wait(10000)               # a load of this file in flight would hold it open
         if w is not None and w.result is not None:
-            w.result.close()
+            w.result[0].close()
         if self.episode is not None:
             self.episode.close()
 
