@@ -66,7 +66,11 @@ def vpad():
 
 
 def test_connect_shows_live_cameras_lights_and_estop(qtbot, win):
-    s = connect(qtbot, win)
+    assert win.connect_session() is not None
+    assert win.conn_busy.isVisible() and not win.connect_btn.isEnabled()      # connecting runs in a worker
+    qtbot.waitUntil(lambda: win.session is not None and win.session.status.connected, timeout=15000)
+    s = win.session
+    assert win.conn_busy.isHidden()
     assert "torch" not in sys.modules, "startup must not import torch"
     # every camera of the profile shows frames, with their capture age
     qtbot.waitUntil(lambda: all(v.has_image() for v in win.live.views.values()) and len(win.live.views) == 2,
@@ -118,7 +122,7 @@ def test_connect_error_is_shown_not_raised(qtbot, win):
     win.port.setText("/dev/does-not-exist-ttyUSB9")
     win.connect_session()
     qtbot.waitUntil(lambda: bool(win.conn_error.text()), timeout=10000)
-    assert win.session is None
+    assert win.session is None and win.conn_busy.isHidden()
     assert win.light_robot.state == "error"
     assert "does-not-exist" in win.conn_error.text() or "port" in win.conn_error.text().lower()
     assert win.connect_btn.isEnabled()

@@ -13,7 +13,8 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
-                               QListWidget, QListWidgetItem, QMainWindow, QPlainTextEdit, QPushButton, QSplitter,
+                               QListWidget, QListWidgetItem, QMainWindow, QPlainTextEdit, QProgressBar, QPushButton,
+                               QSplitter,
                                QTabWidget, QVBoxLayout, QWidget)
 
 from ui.episodes_tab import EpisodesTab
@@ -59,6 +60,11 @@ class MainWindow(QMainWindow):
         self.connect_btn = QPushButton("Connect [Ctrl+L]")
         self.connect_btn.setStyleSheet("font-weight: bold")
         self.disconnect_btn = QPushButton("Disconnect")
+        self.conn_busy = QProgressBar()
+        self.conn_busy.setRange(0, 0)            # indeterminate: connecting
+        self.conn_busy.setMaximumHeight(10)
+        self.conn_busy.setTextVisible(False)
+        self.conn_busy.hide()
         self.conn_error = QLabel("")
         self.conn_error.setWordWrap(True)
         self.conn_error.setStyleSheet("color: #e74c3c")
@@ -82,6 +88,7 @@ class MainWindow(QMainWindow):
         btns.addWidget(self.connect_btn, 1)
         btns.addWidget(self.disconnect_btn)
         cl.addLayout(btns)
+        cl.addWidget(self.conn_busy)
         cl.addWidget(self.conn_error)
         for l in (self.light_robot, self.light_cams, self.light_pad, self.light_data):
             cl.addWidget(l)
@@ -277,6 +284,7 @@ class MainWindow(QMainWindow):
         self.light_robot.set("warn", f"connecting to {cfg.profile} via {cfg.robot} ...")
         self.banner.setText(f"connecting to {cfg.profile} via {cfg.robot} ...")
         self.connect_btn.setEnabled(False)
+        self.conn_busy.show()
         self.save_settings()
 
         def job(w: Worker):
@@ -301,6 +309,7 @@ class MainWindow(QMainWindow):
 
     def _on_connected(self, session) -> None:
         self._connecting = None
+        self.conn_busy.hide()
         self.attach(session)
 
     def attach(self, session) -> None:
@@ -318,6 +327,7 @@ class MainWindow(QMainWindow):
 
     def _on_connect_failed(self, err: str) -> None:
         self._connecting = None
+        self.conn_busy.hide()
         self.connect_btn.setEnabled(True)
         self.light_robot.set("error", err)
         self.conn_error.setText(f"Could not connect: {err}")
