@@ -102,6 +102,13 @@ def test_connect_shows_live_cameras_lights_and_estop(qtbot, win):
     assert np.array_equal(s.status.sent, held)
     key(qtbot, win, Qt.Key.Key_R, Qt.KeyboardModifier.ControlModifier)
     qtbot.waitUntil(lambda: not s.status.estopped, timeout=1000)
+    # while typing an instruction, Space types a space but Ctrl+Space still stops the arm
+    le = win.teleop.instruction.lineEdit()
+    le.setFocus()
+    qtbot.keyClick(le, Qt.Key.Key_Space, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: s.status.estopped, timeout=1000)
+    key(qtbot, win, Qt.Key.Key_R, Qt.KeyboardModifier.ControlModifier)
+    qtbot.waitUntil(lambda: not s.status.estopped, timeout=1000)
     # the big button does the same
     qtbot.mouseClick(win.estop_btn, Qt.MouseButton.LeftButton)
     assert s.status.estopped or s.safety.estopped
