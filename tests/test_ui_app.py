@@ -97,6 +97,7 @@ def test_connect_shows_live_cameras_lights_and_estop(qtbot, win):
     key(qtbot, win, Qt.Key.Key_Space)
     qtbot.waitUntil(lambda: s.status.estopped, timeout=1000)
     qtbot.waitUntil(lambda: "E-STOP" in win.banner.text() and win.light_robot.state == "error", timeout=1000)
+    assert all(v.overlay == "E-STOP" for v in win.live.views.values())
     held = s.status.sent.copy()
     qtbot.wait(300)
     assert np.array_equal(s.status.sent, held)
@@ -465,7 +466,10 @@ def test_kinesthetic_slider_then_countdown_and_discard(qtbot, win):
     assert s.workflow.config.countdown_s == pytest.approx(0.8)
     key(qtbot, win, Qt.Key.Key_Return)
     qtbot.waitUntil(lambda: "COUNTDOWN" in t.state_label.text() and " s" in t.state_label.text(), timeout=1000)
+    assert all(v.overlay == "1" for v in win.live.views.values())        # the digits on every camera
     qtbot.waitUntil(lambda: s.status.workflow == "recording", timeout=3000)
+    qtbot.waitUntil(lambda: all(v.border is not None and v.overlay == "" for v in win.live.views.values()),
+                    timeout=1000)
     qtbot.waitUntil(lambda: s.status.recording_steps >= 3, timeout=2000)
     key(qtbot, win, Qt.Key.Key_Escape)
     qtbot.waitUntil(lambda: s.status.workflow == "review" and t.wf_buttons["discard"].isEnabled(), timeout=2000)

@@ -132,5 +132,19 @@ class LiveView(QWidget):
                 else:
                     v.update()
 
+    def set_state(self, workflow: str, time_left: float, estopped: bool) -> None:
+        """Operator cues on every camera: E-STOP, the countdown digits, a red frame while recording."""
+        import math as _m
+        if estopped:
+            text, color, border = "E-STOP", "#ff4d4d", "#ff0000"
+        elif workflow == "countdown":
+            text, color, border = str(max(1, _m.ceil(time_left))), "#f1c40f", "#f39c12"
+        elif workflow == "recording":
+            text, color, border = "", "#ffffff", "#e74c3c"
+        else:
+            text, color, border = "", "#ffffff", None
+        for v in self.views.values():
+            v.set_overlay(text, color, border)
+
     def display_fps(self) -> dict[str, float]:
         return {n: m.rate() for n, m in self._meters.items()}

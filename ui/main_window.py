@@ -380,6 +380,7 @@ class MainWindow(QMainWindow):
             preload_pyqtgraph()          # plots need it; loading it now cannot delay the first frame
         self._update_lights(s, st)
         self._update_bar(st)
+        self.live.set_state(st.workflow, st.time_left, st.estopped)
         self._update_log(s)
         cur = self.tabs.currentWidget()
         for tab in (self.teleop, self.episodes, self.policy):

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 from PySide6.QtCore import QRectF, QSize, Qt, QThread, Signal
-from PySide6.QtGui import QColor, QFont, QImage, QPainter
+from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
 from PySide6.QtWidgets import QLabel, QSizePolicy, QWidget
 
 
@@ -199,6 +199,9 @@ class ImageView(QWidget):
         self.note_color = QColor("#dddddd")
         self.placeholder = "no image"
         self.frames_shown = 0
+        self.overlay = ""                   # big centred text (countdown, E-STOP)
+        self.overlay_color = QColor("#ffffff")
+        self.border: QColor | None = None   # e.g. red while recording
         self.setMinimumSize(160, 120)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
@@ -217,6 +220,12 @@ class ImageView(QWidget):
     def set_note(self, text: str, color: str = "#dddddd") -> None:
         if text != self.note:
             self.note, self.note_color = text, QColor(color)
+            self.update()
+
+    def set_overlay(self, text: str, color: str = "#ffffff", border: str | None = None) -> None:
+        b = QColor(border) if border else None
+        if (text, color, border) != (self.overlay, self.overlay_color.name(), b.name() if b else None):
+            self.overlay, self.overlay_color, self.border = text, QColor(color), b
             self.update()
 
     def has_image(self) -> bool:
@@ -248,6 +257,18 @@ class ImageView(QWidget):
             p.fillRect(box, QColor(0, 0, 0, 160))
             p.setPen(color)
             p.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+        if self.border is not None:
+            p.setPen(QPen(self.border, 4))
+            p.drawRect(self.rect().adjusted(2, 2, -2, -2))
+        if self.overlay:
+            big = QFont(self.font())
+            big.setBold(True)
+            big.setPixelSize(max(16, min(self.width(), self.height()) // 5))
+            p.setFont(big)
+            p.setPen(QColor(0, 0, 0, 180))
+            p.drawText(self.rect().translated(2, 2), Qt.AlignmentFlag.AlignCenter, self.overlay)
+            p.setPen(self.overlay_color)
+            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self.overlay)
         p.end()
 
 
