@@ -7,7 +7,8 @@ import numpy as np
 
 from .reader import Episode
 
-FROZEN_S = 1.0            # identical consecutive frames for longer than this = frozen camera
+FROZEN_S = 1.0            # identical consecutive frames for longer than this = frozen camera...
+FROZEN_MOTION = 1e-3      # ...while some joint moved more than this (rad)
 STUCK_CMD_RANGE = 1e-3    # a joint commanded over more than this range...
 STUCK_POS_RANGE = 1e-6    # ...whose measured position moved less than this is "stuck"
 
@@ -103,9 +104,12 @@ def validate_episode(ep: Episode, check_images: bool = True) -> list[str]:
             keys = _frame_keys(ep, cam)
             run_start = 0
             worst = 0.0
+            q = np.nan_to_num(ep.qpos)
             for i in range(1, n + 1):
                 if i == n or keys[i] != keys[run_start]:
-                    if i - 1 > run_start:
+                    # frozen only if the arm moved meanwhile: a still scene (e.g. the simulated
+                    # camera with the arm at rest) legitimately gives identical frames
+                    if i - 1 > run_start and np.ptp(q[run_start:i], axis=0).max() > FROZEN_MOTION:
                         worst = max(worst, float(ts[i - 1] - ts[run_start]))
                     run_start = i
             if worst > FROZEN_S:

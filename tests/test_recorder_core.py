@@ -125,6 +125,13 @@ def test_validate_finds_problems(tmp_path):
     assert cadence_report(ep)["missed_ticks"] >= 5
 
 
+def test_still_scene_with_arm_at_rest_is_not_frozen(tmp_path):
+    w = EpisodeWriter(tmp_path / "e.h5", meta(), {"top": (48, 64)}, dof=8)
+    for i in range(90):                      # 3 s: arm at rest, identical frames (sim camera)
+        w.add_step(np.zeros(8), np.zeros(8), timestamp=i / 30, images={"top": frame("top", 0)})
+    assert validate_episode(read_episode(w.finish())) == []
+
+
 def test_bad_inputs_are_clear(tmp_path):
     with pytest.raises(RecorderError, match="mode"):
         EpisodeWriter(tmp_path / "a.h5", meta(mode="dance"), {}, dof=8)
