@@ -169,6 +169,7 @@ def test_record_label_scrub_relabel_delete_undo_export_replay(qtbot, win, tmp_pa
     assert win.settings.value("instructions")[0] == "put the red cube in the bowl"
     key(qtbot, win, Qt.Key.Key_Return)               # start (no countdown in this config)
     qtbot.waitUntil(lambda: s.status.workflow == "recording", timeout=2000)
+    qtbot.waitUntil(lambda: all(v.border is not None for v in win.live.views.values()), timeout=1000)
     qtbot.waitUntil(lambda: "REC" in win.rec_label.text(), timeout=1000)
     # move a joint with the + jog button while recording
     plus = t.joints.layout().itemAtPosition(2, 5).widget()

@@ -223,9 +223,10 @@ class ImageView(QWidget):
             self.update()
 
     def set_overlay(self, text: str, color: str = "#ffffff", border: str | None = None) -> None:
-        b = QColor(border) if border else None
-        if (text, color, border) != (self.overlay, self.overlay_color.name(), b.name() if b else None):
-            self.overlay, self.overlay_color, self.border = text, QColor(color), b
+        current = (self.overlay, self.overlay_color.name(), self.border.name() if self.border else None)
+        if (text, QColor(color).name(), QColor(border).name() if border else None) != current:
+            self.overlay, self.overlay_color = text, QColor(color)
+            self.border = QColor(border) if border else None
             self.update()
 
     def has_image(self) -> bool:
