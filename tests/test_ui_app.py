@@ -504,3 +504,14 @@ def test_settings_persist_between_windows(qtbot, tmp_path):
     assert w2.dataset.text() == str(tmp_path / "elsewhere")
     assert w2.teleop.instruction.findText("stack the cubes") >= 0
     w2.close()
+
+
+def test_closing_while_connecting_leaves_nothing_running(qtbot, tmp_path):
+    w = MainWindow(config(tmp_path), settings=QSettings(str(tmp_path / "ui.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    worker = w.connect_session()
+    w.close()                                   # waits for the connect worker, then closes its session
+    assert not worker.isRunning()
+    s = worker.result
+    assert s is None or (not s.loop.running and s.devices is None)

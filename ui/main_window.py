@@ -585,6 +585,11 @@ class MainWindow(QMainWindow):
         self.live.timer.stop()
         s = self.session
         self._detach()
+        connecting = self._connecting
+        # Exports / validation stop at their next progress point; a connect in flight is waited for.
+        Worker.shutdown_all(timeout_s=10.0)
+        if connecting is not None and connecting.result is not None and connecting.result is not s:
+            connecting.result.close()
         if s is not None:
             s.close()     # keeps any recording (unlabelled); bounded by the loop's 2 s join
         super().closeEvent(ev)

@@ -88,6 +88,20 @@ class Worker(QThread):
     def _forget(self) -> None:
         Worker._alive.discard(self)
 
+    @classmethod
+    def shutdown_all(cls, timeout_s: float = 10.0) -> list["Worker"]:
+        """Cancel every running worker and wait for them (a QThread destroyed while running aborts the
+        process). Returns the workers that finished in time."""
+        running = [w for w in list(cls._alive) if w.isRunning()]
+        for w in running:
+            w.cancel()
+        deadline = time.monotonic() + timeout_s
+        done = []
+        for w in running:
+            if w.wait(max(0, int((deadline - time.monotonic()) * 1000))):
+                done.append(w)
+        return done
+
     def cancel(self) -> None:
         self._cancel = True
 
