@@ -504,6 +504,13 @@ def test_settings_persist_between_windows(qtbot, tmp_path):
     assert w2.dataset.text() == str(tmp_path / "elsewhere")
     assert w2.teleop.instruction.findText("stack the cubes") >= 0
     w2.close()
+    # `teleop gui --robot sim` names the robot on purpose: it wins over the remembered sim-serial
+    from ui.app import explicit_flags
+    assert explicit_flags(["gui", "--robot", "sim", "--dataset=/x", "--fps", "10"]) == {"robot", "dataset"}
+    w3 = MainWindow(SessionConfig(), settings=QSettings(ini, QSettings.Format.IniFormat), explicit={"robot"})
+    qtbot.addWidget(w3)
+    assert w3.kind.currentText() == "sim" and w3.dataset.text() == str(tmp_path / "elsewhere")
+    w3.close()
 
 
 def test_closing_while_connecting_leaves_nothing_running(qtbot, tmp_path):

@@ -26,6 +26,13 @@ def process_age() -> float:
         return time.monotonic() - _T_IMPORT
 
 
+def explicit_flags(argv: list[str]) -> set[str]:
+    """Connection fields named on the command line (`teleop gui --robot sim`): they override what the GUI
+    remembered from last time, even when they equal the defaults."""
+    names = {"profile", "robot", "port", "dataset"}
+    return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and a[2:].split("=", 1)[0] in names}
+
+
 def main(session_config=None, *, measure_startup: bool = False) -> int:
     """Run the GUI on `session_config` (a teleop_app.session.SessionConfig). Returns the exit code."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")           # pygame: joystick only, never a window
@@ -46,7 +53,7 @@ def main(session_config=None, *, measure_startup: bool = False) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("teleop")
     app.setOrganizationName("teleop")
-    win = MainWindow(session_config)
+    win = MainWindow(session_config, explicit=explicit_flags(sys.argv[1:]))
     win.show()
     measure = measure_startup or os.environ.get("TELEOP_GUI_MEASURE_STARTUP") == "1"
     if measure:

@@ -34,10 +34,13 @@ class MainWindow(QMainWindow):
     connected = Signal(object)        # the Session, once its loop runs
     disconnected = Signal()
 
-    def __init__(self, config=None, settings: QSettings | None = None):
+    def __init__(self, config=None, settings: QSettings | None = None, explicit: set[str] | None = None):
+        """`explicit`: config fields the user gave on purpose (CLI flags); they win over remembered settings
+        even when equal to the defaults. Other fields: a non-default config value wins, else the last used."""
         super().__init__()
         from teleop_app.session import SessionConfig
         self.base_config = config or SessionConfig()
+        self.explicit = set(explicit or ())
         self.settings = settings or QSettings("teleop", "teleop")
         self.session = None
         self._connecting: Worker | None = None
@@ -199,7 +202,7 @@ class MainWindow(QMainWindow):
         s, c, d = self.settings, self.base_config, SessionConfig()
 
         def pick(key, value, default):      # explicit config (e.g. CLI flags) wins over remembered values
-            return s.value(key, value) if value == default else value
+            return s.value(key, value) if value == default and key not in self.explicit else value
         self.profile.blockSignals(True)
         self.profile.addItems(builtin_profiles())
         self.profile.blockSignals(False)
