@@ -36,9 +36,11 @@ def camera_frames(h: int, w: int, n: int = 8, seed: int = 0) -> list[np.ndarray]
     return out
 
 
-def run_episode(path: Path, cams: dict[str, tuple[int, int]], hz: float, steps: int, jpeg: bool = True) -> dict:
+def run_episode(path: Path, cams: dict[str, tuple[int, int]], hz: float, steps: int, jpeg: bool = True,
+                hdf5_process: bool = True) -> dict:
     frames = {c: camera_frames(h, w, seed=i) for i, (c, (h, w)) in enumerate(cams.items())}
-    w = EpisodeWriter(path, EpisodeMeta("bench", hz, "sim", JOINTS, "scripted"), cams, dof=8, jpeg=jpeg)
+    w = EpisodeWriter(path, EpisodeMeta("bench", hz, "sim", JOINTS, "scripted"), cams, dof=8, jpeg=jpeg,
+                      hdf5_process=hdf5_process)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
     late = 0
@@ -83,11 +85,12 @@ def bench_finalize(tmp: Path, quick: bool) -> None:
                   f"(dropped {r['dropped']}, max writer lag {r['max_lag_s'] * 1e3:.0f} ms, {r['size_mb']:.1f} MB)")
 
 
-def bench_throughput(tmp: Path, quick: bool) -> dict:
+def bench_throughput(tmp: Path, quick: bool, hdf5_process: bool = True) -> dict:
     secs = 5 if quick else 20
-    print(f"== sustained: 3 cameras x 640x480 x 50 Hz for {secs} s, JPEG q90")
+    where = "HDF5 in a child process" if hdf5_process else "HDF5 in-process (hdf5_process=False)"
+    print(f"== sustained: 3 cameras x 640x480 x 50 Hz for {secs} s, JPEG q90, {where}")
     cams = {"top": (480, 640), "front": (480, 640), "wrist": (480, 640)}
-    r = run_episode(tmp / "thr.h5", cams, 50.0, int(50 * secs))
+    r = run_episode(tmp / f"thr{int(hdf5_process)}.h5", cams, 50.0, int(50 * secs), hdf5_process=hdf5_process)
     print(f"  steps {r['steps']}  dropped {r['dropped']}  max writer lag {r['max_lag_s'] * 1e3:.0f} ms  "
           f"queue mean/max {r['mean_queue']:.1f}/{r['max_queue']}  late ticks {r['late_ticks']}")
     print(f"  loop wake-up lateness p99 {r['tick_late_p99_ms']:.2f} ms, max {r['tick_late_max_ms']:.1f} ms "
@@ -154,12 +157,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter runs")
     ap.add_argument("--dir", default=None, help="folder on the disk to measure (default: a temp dir)")
+    ap.add_argument("--compare-inprocess", action="store_true",
+                    help="also run the sustained test with HDF5 written in-process")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_rec_", dir=a.dir))
     try:
         print(f"disk: {tmp}  cpus: {os.cpu_count()}")
         bench_finalize(tmp, a.quick)
         ours = bench_throughput(tmp, a.quick)
+        if a.compare_inprocess:
+            bench_throughput(tmp, a.quick, hdf5_process=False)
         bench_lerobot(tmp, a.quick, ours)
         bench_index(tmp)
     finally:
