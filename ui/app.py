@@ -53,9 +53,15 @@ def main(session_config=None, *, measure_startup: bool = False) -> int:
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("teleop")
     app.setOrganizationName("teleop")
-    win = MainWindow(session_config, explicit=explicit_flags(sys.argv[1:]))
-    win.show()
     measure = measure_startup or os.environ.get("TELEOP_GUI_MEASURE_STARTUP") == "1"
+    settings = None
+    if measure:          # a measurement must neither use nor change the operator's remembered settings
+        import tempfile
+        from PySide6.QtCore import QSettings
+        settings = QSettings(os.path.join(tempfile.mkdtemp(prefix="teleop-gui-"), "ui.ini"),
+                             QSettings.Format.IniFormat)
+    win = MainWindow(session_config, settings=settings, explicit=explicit_flags(sys.argv[1:]))
+    win.show()
     if measure:
         t_start = time.monotonic()
 
