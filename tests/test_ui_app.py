@@ -190,6 +190,7 @@ def test_record_label_scrub_relabel_delete_undo_export_replay(qtbot, win, tmp_pa
     qtbot.waitUntil(lambda: e.table.rowCount() == 1, timeout=3000)
     assert e.table.item(0, 4).text() == "success"
     assert e.table.item(0, 1).text() == "put the red cube in the bowl"
+    assert e.summary.text().startswith("1 episodes (1 success, 0 failure, 0 unlabelled)")
     e.table.selectRow(0)
     qtbot.waitUntil(lambda: e.episode is not None, timeout=5000)
     n = e.episode.num_steps
@@ -214,7 +215,7 @@ def test_record_label_scrub_relabel_delete_undo_export_replay(qtbot, win, tmp_pa
     e.table.selectRow(0)
     key(qtbot, win, Qt.Key.Key_Delete)
     qtbot.waitUntil(lambda: e.table.rowCount() == 0, timeout=2000)
-    assert s.store.episodes() == []
+    assert s.store.episodes() == [] and "1 in the trash" in e.summary.text()
     key(qtbot, win, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     qtbot.waitUntil(lambda: e.table.rowCount() == 1, timeout=2000)
     # export (labelled successes only) in a worker with progress; cancel removes the partial output

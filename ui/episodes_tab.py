@@ -182,6 +182,8 @@ class EpisodesTab(QWidget):
         tl = QVBoxLayout(table_box)
         tl.setContentsMargins(0, 0, 0, 0)
         tl.addWidget(self.table, 1)
+        self.summary = QLabel("")
+        tl.addWidget(self.summary)
         tl.addLayout(acts)
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(table_box)
@@ -259,11 +261,18 @@ class EpisodesTab(QWidget):
 
     def _fill_table(self) -> None:
         self.table.setRowCount(0)
+        self.summary.setText("")
         if self.store is None:
             return
         fps = getattr(self.store, "config", {}).get("fps") if isinstance(getattr(self.store, "config", None),
                                                                            dict) else None
         infos = self.store.episodes()
+        ok = sum(i.success == 1 for i in infos)
+        bad = sum(i.success == 0 for i in infos)
+        total = sum(i.duration for i in infos)
+        self.summary.setText(f"{len(infos)} episodes ({ok} success, {bad} failure, {len(infos) - ok - bad} "
+                             f"unlabelled), {total / 60:.1f} min, {sum(i.num_steps for i in infos)} steps; "
+                             f"{len(getattr(self.store, 'trash', lambda: [])())} in the trash")
         self.table.setRowCount(len(infos))
         for r, info in enumerate(infos):
             label = {1: "success", 0: "failure"}.get(info.success, "unlabelled")
