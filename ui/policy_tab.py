@@ -171,6 +171,7 @@ class PolicyTab(QWidget):
 
         # --- plot
         self.joint_pick = QComboBox()
+        self.joint_pick.currentIndexChanged.connect(lambda _i: self._fit_y())
         self.plot = None                 # created on first show (pyqtgraph import is deferred)
         self.pred_curve = self.sent_curve = self.meas_curve = None
         plot_box = QWidget()
@@ -269,7 +270,18 @@ class PolicyTab(QWidget):
         self.pred_curve = self.plot.plot([], [], pen=pg.mkPen("#f39c12", width=2, style=Qt.PenStyle.DashLine),
                                          name="predicted (policy)")
         self.plot.setMinimumHeight(160)
+        self.plot.setXRange(-20, 0, padding=0.01)
+        self.plot.disableAutoRange()             # fixed axes: re-rendering them at every update is costly
+        self.plot.setClipToView(True)
         self._plot_layout.addWidget(self.plot, 1)
+        self._fit_y()
+
+    def _fit_y(self) -> None:
+        j = self.joint_pick.currentIndex()
+        if self.plot is None or self.session is None or j < 0:
+            return
+        lo, hi = float(self.session.profile.lower()[j]), float(self.session.profile.upper()[j])
+        self.plot.setYRange(lo, hi, padding=0.05)
 
     def showEvent(self, ev) -> None:
         self._ensure_plot()
@@ -598,12 +610,17 @@ class PolicyTab(QWidget):
             "paused (stepping)" if st.mode == "policy" else "stopped"
         sim = "" if st.sim_success is None else f"; sim task {'done ✔' if st.sim_success else 'not done'}"
         self.run_label.setText(f"policy <b>{pol}</b>: {state}{sim}")
-        if self.run is not None:
+        if self.run is not None and time.monotonic() - getattr(self, "_runs_t", 0.0) > 0.25:
+            self._runs_t = time.monotonic()      # the running row's steps/duration, at 4 Hz
             self._refresh_runs()
         if visible and self.session is not None:
             self._update_plot()
 
-    def _update_plot(self) -> None:
+    def _update_plot(self, max_hz: float = 5.0) -> None:
+        now_wall = time.monotonic()
+        if now_wall - getattr(self, "_last_draw", 0.0) < 1.0 / max_hz:
+            return
+        self._last_draw = now_wall
         self._ensure_plot()
         j = self.joint_pick.currentIndex()
         if j < 0:
@@ -614,8 +631,8 @@ class PolicyTab(QWidget):
         now = hist[-1][0]
         t = np.array([h[0] for h in hist]) - now
         keep = t > -20
-        self.sent_curve.setData(t[keep], np.array([h[2][j] for h in hist])[keep])
-        self.meas_curve.setData(t[keep], np.array([h[1][j] for h in hist])[keep])
+        self.sent_curve.setData(t[keep], np.array([h[2][j] for h in hist])[keep], skipFiniteCheck=True)
+        self.meas_curve.setData(t[keep], np.array([h[1][j] for h in hist])[keep], skipFiniteCheck=True)
         if self.gated is not None and self.gated.predicted:
             pred = list(self.gated.predicted)
             tp = np.array([p[0] for p in pred]) - now
