@@ -132,7 +132,7 @@ class Session:
         self.policy_name = ""
         self._last_report = None
         self._last_obs = None
-        self._camera_errors: dict[str, str] = {}
+        self.camera_errors: dict[str, str] = {}
 
     # ================================================================ lifecycle
     def connect(self) -> None:
@@ -153,7 +153,7 @@ class Session:
             try:
                 cam.connect()
             except (DeviceError, OSError) as e:
-                self._camera_errors[name] = str(e)
+                self.camera_errors[name] = str(e)
                 self.say(f"camera '{name}' unavailable: {e}")
         self.safety = SafetyLayer.from_profile(self.profile, self.period, fk=fk_for(self.devices))
         self._load_mapping()
@@ -406,6 +406,18 @@ class Session:
             self.loop.set_rate(self.fps)
         self.say(msg)
 
+    def set_workflow(self, **params) -> None:
+        """Change countdown_s / episode_s / reset_s / target_episodes / auto_keep while running."""
+        import dataclasses
+        cfg = self.workflow.config
+        types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cfg)}
+        casts = {"float": float, "int": int, "bool": bool}
+        with self._lock:
+            for k, v in params.items():
+                if k not in types or k == "instructions":
+                    raise AttributeError(f"workflow has no setting {k!r}")
+                setattr(cfg, k, casts.get(types[k], lambda x: x)(v))   # by declared type: 0.8 stays 0.8
+
     def set_policy(self, runner, name: str = "") -> None:
         """Install a policy runner (see teleop_app.policy.runner); checked against the profile by it."""
         with self._lock:
@@ -551,8 +563,14 @@ class Session:
             self.workflow.set_label(success)
 
     def _watchdog_tripped(self, now: float) -> bool:
+        """True on the first tick after a command stream went stale (one trip per stream, not per tick)."""
         src = self._ext_target or self._jog
-        return src is not None and now - src[0] > self.config.watchdog_s
+        if src is None or now - src[0] <= self.config.watchdog_s or src[0] == self._watchdog_seen:
+            return False
+        self._watchdog_seen = src[0]
+        return True
+
+    _watchdog_seen = 0.0
 
     def _raw_target(self, q, obs, cmd, now) -> np.ndarray | None:
         base = self._target if self._target is not None else q
@@ -633,7 +651,7 @@ class Session:
     def _record(self, obs, sent, raw, cmd) -> None:
         images, stamps = {}, {}
         for name, cam in self.devices.cameras.items():
-            if name in self._camera_errors:
+            if name in self.camera_errors:
                 continue
             f = cam.read_latest()
             if f is not None:

@@ -196,3 +196,14 @@ def test_sim_serial_session_drives_arm_through_real_serial_driver(tmp_path, prot
     (info,) = EpisodeStore.open(tmp_path / "ds").episodes()
     ep = read_episode(tmp_path / "ds" / info.file)
     assert ep.qpos[-1, 0] - ep.qpos[0, 0] > 0.15
+
+
+def test_watchdog_counts_one_trip_per_stale_command_stream(tmp_path):
+    with make(tmp_path, use_gamepad=False) as s:
+        s.jog(np.r_[0.1, np.zeros(7)])
+        time.sleep(1.2)                      # stale after 0.5 s, then idle ticks
+        assert s.safety.counters.watchdog_trips == 1
+        s.set_workflow(countdown_s=0.8, target_episodes=7)
+        assert s.workflow.config.countdown_s == 0.8 and s.workflow.config.target_episodes == 7
+        with pytest.raises(AttributeError, match="no setting"):
+            s.set_workflow(bogus=1)

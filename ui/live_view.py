@@ -111,7 +111,7 @@ class LiveView(QWidget):
                 v.set_note(f"error: {e}", "#e74c3c")
                 continue
             if frame is None:
-                err = getattr(s, "_camera_errors", {}).get(name)
+                err = s.camera_errors.get(name)
                 v.placeholder = f"camera unavailable: {err}" if err else "waiting for the first frame..."
                 v.set_note("no frame" if not err else "unavailable", "#e74c3c")
                 v.update()

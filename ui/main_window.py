@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, Q
 from ui.episodes_tab import EpisodesTab
 from ui.live_view import LiveView
 from ui.policy_tab import PolicyTab
-from ui.session_ext import camera_errors
+
 from ui.shortcuts import SHORTCUTS, HelpDialog
 from ui.teleop_tab import TeleopTab
 from ui.util import StatusLight, Worker, preload_pyqtgraph, run_in_thread, set_style
@@ -408,7 +408,7 @@ class MainWindow(QMainWindow):
             torque = "" if st.torque else ", torque OFF (move by hand)"
             self.light_robot.set("ok", f"{s.profile.name} via {s.config.robot}, {st.mode}{torque}")
         cams = s.devices.cameras if s.devices else {}
-        errs = camera_errors(s)
+        errs = dict(s.camera_errors)
         if not cams:
             self.light_cams.set("off", "none selected")
         elif errs:

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormL
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton,
                                QSpinBox, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from ui.session_ext import GatedRunner
+from teleop_app.gated import GatedRunner
 from ui.util import Worker, run_in_thread
 
 POLICY_MODULES = ("teleop_app.policy", "teleop_app.policy.runner", "teleop_app.policy.rollout",

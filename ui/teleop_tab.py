@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFormLay
 
 from ui.joints import GamepadView, JointPanel
 from ui.mapping_editor import MappingEditor
-from ui.session_ext import set_workflow_params
+
 from ui.util import pyqtgraph_ready, set_style
 
 MODES = [("hold", "Hold", "0"), ("gamepad", "Gamepad", "1"), ("kinesthetic", "Kinesthetic", "2"),
@@ -354,7 +354,7 @@ class TeleopTab(QWidget):
     def _workflow_params_changed(self) -> None:
         if self.session is None:
             return
-        set_workflow_params(self.session, target_episodes=self.target_spin.value(),
+        self.session.set_workflow(target_episodes=self.target_spin.value(),
                             countdown_s=self.countdown_spin.value(), episode_s=self.episode_spin.value(),
                             reset_s=self.reset_spin.value())
 

@@ -1,8 +1,4 @@
-"""The few things the GUI needs that teleop_app.session.Session does not offer (yet).
-
-Kept apart so the lead can move them into Session; each function says which Session change would replace it.
-Everything here is Qt-free and safe to call from the UI thread (short, under the session lock).
-"""
+"""Single-stepping a policy runner and keeping what it predicted (for the policy tab and scripts)."""
 from __future__ import annotations
 
 import threading
@@ -11,34 +7,12 @@ from collections import deque
 import numpy as np
 
 
-def set_workflow_params(session, **params) -> None:
-    """Change countdown_s / episode_s / reset_s / target_episodes / auto_keep of the running workflow.
-
-    Wanted in Session: `set_workflow(**params)`.
-    """
-    import dataclasses
-    cfg = session.workflow.config
-    types = {f.name: str(f.type) for f in dataclasses.fields(cfg)}
-    casts = {"float": float, "int": int, "bool": bool}
-    with session._lock:
-        for k, v in params.items():
-            if k not in types:
-                raise AttributeError(f"workflow has no setting {k!r}")
-            setattr(cfg, k, casts.get(types[k], lambda x: x)(v))   # by declared type: 0 (int) may become 0.8
-
-
-def camera_errors(session) -> dict[str, str]:
-    """Cameras that failed to connect, with the reason. Wanted in Session: a public `camera_errors`."""
-    return dict(getattr(session, "_camera_errors", {}) or {})
-
-
 class GatedRunner:
     """Wraps a policy runner so the GUI can single-step it and see what it predicted.
 
     The session calls `act(obs, now)` every tick in POLICY mode. While `budget` is None the policy runs
     freely; with an int budget, each tick consumes one step and, at 0, returns None (the session then holds
     position). `predicted` keeps (now, action) pairs of what the policy asked for, before safety.
-    Wanted in Session: `step_policy(n=1)` and the raw policy action in the history.
     """
 
     def __init__(self, runner, keep: int = 600):
