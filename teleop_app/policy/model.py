@@ -29,13 +29,13 @@ class ModelConfig:
     chunk: int = 10
     cameras: list[str] = field(default_factory=lambda: ["front"])
     image_size: tuple[int, int] = (64, 64)
-    channels: tuple[int, ...] = (32, 64, 128)
+    channels: tuple[int, ...] = (16, 32, 64)
     d_model: int = 128
     n_layers: int = 2
     n_heads: int = 4
     ff_mult: int = 2
     dropout: float = 0.0
-    grid: int = 4                    # spatial tokens per camera = grid * grid
+    grid: int = 2                    # spatial tokens per camera = grid * grid
     keypoints: int = 32              # spatial-softmax keypoints per camera (0 = off)
 
     def to_dict(self) -> dict:
@@ -48,7 +48,7 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
         d["image_size"] = tuple(d.get("image_size", (64, 64)))
-        d["channels"] = tuple(d.get("channels", (32, 64, 128)))
+        d["channels"] = tuple(d.get("channels", (16, 32, 64)))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 

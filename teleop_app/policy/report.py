@@ -52,6 +52,11 @@ def _sections(results: RolloutResults | None, offline: OfflineResults | None, in
                     "p": f"{fmt_rate(o['success'], o['n'])} over {len(results.tasks())} task(s); "
                          f"chunk mode '{results.chunk_mode}', config {json.dumps(results.config)}",
                     "table": (["task", "instruction", "success", "rate", "95% CI (Wilson)", "mean steps"], rows)})
+        wrong = results.wrong_object()
+        if wrong:
+            out.append({"h": "Does the instruction matter?",
+                        "p": "Both cubes are on the table in every scene. Rollouts that lifted the cube the "
+                             "instruction did not ask for: " + ", ".join(f"{t}: {n}" for t, n in wrong.items())})
         lat = results.latency_ms()
         out.append({"h": "Inference latency",
                     "table": (["p50 (ms)", "p99 (ms)", "mean (ms)", "inferences"],
@@ -65,7 +70,8 @@ def _sections(results: RolloutResults | None, offline: OfflineResults | None, in
             out.append({"h": f"Failures ({len(fails)})", "list": fails[:50]})
     if offline is not None:
         rows = [[n, f"{m:.4f}", f"{r:.4f}"] for n, m, r in offline.table_rows()]
-        out.append({"h": "Offline action error (held-out episodes)",
+        which = "held-out" if offline.split == "val" else offline.split
+        out.append({"h": f"Offline action error ({which} episodes)",
                     "p": f"{len(offline.episodes)} {offline.split} episode(s), {offline.n_steps} steps; arm mean "
                          f"MAE {offline.arm_mae:.4f} rad; gripper open/closed agreement "
                          f"{100 * offline.gripper_accuracy:.1f}%",
