@@ -229,6 +229,8 @@ class Session:
         # create() reopens an existing dataset after checking robot, fps and joints match (resume).
         self.store = EpisodeStore.create(Path(self.config.dataset), self.profile.name, self.fps,
                                          self.profile.joint_names, cams)
+        from recorder.h5proc import prestart
+        prestart()      # a warm HDF5 writer process, so even the first short episode finalizes fast
         if self.store.last_recovered:
             self.say(f"recovered interrupted episode(s) {self.store.last_recovered} from a crash")
 

@@ -69,7 +69,8 @@ def main(session_config=None, *, measure_startup: bool = False) -> int:
             if win.live.first_frame_time is not None:
                 age = process_age()
                 print(f"startup: first live frame {age:.2f} s after process start "
-                      f"(window shown + connect {time.monotonic() - t_start:.2f} s)", flush=True)
+                      f"(window shown + connect {time.monotonic() - t_start:.2f} s); "
+                      f"torch imported: {'torch' in sys.modules}", flush=True)
                 win.close()
                 app.quit()
             elif win.conn_error.text():
