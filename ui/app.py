@@ -48,6 +48,13 @@ def main(session_config=None, *, measure_startup: bool = False) -> int:
     if problem:
         print(f"teleop gui: {problem}", file=sys.stderr)
         return 2
+    if (sys.platform.startswith("linux") and not os.environ.get("QT_QPA_PLATFORM")
+            and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
+        # Qt would abort with a plugin error; say what to do instead.
+        print("teleop gui: no display found (DISPLAY/WAYLAND_DISPLAY unset). Run it from a desktop "
+              "session, or headless with `xvfb-run teleop gui` or QT_QPA_PLATFORM=offscreen. On Debian/"
+              "Ubuntu desktops Qt also needs `apt install libxcb-cursor0`.", file=sys.stderr)
+        return 2
     from ui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
