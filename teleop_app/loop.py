@@ -5,6 +5,7 @@ starts later than one full period past its deadline counts as missed and the loo
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -27,6 +28,7 @@ class LoopStats:
     overruns: int
     ticks: int
     last_tick_ms: float   # duration of the work in the last tick
+    realtime: bool = False  # the loop thread got real-time (SCHED_FIFO) scheduling
 
 
 class RateLoop:
@@ -46,6 +48,7 @@ class RateLoop:
         self.ticks = 0
         self._last_work = 0.0
         self._lock = threading.Lock()
+        self.realtime_priority = False
 
     def _set_hz(self, hz: float):
         if not 0.5 <= hz <= 200:
@@ -78,7 +81,20 @@ class RateLoop:
             self._thread.join(timeout)
         self._thread = None
 
+    def _raise_priority(self) -> None:
+        """Ask the OS for real-time scheduling of this thread only; needs CAP_SYS_NICE (or root).
+
+        Without it the loop still runs, but another busy process can delay a tick by a scheduler slice.
+        """
+        self.realtime_priority = False
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))   # 0 = the calling thread
+            self.realtime_priority = True
+        except (AttributeError, PermissionError, OSError):
+            pass
+
     def _run(self) -> None:
+        self._raise_priority()
         t0 = time.monotonic()
         k = 0
         while not self._stop.is_set():
@@ -125,4 +141,5 @@ class RateLoop:
         return LoopStats(hz=self.hz, achieved_hz=float(achieved),
                          p50_err_ms=float(np.percentile(perr, 50)), p99_err_ms=float(np.percentile(perr, 99)),
                          max_err_ms=float(max(perr.max(), errs.max())), missed=self.missed,
-                         overruns=self.overruns, ticks=self.ticks, last_tick_ms=self._last_work * 1e3)
+                         overruns=self.overruns, ticks=self.ticks, last_tick_ms=self._last_work * 1e3,
+                         realtime=self.realtime_priority)
