@@ -688,25 +688,10 @@ class SimServoBus:
             self._reply([(s.sid, 0, s.mem[0:2] + s.mem[6:7]) for s in sorted(targets, key=lambda s: s.sid)])
             return
         if ins == dxl.SYNC_READ and bcast and len(p) >= 4:
-            addr, length = dxl.decode(p[0:2], False), dxl.decode(p[2:4], False)
-            self._refresh()
-            out = []
-            for sid in p[4:]:
-                s = self._servo(sid)
-                if s is None:
-                    continue
-                err = s.check_read(addr, length)
-                out.append((sid, err, b"" if err else bytes(s.mem[addr:addr + length])))
-            self._reply(out)
+            self._sync_read(dxl.decode(p[0:2], False), dxl.decode(p[2:4], False), p[4:])
             return
         if ins == dxl.SYNC_WRITE and bcast and len(p) >= 4:
-            addr, length = dxl.decode(p[0:2], False), dxl.decode(p[2:4], False)
-            body = p[4:]
-            for k in range(0, len(body) - length, length + 1):
-                s = self._servo(body[k])
-                d = bytes(body[k + 1:k + 1 + length])
-                if s is not None and len(d) == length and s.check_write(addr, d) == 0:
-                    self._apply(s, addr, d)
+            self._sync_write(dxl.decode(p[0:2], False), dxl.decode(p[2:4], False), p[4:])
             return
         if not targets:
             return
@@ -743,28 +728,33 @@ class SimServoBus:
             return
         self._reply(replies)
 
+    def _sync_read(self, addr: int, length: int, ids) -> None:
+        """Both protocols: each listed servo answers in the order asked; unknown ids stay silent."""
+        self._refresh()
+        out = []
+        for sid in ids:
+            s = self._servo(sid)
+            if s is None:
+                continue
+            err = s.check_read(addr, length)
+            out.append((sid, err, b"" if err else bytes(s.mem[addr:addr + length])))
+        self._reply(out)
+
+    def _sync_write(self, addr: int, length: int, body) -> None:
+        """Both protocols: body = (id, data[length]) records; no reply, bad records are skipped."""
+        for k in range(0, len(body) - length, length + 1):
+            s = self._servo(body[k])
+            d = bytes(body[k + 1:k + 1 + length])
+            if s is not None and len(d) == length and s.check_write(addr, d) == 0:
+                self._apply(s, addr, d)
+
     def _handle_fts(self, pkt: fts.Packet) -> None:
         ins, p, bcast = pkt.instruction, pkt.params, pkt.servo_id == fts.BROADCAST_ID
         if ins == fts.SYNC_READ and bcast and len(p) >= 2:
-            addr, length = p[0], p[1]
-            self._refresh()
-            out = []
-            for sid in p[2:]:
-                s = self._servo(sid)
-                if s is None:
-                    continue
-                err = s.check_read(addr, length)
-                out.append((sid, err, b"" if err else bytes(s.mem[addr:addr + length])))
-            self._reply(out)
+            self._sync_read(p[0], p[1], p[2:])
             return
         if ins == fts.SYNC_WRITE and bcast and len(p) >= 2:
-            addr, length = p[0], p[1]
-            body = p[2:]
-            for k in range(0, len(body) - length, length + 1):
-                s = self._servo(body[k])
-                d = bytes(body[k + 1:k + 1 + length])
-                if s is not None and len(d) == length and s.check_write(addr, d) == 0:
-                    self._apply(s, addr, d)
+            self._sync_write(p[0], p[1], p[2:])
             return
         targets = self._targets(pkt.servo_id)
         if not targets:
