@@ -18,16 +18,12 @@ from .workcell import Workcell
 _PHYSICS_HZ = 200.0
 
 
-class SimRobot:
-    """drivers.interfaces.Robot for the simulated 7-joint arm + gripper."""
+class _Realtime:
+    """connect()/disconnect() with an optional background thread running `self._run` (realtime mode)."""
+    realtime: bool
+    _thread_name: str
 
-    def __init__(self, workcell: Workcell, period: float = 0.1, realtime: bool = False):
-        if period <= 0:
-            raise ValueError(f"period must be > 0 s, got {period}")
-        self.workcell = workcell
-        self.period = float(period)
-        self.realtime = bool(realtime)
-        self.joint_names = list(workcell.joint_names)
+    def _init_thread(self) -> None:
         self._connected = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -42,15 +38,32 @@ class SimRobot:
         self._connected = True
         if self.realtime:
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="sim-physics", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
             self._thread.start()
 
-    def disconnect(self) -> None:
+    def _stop_thread(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
             self._thread = None
         self._connected = False
+
+
+class SimRobot(_Realtime):
+    """drivers.interfaces.Robot for the simulated 7-joint arm + gripper."""
+
+    def __init__(self, workcell: Workcell, period: float = 0.1, realtime: bool = False):
+        if period <= 0:
+            raise ValueError(f"period must be > 0 s, got {period}")
+        self.workcell = workcell
+        self.period = float(period)
+        self.realtime = bool(realtime)
+        self.joint_names = list(workcell.joint_names)
+        self._thread_name = "sim-physics"
+        self._init_thread()
+
+    def disconnect(self) -> None:
+        self._stop_thread()
 
     def _run(self) -> None:
         last = time.monotonic()
@@ -100,7 +113,7 @@ class SimRobot:
         self.workcell.push(q8)
 
 
-class SimCamera:
+class SimCamera(_Realtime):
     """drivers.interfaces.Camera rendering a workcell view ('front' or 'wrist')."""
 
     def __init__(self, workcell: Workcell, name: str = "front", view: str = "front",
@@ -113,32 +126,14 @@ class SimCamera:
         self.name, self.view = name, view
         self.width, self.height, self.fps = int(width), int(height), float(fps)
         self.realtime = bool(realtime)
-        self._connected = False
         self._index = 0
         self._latest: Frame | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def is_connected(self) -> bool:
-        return self._connected
-
-    def connect(self) -> None:
-        if self._connected:
-            return
-        self._connected = True
-        if self.realtime:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name=f"sim-cam-{self.name}", daemon=True)
-            self._thread.start()
+        self._thread_name = f"sim-cam-{name}"
+        self._init_thread()
 
     def disconnect(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
-        self._connected = False
+        self._stop_thread()
         with self._lock:
             self._latest = None
 
