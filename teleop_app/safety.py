@@ -86,8 +86,11 @@ class SafetyLayer:
         self._last_sent = None if current is None else np.asarray(current, float).copy()
 
     def reset(self, current: np.ndarray | None = None) -> None:
-        """Forget the last command (e.g. after torque was off and the arm moved by hand)."""
+        """Forget the last command (e.g. after torque was off and the arm moved by hand, or the sim
+        scene was reset). A latched e-stop stays latched, holding the new position."""
         self._last_sent = None if current is None else np.asarray(current, float).copy()
+        if self._estop_hold is not None and current is not None:
+            self._estop_hold = np.clip(np.asarray(current, float), self.lower, self.upper)
 
     # --- filtering ----------------------------------------------------------------------
     def hold(self, current: np.ndarray, watchdog: bool = False) -> tuple[np.ndarray, SafetyReport]:

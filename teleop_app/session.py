@@ -509,10 +509,11 @@ class Session:
         obs = robot.get_observation()
         q = obs.position
         pad = self._read_pad()
-        cmd = self._pad_command(pad) if self.mode in (Mode.GAMEPAD, Mode.KINESTHETIC, Mode.HOLD) else None
-        if cmd is not None:
-            for ev in cmd.events:
-                self._pad_event(ev)
+        cmd = self._pad_command(pad)
+        for ev in cmd.events:           # buttons (e-stop above all) work in every mode
+            self._pad_event(ev)
+        if self.mode not in (Mode.GAMEPAD, Mode.KINESTHETIC, Mode.HOLD):
+            cmd = None                  # sticks only drive in the modes where a human drives
         self.workflow.update(now)
 
         raw = self._raw_target(q, obs, cmd, now)
@@ -684,7 +685,7 @@ class Session:
 
     def _after_tick(self, q) -> None:
         # Unattended modes in the sim put a fresh scene out once the last episode is settled.
-        if self._scene_reset_pending and self.workflow.state in (State.RESETTING, State.IDLE, State.DONE,
+        if self._scene_reset_pending and not self.safety.estopped and self.workflow.state in (State.RESETTING, State.IDLE, State.DONE,
                                                                  State.COUNTDOWN):
             self._scene_reset_pending = False
             self.reset_scene()

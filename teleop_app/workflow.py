@@ -126,10 +126,11 @@ class Workflow:
             self._go(State.RESETTING if self.config.reset_s > 0 else State.IDLE)
 
     def abort(self) -> None:
-        """E-stop or disconnect: end any recording (kept for review, never lost)."""
+        """E-stop or disconnect: end any recording (kept for review, never lost) and stop any
+        unattended cycle: nothing starts again by itself."""
         if self.state == State.RECORDING:
             self.stop()
-        elif self.state == State.COUNTDOWN:
+        if self.state in (State.COUNTDOWN, State.RESETTING):
             self._go(State.IDLE)
 
     # --- clock ----------------------------------------------------------------------------

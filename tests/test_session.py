@@ -207,3 +207,20 @@ def test_watchdog_counts_one_trip_per_stale_command_stream(tmp_path):
         assert s.workflow.config.countdown_s == 0.8 and s.workflow.config.target_episodes == 7
         with pytest.raises(AttributeError, match="no setting"):
             s.set_workflow(bogus=1)
+
+
+def test_pad_estop_button_works_in_scripted_mode(tmp_path, vpad):
+    wf = WorkflowConfig(countdown_s=0, reset_s=0.1, episode_s=20, target_episodes=5, auto_keep=True)
+    with make(tmp_path, fps=20, workflow=wf) as s:
+        s.set_mode(Mode.SCRIPTED)
+        assert wait_for(lambda: s.status.gamepad.connected)
+        s.start_episode()
+        assert wait_for(lambda: s.status.recording_steps > 5)
+        estop_btn = next(b.button for b in s.mapping.buttons if b.action == "estop")
+        vpad.set_button(estop_btn, True)
+        assert wait_for(lambda: s.status.estopped, timeout=2)
+        vpad.set_button(estop_btn, False)
+        held = s.status.sent.copy()
+        time.sleep(0.3)
+        assert np.array_equal(s.status.sent, held)
+        assert s.workflow.state.value != "recording"      # the episode was ended, not lost

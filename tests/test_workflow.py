@@ -59,3 +59,13 @@ def test_instruction_history():
     assert wf.instruction == "new one" and wf.config.instructions[0] == "new one"
     wf.set_instruction("b")
     assert wf.instruction == "b"
+
+
+def test_abort_stops_unattended_cycle():
+    wf, log = make(auto_keep=True)
+    wf.start()
+    wf.update(1.0)
+    wf.abort()
+    assert ("keep", -1) in log and wf.state == State.IDLE
+    wf.update(100.0)
+    assert wf.state == State.IDLE                      # nothing restarts by itself after an e-stop
