@@ -432,11 +432,11 @@ class TeleopTab(QWidget):
         self._sync_mode()
         wf = st.workflow
         color = STATE_COLORS.get(wf, "#7f8c8d")
-        txt = wf.upper()
+        txt = "REC" if wf == "recording" else wf.upper()     # short: the label must fit at 260 px
         if wf in ("countdown", "resetting") or (wf == "recording" and st.time_left > 0):
             txt += f"  {st.time_left:.1f} s"
         if wf == "recording":
-            txt += f"  ({st.recording_steps} steps)"
+            txt += f" · {st.recording_steps} steps"
         self.state_label.setText(f"<span style='font-size:20px; font-weight:bold; color:white'>{txt}</span>")
         set_style(self.state_label, f"background:{color}; border-radius:6px; padding:6px")
         lab = {1: "<span style='color:#27ae60'><b>success</b></span>",
