@@ -76,7 +76,7 @@ def main() -> int:
             print(f"  step {p['step']}  loss {p['loss']:.4f}  {p['elapsed_s'] / 60:.1f} min", flush=True)
     r = train(data, ckpt, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_minutes=a.minutes,
               threads=a.threads, cameras=list(cams), image_size=(a.image_size, a.image_size), progress=prog,
-              model=dict(channels=(16, 32, 64), d_model=128, keypoints=32))
+              model=None)        # ModelConfig defaults: CNN (16, 32, 64), d_model 128, 2x2 grid + 32 keypoints
     info.update({"train_minutes": round(r.minutes, 2), "train_steps": r.step, "train_loss": round(r.loss, 4),
                  "heldout_loss": None if r.val_loss is None else round(r.val_loss, 4),
                  "train_episodes": r.episodes, "train_samples": r.samples,
