@@ -194,3 +194,17 @@ def test_offline_and_report(trained, tmp_path):
     assert "policy output NaN at step 3" in html
     blob = json.loads((tmp_path / "rep" / "results.json").read_text())
     assert blob["offline"]["episodes"] == off.episodes
+
+
+def test_cancel_stops_and_saves(trained, tmp_path):
+    import threading
+    root, data, ckpt, r, _ = trained
+    cancel = threading.Event()
+
+    def progress(p):
+        if p.get("step", 0) >= 20:
+            cancel.set()
+    out = tmp_path / "c.pt"
+    rc = train(data, out, steps=1000, batch_size=8, image_size=(SIZE, SIZE), chunk=4, model=TINY,
+               progress=progress, cancel=cancel, val_fraction=0.25)
+    assert rc.cancelled and rc.step == 20 and read_checkpoint(out)["train"]["step"] == 20

@@ -89,6 +89,19 @@ def test_joint_chunk_over_loopback(serve):
     client.close()
 
 
+def test_joint_mode_learns_cameras_from_server_and_sends_all(serve):
+    pol = FakePolicy()
+    pol.meta.cameras = ["front", "wrist"]
+    srv = serve(pol)
+    client = RemotePolicy(srv.url, action_mode="joint")
+    assert client.meta.cameras == ["front", "wrist"] and client.meta.chunk_size == 4
+    o = obs(val=3)
+    o["images"]["wrist"] = np.full((16, 16, 3), 5, np.uint8)
+    client.predict(o)
+    seen = pol.seen[-1]["images"]
+    assert seen["front"].mean() == 3 and seen["wrist"].shape == (16, 16, 3) and seen["wrist"].mean() == 5
+
+
 def test_openvla_style_reply_is_single_action(serve):
     srv = serve(FakePolicy())
     import http.client
@@ -123,7 +136,9 @@ def test_server_down_gives_clear_error():
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    client = RemotePolicy(f"http://127.0.0.1:{port}", action_mode="joint", timeout=1)
+    with pytest.raises(RemotePolicyError, match="not reachable.*serve"):
+        RemotePolicy(f"http://127.0.0.1:{port}", action_mode="joint", timeout=1)   # asks /health first
+    client = RemotePolicy(f"http://127.0.0.1:{port}", timeout=1)                   # OpenVLA mode
     with pytest.raises(RemotePolicyError, match="not reachable.*serve"):
         client.predict(obs())
 

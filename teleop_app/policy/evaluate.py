@@ -135,7 +135,8 @@ def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: i
                      progress: Callable[[int, int, RolloutResult], None] | None = None,
                      policy_name: str = "", **runner_kw) -> RolloutResults:
     """Roll the policy out n_per_task times per task on seeds seed0, seed0+1, ... (shared across tasks,
-    so each task sees the same scenes). Every command goes through the profile's SafetyLayer
+    so each task sees the same scenes). With async_ the loop runs in real time (period sleeps), as
+    it would on hardware. Every command goes through the profile's SafetyLayer
     (`safety=False` only widens it to the joint limits). Success comes from the sim."""
     from drivers.sim import kinematics as kin
     from drivers.sim.robot import SimCamera, SimRobot
@@ -196,8 +197,9 @@ def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: i
                                               "clock": "sim"})
                     writer = EpisodeWriter(store.new_episode_path(), meta, cameras={n: (h, w) for n in cams},
                                            dof=prof.dof, jpeg=False)
+                # async inference only means something against a clock: run those loops in real time
                 r = rollout(runner, robot, cams, wc.instruction, layer, max_steps=steps, period=period,
-                            success_fn=wc.success, writer=writer, task=task, seed=seed)
+                            success_fn=wc.success, writer=writer, task=task, seed=seed, realtime=async_)
                 r.notes = {"lifted": _lifted(wc)}
                 if writer is not None:
                     if r.commands_sent == 0:

@@ -80,7 +80,7 @@ class RemotePolicy:
     def __init__(self, url: str, *, meta: PolicyMeta | None = None, profile=None, camera: str = "front",
                  timeout: float = 5.0, connect_timeout: float = 2.0, unnorm_key: str | None = None,
                  action_mode: str = "ee_delta", fk: FKFn | None = None, ik: IKFn | None = None,
-                 ee_scale: float = 1.0, send_qpos: bool | None = None):
+                 ee_scale: float = 1.0, send_qpos: bool | None = None, cameras: list[str] | None = None):
         if action_mode not in ("ee_delta", "joint"):
             raise ValueError("action_mode must be 'ee_delta' (OpenVLA) or 'joint' (teleop server)")
         u = urlsplit(url)
@@ -92,16 +92,22 @@ class RemotePolicy:
         base = u.path.rstrip("/")
         self._path = base if base.endswith("/act") else base + "/act"
         self.camera = camera
+        self.cameras = list(cameras) if cameras else None
         self.timeout, self.connect_timeout = float(timeout), float(connect_timeout)
         self.unnorm_key = unnorm_key
         self.action_mode = action_mode
         self.ee_scale = float(ee_scale)
         self.send_qpos = action_mode == "joint" if send_qpos is None else bool(send_qpos)
+        self._conn: http.client.HTTPConnection | None = None
+        if meta is None and action_mode == "joint":
+            meta = self.fetch_meta()          # a teleop server describes its policy at /health
+            self.cameras = self.cameras or list(meta.cameras)
         if meta is None:
             from teleop_app.profiles import load_profile
             prof = load_profile(profile or "sim7") if not hasattr(profile, "joint_names") else profile
             meta = PolicyMeta(joint_names=prof.joint_names, action_dim=prof.dof, fps=prof.fps,
-                              image_size=(224, 224), cameras=[camera], chunk_size=1, kind="remote",
+                              image_size=(224, 224), cameras=self.cameras or [camera], chunk_size=1,
+                              kind="remote",
                               extra={"url": self.url, "action_mode": action_mode})
             self._gripper_range = (prof.gripper.lower, prof.gripper.upper)
         else:
@@ -111,7 +117,6 @@ class RemotePolicy:
             dfk, dik = sim_kinematics()
             fk, ik = fk or dfk, ik or dik
         self.fk, self.ik = fk, ik
-        self._conn: http.client.HTTPConnection | None = None
         self.last_latency: float | None = None
 
     def reset(self) -> None:
@@ -123,6 +128,25 @@ class RemotePolicy:
             self._conn = None
 
     # ---- HTTP ------------------------------------------------------------------------
+    def fetch_meta(self) -> PolicyMeta:
+        """GET /health of a teleop policy server -> its PolicyMeta (joints, cameras, fps, chunk)."""
+        conn = self._connection()
+        try:
+            conn.request("GET", self._path[: -len("/act")] + "/health")
+            resp = conn.getresponse()
+            data = resp.read()
+            meta = PolicyMeta.from_dict(wire.loads(data)["meta"])
+        except (OSError, http.client.HTTPException) as e:
+            self.close()
+            raise RemotePolicyError(f"VLA server at {self.url} is not reachable ({e}); start it "
+                                    "(e.g. `teleop serve CHECKPOINT`) or check the URL") from None
+        except (wire.WireError, KeyError, TypeError) as e:
+            raise RemotePolicyError(f"{self.url}/health did not describe a teleop policy ({e}); for an "
+                                    "OpenVLA server use action_mode='ee_delta'") from None
+        meta.kind = f"remote:{meta.kind}"
+        meta.extra = {**meta.extra, "url": self.url}
+        return meta
+
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
             cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
@@ -138,6 +162,9 @@ class RemotePolicy:
             try:
                 if conn.sock is None:
                     conn.connect()
+                    # headers and body go out as separate writes: without NODELAY, Nagle + delayed
+                    # ACK add ~40 ms per request on loopback
+                    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.sock.settimeout(self.timeout)
                 t0 = time.perf_counter()
                 conn.request("POST", self._path, body, {"Content-Type": "application/json"})
@@ -183,11 +210,15 @@ class RemotePolicy:
     # ---- Policy API ------------------------------------------------------------------
     def predict(self, obs: dict) -> np.ndarray:
         images = obs.get("images", {})
-        if self.camera not in images:
-            raise RemotePolicyError(f"observation lacks camera '{self.camera}' the remote policy uses "
+        cams = self.cameras or [self.camera]
+        missing = [c for c in cams if c not in images]
+        if missing:
+            raise RemotePolicyError(f"observation lacks camera(s) {missing} the remote policy uses "
                                     f"(have {sorted(images)})")
-        payload: dict = {"image": np.ascontiguousarray(images[self.camera], dtype=np.uint8),
+        payload: dict = {"image": np.ascontiguousarray(images[cams[0]], dtype=np.uint8),
                          "instruction": str(obs.get("instruction", ""))}
+        if len(cams) > 1:                       # extension: several cameras by name
+            payload["images"] = {c: np.ascontiguousarray(images[c], dtype=np.uint8) for c in cams}
         if self.unnorm_key:
             payload["unnorm_key"] = self.unnorm_key
         q = np.asarray(obs["qpos"], float)

@@ -11,6 +11,7 @@ RemotePolicy(action_mode="joint"). Inference is serialised with a lock (one mode
 """
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -88,6 +89,11 @@ class PolicyServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: PolicyServer
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        # reply headers and body are separate writes: avoid Nagle + delayed-ACK stalls (~40 ms)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, fmt, *args):  # noqa: D401 - keep test output clean unless asked
         if not self.server.quiet:
