@@ -141,13 +141,18 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     if resume and out_path.exists():
         try:
             blob = read_checkpoint(out_path)
-        except CheckpointError:
-            blob = None          # unreadable: start fresh (the old file is replaced on first save)
-        if blob is not None and ("optimizer" not in blob or blob["train"].get("step", 0) >= steps):
-            blob = None if "optimizer" not in blob else blob
+        except CheckpointError as e:
+            raise PolicyError(f"cannot resume: {e}. Pass resume=False (--no-resume) to overwrite it, "
+                              "or choose another output path") from None
+        if "optimizer" not in blob:
+            raise PolicyError(f"cannot resume {out_path}: it holds no optimizer state (an exported "
+                              "checkpoint?). Pass resume=False (--no-resume) or another output path")
     if blob is not None:
         tok = Tokenizer.from_dict(blob["tokenizer"])
         meta = PolicyMeta.from_dict(blob["meta"])
+        if tuple(meta.image_size) != tuple(image_size):
+            raise PolicyError(f"cannot resume {out_path}: it was trained at image size {meta.image_size}, "
+                              f"not {tuple(image_size)}; pass the same size or resume=False")
         if meta.joint_names != ds.joint_names or meta.cameras != ds.cameras:
             raise PolicyError(f"cannot resume {out_path}: it was trained on joints {meta.joint_names} / "
                               f"cameras {meta.cameras}, the dataset has {ds.joint_names} / {ds.cameras}; "
