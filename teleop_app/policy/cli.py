@@ -12,8 +12,8 @@ from pathlib import Path
 from .base import PolicyError
 
 _TRAIN_EPILOG = """example (record 100 demos per task in the sim, then train for 20 minutes):
-  teleop record --fast --episodes 100 --image-size 64 --data data/sim_demos
-  teleop train data/sim_demos runs/vla.pt --minutes 20
+  teleop record --fast --episodes 100 --image-size 64 --dataset data/sim_demos
+  teleop train data/sim_demos runs/vla.pt --minutes 20      (--threads 1 on a busy shared machine)
 Training resumes from OUT if it exists (use --no-resume to start over); Ctrl+C saves and stops."""
 
 _EVAL_EPILOG = """examples:
