@@ -425,7 +425,13 @@ class Session:
                 setattr(cfg, k, casts.get(types[k], lambda x: x)(v))   # by declared type: 0.8 stays 0.8
 
     def set_policy(self, runner, name: str = "") -> None:
-        """Install a policy runner (see teleop_app.policy.runner); checked against the profile by it."""
+        """Install a policy runner (teleop_app.policy.runner). Its metadata is checked against this robot
+        and rate before anything moves: PolicyMismatchError says what differs."""
+        meta = getattr(getattr(runner, "policy", None), "meta", None)
+        if meta is not None:
+            from dataclasses import replace as _replace
+            from teleop_app.policy.base import check_compatible
+            check_compatible(meta, _replace(self.profile, fps=self.fps))
         with self._lock:
             self.policy_runner = runner
             self.policy_name = name
@@ -616,8 +622,13 @@ class Session:
         if mode == Mode.POLICY:
             if self.policy_runner is None:
                 return None
-            o = self._observation(obs)
-            return self.policy_runner.act(o, now)
+            from teleop_app.policy.runner import PolicyOutputError
+            try:
+                return self.policy_runner.act(self._observation(obs), now)
+            except PolicyOutputError as e:    # NaN / far out of range: never sent; stop the policy only
+                self.mode = Mode.HOLD
+                self.say(f"policy stopped, nothing sent: {e}")
+                return None
         if mode == Mode.REPLAY:
             r = self._replay
             if r is None or r["i"] >= len(r["actions"]):

@@ -224,3 +224,44 @@ def test_pad_estop_button_works_in_scripted_mode(tmp_path, vpad):
         time.sleep(0.3)
         assert np.array_equal(s.status.sent, held)
         assert s.workflow.state.value != "recording"      # the episode was ended, not lost
+
+
+class _ScriptedPolicy:
+    """A stand-in policy with real metadata: holds the pose, then emits NaN from step `bad_at`."""
+
+    def __init__(self, profile, bad_at=None, chunk=1):
+        from teleop_app.policy.base import PolicyMeta
+        self.meta = PolicyMeta(joint_names=profile.joint_names, action_dim=profile.dof, fps=20,
+                               cameras=["front"], chunk_size=chunk)
+        self.bad_at, self.n = bad_at, 0
+
+    def reset(self):
+        self.n = 0
+
+    def predict(self, obs):
+        self.n += 1
+        q = np.asarray(obs["qpos"], float).copy()
+        q[0] += 0.02
+        if self.bad_at is not None and self.n >= self.bad_at:
+            q[:] = np.nan
+        return np.tile(q, (self.meta.chunk_size, 1))
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_policy_mode_moves_then_nan_is_blocked_and_reported(tmp_path, chunk):
+    from teleop_app.policy.base import PolicyMismatchError
+    from teleop_app.policy.runner import PolicyRunner
+    with make(tmp_path, use_gamepad=False) as s:
+        pol = _ScriptedPolicy(s.profile, bad_at=15, chunk=chunk)
+        wrong = _ScriptedPolicy(s.profile)
+        wrong.meta.fps = 10
+        with pytest.raises(PolicyMismatchError, match="policy trained at 10 Hz, robot runs at 20 Hz"):
+            s.set_policy(PolicyRunner(wrong), "wrong-rate")
+        s.set_policy(PolicyRunner(pol, lower=s.profile.lower(), upper=s.profile.upper()), "scripted-nan")
+        q0 = s.status.qpos[0]
+        s.set_mode(Mode.POLICY)
+        assert wait_for(lambda: s.mode == Mode.HOLD, timeout=5), "NaN policy was not stopped"
+        assert any("nothing sent" in m for m in s.messages)
+        assert s.status.qpos[0] > q0 + 0.05                 # it did drive the arm before the NaN
+        assert np.all(np.isfinite(np.array([h[2] for h in s.history])))
+        assert not s.safety.estopped
