@@ -25,25 +25,14 @@ def make(tmp_path, **kw):
     return Session(cfg)
 
 
-@pytest.fixture
-def vpad():
-    from drivers.virtual_gamepad import VirtualGamepad
-    import pygame
-    pygame.joystick.init()
-    pad = VirtualGamepad()
-    pad.attach()
-    yield pad
-    pad.detach()
-
-
-def test_stick_moves_mapped_joint_the_right_way_and_estop_halts(tmp_path, vpad):
+def test_stick_moves_mapped_joint_the_right_way_and_estop_halts(tmp_path, attached_pad):
     with make(tmp_path) as s:
         s.set_mode(Mode.GAMEPAD)
         assert wait_for(lambda: s.status.gamepad.connected), "session never saw the virtual pad"
         m = s.mapping.groups[0].axes
         b = next(a for a in m if a.axis == 0)            # left stick X
         q0 = s.status.qpos[b.joint]
-        vpad.set_axis(0, 1.0)
+        attached_pad.set_axis(0, 1.0)
         sign = -1 if b.invert else 1
         assert wait_for(lambda: sign * (s.status.qpos[b.joint] - q0) > 0.05), "joint did not move"
         # E-stop: the commanded target freezes within one tick even with the stick held.
@@ -52,18 +41,18 @@ def test_stick_moves_mapped_joint_the_right_way_and_estop_halts(tmp_path, vpad):
         held = s.status.sent.copy()
         time.sleep(0.3)
         assert np.array_equal(s.status.sent, held) and s.status.estopped
-        vpad.set_axis(0, 0.0)
+        attached_pad.set_axis(0, 0.0)
         s.reset_estop()
         assert not s.status.estopped or wait_for(lambda: not s.status.estopped)
 
 
-def test_unplugged_pad_stops_motion(tmp_path, vpad):
+def test_unplugged_pad_stops_motion(tmp_path, attached_pad):
     with make(tmp_path) as s:
         s.set_mode(Mode.GAMEPAD)
         assert wait_for(lambda: s.status.gamepad.connected)
-        vpad.set_axis(0, 1.0)
+        attached_pad.set_axis(0, 1.0)
         time.sleep(0.2)
-        vpad.detach()
+        attached_pad.detach()
         assert wait_for(lambda: not s.status.gamepad.connected)
         time.sleep(0.1)
         a = s.status.sent.copy()
@@ -209,7 +198,7 @@ def test_watchdog_counts_one_trip_per_stale_command_stream(tmp_path):
             s.set_workflow(bogus=1)
 
 
-def test_pad_estop_button_works_in_scripted_mode(tmp_path, vpad):
+def test_pad_estop_button_works_in_scripted_mode(tmp_path, attached_pad):
     wf = WorkflowConfig(countdown_s=0, reset_s=0.1, episode_s=20, target_episodes=5, auto_keep=True)
     with make(tmp_path, fps=20, workflow=wf) as s:
         s.set_mode(Mode.SCRIPTED)
@@ -217,9 +206,9 @@ def test_pad_estop_button_works_in_scripted_mode(tmp_path, vpad):
         s.start_episode()
         assert wait_for(lambda: s.status.recording_steps > 5)
         estop_btn = next(b.button for b in s.mapping.buttons if b.action == "estop")
-        vpad.set_button(estop_btn, True)
+        attached_pad.set_button(estop_btn, True)
         assert wait_for(lambda: s.status.estopped, timeout=2)
-        vpad.set_button(estop_btn, False)
+        attached_pad.set_button(estop_btn, False)
         held = s.status.sent.copy()
         time.sleep(0.3)
         assert np.array_equal(s.status.sent, held)

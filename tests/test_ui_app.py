@@ -54,17 +54,6 @@ def key(qtbot, w, k, mod=Qt.KeyboardModifier.NoModifier):
     qtbot.keyClick(w, k, mod)
 
 
-@pytest.fixture
-def vpad():
-    import pygame
-    from drivers.virtual_gamepad import VirtualGamepad
-    pygame.joystick.init()
-    pad = VirtualGamepad()
-    pad.attach()
-    yield pad
-    pad.detach()
-
-
 def test_connect_shows_live_cameras_lights_and_estop(qtbot, win):
     assert win.connect_session() is not None
     assert win.conn_busy.isVisible() and not win.connect_btn.isEnabled()      # connecting runs in a worker
@@ -135,7 +124,7 @@ def test_connect_error_is_shown_not_raised(qtbot, win):
     assert win.connect_btn.isEnabled()
 
 
-def test_gamepad_drives_the_joint_and_the_view_follows(qtbot, win, vpad):
+def test_gamepad_drives_the_joint_and_the_view_follows(qtbot, win, attached_pad):
     s = connect(qtbot, win)
     key(qtbot, win, Qt.Key.Key_1)                    # mode: gamepad
     qtbot.waitUntil(lambda: s.mode.value == "gamepad", timeout=1000)
@@ -145,10 +134,10 @@ def test_gamepad_drives_the_joint_and_the_view_follows(qtbot, win, vpad):
     b = next(a for a in s.mapping.groups[0].axes if a.axis == 0)
     q0 = s.status.qpos[b.joint]
     label0 = win.teleop.joints.values[b.joint].text()
-    vpad.set_axis(0, 1.0)
+    attached_pad.set_axis(0, 1.0)
     sign = -1 if b.invert else 1
     qtbot.waitUntil(lambda: sign * (s.status.qpos[b.joint] - q0) > 0.1, timeout=5000)
-    vpad.set_axis(0, 0.0)
+    attached_pad.set_axis(0, 0.0)
     qtbot.waitUntil(lambda: win.teleop.joints.values[b.joint].text() != label0, timeout=2000)
     bar = win.teleop.joints.bars[b.joint]
     assert bar.value == pytest.approx(s.status.qpos[b.joint], abs=0.2)

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHea
                                QWidget)
 
 from ui.teleop_tab import plot_colors
-from ui.util import Cancelled, ImageView, Worker, run_in_thread
+from ui.util import Cancelled, ImageView, Worker, dark_plot, run_in_thread
 
 COLS = ["id", "instruction", "steps", "duration", "label", "mode", "cadence"]
 
@@ -204,11 +204,7 @@ class EpisodesTab(QWidget):
         if self.plot is not None:
             return
         import pyqtgraph as pg
-        self.plot = pg.PlotWidget()
-        self.plot.setBackground("#1e1f22")
-        self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.plot.setLabel("bottom", "step")
-        self.plot.setLabel("left", "qpos (solid) / action (dashed)")
+        self.plot = dark_plot("step", "qpos (solid) / action (dashed)")
         self.plot.setMinimumHeight(160)
         self.cursor = pg.InfiniteLine(pos=0, angle=90, movable=True, pen=pg.mkPen("#f1c40f", width=2))
         self.cursor.sigPositionChanged.connect(self._cursor_moved)

@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormL
                                QSpinBox, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from teleop_app.gated import GatedRunner
-from ui.util import Worker, run_in_thread
+from ui.util import Worker, dark_plot, run_in_thread
 
 POLICY_MODULES = ("teleop_app.policy", "teleop_app.policy.runner", "teleop_app.policy.rollout",
                   "teleop_app.policy.evaluate", "teleop_app.policy.validate", "teleop_app.policy.report",
@@ -260,11 +260,8 @@ class PolicyTab(QWidget):
         if self.plot is not None:
             return
         import pyqtgraph as pg
-        self.plot = pg.PlotWidget()
-        self.plot.setBackground("#1e1f22")
-        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot = dark_plot("time (s, 0 = now)")
         self.plot.addLegend(offset=(5, 5))
-        self.plot.setLabel("bottom", "time (s, 0 = now)")
         self.meas_curve = self.plot.plot([], [], pen=pg.mkPen("#2ecc71", width=1), name="measured")
         self.sent_curve = self.plot.plot([], [], pen=pg.mkPen("#3498db", width=3), name="executed (after safety)")
         self.pred_curve = self.plot.plot([], [], pen=pg.mkPen("#f39c12", width=2, style=Qt.PenStyle.DashLine),

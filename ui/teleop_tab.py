@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFormLay
 from ui.joints import GamepadView, JointPanel
 from ui.mapping_editor import MappingEditor
 
-from ui.util import pyqtgraph_ready, set_style
+from ui.util import dark_plot, pyqtgraph_ready, set_style
 
 MODES = [("hold", "Hold", "0"), ("gamepad", "Gamepad", "1"), ("kinesthetic", "Kinesthetic", "2"),
          ("scripted", "Scripted", "3")]
@@ -41,11 +41,7 @@ class JointPlot(QWidget):
         self.names = joint_names
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        self.plot = pg.PlotWidget()
-        self.plot.setBackground("#1e1f22")
-        self.plot.showGrid(x=True, y=True, alpha=0.2)
-        self.plot.setLabel("bottom", "time (s, 0 = now)")
-        self.plot.setLabel("left", "rad  (gripper: open fraction)")
+        self.plot = dark_plot("time (s, 0 = now)", "rad  (gripper: open fraction)")
         self.plot.addLegend(offset=(5, 5), labelTextSize="8pt", colCount=4)
         cols = plot_colors(len(joint_names))
         self.measured = [self.plot.plot([], [], pen=pg.mkPen(c, width=2), name=n) for n, c in zip(joint_names, cols)]

@@ -341,3 +341,15 @@ class RateMeter:
         now = time.monotonic() if now is None else now
         recent = [t for t in self._times if t >= now - self.window]
         return len(recent) / self.window
+
+
+def dark_plot(bottom: str, left: str | None = None):
+    """A pyqtgraph plot in the app's dark style (imported lazily: pyqtgraph loads in the background)."""
+    import pyqtgraph as pg
+    plot = pg.PlotWidget()
+    plot.setBackground("#1e1f22")
+    plot.showGrid(x=True, y=True, alpha=0.2)
+    plot.setLabel("bottom", bottom)
+    if left:
+        plot.setLabel("left", left)
+    return plot
