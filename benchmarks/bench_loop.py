@@ -44,7 +44,7 @@ def run(hz, record, seconds, gui):
             th.start()
         s.set_mode(Mode.GAMEPAD)
         time.sleep(0.5)
-        s.loop.set_rate(hz)          # restart statistics after warm-up
+        s.loop.reset_stats(window=int(hz * seconds) + 100)   # after warm-up; percentiles over the whole run
         if record:
             s.start_episode()
         time.sleep(seconds)

@@ -63,6 +63,12 @@ class RateLoop:
             self._rate_changed = True
             self._starts.clear()
 
+    def reset_stats(self, window: int | None = None) -> None:
+        """Start the statistics afresh (e.g. after warm-up); `window` = ticks kept for percentiles."""
+        with self._lock:
+            self._starts = deque(maxlen=window or self._starts.maxlen)
+            self.missed = self.overruns = self.ticks = 0
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

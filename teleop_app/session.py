@@ -150,6 +150,19 @@ class Session:
                 self.devices.close()
             self.devices = None
             raise SessionError(f"robot: {e}") from e
+        try:
+            self._connect_rest()
+        except Exception as e:            # a bad dataset, mapping or servo: release the hardware again
+            self.devices.close()
+            self.devices = None
+            if self.gamepad is not None:
+                self.gamepad.disconnect()
+                self.gamepad = None
+            raise SessionError(str(e)) from e
+        self.say(f"connected: {self.profile.name} via {c.robot}, {len(self.devices.cameras)} camera(s), "
+                 f"{self.fps:g} Hz")
+
+    def _connect_rest(self) -> None:
         for name, cam in self.devices.cameras.items():
             try:
                 cam.connect()
@@ -158,7 +171,7 @@ class Session:
                 self.say(f"camera '{name}' unavailable: {e}")
         self.safety = SafetyLayer.from_profile(self.profile, self.period, fk=fk_for(self.devices))
         self._load_mapping()
-        if c.use_gamepad:
+        if self.config.use_gamepad:
             self._open_gamepad()
         self._open_store()
         obs = self.devices.robot.get_observation()
@@ -170,8 +183,6 @@ class Session:
         self._gripper_cmd = float(obs.position[-1])
         self.safety.reset(obs.position)
         self._publish(obs.position, None, None)
-        self.say(f"connected: {self.profile.name} via {c.robot}, {len(self.devices.cameras)} camera(s), "
-                 f"{self.fps:g} Hz")
 
     def start(self) -> None:
         if self.devices is None:

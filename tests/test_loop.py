@@ -51,3 +51,22 @@ def test_rate_bounds():
     with pytest.raises(ValueError, match="0.5..200 Hz"):
         RateLoop(1000, lambda d, s: None)
 
+
+
+def test_reset_stats_starts_counting_afresh():
+    n = [0]
+
+    def tick(d, s):
+        n[0] += 1
+        if n[0] == 3:
+            time.sleep(0.25)          # a warm-up hiccup at 20 Hz
+
+    loop = RateLoop(20, tick)
+    loop.start()
+    time.sleep(0.6)
+    assert loop.missed >= 2
+    loop.reset_stats(window=10_000)
+    time.sleep(0.5)
+    loop.stop()
+    st = loop.stats()
+    assert st.missed == 0 and 7 <= st.ticks <= 12 and loop._starts.maxlen == 10_000

@@ -254,3 +254,12 @@ def test_policy_mode_moves_then_nan_is_blocked_and_reported(tmp_path, chunk):
         assert s.status.qpos[0] > q0 + 0.05                 # it did drive the arm before the NaN
         assert np.all(np.isfinite(np.array([h[2] for h in s.history])))
         assert not s.safety.estopped
+
+
+def test_dataset_of_another_robot_is_refused_and_hardware_released(tmp_path):
+    from recorder.store import EpisodeStore as Store
+    Store.create(tmp_path / "ds", "koch", 30, ["a", "b"], {"front": (480, 640)})
+    s = make(tmp_path, use_gamepad=False)
+    with pytest.raises(SessionError, match="koch"):
+        s.connect()
+    assert s.devices is None
