@@ -180,31 +180,27 @@ def cmd_datasets(a) -> int:
     return 0
 
 
-def cmd_devices(a) -> int:
-    print("serial ports:")
+def _print_list(title: str, list_fn, fmt=str) -> None:
+    print(f"{title}:")
     try:
-        from serial.tools import list_ports
-        ports = list(list_ports.comports())
-        for p in ports:
-            print(f"  {p.device}  {p.description}")
-        if not ports:
-            print("  (none)")
-    except Exception as e:
+        items = list(list_fn())
+    except Exception as e:           # a listing problem must not hide the other devices
         print(f"  cannot list: {e}")
-    print("cameras:")
+        return
+    for it in items:
+        print(f"  {fmt(it)}")
+    if not items:
+        print("  (none)")
+
+
+def cmd_devices(a) -> int:
+    from serial.tools import list_ports
+
     from drivers.camera import list_cameras
-    cams = list_cameras()
-    for c in cams:
-        print(f"  {c}")
-    if not cams:
-        print("  (none)")
-    print("gamepads:")
     from drivers.gamepad import list_gamepads
-    pads = list_gamepads()
-    for g in pads:
-        print(f"  {g}")
-    if not pads:
-        print("  (none)")
+    _print_list("serial ports", list_ports.comports, lambda p: f"{p.device}  {p.description}")
+    _print_list("cameras", list_cameras)
+    _print_list("gamepads", list_gamepads)
     return 0
 
 

@@ -90,3 +90,8 @@ def test_sigkill_mid_episode_loses_at_most_one_second(tmp_path):
     # ~2.5 s at 20 Hz were recorded before the kill; at most 1 s may be lost.
     assert ep.num_steps >= 20, ep.num_steps
     assert ep.images("front").shape[0] == ep.num_steps
+
+
+def test_devices_lists_each_kind_without_hardware():
+    out = run("devices").stdout
+    assert "serial ports:" in out and "cameras:" in out and "gamepads:" in out
