@@ -4,9 +4,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
 
 from recorder.reader import read_episode
 from recorder.store import EpisodeStore
