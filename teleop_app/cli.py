@@ -108,7 +108,7 @@ def cmd_record(a) -> int:
         from drivers.sim import TASKS
         cfg.workflow.instructions = [TASKS[cfg.task]]
     with Session(cfg) as s:
-        s.set_mode(Mode(a.mode if a.mode != "kinesthetic" else "kinesthetic"))
+        s.set_mode(Mode(a.mode))
         print(f"{a.mode} recording into {a.dataset}: {a.episodes} episode(s). Ctrl-C stops and keeps "
               "what was recorded." + (" Pad: Start = start/stop, Y = success, X = failure." if a.mode == "gamepad" else ""))
         stop = []
@@ -131,10 +131,11 @@ def cmd_replay(a) -> int:
     cfg.use_gamepad = False
     with Session(cfg) as s:
         s.start_replay(a.episode)
+        bar = _progress("replay")         # one bar: its clock gives the elapsed time and the eta
         while s.mode.value in ("replay", "homing"):
             i, n = s.status.replay_progress
             if n:
-                _progress("replay")(i, n)
+                bar(i, n)
             time.sleep(0.1)
         print(s.messages[-1] if s.messages else "done")
     return 0
