@@ -125,7 +125,8 @@ class SafetyLayer:
         if not np.allclose(step, c - ref, atol=1e-9):
             rep.clamped_step = True
             self.counters.clamped_step += 1
-        out = ref + step
+        # ref + (c - ref) can land one ulp outside a limit: clip again so the bound is exact.
+        out = np.clip(ref + step, self.lower, self.upper)
         if self.fk is not None and self.workspace and not self.in_workspace(out[:-1]):
             rep.blocked_workspace = True
             self.counters.blocked_workspace += 1

@@ -90,3 +90,17 @@ def test_random_and_adversarial_commands_never_escape(cmds):
         assert np.all(sent >= PROF.lower()) and np.all(sent <= PROF.upper())
         assert np.all(np.abs(sent - prev) <= PROF.max_speed() * PERIOD + 1e-9)
         prev = sent
+
+
+
+def test_rounding_never_lands_outside_a_limit():
+    # Found by hypothesis: ref + (limit - ref) can be one ulp below the limit (joint6 lower = -0.0175).
+    s = layer()
+    ref = PROF.home()
+    ref[5] = 0.04500425                   # 0.04500425 + (-0.0175 - 0.04500425) < -0.0175 in float64
+    assert ref[5] + (PROF.lower()[5] - ref[5]) < PROF.lower()[5]
+    s.reset(ref)
+    t = ref.copy()
+    t[5] = -1.0
+    sent, rep = s.filter(t, ref)
+    assert rep.clamped_limits and sent[5] >= PROF.lower()[5]
