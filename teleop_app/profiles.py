@@ -54,6 +54,8 @@ class RobotProfile:
     fps: float = 10.0
     workspace: dict[str, list[float]] = field(default_factory=dict)  # x/y/z bounds (m), optional
     source: str = ""
+    kinematics: object | None = None   # teleop_app.kinematics.SerialChain of the arm joints, optional
+    leader: dict = field(default_factory=dict)   # leader arms only: follower, handle range, start check
 
     @property
     def all_joints(self) -> list[JointSpec]:
@@ -184,13 +186,44 @@ def parse_profile(data: dict, source: str = "<profile>") -> RobotProfile:
     for k, v in ws.items():
         if k not in ("x", "y", "z") or not (isinstance(v, list) and len(v) == 2 and v[0] < v[1]):
             raise ProfileError(f"{w}: workspace.{k} must be x/y/z = [low, high]")
-    known = {"name", "description", "fps", "joints", "gripper", "bus", "cameras", "workspace"}
+    chain = None
+    if "kinematics" in data:
+        from teleop_app.kinematics import KinematicsError, chain_from_dict
+        try:
+            chain = chain_from_dict(data["kinematics"], len(joints), f"{w}: kinematics")
+        except KinematicsError as e:
+            raise ProfileError(str(e)) from None
+    leader = _leader(_opt(data, "leader", dict, {}, w), f"{w}: leader")
+    known = {"name", "description", "fps", "joints", "gripper", "bus", "cameras", "workspace",
+             "kinematics", "leader"}
     extra = set(data) - known
     if extra:
         raise ProfileError(f"{w}: unknown field(s) {sorted(extra)}")
     return RobotProfile(name=name, joints=joints, gripper=gripper, bus=bus, cameras=cams,
                         description=_opt(data, "description", str, "", w), fps=fps,
-                        workspace={k: [float(x) for x in v] for k, v in ws.items()}, source=source)
+                        workspace={k: [float(x) for x in v] for k, v in ws.items()}, source=source,
+                        kinematics=chain, leader=leader)
+
+
+def _leader(d: dict, where: str) -> dict:
+    """[leader] of a leader-arm profile: which follower it drives, its handle's open/closed
+    readings (leader gripper units) and the start check (GELLO refuses beyond 0.8 rad)."""
+    if not d:
+        return {}
+    extra = set(d) - {"follower", "handle_open", "handle_closed", "max_start_distance"}
+    if extra:
+        raise ProfileError(f"{where}: unknown field(s) {sorted(extra)}; known: follower, handle_open, "
+                           "handle_closed, max_start_distance")
+    out = {"follower": _req(d, "follower", str, where),
+           "handle_open": _req(d, "handle_open", float, where),
+           "handle_closed": _req(d, "handle_closed", float, where),
+           "max_start_distance": _opt(d, "max_start_distance", float, 0.8, where)}
+    if out["handle_open"] == out["handle_closed"]:
+        raise ProfileError(f"{where}: 'handle_open' and 'handle_closed' must differ "
+                           f"(both {out['handle_open']})")
+    if not out["max_start_distance"] > 0:
+        raise ProfileError(f"{where}: 'max_start_distance' must be > 0 rad")
+    return out
 
 
 def load_profile(name_or_path: str | Path) -> RobotProfile:
