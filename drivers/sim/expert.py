@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kinematics as kin
-from .render import BOWL_H, CUBE
-from .workcell import HOLD_FRACTION, Workcell
+from .render import BOWL_H, CUBE, PLATE_H
+from .workcell import BOWL_FLOOR, HOLD_FRACTION, Workcell
 
 
 @dataclass
@@ -23,7 +23,9 @@ class _Waypoint:
     grip: float                 # gripper target, fraction open
     speed: float                # m/s
     pause: float = 0.0          # s to wait after reaching it
-    wait_grip: bool = False     # wait until the gripper has (nearly) reached `grip`
+    wait_grip: bool = False     # wait until the gripper has (nearly) reached `grip` (or stalled on an object)
+    rot: np.ndarray | None = None   # tool orientation (None: the expert's default, pointing down yaw 0)
+    name: str = ""
 
 
 class ScriptedExpert:
@@ -32,6 +34,7 @@ class ScriptedExpert:
         self.seed = int(seed)
         self.dt = float(dt)
         self.rot = kin.rot_down(0.0)
+        self._grasp_z = 0.0
         self.reset()
 
     def reset(self) -> None:
@@ -43,6 +46,13 @@ class ScriptedExpert:
     def _plan(self) -> None:
         wc = self.workcell
         self._episode = wc.episode
+        self._prev_grip = None
+        if getattr(wc, "physics", False):
+            self.waypoints = plan_physics(wc, np.random.default_rng([self.seed, wc.seed, 99, self._retries]),
+                                          wc.qpos())
+            self.index, self._wait, self.done, self.steps = 0, 0.0, False, 0
+            self.rot = kin.rot_down(0.0)
+            return
         rng = np.random.default_rng([self.seed, wc.seed, 99, self._retries])
         obj = wc.objects()
         task = wc.task
@@ -80,6 +90,8 @@ class ScriptedExpert:
 
     @property
     def phase(self) -> str:
+        if getattr(self.workcell, "physics", False):
+            return "done" if self.done else self.waypoints[min(self.index, len(self.waypoints) - 1)].name
         names = ["approach", "descend", "close", "lift"] + (
             ["carry", "lower", "open", "retreat"] if len(self.waypoints) > 5 else ["hold"])
         return "done" if self.done else names[min(self.index, len(names) - 1)]
@@ -90,6 +102,13 @@ class ScriptedExpert:
         if self.workcell.episode != self._episode:
             self.reset()
         self.steps += 1
+        if getattr(self.workcell, "physics", False):
+            if not self.done and self._retries < 2 and self._physics_failed(q):
+                self._retries += 1
+                steps = self.steps
+                self._plan()
+                self.steps = steps
+            return self._follow(q)
         # missed the cube (e.g. someone else was driving): go back and try again from here
         wanted = "blue_cube" if self.workcell.task == "pick_blue" else "red_cube"
         if (not self.done and self.index == 3 and self._retries < 2 and self.waypoints[3].pos is not None
@@ -98,16 +117,41 @@ class ScriptedExpert:
             steps = self.steps
             self._plan()
             self.steps = steps
+        return self._follow(q)
+
+    def _physics_failed(self, q: np.ndarray) -> bool:
+        """Physics sim: the object slipped out during the lift/carry, or the push missed the spot."""
+        wc = self.workcell
+        wp = self.waypoints[min(self.index, len(self.waypoints) - 1)]
+        target = wc.scene.target.name
+        if wp.name in ("lift", "carry", "lower"):
+            lifted = kin.fk(q)[2, 3] - self._grasp_z > 0.02 or wp.name != "lift"
+            return lifted and wc.grasped() != target
+        if wp.name == "check":
+            spot = wc.objects()["spot"]
+            return float(np.linalg.norm(wc.objects()[target][:2] - spot[:2])) > 0.015
+        return False
+
+    def _follow(self, q: np.ndarray) -> np.ndarray:
         if self.done or self.index >= len(self.waypoints):
             self.done = True
             return self._hold(q)
         wp = self.waypoints[self.index]
+        if wp.rot is not None:
+            self.rot = wp.rot
         grip = wp.grip
         if wp.pos is None:
             target = self._hold(q)
             target[7] = grip
-            reached = (not wp.wait_grip or (abs(q[7] - grip) < 0.03 if grip > 0.5
-                                            else q[7] <= HOLD_FRACTION + 0.02))
+            if getattr(self.workcell, "physics", False):
+                stalled = self._prev_grip is not None and abs(q[7] - self._prev_grip) < 0.004
+                reached = not wp.wait_grip or abs(q[7] - grip) < 0.03 or (grip < 0.5 and stalled)
+                if wp.name == "close":
+                    self._grasp_z = kin.fk(q)[2, 3]
+            else:
+                reached = (not wp.wait_grip or (abs(q[7] - grip) < 0.03 if grip > 0.5
+                                                else q[7] <= HOLD_FRACTION + 0.02))
+            self._prev_grip = q[7]
         else:
             tcp = kin.fk(q)[:3, 3]
             d = wp.pos - tcp
@@ -141,6 +185,88 @@ class ScriptedExpert:
         out[:7] = np.clip(q7, self.workcell.lower[:7], self.workcell.upper[:7])
         out[7] = q[7]
         return out
+
+
+def _grasp_yaw(spec, yaw: float) -> float:
+    """Tool yaw that closes the fingers across the object's flats (narrow side of a block)."""
+    if spec.kind == "cylinder":
+        return 0.0
+    if spec.kind == "prism":
+        period, base = np.pi / 3, yaw
+    elif spec.size[0] == spec.size[1]:
+        period, base = np.pi / 2, yaw
+    else:
+        period, base = np.pi, yaw + (np.pi / 2 if spec.size[0] < spec.size[1] else 0.0)
+    return float((base + period / 2) % period - period / 2)
+
+
+def _extent_along(spec, yaw: float, d: np.ndarray) -> float:
+    """Half extent of the object's footprint along the table direction d."""
+    if spec.kind != "box":
+        return spec.size[0]
+    c, s = np.cos(yaw), np.sin(yaw)
+    return abs(spec.size[0] * (c * d[0] + s * d[1])) + abs(spec.size[1] * (-s * d[0] + c * d[1]))
+
+
+def plan_physics(wc, rng: np.random.Generator, q: np.ndarray) -> list[_Waypoint]:
+    """Waypoints for the physics workcell's scene: slow approach, force grasp, settle."""
+    sc = wc.scene
+    obj = wc.objects()
+    spec = sc.target
+    p = obj[spec.name]
+    yaw = wc.object_yaws()[spec.name]
+    hh = spec.half_height
+    tcp_z = kin.fk(q)[2, 3]
+    v = rng.uniform(0.17, 0.22)
+    safe = 0.15
+    if sc.kind == "push":
+        spot = obj["spot"]
+        d = spot[:2] - p[:2]
+        d = d / max(np.linalg.norm(d), 1e-9)
+        rot = kin.rot_down(float((np.arctan2(d[1], d[0]) + np.pi / 2) % np.pi - np.pi / 2))
+        ext = _extent_along(spec, yaw, d) + 0.011
+        start = np.r_[p[:2] - d * (ext + 0.025), 0.022]
+        end = np.r_[spot[:2] - d * (ext + 0.002), 0.022]
+        return [
+            _Waypoint(np.r_[start[:2], max(tcp_z, 0.10)], 0.0, v, rot=rot, name="approach"),
+            _Waypoint(start, 0.0, rng.uniform(0.08, 0.10), pause=0.1, rot=rot, name="descend"),
+            _Waypoint(end, 0.0, rng.uniform(0.04, 0.06), pause=0.3, rot=rot, name="push"),
+            _Waypoint(None, 0.0, 0.0, pause=0.1, rot=rot, name="check"),
+            _Waypoint(np.r_[end[:2] - d * 0.02, 0.10], 0.0, 0.12, pause=0.2, rot=rot, name="retreat"),
+        ]
+    rot = kin.rot_down(_grasp_yaw(spec, yaw))
+    off = rng.uniform(-0.003, 0.003, 2)
+    grasp = np.array([p[0] + off[0], p[1] + off[1], max(p[2], 0.018) + rng.uniform(-0.002, 0.002)])
+    above = np.r_[grasp[:2], max(grasp[2] + rng.uniform(0.08, 0.11), min(tcp_z, 0.2))]
+    wps = [
+        _Waypoint(above, 1.0, v, pause=0.1, rot=rot, name="approach"),
+        _Waypoint(grasp, 1.0, rng.uniform(0.07, 0.09), pause=0.1, rot=rot, name="descend"),
+        _Waypoint(None, 0.0, 0.0, pause=rng.choice([0.3, 0.4]), wait_grip=True, rot=rot, name="close"),
+        _Waypoint(np.r_[grasp[:2], grasp[2] + rng.uniform(0.10, 0.12)], 0.0, rng.uniform(0.09, 0.11),
+                  rot=rot, name="lift"),
+    ]
+    if sc.kind == "pick":
+        return wps + [_Waypoint(None, 0.0, 0.0, pause=0.3, name="hold")]
+    if sc.kind == "place_bowl":
+        dest, z = obj["bowl"], BOWL_FLOOR + hh + rng.uniform(0.015, 0.025)
+        jitter = 0.008
+    elif sc.kind == "place_plate":
+        dest, z = obj["plate"], PLATE_H + hh + rng.uniform(0.008, 0.014)
+        jitter = 0.015
+    else:  # stack
+        dest = obj[sc.support.name]
+        z = dest[2] + sc.support.half_height + hh + rng.uniform(0.006, 0.010)
+        jitter = 0.002
+    do = rng.uniform(-jitter, jitter, 2)
+    carry = np.r_[dest[:2] + do, max(safe, z + 0.06)]
+    lower = np.r_[carry[:2], z]
+    return wps + [
+        _Waypoint(carry, 0.0, rng.uniform(0.20, 0.25), pause=0.1, name="carry"),
+        _Waypoint(lower, 0.0, rng.uniform(0.06, 0.08), pause=0.2, name="lower"),
+        _Waypoint(None, 1.0, 0.0, pause=0.2, wait_grip=True, name="open"),
+        _Waypoint(lower + [0, 0, rng.uniform(0.07, 0.09)], 1.0, rng.uniform(0.10, 0.14), name="retreat"),
+        _Waypoint(None, 1.0, 0.0, pause=0.5, name="settle"),
+    ]
 
 
 def run_episode(workcell: Workcell, expert: ScriptedExpert, max_steps: int = 200,

@@ -19,6 +19,8 @@ BOWL_FOOT = 0.045     # bowl foot radius (m)
 BOWL_H = 0.045        # bowl height (m)
 TABLE_X = (-0.35, 1.0)
 TABLE_Y = (-0.7, 0.7)
+PLATE_R, PLATE_H = 0.07, 0.012   # plate radius / height (physics scenes)
+SPOT_R = 0.03                    # marked spot radius (push target)
 _SHIFT = 4
 _SCALE = 1 << _SHIFT
 _TEX = 1024
@@ -173,6 +175,10 @@ class Snapshot:
     cubes: dict             # name -> (pos (3,), yaw)
     bowl: np.ndarray
     colors: dict            # name -> rgb
+    # physics scenes: (kind 'box'|'cylinder'|'prism', pos, 3x3 rot, half sizes, rgb) per object
+    bodies: list = field(default_factory=list)
+    plate: np.ndarray | None = None
+    spot: np.ndarray | None = None
 
 
 class Renderer:
@@ -256,6 +262,16 @@ class Renderer:
         prims: list = []   # (depth, draw-callable-args)
         s = self.style
 
+        if snap.spot is not None:          # the marked spot: painted on the table
+            sp = snap.spot
+            lit = s.brightness * (s.ambient + s.diffuse * s.light_dir[2])
+            for rad, rgb in ((SPOT_R, (235, 235, 235)), (SPOT_R - 0.007, (200, 40, 160)),
+                             (SPOT_R - 0.016, (235, 235, 235))):
+                uv, z = cam.project(np.column_stack([_CIRCLE * rad + sp[:2], np.full(24, 0.0003)]))
+                if (z > 0.02).all():
+                    cv2.fillConvexPoly(img, np.round(uv * _SCALE).astype(np.int32),
+                                       tuple(min(255.0, c * lit) for c in rgb), cv2.LINE_AA, _SHIFT)
+
         # shadows (flat on the table, drawn first)
         shadow = tuple(float(c) * 0.55 * s.brightness * (s.ambient + s.diffuse * s.light_dir[2])
                        for c in s.table_rgb)
@@ -266,6 +282,14 @@ class Renderer:
             off = -s.light_dir[:2] / s.light_dir[2] * max(pos[2] - CUBE / 2, 0.0)
             foot = (_CORNERS[[0, 1, 3, 2], :2] * (CUBE / 2 * 1.05)) @ r.T + pos[:2] + off
             sh_pts.append(np.column_stack([foot, np.full(4, 0.0005)]))
+        for kind, pos, rot, half, _ in snap.bodies:
+            low = pos[2] - half[-1]
+            off = -s.light_dir[:2] / s.light_dir[2] * max(low, 0.0)
+            if kind == "box":
+                foot = (_CORNERS[[0, 1, 3, 2], :2] * np.asarray(half[:2]) * 1.05) @ rot[:2, :2].T
+            else:
+                foot = _CIRCLE[::2] * half[0] * 1.05
+            sh_pts.append(np.column_stack([foot + pos[:2] + off, np.full(len(foot), 0.0005)]))
         if tcp[2, 3] > 0.0:
             off = -s.light_dir[:2] / s.light_dir[2] * tcp[2, 3]
             ring = _CIRCLE * 0.03 * (1 + tcp[2, 3]) + tcp[:2, 3] + off
@@ -283,7 +307,25 @@ class Renderer:
         inner = np.column_stack([_CIRCLE * (BOWL_R - 0.006) + b[:2], np.full(24, b[2] + BOWL_H)])
         floor = np.column_stack([_CIRCLE * (BOWL_FOOT - 0.01) + b[:2], np.full(24, b[2] + 0.012)])
         bowl_pts = np.concatenate([rim, foot, inner, floor])
-        prims.append((cam.depth(b + [0, 0, BOWL_H / 2]) + 0.02, "bowl", bowl_pts))
+        bowl_depth = cam.depth(b + [0, 0, BOWL_H / 2]) + 0.02
+        prims.append((bowl_depth, "bowl", bowl_pts))
+        if snap.plate is not None:
+            pl = snap.plate
+            top = np.column_stack([_CIRCLE * PLATE_R + pl[:2], np.full(24, PLATE_H)])
+            bot = np.column_stack([_CIRCLE * (PLATE_R - 0.004) + pl[:2], np.full(24, 0.0)])
+            inner = np.column_stack([_CIRCLE * (PLATE_R - 0.015) + pl[:2], np.full(24, PLATE_H)])
+            prims.append((cam.depth(pl) + 0.03, "plate", np.concatenate([top, bot, inner])))
+        for kind, pos, rot, half, rgb in snap.bodies:
+            depth = cam.depth(pos)
+            if np.hypot(*(pos[:2] - b[:2])) < BOWL_R and pos[2] < b[2] + BOWL_H + half[-1]:
+                depth = bowl_depth - 0.01      # resting in the bowl: draw after the bowl
+            if snap.plate is not None and np.hypot(*(pos[:2] - snap.plate[:2])) < PLATE_R + 0.01:
+                depth = min(depth, cam.depth(snap.plate) + 0.02)
+            if kind == "box":
+                prims.append((depth, "box", (np.asarray(pos), rot, np.asarray(half), rgb)))
+            else:
+                prims.append((depth, "cyl", (np.asarray(pos), rot, half[0], half[1], rgb,
+                                             6 if kind == "prism" else 16)))
 
         # cubes
         for name, (pos, yaw) in snap.cubes.items():
@@ -326,6 +368,10 @@ class Renderer:
                 self._draw_box(img, cam, *data)
             elif kind == "bowl":
                 self._draw_bowl(img, cam, data)
+            elif kind == "cyl":
+                self._draw_cyl(img, cam, *data)
+            elif kind == "plate":
+                self._draw_plate(img, cam, data)
             else:
                 self._draw_link(img, cam, *data)
 
@@ -350,6 +396,49 @@ class Renderer:
             c = cols[k]
             cv2.fillConvexPoly(img, ipts[_FACES[k]], (float(c[0]), float(c[1]), float(c[2])),
                                cv2.LINE_AA, _SHIFT)
+
+    def _draw_cyl(self, img, cam, centre, rot, radius, half_h, rgb, n):
+        """Upright-in-its-own-frame cylinder (n=16) or hexagonal prism (n=6), any orientation."""
+        ang = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        ring = np.column_stack([np.cos(ang), np.sin(ang)])
+        loc = np.concatenate([np.column_stack([ring * radius, np.full(n, -half_h)]),
+                              np.column_stack([ring * radius, np.full(n, half_h)])])
+        pts = centre + loc @ rot.T
+        uv, z = cam.project(pts)
+        if z.min() < 0.02:
+            return
+        ipts = np.round(uv * _SCALE).astype(np.int32)
+        mid = ang + np.pi / n
+        side_n = np.column_stack([np.cos(mid), np.sin(mid), np.zeros(n)]) @ rot.T
+        nrm = np.concatenate([side_n, rot[:, 2][None], -rot[:, 2][None]])
+        cols = self._shade(rgb, nrm)
+        fc = centre + side_n * radius
+        facing = np.einsum("ij,ij->i", side_n, cam.eye - fc) > 0
+        for k in np.flatnonzero(facing):
+            k2 = (k + 1) % n
+            c = cols[k]
+            cv2.fillConvexPoly(img, ipts[[k, k2, n + k2, n + k]], (float(c[0]), float(c[1]), float(c[2])),
+                               cv2.LINE_AA, _SHIFT)
+        for cap, sl, sgn in ((n, slice(n, 2 * n), 1), (n + 1, slice(0, n), -1)):
+            if float(np.dot(sgn * rot[:, 2], cam.eye - (centre + sgn * rot[:, 2] * half_h))) > 0:
+                c = cols[cap]
+                cv2.fillConvexPoly(img, ipts[sl], (float(c[0]), float(c[1]), float(c[2])),
+                                   cv2.LINE_AA, _SHIFT)
+
+    def _draw_plate(self, img, cam, pts):
+        uv, z = cam.project(pts)
+        if (z < 0.02).any():
+            return
+        s = self.style
+        ipts = np.round(uv * _SCALE).astype(np.int32)
+        rgb = np.array([232.0, 230, 220])
+        k = s.brightness
+        side = tuple(np.clip(rgb * k * (s.ambient + 0.35 * s.diffuse), 0, 255).tolist())
+        top = tuple(np.clip(rgb * k * (s.ambient + s.diffuse * s.light_dir[2]), 0, 255).tolist())
+        well = tuple(np.clip(rgb * k * (s.ambient + 0.85 * s.diffuse * s.light_dir[2]), 0, 255).tolist())
+        cv2.fillConvexPoly(img, cv2.convexHull(ipts[:48]), side, cv2.LINE_AA, _SHIFT)
+        cv2.fillConvexPoly(img, ipts[:24], top, cv2.LINE_AA, _SHIFT)
+        cv2.fillConvexPoly(img, ipts[48:72], well, cv2.LINE_AA, _SHIFT)
 
     def _draw_bowl(self, img, cam, pts):
         uv, z = cam.project(pts)

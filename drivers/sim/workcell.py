@@ -62,6 +62,7 @@ class SimConfig:
     width: int = 224
     height: int = 224
     randomization: Randomization = field(default_factory=Randomization)
+    physics: bool = False        # True: MuJoCo contact physics (physics.PhysicsWorkcell)
 
 
 @dataclass
@@ -74,7 +75,16 @@ class _Cube:
 
 
 class Workcell:
-    """Arm + gripper + objects. Gripper unit: fraction open, 0 = closed, 1 = open 8 cm."""
+    """Arm + gripper + objects. Gripper unit: fraction open, 0 = closed, 1 = open 8 cm.
+
+    Workcell(SimConfig(physics=True)) builds the MuJoCo backend (physics.PhysicsWorkcell)."""
+    physics = False
+
+    def __new__(cls, config: SimConfig | None = None):
+        if cls is Workcell and config is not None and config.physics:
+            from .physics import PhysicsWorkcell     # lazy: mujoco only when asked for
+            return super().__new__(PhysicsWorkcell)
+        return super().__new__(cls)
 
     def __init__(self, config: SimConfig | None = None):
         self.config = config or SimConfig()

@@ -1,0 +1,178 @@
+"""Tasks, instruction phrasings and held-out splits for the physics workcell.
+
+A Scene says what is on the table and what to do: a task kind (pick, place_bowl, place_plate,
+push, stack), the target object, for stack the support object, distractors, the instruction,
+and which split it belongs to. `episodes(split, n, seed)` yields seeded Scenes; a Workcell
+(physics backend) takes one with reset(seed, scene=...). Splits (SPLITS):
+
+  train               seen objects, training phrasings            (the only split to learn from)
+  seen                seen objects, training phrasings, other seeds (new placements)
+  unseen_objects      target has a colour or shape never trained; training phrasings
+  novel_instructions  seen objects, phrasings never trained
+  reasoning           seen objects, named indirectly ("the cube the colour of the sky")
+
+Scene seeds of the evaluation splits start at EVAL_SEED0, so their placements never repeat a
+training scene. The legacy three tasks (TASKS in workcell.py) map onto scenes with legacy_scene().
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .objects import SEEN_COLOURS, SEEN_SHAPES, UNSEEN_COLOURS, UNSEEN_SHAPES, ObjectSpec
+
+KINDS = ("pick", "place_bowl", "place_plate", "push", "stack")
+
+# {obj} = the target ("red cube"), {sup} = the support of stack
+TRAIN_PHRASES: dict[str, tuple[str, ...]] = {
+    "pick": ("pick up the {obj}", "lift the {obj}", "grab the {obj} and lift it"),
+    "place_bowl": ("put the {obj} in the bowl", "place the {obj} into the bowl",
+                   "drop the {obj} in the bowl"),
+    "place_plate": ("put the {obj} on the plate", "place the {obj} onto the plate",
+                    "set the {obj} down on the plate"),
+    "push": ("push the {obj} to the marked spot", "slide the {obj} onto the marker",
+             "push the {obj} onto the target"),
+    "stack": ("stack the {obj} on the {sup}", "put the {obj} on top of the {sup}",
+              "place the {obj} onto the {sup}"),
+}
+NOVEL_PHRASES: dict[str, tuple[str, ...]] = {
+    "pick": ("raise the {obj} off the table", "could you take hold of the {obj} and hold it up"),
+    "place_bowl": ("the {obj} belongs inside the bowl", "move the {obj} so it ends up in the bowl"),
+    "place_plate": ("the {obj} should rest on the plate", "carry the {obj} over to the plate"),
+    "push": ("nudge the {obj} until it sits on the marker", "shove the {obj} over to the marked place"),
+    "stack": ("build a tower: the {obj} goes onto the {sup}", "balance the {obj} on the {sup}"),
+}
+# reasoning-style: the colour is named by something that has it (the object words are replaced
+# by "{shape} the colour of {thing}"); the templates are the training ones
+COLOUR_RIDDLES: dict[str, tuple[str, ...]] = {
+    "red": ("a ripe tomato", "a fire engine"),
+    "blue": ("the sky", "the deep sea"),
+    "yellow": ("a banana", "a lemon"),
+    "green": ("fresh grass", "a lime"),
+}
+
+SPLITS = ("train", "seen", "unseen_objects", "novel_instructions", "reasoning")
+EVAL_SEED0 = 1_000_000
+TRAIN_OBJECTS = [ObjectSpec(c, s) for c in SEEN_COLOURS for s in SEEN_SHAPES]
+UNSEEN_OBJECTS = ([ObjectSpec(c, s) for c in UNSEEN_COLOURS for s in SEEN_SHAPES + UNSEEN_SHAPES]
+                  + [ObjectSpec(c, s) for c in SEEN_COLOURS for s in UNSEEN_SHAPES])
+STACK_SUPPORT_SHAPES = ("cube", "cylinder")     # flat tops; never an unseen shape in training
+
+
+@dataclass(frozen=True)
+class Scene:
+    kind: str
+    target: ObjectSpec
+    instruction: str
+    split: str = "train"
+    support: ObjectSpec | None = None            # stack: the object to stack on
+    distractors: tuple[ObjectSpec, ...] = field(default_factory=tuple)
+    seed: int = 0                                # placement seed (Workcell.reset uses it)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown task kind {self.kind!r}; use one of {', '.join(KINDS)}")
+        if (self.kind == "stack") != (self.support is not None):
+            raise ValueError("a stack scene needs a support object, other kinds none")
+        names = [o.name for o in self.objects]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scene objects must differ in colour or shape, got {names}")
+
+    @property
+    def objects(self) -> tuple[ObjectSpec, ...]:
+        """Target first, then the support (stack), then distractors."""
+        return (self.target,) + ((self.support,) if self.support else ()) + tuple(self.distractors)
+
+
+def phrase(template: str, target: ObjectSpec, support: ObjectSpec | None = None) -> str:
+    return template.format(obj=target.words, sup=support.words if support else "")
+
+
+def legacy_scene(task: str, seed: int = 0) -> Scene:
+    """The scene of a legacy task key (pick_red, pick_blue, red_in_bowl): red + blue cube, bowl."""
+    from .workcell import TASKS
+    red, blue = ObjectSpec("red", "cube"), ObjectSpec("blue", "cube")
+    if task == "pick_red":
+        return Scene("pick", red, TASKS[task], distractors=(blue,), seed=seed)
+    if task == "pick_blue":
+        return Scene("pick", blue, TASKS[task], distractors=(red,), seed=seed)
+    if task == "red_in_bowl":
+        return Scene("place_bowl", red, TASKS[task], distractors=(blue,), seed=seed)
+    raise KeyError(f"no legacy scene for task {task!r}")
+
+
+# physics-only task keys with a fixed object set (usable as Workcell(SimConfig(task=...)))
+PHYSICS_TASKS: dict[str, str] = {
+    "red_on_plate": "put the red cube on the plate",
+    "push_red": "push the red cube to the marked spot",
+    "stack_red_on_blue": "stack the red cube on the blue cube",
+}
+
+
+def task_scene(task: str, seed: int = 0) -> Scene:
+    """Scene for a legacy or PHYSICS_TASKS key."""
+    red, blue = ObjectSpec("red", "cube"), ObjectSpec("blue", "cube")
+    if task == "red_on_plate":
+        return Scene("place_plate", red, PHYSICS_TASKS[task], distractors=(blue,), seed=seed)
+    if task == "push_red":
+        return Scene("push", red, PHYSICS_TASKS[task], distractors=(blue,), seed=seed)
+    if task == "stack_red_on_blue":
+        return Scene("stack", red, PHYSICS_TASKS[task], support=blue, seed=seed)
+    return legacy_scene(task, seed)
+
+
+def _pick_objects(rng: np.random.Generator, pool: list[ObjectSpec], k: int,
+                  exclude: set[str]) -> list[ObjectSpec]:
+    cands = [o for o in pool if o.name not in exclude]
+    idx = rng.choice(len(cands), size=min(k, len(cands)), replace=False)
+    return [cands[i] for i in idx]
+
+
+def make_scene(split: str, kind: str, seed: int, max_distractors: int = 2) -> Scene:
+    """One seeded scene of `kind` for `split` (see the module docstring)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    rng = np.random.default_rng([seed, KINDS.index(kind), SPLITS.index(split)])
+    targets = UNSEEN_OBJECTS if split == "unseen_objects" else TRAIN_OBJECTS
+    target = targets[int(rng.integers(len(targets)))]
+    used = {target.name}
+    support = None
+    if kind == "stack":
+        sup_pool = [o for o in TRAIN_OBJECTS if o.shape in STACK_SUPPORT_SHAPES]
+        support = _pick_objects(rng, sup_pool, 1, used)[0]
+        used.add(support.name)
+    # distractors: seen objects (+ unseen ones only in the unseen_objects split); never the
+    # same colour *and* shape as the target, so the instruction names exactly one object
+    dpool = TRAIN_OBJECTS + (UNSEEN_OBJECTS if split == "unseen_objects" else [])
+    n_d = int(rng.integers(0 if kind == "stack" else 1, max_distractors + 1))
+    distractors = tuple(_pick_objects(rng, dpool, n_d, used))
+    if split == "novel_instructions":
+        templates = NOVEL_PHRASES[kind]
+    else:
+        templates = TRAIN_PHRASES[kind]
+    template = templates[int(rng.integers(len(templates)))]
+    if split == "reasoning":
+        riddles = COLOUR_RIDDLES[target.colour]
+        words = f"{target.shape} the colour of {riddles[int(rng.integers(len(riddles)))]}"
+        # the riddle must pick out one object: no distractor may share the target's shape
+        # (a stack support may: it has another colour and is named plainly)
+        distractors = tuple(d for d in distractors if d.shape != target.shape)
+        text = template.format(obj=words, sup=support.words if support else "")
+    else:
+        text = phrase(template, target, support)
+    return Scene(kind, target, text, split, support, distractors, seed)
+
+
+def episodes(split: str, n: int, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> Iterator[Scene]:
+    """n seeded scenes of `split`, cycling through `kinds`. Training scene seeds are
+    seed, seed+1, ...; evaluation splits use EVAL_SEED0 + seed + i (never a training scene)."""
+    base = seed if split == "train" else EVAL_SEED0 + seed
+    for i in range(int(n)):
+        yield make_scene(split, kinds[i % len(kinds)], base + i)
+
+
+def training_vocabulary() -> tuple[set[str], set[str]]:
+    """(object names, instruction templates) a training split may contain."""
+    return {o.name for o in TRAIN_OBJECTS}, {t for ts in TRAIN_PHRASES.values() for t in ts}
