@@ -158,7 +158,8 @@ def export_lerobot(store_or_root: EpisodeStore | str | os.PathLike, out_dir: str
     schema = pa.schema([("observation.state", pa.list_(pa.float32(), dof)),
                         ("action", pa.list_(pa.float32(), dof)),
                         ("timestamp", pa.float32()), ("frame_index", pa.int64()),
-                        ("episode_index", pa.int64()), ("index", pa.int64()), ("task_index", pa.int64())])
+                        ("episode_index", pa.int64()), ("index", pa.int64()), ("task_index", pa.int64()),
+                        ("intervention", pa.bool_())])
     global_index = 0
     try:
         for k, info in enumerate(eps):
@@ -178,12 +179,15 @@ def export_lerobot(store_or_root: EpisodeStore | str | os.PathLike, out_dir: str
                 frame_index = np.arange(n, dtype=np.int64)
                 ts = (frame_index / fps).astype(np.float32)
                 index = np.arange(global_index, global_index + n, dtype=np.int64)
+                flags = ep.intervention if ep.intervention is not None else np.zeros(n, bool)
                 table = pa.table({
                     "observation.state": pa.FixedSizeListArray.from_arrays(pa.array(ep.qpos.astype(np.float32).ravel()), dof),
                     "action": pa.FixedSizeListArray.from_arrays(pa.array(ep.action.astype(np.float32).ravel()), dof),
                     "timestamp": ts, "frame_index": frame_index,
                     "episode_index": np.full(n, k, np.int64), "index": index,
-                    "task_index": np.full(n, t_idx, np.int64)}, schema=schema)
+                    "task_index": np.full(n, t_idx, np.int64),
+                    # the operator overrode the policy on this step (HG-DAgger corrections); False if not recorded
+                    "intervention": flags}, schema=schema)
                 if data_writer is not None and data_bytes > DATA_FILE_MB * 1024 * 1024:
                     data_writer.close()
                     data_writer = None
@@ -201,7 +205,8 @@ def export_lerobot(store_or_root: EpisodeStore | str | os.PathLike, out_dir: str
                 st = {"observation.state": _stats(ep.qpos), "action": _stats(ep.action),
                       "timestamp": _stats(ts[:, None]), "frame_index": _stats(frame_index[:, None]),
                       "episode_index": _stats(np.full((n, 1), k)), "index": _stats(index[:, None]),
-                      "task_index": _stats(np.full((n, 1), t_idx))}
+                      "task_index": _stats(np.full((n, 1), t_idx)),
+                      "intervention": _stats(flags[:, None].astype(np.float64))}
                 for cam in cams:
                     key = f"observation.images.{cam}"
                     h, w = shapes[cam]
@@ -266,6 +271,7 @@ def export_lerobot(store_or_root: EpisodeStore | str | os.PathLike, out_dir: str
                                   "has_audio": False}}
     for name in _INDEX_FEATURES:
         features[name] = {"dtype": "float32" if name == "timestamp" else "int64", "shape": [1], "names": None}
+    features["intervention"] = {"dtype": "bool", "shape": [1], "names": None}
     info = {"codebase_version": CODEBASE_VERSION, "robot_type": cfg.get("robot"),
             "total_episodes": len(ep_rows), "total_frames": global_index, "total_tasks": len(tasks),
             "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": DATA_FILE_MB,

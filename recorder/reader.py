@@ -76,6 +76,17 @@ class Episode:
             raise S.CorruptEpisodeError(f"{self.path}: camera {cam} frames are unreadable: {e}") from e
 
     @property
+    def intervention(self) -> np.ndarray | None:
+        """Per step: the operator overrode an autonomous source (bool), or None if not recorded."""
+        v = S.expand_runs(self.attrs.get(S.INTERVENTION), self.num_steps, False)
+        return None if v is None else np.asarray(v, bool)
+
+    @property
+    def action_source(self) -> list[str] | None:
+        """Per step: which command source produced the action, or None if not recorded."""
+        return S.expand_runs(self.attrs.get(S.ACTION_SOURCE), self.num_steps, "")
+
+    @property
     def duration(self) -> float:
         return float(self.timestamp[-1] - self.timestamp[0]) if self.num_steps > 1 else 0.0
 

@@ -22,6 +22,12 @@ ACTION = "action"
 ACTION_RAW = "action_raw"
 TIMESTAMP = "timestamp"
 
+# Per-step human-in-the-loop record (root attrs, run-length JSON; see step_runs/expand_runs):
+# `intervention` = steps where the operator overrode an autonomous source, `action_source` = which
+# source produced each action ("policy", "gamepad", "leader", ...). Absent = not recorded.
+INTERVENTION = "intervention"
+ACTION_SOURCE = "action_source"
+
 SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".h5.partial"
 JOURNAL_SUFFIX = ".h5.journal"
@@ -110,3 +116,25 @@ def software_version() -> str:
         return "teleop " + version("teleop")
     except Exception:  # not installed (running from a checkout)
         return "teleop (unknown version)"
+
+
+def step_runs(runs: list, value, step: int) -> None:
+    """Append per-step `value` at `step` to runs [[start, value], ...] (a new run only on change)."""
+    if not runs or runs[-1][1] != value:
+        runs.append([int(step), value])
+
+
+def expand_runs(text, n: int, default=None) -> list | None:
+    """Runs JSON (as written by step_runs) -> n per-step values, or None if absent/malformed."""
+    if text is None:
+        return None
+    try:
+        runs = json.loads(_s(text))
+        out = [default] * n
+        for k, (start, value) in enumerate(runs):
+            end = runs[k + 1][0] if k + 1 < len(runs) else n
+            for i in range(max(0, int(start)), min(n, int(end))):
+                out[i] = value
+        return out
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None

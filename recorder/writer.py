@@ -8,6 +8,7 @@ A crash leaves .partial + .journal; EpisodeStore.open()/recover() rebuilds <name
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import os
@@ -103,6 +104,7 @@ class EpisodeWriter:
         self._warned_at = 0.0
         self._cam_order = list(self.cameras)
         self._salvaged = False
+        self._runs: dict[str, list] = {}   # per-step intervention / source, run-length
 
         if self.path.exists():
             raise S.RecorderError(f"episode file already exists, refusing to overwrite: {self.path}")
@@ -146,8 +148,11 @@ class EpisodeWriter:
     # ------------------------------------------------------------------ control-loop side
     def add_step(self, qpos, action, action_raw=None, *, timestamp: float,
                  images: dict[str, np.ndarray] | None = None,
-                 image_timestamps: dict[str, float] | None = None, qvel=None) -> None:
+                 image_timestamps: dict[str, float] | None = None, qvel=None,
+                 intervention: bool | None = None, source: str | None = None) -> None:
         """Queue one step (observation t and the action sent from it). Never blocks.
+        `intervention` / `source` (optional): the operator overrode an autonomous source on this step /
+        which command source produced the action; stored as run-length attrs (schema.INTERVENTION).
 
         If the writer is more than ~max_queue_s behind, the step is refused, counted in .dropped
         and .warning is set (never silent). After a disk error (.error set) steps are ignored.
@@ -175,6 +180,10 @@ class EpisodeWriter:
                 {c: float(image_timestamps.get(c, timestamp)) for c in images})
         try:
             self._q.put_nowait(item)
+            if intervention is not None:
+                S.step_runs(self._runs.setdefault(S.INTERVENTION, []), bool(intervention), self.num_steps)
+            if source is not None:
+                S.step_runs(self._runs.setdefault(S.ACTION_SOURCE, []), str(source), self.num_steps)
             self.num_steps += 1
         except queue.Full:
             self.dropped += 1
@@ -367,6 +376,8 @@ class EpisodeWriter:
             self._cleanup_files()
             return
         extra = {"aborted": True} if getattr(self, "_abort_keep", False) else None
+        if self._runs:
+            extra = dict(extra or {}, **{k: json.dumps(v) for k, v in self._runs.items()})
         self._sink.close(success=self._success, extra_attrs=extra)
         if isinstance(self._sink, H5Sink):      # (the child process fsyncs its own file)
             fd = os.open(self.partial_path, os.O_RDONLY)
