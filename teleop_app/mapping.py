@@ -25,13 +25,15 @@ from drivers.interfaces import GamepadState
 
 ACTIONS = ("gripper_open", "gripper_close", "gripper_toggle", "joint_plus", "joint_minus",
            "start_episode", "stop_episode", "rerecord", "success", "failure", "estop",
-           "next_group", "prev_group", "home")
+           "next_group", "prev_group", "home", "toggle_cartesian", "takeover", "toggle_frame")
 # Actions applied inside the mapping (not reported as events): group switching, gripper
 # targets and held joint jogs. All the others are reported in TeleopCommand.events.
 _INTERNAL = {"gripper_open", "gripper_close", "gripper_toggle", "joint_plus", "joint_minus",
              "next_group", "prev_group"}
 _JOINT_ACTIONS = {"joint_plus", "joint_minus"}
 HAT_DIRECTIONS = {"up": (1, 1), "down": (1, -1), "left": (0, -1), "right": (0, 1)}  # (component, sign)
+# Cartesian mode: each bound axis drives one component of the end-effector twist.
+CARTESIAN_DIRECTIONS = ("x", "y", "z", "roll", "pitch", "yaw")
 
 
 class MappingError(ValueError):
@@ -66,6 +68,18 @@ class HatBinding:
 
 
 @dataclass
+class CartesianAxis:
+    """Cartesian mode: a pad axis -> one twist component (x/y/z in m/s, roll/pitch/yaw in rad/s,
+    at full deflection `scale` x the mapping's linear/angular speed x speed_scale)."""
+    axis: int
+    direction: str
+    scale: float = 1.0
+    invert: bool = False
+    deadzone: float = 0.1
+    trigger: bool = False
+
+
+@dataclass
 class Group:
     name: str
     axes: list[AxisBinding] = field(default_factory=list)
@@ -78,6 +92,9 @@ class Mapping:
     buttons: list[ButtonBinding] = field(default_factory=list)
     hats: list[HatBinding] = field(default_factory=list)
     speed_scale: float = 1.0    # fraction of each joint's max_speed at full deflection
+    cartesian: list[CartesianAxis] = field(default_factory=list)   # Cartesian mode's axes
+    linear_speed: float = 0.15  # m/s of the end effector at full deflection (x speed_scale)
+    angular_speed: float = 0.8  # rad/s
 
     def group_names(self) -> list[str]:
         return [g.name for g in self.groups]
@@ -118,6 +135,18 @@ def _validate(m: Mapping, dof: int | None) -> None:
                 raise bad(f"{w}.joint", f"joint {a.joint} out of range for dof {dof} (0..{dof - 1})")
             if not 0.0 <= a.deadzone < 1.0:
                 raise bad(f"{w}.deadzone", f"must be in [0, 1), got {a.deadzone}")
+    for ci, c in enumerate(m.cartesian):
+        w = f"cartesian[{ci}]"
+        if c.axis < 0:
+            raise bad(f"{w}.axis", f"must be >= 0, got {c.axis}")
+        if c.direction not in CARTESIAN_DIRECTIONS:
+            raise bad(f"{w}.direction", f"must be one of {', '.join(CARTESIAN_DIRECTIONS)}, got {c.direction!r}")
+        if not 0.0 <= c.deadzone < 1.0:
+            raise bad(f"{w}.deadzone", f"must be in [0, 1), got {c.deadzone}")
+    for key in ("linear_speed", "angular_speed"):
+        v = getattr(m, key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 5.0:
+            raise bad(key, f"must be in (0, 5] ({'m/s' if key == 'linear_speed' else 'rad/s'}), got {v!r}")
     for kind, items in (("buttons", m.buttons), ("hats", m.hats)):
         for i, b in enumerate(items):
             w = f"{kind}[{i}]"
@@ -165,7 +194,8 @@ def _check_keys(d: dict, known: set[str], where: str) -> None:
 
 def mapping_from_dict(data: dict, source: str = "<mapping>") -> Mapping:
     """Build a Mapping from parsed TOML, with errors naming the bad field."""
-    _check_keys(data, {"name", "speed_scale", "groups", "buttons", "hats"}, source)
+    _check_keys(data, {"name", "speed_scale", "groups", "buttons", "hats", "cartesian", "linear_speed",
+                       "angular_speed"}, source)
     name = _field(data, "name", "str", source)
     speed = _field(data, "speed_scale", "float", source, 1.0)
     groups = []
@@ -197,7 +227,18 @@ def mapping_from_dict(data: dict, source: str = "<mapping>") -> Mapping:
                                action=_field(hd, "action", "str", w),
                                joint=_field(hd, "joint", "int", w, None),
                                value=_field(hd, "value", "float", w, 0.0)))
-    m = Mapping(name=name, groups=groups, buttons=buttons, hats=hats, speed_scale=speed)
+    cart = []
+    for i, cd in enumerate(data.get("cartesian", [])):
+        w = f"{source}: cartesian[{i}]"
+        _check_keys(cd, {"axis", "direction", "scale", "invert", "deadzone", "trigger"}, w)
+        cart.append(CartesianAxis(axis=_field(cd, "axis", "int", w), direction=_field(cd, "direction", "str", w),
+                                  scale=_field(cd, "scale", "float", w, 1.0),
+                                  invert=_field(cd, "invert", "bool", w, False),
+                                  deadzone=_field(cd, "deadzone", "float", w, 0.1),
+                                  trigger=_field(cd, "trigger", "bool", w, False)))
+    m = Mapping(name=name, groups=groups, buttons=buttons, hats=hats, speed_scale=speed, cartesian=cart,
+                linear_speed=_field(data, "linear_speed", "float", source, 0.15),
+                angular_speed=_field(data, "angular_speed", "float", source, 0.8))
     try:
         _validate(m, None)
     except MappingError as e:
@@ -218,6 +259,9 @@ def mapping_to_dict(m: Mapping) -> dict:
                                "value": float(b.value)}) for b in m.buttons],
         "hats": [drop_none({"hat": h.hat, "direction": h.direction, "action": h.action,
                             "joint": h.joint, "value": float(h.value)}) for h in m.hats],
+        "cartesian": [{"axis": c.axis, "direction": c.direction, "scale": float(c.scale), "invert": c.invert,
+                       "deadzone": float(c.deadzone), "trigger": c.trigger} for c in m.cartesian],
+        "linear_speed": float(m.linear_speed), "angular_speed": float(m.angular_speed),
     }
 
 
@@ -267,6 +311,8 @@ def default_mapping(dof: int) -> Mapping:
     left/right) switch groups; LT opens, RT closes the gripper (analog); A closes, B opens
     it; Start = start episode, d-pad down = stop, Back = re-record, Y = success,
     X = failure, Guide or right stick click = e-stop, d-pad up = home.
+    Left stick click: joint <-> Cartesian mode (and, while a policy runs, take over / hand back).
+    Cartesian mode: left stick = x (forward) / y (left), right stick = z (up) / yaw.
     """
     if dof < 2:
         raise MappingError(f"default mapping needs at least one arm joint plus the gripper, dof={dof}")
@@ -284,11 +330,14 @@ def default_mapping(dof: int) -> Mapping:
                ButtonBinding(X, "failure"), ButtonBinding(Y, "success"),
                ButtonBinding(LB, "prev_group"), ButtonBinding(RB, "next_group"),
                ButtonBinding(BACK, "rerecord"), ButtonBinding(START, "start_episode"),
-               ButtonBinding(GUIDE, "estop"), ButtonBinding(RSTICK, "estop")]
+               ButtonBinding(GUIDE, "estop"), ButtonBinding(RSTICK, "estop"),
+               ButtonBinding(LSTICK, "toggle_cartesian"), ButtonBinding(LSTICK, "takeover")]
     hats = [HatBinding(0, "up", "home"), HatBinding(0, "down", "stop_episode"),
             HatBinding(0, "left", "prev_group"), HatBinding(0, "right", "next_group")]
+    cartesian = [CartesianAxis(LY, "x", invert=True, deadzone=0.0), CartesianAxis(LX, "y", invert=True, deadzone=0.0),
+                 CartesianAxis(RY, "z", invert=True, deadzone=0.0), CartesianAxis(RX, "yaw", invert=True, deadzone=0.0)]
     return Mapping(name=f"xbox_default_{dof}", groups=groups, buttons=buttons, hats=hats,
-                   speed_scale=0.5)
+                   speed_scale=0.5, cartesian=cartesian)
 
 
 # --------------------------------------------------------------------------- apply
@@ -415,3 +464,23 @@ def apply(mapping: Mapping, state: GamepadState, prev: GamepadState | None,
     if gripper is not None and 0 <= gripper_index < len(vel):
         vel[gripper_index] = 0.0        # a new gripper target wins over analog motion this tick
     return TeleopCommand(joint_velocity=vel, gripper=gripper, events=events, group=group.name)
+
+
+def cartesian_twist(mapping: Mapping, state: GamepadState) -> np.ndarray:
+    """Cartesian mode: the pad's axes -> end-effector twist (vx, vy, vz m/s, wx, wy, wz rad/s) in the
+    frame the source works in. A disconnected pad gives zero."""
+    tw = np.zeros(6)
+    if not state.connected:
+        return tw
+    for c in mapping.cartesian:
+        if c.axis >= len(state.axes):
+            continue
+        raw = state.axes[c.axis]
+        if c.trigger and raw == 0.0:
+            continue                    # an untouched trigger reads 0 on some drivers (see apply)
+        v = _axis_value(AxisBinding(axis=c.axis, joint=0, invert=c.invert, deadzone=c.deadzone,
+                                    trigger=c.trigger), raw)
+        k = CARTESIAN_DIRECTIONS.index(c.direction)
+        speed = mapping.linear_speed if k < 3 else mapping.angular_speed
+        tw[k] += v * c.scale * speed * mapping.speed_scale
+    return tw
