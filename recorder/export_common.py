@@ -1,9 +1,12 @@
-"""Shared helpers for exporters: which episodes to export, progress reporting."""
+"""Shared helpers for exporters: which episodes to export, progress reporting, and the staging folder
+that makes an export appear complete or not at all."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .schema import RecorderError
 from .store import EpisodeInfo, EpisodeStore
@@ -27,6 +30,11 @@ def select(store: EpisodeStore, ids: list[int] | None, skip_failed: bool) -> lis
         if missing:
             raise RecorderError(f"episodes {sorted(missing)} are not in store {store.root}")
         eps = [e for e in eps if e.id in want]
+    broken = [e for e in eps if e.broken]
+    if broken:
+        raise RecorderError(f"episode(s) {[e.id for e in broken]} of {store.root} are broken "
+                            f"({broken[0].file}: {broken[0].broken}); delete them (`teleop datasets delete`) "
+                            f"or pass their ids out of the selection, then export again")
     if skip_failed:
         eps = [e for e in eps if e.success != 0]
     eps = [e for e in eps if e.num_steps > 0]
@@ -40,13 +48,67 @@ def report(progress: Progress, done: int, total: int) -> None:
         progress(done, total)
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if not overwrite or not out_dir.is_dir():
             raise RecorderError(f"export folder {out_dir} is not empty; choose another or pass overwrite=True")
-        import shutil
-        shutil.rmtree(out_dir)
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary folder beside out_dir to write the export into; on success it is renamed
+    to out_dir (one rename: the export appears complete), on any error (or Ctrl-C) it is removed
+    and out_dir is left as it was. With overwrite, an old export is replaced only after the new one
+    is complete."""
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, overwrite)
+    tmp = out_dir.with_name(f".{out_dir.name}.exporting-{os.getpid()}")
+    old = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     except OSError as e:
         raise RecorderError(f"cannot create export folder {out_dir}: {e.strerror or e}") from e
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if out_dir.exists():
+            os.replace(out_dir, old) if any(out_dir.iterdir()) else out_dir.rmdir()
+        os.replace(tmp, out_dir)
+        _fsync_dir(out_dir.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out_dir.exists():
+            os.replace(old, out_dir)          # put the previous export back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Files and folders of a finished export on disk before it is renamed into place."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .export_common import Progress, open_store, prepare_out_dir, report, select
+from .export_common import Progress, open_store, report, select, staged_dir
 from .reader import read_episode
 from .schema import RecorderError
 from .store import EpisodeStore
@@ -129,11 +129,18 @@ def export_lerobot(store_or_root: EpisodeStore | str | os.PathLike, out_dir: str
     """Write a LeRobot v3.0 dataset to out_dir (load it with LeRobotDataset(repo_id, root=out_dir)).
 
     progress(done, total) is called after each episode. Episodes labelled failed (success=0) are
-    skipped unless skip_failed=False. Returns out_dir."""
+    skipped unless skip_failed=False. The export is written to a temporary folder beside out_dir
+    and renamed into place when complete: on any error out_dir is left as it was. Returns out_dir."""
     store = open_store(store_or_root)
     eps = select(store, ids, skip_failed)
-    out = Path(out_dir)
-    prepare_out_dir(out, overwrite)
+    final = Path(out_dir)
+    with staged_dir(final, overwrite) as tmp:
+        _export(store, eps, tmp, final, repo_id, progress, codec, crf, gop)
+    return final
+
+
+def _export(store: EpisodeStore, eps: list, out: Path, final: Path, repo_id: str, progress: Progress,
+            codec: str, crf: int, gop: int) -> None:
     cfg = store.config
     fps_f = float(cfg["fps"])
     fps = int(round(fps_f))
@@ -282,8 +289,7 @@ def export_lerobot(store_or_root: EpisodeStore | str | os.PathLike, out_dir: str
         f"# {repo_id}\n\nLeRobot dataset (codebase v3.0) exported by teleop from {store.root}.\n"
         f"{len(ep_rows)} episodes, {global_index} frames at {fps} fps, {len(tasks)} task(s).\n\n"
         f"```python\nfrom lerobot.datasets.lerobot_dataset import LeRobotDataset\n"
-        f"ds = LeRobotDataset({repo_id!r}, root={str(out)!r})\n```\n")
-    return out
+        f"ds = LeRobotDataset({repo_id!r}, root={str(final)!r})\n```\n")
 
 
 def _write_tasks(path: Path, tasks: dict[str, int]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .export_common import Progress, open_store, prepare_out_dir, report, select
+from .export_common import Progress, open_store, report, select, staged_dir
 from .reader import read_episode
 from .schema import RecorderError
 from .store import EpisodeStore
@@ -51,8 +51,13 @@ def export_rlds(store_or_root: EpisodeStore | str | os.PathLike, out_dir: str | 
     one val episode when there are >= 2 episodes (none for val_fraction=0)."""
     store = open_store(store_or_root)
     eps = select(store, ids, skip_failed)
-    out = Path(out_dir)
-    prepare_out_dir(out, overwrite)
+    final = Path(out_dir)
+    with staged_dir(final, overwrite) as out:
+        _export(store, eps, out, progress, val_fraction, seed, image_size, image_cam, wrist_cam)
+    return final
+
+
+def _export(store, eps, out: Path, progress, val_fraction, seed, image_size, image_cam, wrist_cam) -> None:
     n_val = 0 if val_fraction <= 0 or len(eps) < 2 else max(1, int(round(len(eps) * val_fraction)))
     order = np.random.default_rng(seed).permutation(len(eps))
     val = {int(i) for i in order[:n_val]}
@@ -100,4 +105,3 @@ def export_rlds(store_or_root: EpisodeStore | str | os.PathLike, out_dir: str | 
         report(progress, k + 1, total)
     info["splits"] = {s: sorted(v) for s, v in split_files.items()}
     (out / "dataset_info.json").write_text(json.dumps(info, indent=2))
-    return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,6 +202,13 @@ def read_summary(path: str | os.PathLike) -> dict:
             ts = f[S.TIMESTAMP][()]
             img_ts = {c: d[()] for c, d in f[S.IMAGE_TIMESTAMPS].items()} if S.IMAGE_TIMESTAMPS in f else {}
             lens = {k: f[k].shape[0] for k in (S.QPOS, S.ACTION)}
+            shapes = {}
+            for c in (f[S.IMAGES].keys() if S.IMAGES in f else []):
+                d = f[f"{S.IMAGES}/{c}"]
+                shapes[c] = [int(d.attrs["height"]), int(d.attrs["width"])]
+            cams_missing = sorted(set(img_ts) ^ set(shapes))
+            if cams_missing:
+                raise KeyError(f"camera(s) {cams_missing} lack images or timestamps")
             lens.update({f"timestamps/{c}": len(v) for c, v in img_ts.items()})
         except (KeyError, ValueError, TypeError) as e:
             raise S.CorruptEpisodeError(f"{path}: wrong schema ({e!r})") from e
@@ -209,5 +217,45 @@ def read_summary(path: str | os.PathLike) -> dict:
     bad = {k: v for k, v in lens.items() if v != len(ts)}
     if bad:
         raise S.CorruptEpisodeError(f"{path}: dataset lengths disagree with /timestamp ({len(ts)}): {bad}")
-    out.update(timestamp=ts, image_timestamps=img_ts, num_steps=len(ts))
+    out.update(timestamp=ts, image_timestamps=img_ts, num_steps=len(ts), cameras=shapes)
     return out
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def quick_check(path: str | os.PathLike) -> str | None:
+    """Cheap integrity check without HDF5 (one small read): None if the file looks whole, else why not.
+
+    Reads the superblock and compares its end-of-file address with the file's size, which catches a
+    truncated copy, a file cut by a full disk or a torn download; a file that is not HDF5 at all is
+    caught by the signature. (Deeper damage shows when the file is read: read_summary / read_episode.)"""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(96)
+    except OSError as e:
+        return f"cannot read the file ({e.strerror or e})"
+    if len(head) < 8 or head[:8] != _HDF5_SIGNATURE:
+        return f"not an HDF5 file ({size} bytes)"
+    try:
+        version = head[8]
+        if version in (0, 1):
+            so = head[13]
+            off = 24 + (4 if version == 1 else 0)        # base address follows the fixed fields
+            fmt = {4: "<I", 8: "<Q"}[so]
+            base = struct.unpack_from(fmt, head, off)[0]
+            eof = struct.unpack_from(fmt, head, off + 2 * so)[0]
+        elif version in (2, 3):
+            so = head[9]
+            fmt = {4: "<I", 8: "<Q"}[so]
+            base = struct.unpack_from(fmt, head, 12)[0]
+            eof = struct.unpack_from(fmt, head, 12 + 2 * so)[0]
+        else:
+            return f"unknown HDF5 superblock version {version}"
+    except (KeyError, struct.error, IndexError):
+        return "HDF5 superblock is damaged"
+    if base + eof > size:
+        return f"truncated: {size} bytes on disk, the file says {base + eof}"
+    return None

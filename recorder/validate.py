@@ -24,13 +24,16 @@ def cadence_from(timestamp: np.ndarray, fps: float, image_timestamps: dict[str, 
     achieved_hz: mean step rate; p99_period_error_ms: 99th percentile of |period - 1/fps|;
     missed_ticks: ticks that should have happened in the gaps (period rounded to whole ticks - 1);
     max_frame_age_ms[cam]: worst (tick time - frame capture time); repeated_frames[cam]: steps whose
-    camera frame was not new (same capture time as the step before)."""
+    camera frame was not new (same capture time as the step before); camera_hz[cam]: the camera's
+    own rate (median interval of its distinct capture times); dropped_frames[cam]: frames the
+    camera missed *at its own rate* (gaps between distinct capture times, in whole camera periods,
+    minus one). A 30 fps camera in a 50 Hz loop repeats ~2 frames in 5 ticks and drops none."""
     ts = np.asarray(timestamp, np.float64)
     fps = float(fps)
     nominal = 1.0 / fps
     rep: dict = {"fps": fps, "num_steps": int(len(ts)), "duration_s": 0.0, "achieved_hz": 0.0,
                  "p99_period_error_ms": 0.0, "max_period_ms": 0.0, "missed_ticks": 0,
-                 "max_frame_age_ms": {}, "repeated_frames": {}}
+                 "max_frame_age_ms": {}, "repeated_frames": {}, "camera_hz": {}, "dropped_frames": {}}
     if len(ts) >= 2:
         per = np.diff(ts)
         good = per[np.isfinite(per)]
@@ -46,7 +49,26 @@ def cadence_from(timestamp: np.ndarray, fps: float, image_timestamps: dict[str, 
         age = (ts - its)[np.isfinite(its)]
         rep["max_frame_age_ms"][cam] = float(age.max() * 1e3) if len(age) else float("nan")
         rep["repeated_frames"][cam] = int((np.diff(its) == 0).sum()) if len(its) > 1 else 0
+        hz, dropped = _camera_rate(its, nominal)
+        rep["camera_hz"][cam] = hz
+        rep["dropped_frames"][cam] = dropped
     return rep
+
+
+def _camera_rate(its: np.ndarray, loop_period: float) -> tuple[float, int]:
+    """(camera rate in Hz, frames missed at that rate) from the per-step capture times."""
+    u = its[np.isfinite(its)]
+    if len(u) < 2:
+        return 0.0, 0
+    u = u[np.concatenate(([True], np.diff(u) != 0))]        # distinct frames, in recorded order
+    gaps = np.diff(u)
+    gaps = gaps[gaps > 0]
+    if not len(gaps):
+        return 0.0, 0
+    # the camera cannot be seen faster than the loop samples it
+    period = max(float(np.median(gaps)), loop_period * 0.999)
+    dropped = int(np.maximum(np.rint(gaps / period) - 1, 0).sum())
+    return 1.0 / period, dropped
 
 
 def cadence_summary(ep: Episode | None = None, *, report: dict | None = None) -> dict:
@@ -98,8 +120,9 @@ def validate_episode(ep: Episode, check_images: bool = True) -> list[str]:
         di = np.diff(its[~nan])
         if (di < 0).any():
             problems.append(f"camera {cam}: frame timestamps go backwards {int((di < 0).sum())} time(s)")
-        if rep["repeated_frames"].get(cam):
-            problems.append(f"camera {cam}: {rep['repeated_frames'][cam]} dropped frame(s) (no new frame that tick)")
+        if rep["dropped_frames"].get(cam):
+            problems.append(f"camera {cam}: {rep['dropped_frames'][cam]} dropped frame(s) at its own "
+                            f"{rep['camera_hz'][cam]:.1f} Hz (no new frame when one was due)")
         if check_images and n > 1:
             keys = _frame_keys(ep, cam)
             run_start = 0

@@ -77,11 +77,23 @@ def _session_config(a):
 
 # ------------------------------------------------------------------ commands
 def cmd_gui(a) -> int:
+    """The window is a client of a control process (teleop_app.control.server) that owns the devices."""
     try:
         from ui.app import main as gui_main
     except ImportError as e:
         raise CliError(f"the GUI needs PySide6 and pyqtgraph ({e}); run ./dev app to install them")
-    return gui_main(_session_config(a))
+    cfg = _session_config(a)
+    if a.unattended:
+        from drivers.sim import TASKS
+        if a.unattended < 1:
+            raise CliError("--unattended N needs N >= 1 episodes")
+        if a.task not in TASKS:
+            raise CliError(f"unknown sim task {a.task!r}: one of {', '.join(TASKS)}")
+        wf = cfg.workflow
+        wf.target_episodes, wf.auto_keep, wf.countdown_s = a.unattended, True, 0.0
+        wf.reset_s, wf.episode_s = a.reset_s, a.episode_s
+        wf.instructions = [TASKS[a.task]]
+    return gui_main(cfg, unattended=a.unattended, grace_s=a.grace)
 
 
 def cmd_record(a) -> int:
@@ -141,43 +153,119 @@ def cmd_replay(a) -> int:
     return 0
 
 
-def cmd_datasets(a) -> int:
+def _ids(text: str | None) -> list[int] | None:
+    """'1,3,7-9' -> [1, 3, 7, 8, 9] (None stays None)."""
+    if text is None:
+        return None
+    out = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                if int(hi) - int(lo) > 1_000_000:
+                    raise ValueError
+                out.extend(range(int(lo), int(hi) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise CliError(f"episode ids must look like 1,3,7-9; got {text!r}") from None
+    if not out:
+        raise CliError("no episode ids given")
+    return out
+
+
+def _open_dataset(path: str):
     from recorder.store import EpisodeStore
-    if not Path(a.dataset).exists():
-        raise CliError(f"no dataset at {a.dataset}: record one with `teleop record`")
-    store = EpisodeStore.open(a.dataset)
-    if a.action == "list":
+    if not Path(path).exists():
+        raise CliError(f"no dataset at {path}: record one with `teleop record`")
+    return EpisodeStore.open(path)
+
+
+def _validate(store) -> int:
+    """Every episode is reported, broken ones included; the exit code says whether any was bad."""
+    from recorder.reader import read_episode
+    from recorder.schema import RecorderError
+    from recorder.validate import cadence_report, validate_episode
+    bad = 0
+    eps = store.episodes()
+    for e in eps:
+        try:
+            if e.broken:
+                raise RecorderError(e.broken)
+            with read_episode(store.root / e.file) as ep:
+                probs = validate_episode(ep)
+                c = cadence_report(ep)
+        except (RecorderError, OSError, ValueError) as ex:
+            bad += 1
+            print(f"BAD {e.id:>5} unreadable: {str(ex).replace(str(store.root / e.file) + ': ', '')}")
+            continue
+        flag = "OK " if not probs else "BAD"
+        bad += bool(probs)
+        print(f"{flag} {e.id:>5} {c.get('achieved_hz', 0):5.1f} Hz p99 err {c.get('p99_period_error_ms', 0):5.1f} ms"
+              f" missed {c.get('missed_ticks', 0)}  {'; '.join(probs)}")
+    print(f"{len(eps) - bad} of {len(eps)} episode(s) OK" + (f", {bad} BAD" if bad else ""))
+    return 1 if bad else 0
+
+
+def cmd_datasets(a) -> int:
+    act = a.action
+    if act == "merge":
+        from recorder.edit import merge_stores
+        info = merge_stores([a.dataset, a.other], a.out)
+        print(f"merged {info['episodes']} episode(s) into {a.out}; the sources are unchanged")
+        return 0
+    store = _open_dataset(a.dataset)
+    if store.last_recovered:
+        print(f"recovered interrupted episode(s) {store.last_recovered}")
+    if act == "list":
         rows = store.episodes()
-        print(f"{len(rows)} episode(s) in {a.dataset}")
+        print(f"{len(rows)} episode(s) in {a.dataset}" +
+              (f", {len(store.broken())} BROKEN" if store.broken() else ""))
         for e in rows:
+            if e.broken:
+                print(f"{e.id:>5}  BROKEN  {e.file}: {e.broken}")
+                continue
             lab = {1: "success", 0: "failure"}.get(e.success, "-")
             print(f"{e.id:>5}  {e.num_steps:5d} steps  {lab:8s} {e.mode:11s} {e.instruction}")
-    elif a.action == "validate":
-        from recorder.reader import read_episode
-        from recorder.validate import cadence_report, validate_episode
-        bad = 0
-        for e in store.episodes():
-            ep = read_episode(Path(a.dataset) / e.file)
-            probs = validate_episode(ep)
-            c = cadence_report(ep)
-            flag = "OK " if not probs else "BAD"
-            bad += bool(probs)
-            print(f"{flag} {e.id:>5} {c.get('achieved_hz', 0):5.1f} Hz p99 err {c.get('p99_period_error_ms', 0):5.1f} ms"
-                  f" missed {c.get('missed_ticks', 0)}  {'; '.join(probs)}")
-        return 1 if bad else 0
-    elif a.action == "export":
-        if not a.out:
-            raise CliError("export needs an output folder: teleop datasets export DATASET OUT --format lerobot")
+    elif act == "validate":
+        return _validate(store)
+    elif act == "export":
         if a.format == "lerobot":
             from recorder.export_lerobot import export_lerobot
-            export_lerobot(a.dataset, a.out, repo_id=a.repo_id or f"local/{Path(a.dataset).name}",
-                           progress=_progress("export"))
+            export_lerobot(store, a.out, repo_id=a.repo_id or f"local/{Path(a.dataset).name}",
+                           progress=_progress("export"), ids=_ids(a.ids))
         else:
             from recorder.export_rlds import export_rlds
-            export_rlds(a.dataset, a.out, progress=_progress("export"))
+            export_rlds(store, a.out, progress=_progress("export"), ids=_ids(a.ids))
         print(f"exported to {a.out}")
-    elif a.action == "stats":
+    elif act == "stats":
         print(json.dumps(store.stats(), indent=1, default=lambda x: x.tolist() if hasattr(x, "tolist") else str(x)))
+    elif act == "delete":
+        ids = _ids(a.ids)
+        store.delete_many(ids)
+        print(f"moved episode(s) {ids} to the trash (undo: teleop datasets undo {a.dataset})")
+    elif act == "relabel":
+        ids = _ids(a.ids)
+        store.relabel_many(ids, {"success": 1, "failure": 0, "unknown": -1}[a.label])
+        print(f"labelled episode(s) {ids} {a.label}")
+    elif act == "set-instruction":
+        ids = _ids(a.ids) if a.ids else [e.id for e in store.episodes()
+                                         if a.where is None or e.instruction == a.where]
+        if not ids:
+            raise CliError(f"no episode has the instruction {a.where!r}")
+        store.set_instruction(ids, a.text)
+        print(f"instruction of {len(ids)} episode(s) set to {a.text!r} (undo: teleop datasets undo {a.dataset})")
+    elif act == "trim":
+        info = store.trim(int(a.id), a.start, a.end)
+        print(f"episode {info.id} now has {info.num_steps} steps (undo: teleop datasets undo {a.dataset})")
+    elif act == "split":
+        from recorder.edit import split_store
+        r = split_store(store, a.out, val_fraction=a.val, seed=a.seed)
+        print(f"split into {a.out}/train ({len(r['train'])} episodes) and {a.out}/val ({len(r['val'])}: "
+              f"{r['val']}); the source is unchanged")
+    elif act == "undo":
+        print(f"undone: {store.undo()}")
     return 0
 
 
@@ -247,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gui", help="open the desktop app")
     _session_args(p)
+    p.add_argument("--unattended", type=int, default=0, metavar="N",
+                   help="sim: record N scripted episodes unattended (auto-keep, success from the sim) in the "
+                        "window, then quit (exit 0)")
+    p.add_argument("--episode-s", type=float, default=60.0, help="--unattended: longest episode in seconds")
+    p.add_argument("--reset-s", type=float, default=0.5, help="--unattended: pause between episodes in seconds")
+    p.add_argument("--grace", type=float, default=60.0,
+                   help="if the window dies, the control process holds the arm and waits this many seconds for "
+                        "a restarted `teleop gui` to reconnect")
     p.set_defaults(fn=cmd_gui)
 
     p = sub.add_parser("record", help="record episodes headless (scripted expert, gamepad or kinesthetic)")
@@ -267,12 +363,47 @@ def build_parser() -> argparse.ArgumentParser:
     _session_args(p)
     p.set_defaults(fn=cmd_replay)
 
-    p = sub.add_parser("datasets", help="list / validate / export / stats of a dataset")
-    p.add_argument("action", choices=["list", "validate", "export", "stats"])
-    p.add_argument("dataset", help="dataset folder")
-    p.add_argument("out", nargs="?", help="export: output folder")
-    p.add_argument("--format", default="lerobot", choices=["lerobot", "rlds"])
-    p.add_argument("--repo-id", help="lerobot: repo id written into the dataset (default local/<name>)")
+    p = sub.add_parser("datasets", help="list / validate / export / stats / edit a dataset",
+                       description="Review, export and edit a dataset. Every edit is atomic and can be "
+                                   "undone with `teleop datasets undo DATASET`; merge and split write new "
+                                   "datasets and leave their sources unchanged.")
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, hlp in (("list", "episodes, labels, broken files"), ("validate", "check every episode"),
+                      ("stats", "per-joint statistics"), ("undo", "undo the last edit")):
+        q = dsub.add_parser(name, help=hlp)
+        q.add_argument("dataset", help="dataset folder")
+    q = dsub.add_parser("export", help="LeRobot v3.0 dataset or RLDS builder input (complete or not at all)")
+    q.add_argument("dataset")
+    q.add_argument("out", help="output folder (must be empty or absent)")
+    q.add_argument("--format", default="lerobot", choices=["lerobot", "rlds"])
+    q.add_argument("--repo-id", help="lerobot: repo id written into the dataset (default local/<name>)")
+    q.add_argument("--ids", help="episodes to export, e.g. 1,3,7-9 (default: all but failures)")
+    q = dsub.add_parser("delete", help="move episodes to the trash")
+    q.add_argument("dataset")
+    q.add_argument("ids", help="e.g. 4 or 1,3,7-9")
+    q = dsub.add_parser("relabel", help="label episodes success / failure / unknown")
+    q.add_argument("dataset")
+    q.add_argument("ids")
+    q.add_argument("label", choices=["success", "failure", "unknown"])
+    q = dsub.add_parser("set-instruction", help="change the instruction of a selection of episodes")
+    q.add_argument("dataset")
+    q.add_argument("text", help="the new instruction")
+    q.add_argument("--ids", help="episodes, e.g. 1,3,7-9")
+    q.add_argument("--where", help="every episode whose instruction is exactly this (default with no --ids: all)")
+    q = dsub.add_parser("trim", help="cut an episode's start and/or end")
+    q.add_argument("dataset")
+    q.add_argument("id", type=int)
+    q.add_argument("--start", type=int, default=0, help="first step kept (default 0)")
+    q.add_argument("--end", type=int, help="one past the last step kept; negative counts from the end")
+    q = dsub.add_parser("merge", help="merge two datasets of the same robot and cameras into a new one")
+    q.add_argument("dataset")
+    q.add_argument("other")
+    q.add_argument("out", help="new dataset folder")
+    q = dsub.add_parser("split", help="split off a validation set: OUT/train and OUT/val")
+    q.add_argument("dataset")
+    q.add_argument("out")
+    q.add_argument("--val", type=float, default=0.1, help="fraction of episodes for validation (default 0.1)")
+    q.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_datasets)
 
     p = sub.add_parser("devices", help="list serial ports, cameras and gamepads")

@@ -252,7 +252,8 @@ def test_index_1000_episodes_opens_fast(tmp_path):
     for i in range(2, 1001):   # writing the index directly: a 1,000-file rebuild is slow (benchmark)
         p = st.episodes_dir / f"episode_{i:06d}.h5"
         p.write_bytes(data)
-        st._index[i] = dataclasses.replace(proto, id=i, file=f"episodes/{p.name}", mtime=p.stat().st_mtime)
+        st._index[i] = dataclasses.replace(proto, id=i, file=f"episodes/{p.name}", mtime=p.stat().st_mtime,
+                                           size=p.stat().st_size)
     st._save_index()
     assert len(st.episodes()) == 1000
     t = time.perf_counter()
