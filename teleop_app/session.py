@@ -1,20 +1,27 @@
-"""The teleop session: one fixed-rate loop that reads the arm, decides a command from the active
-mode (gamepad, kinesthetic, scripted, policy, replay, homing), passes it through the safety layer,
-sends it, and hands the step to the recorder. The GUI and the CLI are views/drivers of this object.
+"""The teleop session: one fixed-rate loop (teleop_app.pipeline) that reads the arm and cameras once,
+asks the active mode's command source (teleop_app.sources) for a target, passes it through the safety
+layer, sends it, and hands the step to the recorder. The GUI (through the control process) and the CLI
+are views/drivers of this object.
 
-Threads: the control loop owns the robot, gamepad and writer hand-off. Other threads (GUI, CLI)
-only post commands (under `_lock`) and read `status` (an immutable snapshot swapped each tick).
+Threads: the control loop owns the robot, gamepad and writer hand-off and holds no lock other threads
+wait on. Commands from any thread are queued (a deque) and run at the start of the next tick; e-stop is
+one attribute store that the next tick checks first. Episode files (writer creation, finish, store
+index, relabel, discard) are made on a housekeeping thread. Views read `status`, an immutable snapshot
+swapped each tick, and `info` (static after connect).
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -22,8 +29,11 @@ from drivers.interfaces import DeviceError, GamepadState
 from teleop_app import __version__
 from teleop_app.devices import Devices, fk_for, make_devices
 from teleop_app.loop import LoopStats, RateLoop
+from teleop_app.pipeline import ControlPipeline, Housekeeper, finish_writer
 from teleop_app.profiles import RobotProfile, load_profile
 from teleop_app.safety import SafetyLayer
+from teleop_app.sources import (GamepadSource, HoldSource, HomingSource, KinestheticSource, OperatorInputs,
+                                PolicySource, ReplaySource, ScriptedSource, make_async)
 from teleop_app.workflow import State, Workflow, WorkflowConfig
 
 log = logging.getLogger("teleop")
@@ -37,10 +47,42 @@ class Mode(str, Enum):
     POLICY = "policy"
     REPLAY = "replay"
     HOMING = "homing"
+    LEADER = "leader"           # helper modes registered by teleop_app.human (leader arm, Cartesian pad,
+    CARTESIAN = "cartesian"     # policy with human takeover); refused until a source is registered
+    TAKEOVER = "takeover"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class PolicyState(str, Enum):
+    NONE = "none"
+    LOADING = "loading"
+    READY = "ready"
+    RUNNING = "running"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class SessionError(RuntimeError):
     pass
+
+
+# Mode -> factory(session) -> CommandSource. REPLAY and HOMING take arguments (start_replay, go_home).
+SOURCES: dict[Mode, Callable[["Session"], object]] = {
+    Mode.HOLD: lambda s: HoldSource(),
+    Mode.GAMEPAD: lambda s: GamepadSource(),
+    Mode.KINESTHETIC: lambda s: KinestheticSource(),
+    Mode.SCRIPTED: lambda s: s._scripted_source(),
+    Mode.POLICY: lambda s: s._policy_source(),
+}
+
+
+def register_source(mode: Mode | str, factory: Callable[["Session"], object]) -> None:
+    """Make `mode` available in every session: factory(session) -> a CommandSource."""
+    SOURCES[Mode(mode)] = factory
 
 
 @dataclass
@@ -63,7 +105,27 @@ class SessionConfig:
     watchdog_s: float = 0.5
     home_speed: float = 0.4            # fraction of max joint speed for "go home"
     realtime: bool = True              # False: sim steps once per tick (headless, faster than real time)
+    policy_stall_s: float = 2.0        # a policy giving no action this long is stopped (arm held)
     workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """Static after connect; plain data only (serializable without pickle)."""
+    profile: str = ""
+    joint_names: tuple = ()
+    dof: int = 0
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
+    home: np.ndarray | None = None
+    fps: float = 0.0
+    cameras: dict = field(default_factory=dict)      # name -> (height, width, fps)
+    is_sim: bool = False
+    robot_kind: str = ""
+    dataset: str = ""
+    tasks: tuple = ()
+    workflow: dict = field(default_factory=dict)
+    mapping: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,16 +133,16 @@ class Status:
     """Snapshot for views. Arrays are copies; never mutated after creation."""
     t: float = 0.0
     connected: bool = False
-    mode: str = Mode.HOLD.value
+    mode: Mode = Mode.HOLD
     qpos: np.ndarray | None = None
     target: np.ndarray | None = None       # raw command of this tick
-    sent: np.ndarray | None = None         # after safety
+    sent: np.ndarray | None = None         # after safety (what the driver wrote)
     torque: bool = True
     estopped: bool = False
     gamepad: GamepadState = field(default_factory=lambda: GamepadState(connected=False))
     group: str = ""
     loop: LoopStats | None = None
-    workflow: str = State.IDLE.value
+    workflow: State = State.IDLE
     time_left: float = 0.0
     kept: int = 0
     target_episodes: int = 0
@@ -93,6 +155,9 @@ class Status:
     message: str = ""
     replay_progress: tuple[int, int] = (0, 0)
     policy: str = ""
+    policy_state: PolicyState = PolicyState.NONE
+    seq: int = 0                           # tick counter
+    messages_seq: int = 0                  # messages said so far
 
 
 class Session:
@@ -108,29 +173,33 @@ class Session:
         self.mapping = None
         self.store = None
         self.safety: SafetyLayer | None = None
+        self.pipeline: ControlPipeline | None = None
         self.loop = RateLoop(self.fps, self._tick, on_error=self._on_loop_error)
-        self._lock = threading.RLock()
         self.status = Status()
+        self.info = SessionInfo()
         self.mode = Mode.HOLD
+        self.sources = dict(SOURCES)
+        self._source = None
         self.messages: deque[str] = deque(maxlen=200)
+        self._n_messages = 0
         self.history: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=int(self.fps * 30))
         self.workflow = Workflow(self.config.workflow, self._begin_recording, self._end_recording,
                                  self._keep_episode, self._discard_episode)
-        self._writer = None
-        self._last_episode_path: Path | None = None
-        self._pending_kin = None           # kinesthetic: step t waits for measured position t+1
-        self._target: np.ndarray | None = None
-        self._gripper_cmd: float | None = None
-        self._ext_target: tuple[float, np.ndarray] | None = None
-        self._jog: tuple[float, np.ndarray] | None = None
+        self.inputs = OperatorInputs(watchdog_s=self.config.watchdog_s)
+        self._cmds: deque[tuple[Future, Callable]] = deque()
+        self._hk: Housekeeper | None = None
+        self._last_episode: Future | None = None
+        self._prepared: tuple[tuple, Future] | None = None
         self._pad_state = None
-        self._expert = None
         self._episode_seed = self.config.seed
-        self._replay: dict | None = None
-        self._home_goal: np.ndarray | None = None
-        self._mode_after_home = Mode.HOLD
+        self._scene_reset_pending = False
+        self._seq = 0
+        self._loop_stats: LoopStats | None = None
+        self._stats_job: Future | None = None
+        self._stats_t = 0.0
         self.policy_runner = None
         self.policy_name = ""
+        self.policy_state = PolicyState.NONE
         self.camera_errors: dict[str, str] = {}
 
     # ================================================================ lifecycle
@@ -156,6 +225,9 @@ class Session:
             if self.gamepad is not None:
                 self.gamepad.disconnect()
                 self.gamepad = None
+            if self._hk is not None:
+                self._hk.close()
+                self._hk = None
             raise SessionError(str(e)) from e
         self.say(f"connected: {self.profile.name} via {c.robot}, {len(self.devices.cameras)} camera(s), "
                  f"{self.fps:g} Hz")
@@ -172,15 +244,44 @@ class Session:
         if self.config.use_gamepad:
             self._open_gamepad()
         self._open_store()
-        obs = self.devices.robot.get_observation()
-        if not self.devices.robot.torque_enabled:
+        self._hk = Housekeeper("session-housekeeping")
+        robot = self.devices.robot
+        self.pipeline = ControlPipeline(robot, self.devices.cameras, self.safety, self.period,
+                                        profile=self.profile, workcell=self.devices.workcell,
+                                        camera_errors=self.camera_errors, inputs=self.inputs,
+                                        before=self._before, after=self._after, on_estop=self._on_estop)
+        self.pipeline.ctx.say = self.say
+        self.pipeline.ctx.request = self._request
+        obs = robot.get_observation()
+        if not robot.torque_enabled:
             # Servos power up limp: hold where the arm is first, then stiffen (no jump).
-            self.devices.robot.send_action(obs.position)
-            self.devices.robot.set_torque(True)
-        self._target = obs.position.copy()
-        self._gripper_cmd = float(obs.position[-1])
-        self.safety.reset(obs.position)
-        self._publish(obs.position, None, None)
+            robot.send_action(obs.position)
+            robot.set_torque(True)
+        self.pipeline.rebase(obs.position)
+        self.pipeline.ctx.obs = obs
+        self.pipeline.last_q = obs.position.copy()
+        self.inputs.gripper = float(obs.position[-1])
+        self._source = HoldSource()
+        self.pipeline.set_source(self._source)
+        self.info = self._make_info()
+        self._publish(obs.position, None, obs.position)
+
+    def _make_info(self) -> SessionInfo:
+        p = self.profile
+        cams = {n: (c.height, c.width, float(c.fps)) for n, c in self._camera_specs().items()}
+        tasks = ()
+        if self.devices.workcell is not None:
+            from drivers.sim import TASKS
+            tasks = tuple(TASKS)
+        import dataclasses
+        wf = {k: (list(v) if isinstance(v, list) else v)
+              for k, v in dataclasses.asdict(self.workflow.config).items()}
+        from teleop_app.mapping import mapping_to_dict
+        mapping = mapping_to_dict(self.mapping)
+        return SessionInfo(profile=p.name, joint_names=tuple(p.joint_names), dof=p.dof, lower=p.lower(),
+                           upper=p.upper(), home=p.home(), fps=self.fps, cameras=cams,
+                           is_sim=self.devices.workcell is not None, robot_kind=self.config.robot,
+                           dataset=str(self.config.dataset), tasks=tasks, workflow=wf, mapping=mapping)
 
     def start(self) -> None:
         if self.devices is None:
@@ -195,15 +296,26 @@ class Session:
         return self
 
     def close(self) -> None:
+        """Stop the loop; an episode still recording is kept (unlabelled); every file op finishes."""
         self.loop.stop()
-        with self._lock:
-            if self._writer is not None:   # never lose an episode on close: keep it, unlabelled
-                self._end_recording()
-                self._keep_episode(-1)
+        self._run_queued()
+        if self.pipeline is not None and self.pipeline.recorder.active:
+            self._end_recording()            # never lose an episode on close: keep it, unlabelled
+            self._keep_episode(-1)
+        self._drop_prepared()
+        if self._hk is not None:
+            self._hk.drain(timeout=60)
+            self._hk.close()
+            self._hk = None
+        if self.policy_runner is not None and hasattr(self.policy_runner, "close"):
+            try:
+                self.policy_runner.close()
+            except Exception:  # noqa: BLE001
+                pass
         if self.gamepad is not None:
             try:
                 self.gamepad.disconnect()
-            except Exception:
+            except Exception:  # noqa: BLE001
                 pass
         if self.devices:
             self.devices.close()
@@ -222,12 +334,16 @@ class Session:
         self.mapping.validate(self.profile.dof)
 
     def set_mapping(self, mapping) -> None:
+        if isinstance(mapping, dict):
+            from teleop_app.mapping import mapping_from_dict
+            mapping = mapping_from_dict(mapping)
         mapping.validate(self.profile.dof)
-        with self._lock:
-            self.mapping = mapping
-            self._pad_state = None
+        self.mapping = mapping           # one attribute store; the tick rebuilds its pad state
 
     def _open_gamepad(self) -> None:
+        # SDL installs its own SIGINT/SIGTERM handlers unless told not to: the CLI's must stay in charge.
+        os.environ.setdefault("SDL_NO_SIGNAL_HANDLERS", "1")
+        os.environ.setdefault("SDL_HINT_NO_SIGNAL_HANDLERS", "1")
         try:
             from drivers.gamepad import Gamepad, GamepadConfig
             self.gamepad = Gamepad(GamepadConfig())
@@ -251,79 +367,149 @@ class Session:
         names = set(self.devices.cameras) if self.devices else set()
         return {c.name: c for c in self.profile.cameras if c.name in names}
 
-    # ================================================================ commands (any thread)
+    # ================================================================ command plumbing
     def say(self, msg: str) -> None:
         log.info(msg)
         self.messages.append(f"{time.strftime('%H:%M:%S')} {msg}")
+        self._n_messages += 1
 
-    def set_mode(self, mode: Mode | str) -> None:
-        mode = Mode(mode)
-        with self._lock:
-            if mode == self.mode:
-                return
-            if self.workflow.state == State.RECORDING:
-                raise SessionError("stop the episode before switching mode")
-            self._leave_mode(self.mode)
-            self.mode = mode
-            if mode == Mode.KINESTHETIC:
-                self.devices.robot.set_torque(False)
-            elif mode == Mode.SCRIPTED:
-                self._require_sim("scripted mode")
-                self._new_expert()
+    def _post(self, fn: Callable) -> Future:
+        """Run fn in the control thread at the start of the next tick (or now if the loop is not running)."""
+        fut: Future = Future()
+        if not self.loop.running or threading.current_thread() is getattr(self.loop, "_thread", None):
+            self._run_one(fut, fn)
+        else:
+            self._cmds.append((fut, fn))
+        return fut
+
+    def _call(self, fn: Callable, timeout: float = 3.0):
+        """_post and wait for the tick to have run it (re-raises its error)."""
+        fut = self._post(fn)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            raise SessionError("the control loop did not take the command within "
+                               f"{timeout:g} s") from None
+
+    def _run_one(self, fut: Future, fn: Callable) -> None:
+        try:
+            fut.set_result(fn())
+        except BaseException as e:  # noqa: BLE001 - handed back to the caller
+            fut.set_exception(e)
+
+    def _run_queued(self) -> None:
+        while self._cmds:
+            fut, fn = self._cmds.popleft()
+            self._run_one(fut, fn)
+
+    def _request(self, action: str, *args) -> None:
+        """Sources asking for workflow/mode actions from inside the tick."""
+        if action == "stop_episode":
+            self.workflow.stop()
+        elif action == "stop_policy":
+            self.say(f"policy stopped, arm held: {args[0] if args else ''}")
+            self.policy_state = PolicyState.ERROR if self.policy_runner is not None else PolicyState.NONE
+            self._switch(Mode.HOLD, HoldSource(), quiet=True)
+        elif action == "replay_finished":
+            self._finish_replay("replay finished")
+        elif action == "mode":
+            then = args[0] if args else None
+            mode, src = then if then else (Mode.HOLD, None)
+            self._switch(mode, src, quiet=mode == Mode.REPLAY)
+        else:
+            raise SessionError(f"unknown request {action!r}")
+
+    def _switch(self, mode: Mode, source=None, quiet: bool = False) -> None:
+        """In the control thread: stop the old source, start the new one (bumpless)."""
+        if source is None:
+            factory = self.sources.get(mode)
+            if factory is None:
+                raise SessionError(f"mode '{mode.value}' is not available in this session")
+            source = factory(self)
+        ctx = self.pipeline.ctx
+        if not self.loop.running:
+            ctx.now = time.monotonic()
+        old = self._source
+        if old is not None:
+            old.stop(ctx)
+        self.mode = mode
+        self._source = source
+        self.pipeline.set_source(source)
+        source.start(ctx)
+        if self.policy_runner is not None:
+            self.policy_state = PolicyState.RUNNING if mode == Mode.POLICY else (
+                PolicyState.READY if self.policy_state == PolicyState.RUNNING else self.policy_state)
+        if not quiet:
             self.say(f"mode: {mode.value}")
 
-    def _leave_mode(self, mode: Mode) -> None:
-        robot = self.devices.robot
-        if mode == Mode.KINESTHETIC:
-            # Hold where the hand left the arm: target = measured, then torque on (no jump).
-            q = robot.get_observation().position
-            self._target = q.copy()
-            self.safety.reset(q)
-            robot.send_action(q)
-            robot.set_torque(True)
-        elif mode == Mode.REPLAY:
-            self._replay = None
-        elif mode == Mode.POLICY and self.policy_runner is not None:
-            self.policy_runner.reset()
+    def _scripted_source(self):
+        self._require_sim("scripted mode")
+        return ScriptedSource(only_recording=True)
+
+    def _policy_source(self):
+        if self.policy_runner is None:
+            raise SessionError("no policy loaded: load one first (load_policy / set_policy)")
+        return PolicySource(self.policy_runner, on_error="hold", stall_s=self.config.policy_stall_s)
 
     def _require_sim(self, what: str):
         if self.devices is None or self.devices.workcell is None:
             raise SessionError(f"{what} needs the simulated workcell (--robot sim or sim-serial)")
         return self.devices.workcell
 
-    def estop(self) -> None:
-        """Halts within one tick: the safety layer latches the current position."""
-        with self._lock:
-            q = self.status.qpos if self.status.qpos is not None else self._target
-            self.safety.estop(q)
-            self.workflow.abort()
-            self.say("E-STOP: holding position (release with reset_estop)")
+    # ================================================================ commands (any thread)
+    def set_mode(self, mode: Mode | str) -> None:
+        mode = Mode(mode)
+        if mode not in self.sources:
+            raise SessionError(f"mode '{mode.value}' is not available (no command source registered)")
+        if mode in (Mode.SCRIPTED,):
+            self._require_sim("scripted mode")
+
+        def do():
+            if mode == self.mode:
+                return
+            if self.workflow.state == State.RECORDING:
+                raise SessionError("stop the episode before switching mode")
+            self._switch(mode)
+        self._call(do)
+
+    def estop(self, source: str = "api") -> None:
+        """Halts within one tick, lock-free: sets a flag the next tick checks first and latches into the
+        safety layer (holding the present position). Safe from any thread and from signal handlers."""
+        if self.pipeline is None:
+            return
+        self.pipeline.request_estop(source)
+        if not self.loop.running:
+            self.pipeline._latch_estop()
+
+    def _on_estop(self, source: str) -> None:
+        self.workflow.abort()
+        self.say(f"E-STOP ({source}): holding position (release with reset_estop)")
 
     def reset_estop(self) -> None:
-        with self._lock:
+        def do():
+            self.pipeline.estop_request = None
             q = self.devices.robot.get_observation().position
-            self._target = q.copy()
+            self.pipeline.rebase(q)
             self.safety.reset_estop(q)
             self.say("e-stop released")
+        self._post(do)
 
     def go_home(self) -> None:
-        with self._lock:
-            if self.mode == Mode.KINESTHETIC:
-                self._leave_mode(Mode.KINESTHETIC)
-            self._mode_after_home = self.mode if self.mode != Mode.HOMING else Mode.HOLD
-            self._home_goal = self.profile.home()
-            self.mode = Mode.HOMING
+        def do():
+            after = self.mode if self.mode not in (Mode.HOMING, Mode.KINESTHETIC, Mode.REPLAY) else Mode.HOLD
+            then = (after, None) if after != Mode.HOLD else (Mode.HOLD, HoldSource())
+            self._switch(Mode.HOMING, HomingSource(self.profile.home(), self.config.home_speed, then=then),
+                         quiet=True)
             self.say("moving home")
+        self._post(do)
 
     def command(self, target) -> None:
         """Absolute joint target from a script or slider (HOLD mode). Stale after watchdog_s."""
-        with self._lock:
-            self._ext_target = (time.monotonic(), np.asarray(target, float).copy())
+        self.inputs.ext_target = (time.monotonic(), np.asarray(target, float).copy())
 
     def jog(self, velocity) -> None:
         """Joint velocities (rad/s) from GUI buttons; must be refreshed or the watchdog stops them."""
-        with self._lock:
-            self._jog = (time.monotonic(), np.asarray(velocity, float).copy())
+        self.inputs.jog = (time.monotonic(), np.asarray(velocity, float).copy())
 
     def push(self, q) -> None:
         """Kinesthetic teaching in the sim: the 'hand' moves the back-drivable arm."""
@@ -334,56 +520,50 @@ class Session:
             self.devices.workcell.push(np.asarray(q, float))
 
     def set_gripper(self, value: float) -> None:
-        with self._lock:
-            self._gripper_cmd = float(value)
+        self.inputs.gripper = float(value)
 
     def set_instruction(self, text: str) -> None:
-        with self._lock:
-            self.workflow.set_instruction(text)
+        self._post(lambda: self.workflow.set_instruction(text))
 
     def start_episode(self):
-        with self._lock:
-            self.workflow.start()
+        self._post(self.workflow.start)
 
     def stop_episode(self):
-        with self._lock:
-            self.workflow.stop()
+        self._post(self.workflow.stop)
 
     def next(self):
-        with self._lock:
-            self.workflow.next()
+        self._post(self.workflow.next)
 
     def rerecord(self):
-        with self._lock:
-            self.workflow.rerecord()
+        self._post(self.workflow.rerecord)
 
     def keep(self, success: bool | None = None):
-        with self._lock:
-            self.workflow.keep(success)
+        self._post(lambda: self.workflow.keep(success))
 
     def discard(self):
-        with self._lock:
-            self.workflow.discard()
+        self._post(self.workflow.discard)
 
     def label(self, success: bool):
-        with self._lock:
-            self.workflow.set_label(success)
+        self._post(lambda: self.workflow.set_label(success))
 
     def reset_scene(self, seed: int | None = None, task: str | None = None) -> None:
         """Sim only: new object placement (seeded) and arm at home."""
+        self._require_sim("reset_scene")
+        self._post(lambda: self._reset_scene(seed, task))
+
+    def _reset_scene(self, seed=None, task=None) -> None:
         wc = self._require_sim("reset_scene")
-        with self._lock:
-            self._episode_seed = self._episode_seed + 1 if seed is None else seed
-            with wc.lock:
-                wc.reset(seed=self._episode_seed, task=task)
-            q = self.devices.robot.get_observation().position
-            self._target = q.copy()
-            self._gripper_cmd = float(q[-1])
-            self.safety.reset(q)
-            if self.mode == Mode.SCRIPTED:
-                self._new_expert()
-            if self.policy_runner is not None:
-                self.policy_runner.reset()
+        self._episode_seed = self._episode_seed + 1 if seed is None else seed
+        with wc.lock:
+            wc.reset(seed=self._episode_seed, task=task)
+        q = self.devices.robot.get_observation().position
+        self.pipeline.rebase(q)
+        self.pipeline.last_q = q
+        self.inputs.gripper = float(q[-1])
+        ctx = self.pipeline.ctx
+        ctx.seed = self._episode_seed
+        if self._source is not None and hasattr(self._source, "reset"):
+            self._source.reset(ctx)
 
     def start_replay(self, episode_path) -> None:
         """Play a recorded episode's sent actions back at its recorded rate, through safety."""
@@ -392,31 +572,39 @@ class Session:
         if list(ep.meta.joint_names) != self.profile.joint_names:
             raise SessionError(f"episode joints {ep.meta.joint_names} do not match profile "
                                f"'{self.profile.name}' {self.profile.joint_names}")
-        with self._lock:
+        actions, fps = np.asarray(ep.action, float), float(ep.meta.fps)
+
+        def do():
             if self.workflow.state == State.RECORDING:
                 raise SessionError("stop the episode before replaying")
-            if self.mode == Mode.KINESTHETIC:
-                self._leave_mode(Mode.KINESTHETIC)
-            if abs(ep.meta.fps - self.fps) > 1e-6:
-                self.say(f"replay at the recorded {ep.meta.fps:g} Hz (session runs at {self.fps:g} Hz)")
-                self.loop.set_rate(ep.meta.fps)
-            self._replay = {"actions": np.asarray(ep.action, float), "i": 0, "path": str(episode_path),
-                            "fps": ep.meta.fps}
+            if abs(fps - self.fps) > 1e-6:
+                self.say(f"replay at the recorded {fps:g} Hz (session runs at {self.fps:g} Hz)")
+                self.loop.set_rate(fps)
+            rep = ReplaySource(actions, path=str(episode_path), fps=fps)
             # First glide to the episode's first pose (homing), then play.
-            self._home_goal = self._replay["actions"][0].copy()
-            self._mode_after_home = Mode.REPLAY
-            self.mode = Mode.HOMING
-            self.say(f"replaying {Path(episode_path).name} ({len(ep.action)} steps)")
+            self._switch(Mode.HOMING, HomingSource(actions[0], self.config.home_speed, then=(Mode.REPLAY, rep),
+                                                   say_done=False), quiet=True)
+            self.say(f"replaying {Path(episode_path).name} ({len(actions)} steps)")
+        self._call(do)
 
     def stop_replay(self) -> None:
-        with self._lock:
-            if self.mode in (Mode.REPLAY, Mode.HOMING) and self._replay is not None:
+        def do():
+            if self.mode in (Mode.REPLAY, Mode.HOMING) and self._replay_source() is not None:
                 self._finish_replay("replay stopped")
+        self._post(do)
+
+    def _replay_source(self):
+        s = self._source
+        if isinstance(s, ReplaySource):
+            return s
+        if isinstance(s, HomingSource) and s.then and isinstance(s.then[1], ReplaySource):
+            return s.then[1]
+        return None
 
     def _finish_replay(self, msg: str) -> None:
-        fps = self._replay["fps"] if self._replay else self.fps
-        self._replay = None
-        self.mode = Mode.HOLD
+        r = self._replay_source()
+        fps = r.fps if r is not None and r.fps else self.fps
+        self._switch(Mode.HOLD, HoldSource(), quiet=True)
         if abs(fps - self.fps) > 1e-6:
             self.loop.set_rate(self.fps)
         self.say(msg)
@@ -427,31 +615,81 @@ class Session:
         cfg = self.workflow.config
         types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cfg)}
         casts = {"float": float, "int": int, "bool": bool}
-        with self._lock:
-            for k, v in params.items():
-                if k not in types or k == "instructions":
-                    raise AttributeError(f"workflow has no setting {k!r}")
-                setattr(cfg, k, casts.get(types[k], lambda x: x)(v))   # by declared type: 0.8 stays 0.8
+        for k in params:
+            if k not in types or k == "instructions":
+                raise AttributeError(f"workflow has no setting {k!r}")
+        for k, v in params.items():
+            setattr(cfg, k, casts.get(types[k], lambda x: x)(v))   # by declared type: 0.8 stays 0.8
 
+    # ---- policies --------------------------------------------------------------------
     def set_policy(self, runner, name: str = "") -> None:
         """Install a policy runner (teleop_app.policy.runner). Its metadata is checked against this robot
-        and rate before anything moves: PolicyMismatchError says what differs."""
+        and rate before anything moves: PolicyMismatchError says what differs. Inference always runs
+        asynchronously here (a late result = hold), so the loop never waits for the policy."""
         meta = getattr(getattr(runner, "policy", None), "meta", None)
         if meta is not None:
             from dataclasses import replace as _replace
             from teleop_app.policy.base import check_compatible
             check_compatible(meta, _replace(self.profile, fps=self.fps))
-        with self._lock:
-            self.policy_runner = runner
-            self.policy_name = name
+        make_async(runner, self.period, self.config.policy_stall_s)
 
-    # ================================================================ recording effects
-    def _begin_recording(self, instruction: str) -> None:
+        def do():
+            old = self.policy_runner
+            self.policy_runner, self.policy_name = runner, name
+            self.policy_state = PolicyState.READY
+            if self.mode == Mode.POLICY:
+                self._switch(Mode.POLICY, quiet=True)
+            if old is not None and old is not runner and hasattr(old, "close") and self._hk is not None:
+                self._hk.submit(old.close)
+        self._call(do)
+
+    def load_policy(self, spec: dict) -> None:
+        """Load a policy in a background thread (checkpoint path, http(s) URL or "demo"); policy_state
+        goes LOADING -> READY (or ERROR with a message)."""
+        spec = dict(spec)
+        src = str(spec.pop("source", ""))
+        chunk_mode = spec.pop("chunk_mode", "ensemble")
+        remote_action = spec.pop("remote_action", None)
+        self.policy_state = PolicyState.LOADING
+
+        def work():
+            try:
+                from teleop_app.policy.base import load_policy
+                from teleop_app.policy.runner import PolicyRunner
+                kw = dict(spec)
+                if src.startswith(("http://", "https://")):
+                    kw.setdefault("profile", self.profile)
+                    if remote_action:
+                        kw["action_mode"] = {"eef": "ee_delta"}.get(remote_action, remote_action)
+                pol = load_policy(src, **kw)
+                runner = PolicyRunner(pol, chunk_mode, async_=True, lower=self.profile.lower(),
+                                      upper=self.profile.upper())
+                self.set_policy(runner, Path(src).name if not src.startswith("http") else src)
+                self.say(f"policy loaded: {src}")
+            except Exception as e:  # noqa: BLE001 - any load failure is a message, not a crash
+                self.policy_state = PolicyState.ERROR
+                self.say(f"cannot load policy {src}: {e}")
+        threading.Thread(target=work, name="policy-load", daemon=True).start()
+
+    def clear_policy(self) -> None:
+        def do():
+            if self.mode == Mode.POLICY:
+                self._switch(Mode.HOLD, HoldSource())
+            old, self.policy_runner, self.policy_name = self.policy_runner, None, ""
+            self.policy_state = PolicyState.NONE
+            if old is not None and hasattr(old, "close") and self._hk is not None:
+                self._hk.submit(old.close)
+        self._post(do)
+
+    def latest_frames(self) -> dict:
+        """{camera: (image, timestamp)}: exactly the frames the last tick read (recorded / shown to the policy)."""
+        frames = self.pipeline.frames if self.pipeline is not None else {}
+        return {n: (f.image, f.timestamp) for n, f in frames.items()}
+
+    # ================================================================ recording effects (in the tick)
+    def _episode_meta(self, instruction: str):
         from recorder.schema import EpisodeMeta
-        from recorder.writer import EpisodeWriter
-        mode = {Mode.GAMEPAD: "teleop", Mode.HOLD: "teleop", Mode.KINESTHETIC: "kinesthetic",
-                Mode.SCRIPTED: "scripted", Mode.POLICY: "policy", Mode.REPLAY: "scripted",
-                Mode.HOMING: "teleop"}[self.mode]
+        mode = getattr(self._source, "record_mode", "teleop")
         extra = {"robot_kind": self.config.robot, "control_mode": self.mode.value}
         if self.devices.workcell is not None:
             wc = self.devices.workcell
@@ -459,103 +697,143 @@ class Session:
         meta = EpisodeMeta(instruction=instruction, fps=self.fps, robot=self.profile.name,
                            joint_names=self.profile.joint_names, mode=mode, operator=self.config.operator,
                            software_version=__version__, extra=extra)
+        key = (instruction, mode, self.mode.value, extra.get("task"), extra.get("seed"))
+        return key, meta
+
+    def _make_writer(self, meta):
+        """Housekeeping thread: create the episode files (path chosen here, after every earlier job)."""
+        from recorder.writer import EpisodeWriter
         cams = {n: (c.height, c.width) for n, c in self._camera_specs().items()}
-        path = self.store.new_episode_path()
-        try:
-            self._writer = EpisodeWriter(path, meta, cameras=cams, dof=self.profile.dof, jpeg=self.config.jpeg)
-        except Exception as e:
-            self._writer = None
-            self.say(f"cannot record: {e}")
-            self.workflow.abort()
+        return EpisodeWriter(self.store.new_episode_path(), meta, cameras=cams, dof=self.profile.dof,
+                             jpeg=self.config.jpeg)
+
+    def _prepare_writer(self) -> None:
+        """Create the next episode's writer ahead of time (countdown / reset), off the tick."""
+        if self._prepared is not None or self._hk is None:
             return
-        self._pending_kin = None
+        key, meta = self._episode_meta(self.workflow.instruction)
+        self._prepared = (key, self._hk.submit(self._make_writer, meta))
+
+    def _drop_prepared(self) -> None:
+        p, self._prepared = self._prepared, None
+        if p is not None and self._hk is not None:
+            self._hk.submit(lambda f=p[1]: f.exception() is None and f.result().abort())
+
+    def _begin_recording(self, instruction: str) -> None:
+        key, meta = self._episode_meta(instruction)
+        if self._prepared is not None and self._prepared[0] == key:
+            fut = self._prepared[1]
+            self._prepared = None
+        else:
+            self._drop_prepared()
+            fut = self._hk.submit(self._make_writer, meta)
+        self.pipeline.recorder.begin(fut)
         self.say(f"recording: '{instruction}'")
 
     def _end_recording(self) -> None:
-        w, self._writer = self._writer, None
+        rec = self.pipeline.recorder
+        w, left = rec.end()
+        steps = rec.steps
         if w is None:
             return
-        if self._pending_kin is not None:      # last kinesthetic step: action = hold its own position
-            step = self._pending_kin
-            self._pending_kin = None
-            w.add_step(**step)
-        self._last_episode_path = w.finish(success=-1)
+        self._last_episode = self._hk.submit(self._finish, w, left)
         if self.devices and self.devices.workcell is not None:
             self.workflow.label = 1 if self.devices.workcell.success() else 0
-        self.say(f"episode stopped: {w.num_steps} steps")
+        self.say(f"episode stopped: {steps} steps")
+
+    def _finish(self, w, left):
+        try:
+            return finish_writer(w, left, -1)
+        except Exception as e:  # noqa: BLE001
+            self.say(f"recording failed: {e}")
+            return None
 
     def _keep_episode(self, success: int) -> None:
-        p = self._last_episode_path
+        fut, self._last_episode = self._last_episode, None
+        if fut is not None:
+            self._hk.submit(self._store_episode, fut, int(success))
+        self._settled()
+
+    def _store_episode(self, fut: Future, success: int) -> None:
+        p = fut.result()
         if p is None:
             return
         ep_id = self.store.add(p).id
         if success != -1:
-            self.store.relabel(ep_id, int(success))
+            self.store.relabel(ep_id, success)
         self.say(f"kept episode {ep_id} ({'success' if success == 1 else 'failure' if success == 0 else 'unlabelled'})")
-        self._last_episode_path = None
-        self._settled()
 
     def _discard_episode(self) -> None:
-        p = self._last_episode_path
-        if p is not None:
-            Path(p).unlink(missing_ok=True)
-            self.say("episode discarded")
-        self._last_episode_path = None
+        fut, self._last_episode = self._last_episode, None
+        if fut is not None:
+            def rm():
+                p = fut.result()
+                if p is not None:
+                    Path(p).unlink(missing_ok=True)
+                    self.say("episode discarded")
+            self._hk.submit(rm)
         self._settled()
+
+    def _settled(self) -> None:
+        if self.mode in (Mode.SCRIPTED, Mode.POLICY) and self.devices.workcell is not None:
+            self._scene_reset_pending = True
 
     # ================================================================ the tick
     def _on_loop_error(self, e: BaseException) -> None:
         self.say(f"control loop error: {type(e).__name__}: {e}")
         log.exception("control loop error", exc_info=e)
         try:
-            with self._lock:
-                q = self.status.qpos if self.status.qpos is not None else self._target
-                self.safety.estop(q)
-                self.workflow.abort()
-        except Exception:
+            if self.pipeline is not None:
+                self.pipeline.request_estop("loop error")
+                self.pipeline._latch_estop()
+        except Exception:  # noqa: BLE001
             pass
 
     def _tick(self, deadline: float, start: float) -> None:
-        with self._lock:
-            self._tick_locked(start)
+        self.pipeline.step(start)
 
-    def _tick_locked(self, now: float) -> None:
-        robot = self.devices.robot
-        obs = robot.get_observation()
-        q = obs.position
+    def _before(self, ctx) -> None:
+        """After the observation, before the source: commands, pad, workflow clock."""
+        self._run_queued()
         pad = self._read_pad()
         cmd = self._pad_command(pad)
         for ev in cmd.events:           # buttons (e-stop above all) work in every mode
             self._pad_event(ev)
-        if self.mode not in (Mode.GAMEPAD, Mode.KINESTHETIC, Mode.HOLD):
+        if not getattr(self._source, "uses_pad", False):
             cmd = None                  # sticks only drive in the modes where a human drives
-        self.workflow.update(now)
+        ctx.pad, ctx.pad_cmd = pad, cmd
+        rec = self.pipeline.recorder
+        if rec.error:
+            self.say(rec.error)
+            rec.error = None
+            self.workflow.stop()
+        self.workflow.update(ctx.now)
+        ctx.instruction = self.workflow.instruction
+        ctx.recording = self.workflow.state == State.RECORDING
+        ctx.seed = self._episode_seed
 
-        raw = self._raw_target(q, obs, cmd, now)
-        if self.mode == Mode.KINESTHETIC:
-            sent, rep = q.copy(), None           # torque off: nothing is commanded
-        elif raw is None:
-            sent, rep = self.safety.hold(q, watchdog=self._watchdog_tripped(now))
-        else:
-            sent, rep = self.safety.filter(raw, q)
-            if rep.rejected_nonfinite and self.mode == Mode.POLICY:
-                self.say("policy output was NaN/inf: policy stopped, nothing sent")
-                self.mode = Mode.HOLD
-        if self.mode != Mode.KINESTHETIC:
-            robot.send_action(sent)
-            self._target = sent.copy()
-        if self._writer is not None:
-            self._record(obs, sent, raw, cmd)
-        self._after_tick(q)
-        self.history.append((now, q.copy(), sent.copy()))
-        self._publish(q, raw, sent, pad, rep)
+    def _after(self, ctx, res) -> None:
+        rep = res.report
+        if rep is not None and rep.rejected_nonfinite and self.mode == Mode.POLICY:
+            self._request("stop_policy", "policy output was NaN/inf, nothing sent")
+        wf = self.workflow.state
+        if self._scene_reset_pending and not self.safety.estopped and wf in (
+                State.RESETTING, State.IDLE, State.DONE, State.COUNTDOWN):
+            self._scene_reset_pending = False
+            self._reset_scene()
+        elif (not self._scene_reset_pending and wf in (State.COUNTDOWN, State.RESETTING)
+              and self._prepared is None and not self.safety.estopped):
+            self._prepare_writer()
+        q = res.obs.position
+        self.history.append((ctx.now, q.copy(), res.sent.copy()))
+        self._publish(q, res.raw, res.sent if res.written is None else res.written, ctx.pad, rep)
 
     def _read_pad(self) -> GamepadState:
         if self.gamepad is None:
             return GamepadState(connected=False)
         try:
             return self.gamepad.read()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001
             self.say(f"gamepad error: {e}")
             return GamepadState(connected=False)
 
@@ -570,8 +848,11 @@ class Session:
         return cmd
 
     def _pad_event(self, ev: str) -> None:
+        if ev == "estop":
+            self.estop("pad")
+            return
         actions = {"start_episode": self.workflow.next, "stop_episode": self.workflow.stop,
-                   "rerecord": self.workflow.rerecord, "estop": self.estop, "home": self.go_home,
+                   "rerecord": self.workflow.rerecord, "home": self.go_home,
                    "success": lambda: self._label_and_keep(True),
                    "failure": lambda: self._label_and_keep(False)}
         fn = actions.get(ev)
@@ -584,166 +865,36 @@ class Session:
         else:
             self.workflow.set_label(success)
 
-    def _watchdog_tripped(self, now: float) -> bool:
-        """True on the first tick after a command stream went stale (one trip per stream, not per tick)."""
-        src = self._ext_target or self._jog
-        if src is None or now - src[0] <= self.config.watchdog_s or src[0] == self._watchdog_seen:
-            return False
-        self._watchdog_seen = src[0]
-        return True
-
-    _watchdog_seen = 0.0
-
-    def _raw_target(self, q, obs, cmd, now) -> np.ndarray | None:
-        base = self._target if self._target is not None else q
-        mode = self.mode
-        if self.safety.estopped:
-            return None
-        if mode == Mode.GAMEPAD or (mode == Mode.HOLD and cmd is not None and np.any(cmd.joint_velocity)):
-            if cmd is None:
-                return None
-            t = base + cmd.joint_velocity * self.period
-            if cmd.gripper is not None:
-                self._gripper_cmd = cmd.gripper
-            elif self._gripper_cmd is not None and cmd.joint_velocity[-1]:
-                g = self.profile.gripper
-                self._gripper_cmd = float(np.clip(self._gripper_cmd + cmd.joint_velocity[-1] * self.period,
-                                                  g.lower, g.upper))
-            t[-1] = self._gripper_cmd if self._gripper_cmd is not None else base[-1]
-            return self._add_jog(t, now)
-        if mode == Mode.KINESTHETIC:
-            if cmd is not None:
-                if cmd.gripper is not None:
-                    self._gripper_cmd = cmd.gripper
-                if np.any(cmd.joint_velocity) and self.devices.workcell is not None:
-                    self.push(q + cmd.joint_velocity * self.period)  # the pad plays the operator's hand
-            raw = q.copy()
-            if self._gripper_cmd is not None:
-                raw[-1] = self._gripper_cmd
-            return raw
-        if mode == Mode.SCRIPTED:
-            if self.workflow.state == State.RECORDING and self._expert is not None:
-                if self._expert.done:
-                    self.workflow.stop()
-                    return None
-                return np.asarray(self._expert.act(q), float)
-            return None
-        if mode == Mode.POLICY:
-            if self.policy_runner is None:
-                return None
-            from teleop_app.policy.runner import PolicyOutputError
-            try:
-                return self.policy_runner.act(self._observation(obs), now)
-            except PolicyOutputError as e:    # NaN / far out of range: never sent; stop the policy only
-                self.mode = Mode.HOLD
-                self.say(f"policy stopped, nothing sent: {e}")
-                return None
-        if mode == Mode.REPLAY:
-            r = self._replay
-            if r is None or r["i"] >= len(r["actions"]):
-                self._finish_replay("replay finished")
-                return None
-            r["i"] += 1
-            return r["actions"][r["i"] - 1]
-        if mode == Mode.HOMING:
-            goal = self._home_goal
-            step = self.profile.max_speed() * self.period * self.config.home_speed
-            t = base + np.clip(goal - base, -step, step)
-            if np.allclose(t, goal, atol=1e-3) and np.allclose(q, goal, atol=2e-2):
-                self.mode = self._mode_after_home
-                if self.mode != Mode.REPLAY:
-                    self.say("home reached")
-            return t
-        # HOLD: sliders / scripts
-        if self._ext_target is not None and now - self._ext_target[0] <= self.config.watchdog_s:
-            return self._ext_target[1].copy()
-        if self._jog is not None and now - self._jog[0] <= self.config.watchdog_s:
-            return self._add_jog(base.copy(), now)
-        return None
-
-    def _add_jog(self, t, now):
-        if self._jog is not None and now - self._jog[0] <= self.config.watchdog_s:
-            t = t + self._jog[1] * self.period
-        return t
-
-    def _observation(self, obs) -> dict:
-        images = {}
-        for name, cam in (self.devices.cameras or {}).items():
-            f = cam.read_latest() if cam.is_connected else None
-            if f is not None:
-                images[name] = f.image
-        return {"images": images, "qpos": obs.position.copy(), "instruction": self.workflow.instruction,
-                "timestamp": obs.timestamp}
-
-    def _record(self, obs, sent, raw, cmd) -> None:
-        images, stamps = {}, {}
-        for name, cam in self.devices.cameras.items():
-            if name in self.camera_errors:
-                continue
-            f = cam.read_latest()
-            if f is not None:
-                images[name], stamps[name] = f.image, f.timestamp
-        raw_a = sent if raw is None else raw
-        step = dict(qpos=obs.position.copy(), action=sent.copy(), action_raw=np.asarray(raw_a, float).copy(),
-                    timestamp=obs.timestamp, images=images, image_timestamps=stamps, qvel=obs.velocity)
-        if self.mode == Mode.KINESTHETIC:
-            # Action t = measured position t+1 (gripper from the button), so the pending step is written now.
-            if self._pending_kin is not None:
-                prev = self._pending_kin
-                act = obs.position.copy()
-                act[-1] = prev["action_raw"][-1]
-                prev["action"] = act
-                prev["action_raw"] = act.copy()
-                self._writer.add_step(**prev)
-            step["action"] = step["action_raw"].copy()
-            self._pending_kin = step
-        else:
-            self._writer.add_step(**step)
-        if getattr(self._writer, "error", None):
-            self.say(f"recording stopped: {self._writer.error}")
-            self.workflow.stop()
-
-    def _after_tick(self, q) -> None:
-        # Unattended modes in the sim put a fresh scene out once the last episode is settled.
-        if self._scene_reset_pending and not self.safety.estopped and self.workflow.state in (State.RESETTING, State.IDLE, State.DONE,
-                                                                 State.COUNTDOWN):
-            self._scene_reset_pending = False
-            self.reset_scene()
-
-    _scene_reset_pending = False
-
-    def _settled(self) -> None:
-        if self.mode in (Mode.SCRIPTED, Mode.POLICY) and self.devices.workcell is not None:
-            self._scene_reset_pending = True
-
-    def _new_expert(self) -> None:
-        from drivers.sim import ScriptedExpert
-        wc = self._require_sim("scripted mode")
-        self._expert = ScriptedExpert(wc, seed=self._episode_seed, dt=self.period)
-        self._expert.reset()
-
-    _loop_stats: LoopStats | None = None
-    _loop_stats_t = 0.0
+    def _refresh_stats(self) -> None:
+        """Loop percentiles cost 0.5-2 ms over thousands of ticks: computed on the housekeeping thread."""
+        now = time.monotonic()
+        job = self._stats_job
+        if self.loop.ticks and now - self._stats_t > 0.25 and (job is None or job.done()) and self._hk:
+            if job is not None and job.exception() is None:
+                self._loop_stats = job.result()
+            self._stats_t = now
+            self._stats_job = self._hk.submit(self.loop.stats)
 
     def _publish(self, q, raw, sent, pad=None, rep=None) -> None:
         wf = self.workflow
         now = time.monotonic()
-        # Percentiles over thousands of ticks cost 0.5-2 ms: refresh them 4x/s, not inside every tick.
-        if self.loop.ticks and now - self._loop_stats_t > 0.25:
-            self._loop_stats, self._loop_stats_t = self.loop.stats(), now
+        self._refresh_stats()
+        self._seq += 1
         wc = self.devices.workcell if self.devices else None
+        rep_src = self._replay_source()
         self.status = Status(
-            t=now, connected=True, mode=self.mode.value, qpos=q.copy(),
+            t=now, connected=True, mode=self.mode, qpos=q.copy(),
             target=None if raw is None else np.asarray(raw, float).copy(),
-            sent=None if sent is None else sent.copy(),
+            sent=None if sent is None else np.asarray(sent, float).copy(),
             torque=self.devices.robot.torque_enabled, estopped=self.safety.estopped,
             gamepad=pad or GamepadState(connected=False),
             group=self._pad_state.group if self._pad_state else "",
-            loop=self._loop_stats, workflow=wf.state.value,
+            loop=self._loop_stats, workflow=wf.state,
             time_left=wf.time_left(), kept=wf.kept, target_episodes=wf.config.target_episodes,
-            instruction=wf.instruction, recording_steps=self._writer.num_steps if self._writer else 0,
+            instruction=wf.instruction, recording_steps=self.pipeline.recorder.steps if self.pipeline.recorder.active else 0,
             label=wf.label, sim_success=bool(wc.success()) if wc is not None else None,
             safety=self.safety.counters.as_dict(), last_safety=tuple(rep.reasons()) if rep else (),
             message=self.messages[-1] if self.messages else "",
-            replay_progress=(self._replay["i"], len(self._replay["actions"])) if self._replay else (0, 0),
-            policy=self.policy_name)
+            replay_progress=rep_src.progress if isinstance(self._source, ReplaySource) else (0, 0),
+            policy=self.policy_name, policy_state=self.policy_state, seq=self._seq,
+            messages_seq=self._n_messages)
