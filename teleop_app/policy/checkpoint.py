@@ -1,8 +1,11 @@
 """Self-describing checkpoints for the project's VLA, and the policy object that runs one.
 
 One file holds: format tag + version, the weights (plain tensors), the model config, PolicyMeta
-(joint names, fps, cameras, image size, chunk, normalisation stats), the tokenizer vocabulary
-and training info (+ optimizer state for resume). Only tensors, numbers, strings, lists and dicts
+(joint names, fps, cameras, image size, chunk, normalisation stats), the tokenizer vocabulary,
+the text encoder's spec (absent = the word tokenizer; "minilm": which sentence encoder, so loading
+picks the same one and checks it with a probe embedding), training info (+ optimizer state for
+resume) and, for a fine-tuned model, `finetune` (base file + sha256, LoRA rank/targets, trained
+parameter count; the weights are the adapters merged into the base, so the file runs without peft). Only tensors, numbers, strings, lists and dicts
 are stored and the file is loaded with `weights_only=True`, so opening a checkpoint never runs code.
 Writes go to a temp file then os.replace, so a crash never leaves a half-written checkpoint.
 """
@@ -26,14 +29,16 @@ class CheckpointError(PolicyError):
 
 
 def save_checkpoint(path, model, meta: PolicyMeta, tokenizer: Tokenizer, train_info: dict | None = None,
-                    optimizer_state: dict | None = None) -> Path:
+                    optimizer_state: dict | None = None, text_encoder: dict | None = None,
+                    finetune: dict | None = None, state_dict: dict | None = None) -> Path:
     import torch
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
         "format": FORMAT,
         "version": VERSION,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().clone()
+                       for k, v in (state_dict if state_dict is not None else model.state_dict()).items()},
         "model_config": model.cfg.to_dict(),
         "meta": meta.to_dict(),
         "tokenizer": tokenizer.to_dict(),
@@ -42,6 +47,10 @@ def save_checkpoint(path, model, meta: PolicyMeta, tokenizer: Tokenizer, train_i
     }
     if optimizer_state is not None:
         blob["optimizer"] = optimizer_state
+    if text_encoder is not None and text_encoder.get("kind", "words") != "words":
+        blob["text_encoder"] = json.loads(json.dumps(text_encoder))
+    if finetune is not None:
+        blob["finetune"] = json.loads(json.dumps(finetune, default=str))
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
     os.replace(tmp, path)
@@ -92,7 +101,7 @@ class VLAPolicy:
     """Runs the project's VLA on one observation; see base.Policy."""
 
     def __init__(self, model, meta: PolicyMeta, tokenizer: Tokenizer, train_info: dict | None = None,
-                 threads: int | None = 2):
+                 threads: int | None = 2, text_encoder=None):
         import torch
         if threads:
             torch.set_num_threads(threads)
@@ -103,7 +112,8 @@ class VLAPolicy:
         st, ac = meta.stats["state"], meta.stats["action"]
         self._s_mean, self._s_std = np.asarray(st["mean"], np.float32), np.asarray(st["std"], np.float32)
         self._a_mean, self._a_std = np.asarray(ac["mean"], np.float32), np.asarray(ac["std"], np.float32)
-        self._tok_cache: dict[str, list[int]] = {}
+        self.text_encoder = text_encoder          # None = word tokenizer; else a SentenceEncoder
+        self._tok_cache: dict[str, object] = {}
         # "delta_arm": the network predicts arm moves relative to the current joints (train.chunk_targets)
         self.action_space = meta.extra.get("action_space", "absolute")
 
@@ -127,9 +137,15 @@ class VLAPolicy:
             out.append(img.transpose(2, 0, 1))
         return np.stack(out).astype(np.float32) / 255.0
 
-    def tokens(self, instruction: str) -> list[int]:
+    def text_input(self, instruction: str):
+        """The model's text input for one instruction (token ids or embedding), as a (1, ...) tensor;
+        cached per string, so the sentence encoder runs once per new instruction, not per step."""
+        import torch
         if instruction not in self._tok_cache:
-            self._tok_cache[instruction] = self.tokenizer.encode(instruction)
+            if self.text_encoder is None:
+                self._tok_cache[instruction] = torch.tensor([self.tokenizer.encode(instruction)])
+            else:
+                self._tok_cache[instruction] = torch.from_numpy(self.text_encoder.embed(instruction))[None]
         return self._tok_cache[instruction]
 
     def predict(self, obs: dict) -> np.ndarray:
@@ -141,7 +157,7 @@ class VLAPolicy:
         s = (q - self._s_mean) / self._s_std
         with torch.inference_mode():
             out = self.model(torch.from_numpy(imgs)[None],
-                             torch.tensor([self.tokens(obs.get("instruction", ""))]),
+                             self.text_input(obs.get("instruction", "")),
                              torch.from_numpy(s)[None])[0].numpy()
         a = out.astype(np.float64) * self._a_std + self._a_mean
         if self.action_space == "delta_arm":
@@ -161,4 +177,8 @@ def load_checkpoint_policy(path, threads: int | None = 2, **_ignored) -> VLAPoli
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: checkpoint metadata is malformed ({e}); retrain") from None
     model = build_model(blob, path)
-    return VLAPolicy(model, meta, tok, blob.get("train"), threads=threads)
+    enc = None
+    if "text_encoder" in blob:
+        from .text_encoder import load_text_encoder
+        enc = load_text_encoder(blob["text_encoder"])
+    return VLAPolicy(model, meta, tok, blob.get("train"), threads=threads, text_encoder=enc)

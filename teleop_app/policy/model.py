@@ -1,7 +1,8 @@
 """The project's own small Vision-Language-Action model (torch, runs on the CPU).
 
     camera images --CNN (FiLM-conditioned on the instruction)--> spatial tokens per camera
-    instruction   --word embedding------------------------------> word tokens
+    instruction   --word embedding------------------------------> word tokens   (text_encoder "words")
+                  or frozen sentence embedding (384-d MiniLM) --MLP--> one text token ("minilm")
     joint state   --linear--------------------------------------> one proprio token
     + `chunk` learned action-query tokens
     -> small transformer encoder over all tokens
@@ -9,7 +10,9 @@
 
 FiLM lets the instruction steer *what* the vision encoder looks for (red vs blue cube), which
 a late-fusion transformer alone learns slowly on small datasets. CoordConv channels help
-the CNN report *where* things are. Import this module only where torch is wanted.
+the CNN report *where* things are. With a sentence encoder the model never sees the encoder itself,
+only its cached embedding (text_encoder.py), so a step costs the same as with words.
+Import this module only where torch is wanted.
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ class ModelConfig:
     dropout: float = 0.0
     grid: int = 2                    # spatial tokens per camera = grid * grid
     keypoints: int = 32              # spatial-softmax keypoints per camera (0 = off)
+    text_encoder: str = "words"      # "words" (token ids) or "minilm" (a sentence embedding)
+    text_dim: int = 384              # sentence embedding size (text_encoder != "words")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -110,8 +115,12 @@ class VLAModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.word_emb = nn.Embedding(cfg.vocab_size, d, padding_idx=0)
-        self.word_pos = nn.Parameter(torch.zeros(1, cfg.max_len, d))
+        if cfg.text_encoder == "words":
+            self.word_emb = nn.Embedding(cfg.vocab_size, d, padding_idx=0)
+            self.word_pos = nn.Parameter(torch.zeros(1, cfg.max_len, d))
+        else:
+            # frozen pre-trained embedding -> one text token; the same vector drives FiLM
+            self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(), nn.Linear(d, d))
         self.encoders = nn.ModuleList(VisionEncoder(cfg) for _ in cfg.cameras)
         film_total = 2 * sum(self.encoders[0].film_sizes) * len(cfg.cameras)
         self.film = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, film_total))
@@ -128,13 +137,22 @@ class VLAModel(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.action_dim)
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """images (B, n_cam, 3, H, W) float in [0,1]; tokens (B, L) long; state (B, D) normalised.
+    def text_tokens(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (tokens (B, L, d), padding mask (B, L) True = pad, pooled (B, d) for FiLM)."""
+        if self.cfg.text_encoder == "words":
+            mask = text != 0
+            w = self.word_emb(text) + self.word_pos[:, : text.shape[1]]
+            pooled = (w * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+            return w, ~mask, pooled
+        t = self.text_proj(text.float())
+        return t[:, None], torch.zeros(t.shape[0], 1, dtype=torch.bool, device=t.device), t
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """images (B, n_cam, 3, H, W) float in [0,1]; text (B, L) long token ids ("words") or
+        (B, text_dim) float sentence embeddings; state (B, D) normalised.
         Returns (B, chunk, action_dim) normalised actions."""
-        b = tokens.shape[0]
-        mask = tokens != 0
-        w = self.word_emb(tokens) + self.word_pos[:, : tokens.shape[1]]
-        pooled = (w * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        b = text.shape[0]
+        w, text_pad, pooled = self.text_tokens(text)
         film = self.film(pooled)
         sizes = self.encoders[0].film_sizes
         img_tokens, off = [], 0
@@ -151,7 +169,7 @@ class VLAModel(nn.Module):
         x = torch.cat([x_img, x_w, x_s, x_q], 1)
         n_before = x_img.shape[1]
         pad = torch.zeros(b, x.shape[1], dtype=torch.bool, device=x.device)
-        pad[:, n_before:n_before + tokens.shape[1]] = ~mask
+        pad[:, n_before:n_before + w.shape[1]] = text_pad
         x = self.transformer(x, src_key_padding_mask=pad)
         q = self.norm(x[:, -self.cfg.chunk:])
         return self.head(q)

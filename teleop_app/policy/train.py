@@ -8,6 +8,18 @@ normalised with the dataset mean/std; the policy always outputs absolute joint t
 (+-aug_shift px: small, because a fixed camera's pixel position *is* the cube position the arm must
 reach) and a mild brightness jitter, the joint state a little noise, so the policy copes
 with its own small errors in closed loop. L1 loss (as ACT): sharper than L2 on multi-modal data.
+
+Switches (each measured in benchmarks/bench_generalization.py):
+  text_encoder  "words" (shipped tokenizer) or "minilm" / a sentence-transformers folder: a frozen
+                pre-trained sentence embedding, computed once per distinct instruction; training adds a
+                little noise to it so the projection is smooth between the few training sentences.
+  augment       "none", "basic" (the shift + brightness above, default) or "strong": random crop/shift
+                +-4 px, colour jitter (brightness, contrast, per-channel gain = white balance), saturation
+                and Gaussian pixel noise. Domain randomisation itself is in the data: `teleop record --randomize`.
+  init          fine-tune from a base checkpoint: LoRA adapters (peft) on the fusion transformer's
+                feed-forward layers, the instruction conditioning (FiLM generator, text projection) and
+                the action head; `full=True` trains every weight instead. The base's normalisation,
+                cameras, image size and text encoder are kept. See finetune_targets for what is adapted.
 """
 from __future__ import annotations
 
@@ -36,6 +48,8 @@ class TrainResult:
     samples: int
     cancelled: bool = False
     history: list[tuple[int, float]] = field(default_factory=list)
+    trained_params: int = 0          # parameters the optimizer updated (LoRA: the adapters only)
+    total_params: int = 0
 
 
 def chunk_targets(ds: Dataset, chunk: int, action_space: str) -> tuple[np.ndarray, np.ndarray]:
@@ -66,10 +80,14 @@ def target_stats(ds: Dataset, chunk: int, action_space: str) -> dict:
     return st
 
 
-class _Batcher:
-    """Flat arrays over all episodes + normalised chunk targets."""
+AUGMENT = ("none", "basic", "strong")
+LORA_RANK = 8
 
-    def __init__(self, ds: Dataset, tok: Tokenizer, chunk: int, stats: dict, action_space: str):
+
+class _Batcher:
+    """Flat arrays over all episodes + normalised chunk targets; text = token ids or sentence embeddings."""
+
+    def __init__(self, ds: Dataset, tok: Tokenizer, chunk: int, stats: dict, action_space: str, encoder=None):
         self.cams = ds.cameras
         self.images = {c: np.concatenate([e.images[c] for e in ds.episodes]) for c in self.cams}
         q = np.concatenate([e.qpos for e in ds.episodes])
@@ -77,10 +95,12 @@ class _Batcher:
         a_mean, a_std = np.asarray(stats["action"]["mean"], np.float32), np.asarray(stats["action"]["std"], np.float32)
         self.state = (q - s_mean) / s_std
         self.targets = (chunk_targets(ds, chunk, action_space)[0] - a_mean) / a_std
-        toks = []
-        for e in ds.episodes:
-            toks += [tok.encode(e.instruction)] * len(e.qpos)
-        self.tokens = np.asarray(toks, np.int64)
+        if encoder is None:
+            per_ep = [np.asarray(tok.encode(e.instruction), np.int64) for e in ds.episodes]
+        else:
+            emb = encoder.embed_many([e.instruction for e in ds.episodes])
+            per_ep = list(emb)
+        self.tokens = np.concatenate([np.repeat(t[None], len(e.qpos), 0) for t, e in zip(per_ep, ds.episodes)])
         self.n = len(q)
 
     def batch(self, idx: np.ndarray):
@@ -88,22 +108,78 @@ class _Batcher:
         return imgs, self.tokens[idx], self.state[idx], self.targets[idx]
 
 
-def _to_torch(imgs, toks, state, act, aug: bool, rng: np.random.Generator, pad: int = 4,
-              state_noise: float = 0.05):
+def augment_images(x, rng: np.random.Generator, mode: str = "basic", pad: int = 2):
+    """(B, C, 3, H, W) float in [0,1] -> augmented copy. "basic": shift +-pad px + brightness 0.85-1.15;
+    "strong": shift +-max(pad, 4) px, brightness 0.7-1.3, contrast 0.7-1.3, per-channel gain 0.85-1.15,
+    saturation 0.7-1.3, Gaussian noise sigma 0-0.03. "none": unchanged."""
     import torch
     import torch.nn.functional as F
+    if mode == "none":
+        return x
+    if mode not in AUGMENT:
+        raise ValueError(f"augment must be one of {AUGMENT}, got {mode!r}")
+    b, c, ch, h, w = x.shape
+    n = b * c
+    flat = x.reshape(n, ch, h, w)
+    p = max(pad, 4) if mode == "strong" else pad
+    if p > 0:
+        padded = F.pad(flat, (p, p, p, p), mode="replicate")
+        dx, dy = rng.integers(0, 2 * p + 1, n), rng.integers(0, 2 * p + 1, n)
+        flat = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    u = lambda lo, hi, shape: torch.from_numpy(rng.uniform(lo, hi, shape).astype(np.float32))
+    if mode == "basic":
+        flat = flat * u(0.85, 1.15, (n, 1, 1, 1))
+    else:
+        flat = flat * u(0.7, 1.3, (n, 1, 1, 1)) * u(0.85, 1.15, (n, 3, 1, 1))
+        mean = flat.mean((1, 2, 3), keepdim=True)
+        flat = (flat - mean) * u(0.7, 1.3, (n, 1, 1, 1)) + mean
+        grey = flat.mean(1, keepdim=True)
+        flat = (flat - grey) * u(0.7, 1.3, (n, 1, 1, 1)) + grey
+        flat = flat + torch.randn_like(flat) * u(0.0, 0.03, (n, 1, 1, 1))
+    return flat.clamp_(0, 1).reshape(b, c, ch, h, w)
+
+
+def _to_torch(imgs, toks, state, act, aug: bool, rng: np.random.Generator, pad: int = 4,
+              state_noise: float = 0.05, augment: str = "basic", text_noise: float = 0.0):
+    import torch
     x = torch.from_numpy(imgs).permute(0, 1, 4, 2, 3).float().div_(255.0)   # (B, C, 3, H, W)
     s = torch.from_numpy(state)
-    if aug and pad > 0:
-        b, c, ch, h, w = x.shape
-        flat = F.pad(x.reshape(b * c, ch, h, w), (pad, pad, pad, pad), mode="replicate")
-        dx, dy = rng.integers(0, 2 * pad + 1, b * c), rng.integers(0, 2 * pad + 1, b * c)
-        flat = torch.stack([flat[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b * c)])
-        gain = torch.from_numpy(rng.uniform(0.85, 1.15, (b * c, 1, 1, 1)).astype(np.float32))
-        x = (flat * gain).clamp_(0, 1).reshape(b, c, ch, h, w)
+    t = torch.from_numpy(toks)
     if aug:
+        x = augment_images(x, rng, augment, pad)
         s = s + state_noise * torch.randn_like(s)
-    return x, torch.from_numpy(toks), s, torch.from_numpy(act)
+        if text_noise and t.is_floating_point():
+            t = t + text_noise * torch.randn_like(t)
+    return x, t, s, torch.from_numpy(act)
+
+
+def finetune_targets(net) -> list[str]:
+    """Modules LoRA adapts: the fusion transformer's feed-forward layers, the action head and the
+    instruction conditioning (FiLM generator, sentence-embedding projection). Not the attention
+    projections: torch's MultiheadAttention reads its weights directly (an adapter on out_proj would
+    never run), and peft's experimental MultiheadAttention adapter did not merge back exactly."""
+    names = []
+    for n, m in net.named_modules():
+        leaf = n.rsplit(".", 1)[-1]
+        if (n.startswith("transformer.") and leaf in ("linear1", "linear2")) or n == "head" \
+                or n in ("film.0", "film.2", "text_proj.0", "text_proj.2"):
+            names.append(n)
+    return names
+
+
+def count_params(net) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    ps = list(net.parameters())
+    return sum(p.numel() for p in ps if p.requires_grad), sum(p.numel() for p in ps)
+
+
+def _sha256(path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: float = 3e-4,
@@ -112,17 +188,32 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           image_size: tuple[int, int] = (64, 64), chunk: int = 10, val_fraction: float = 0.1,
           checkpoint_every: int = 500, max_minutes: float | None = None, seed: int = 0,
           model: dict | None = None, threads: int = 2, weight_decay: float = 1e-4,
-          warmup: int = 200, action_space: str = "delta_arm", aug_shift: int = 2) -> TrainResult:
+          warmup: int = 200, action_space: str = "delta_arm", aug_shift: int = 2,
+          text_encoder: str = "words", augment: str = "basic", init=None, full: bool = False,
+          lora_rank: int = LORA_RANK, text_noise: float = 0.05) -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
     The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
     time-boxed run still finishes at a low LR. `cancel.set()` stops after the current step and
     saves. With resume, an existing out_path with optimizer state continues where it stopped.
+    With init=BASE.pt, fine-tunes the base (LoRA adapters, or every weight with full=True) on this
+    dataset; the run's trained/total parameter counts are in the checkpoint's train info.
     """
     import torch
     from .checkpoint import CheckpointError, build_model, read_checkpoint, save_checkpoint
     from .model import ModelConfig, VLAModel
+    from .text_encoder import load_text_encoder
 
+    if augment not in AUGMENT:
+        raise PolicyError(f"augment must be one of {', '.join(AUGMENT)}, got {augment!r}")
+    base_blob = None
+    if init is not None:
+        try:
+            base_blob = read_checkpoint(init)
+        except CheckpointError as e:
+            raise PolicyError(f"cannot fine-tune: {e}") from None
+        bm = PolicyMeta.from_dict(base_blob["meta"])
+        cameras, image_size = list(bm.cameras), tuple(bm.image_size)   # the base decides its inputs
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -138,6 +229,9 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     load_s = time.monotonic() - t_load
 
     blob = None
+    if resume and out_path.exists() and init is not None:
+        raise PolicyError(f"{out_path} exists; a fine-tuning run (--init) always starts from the base: "
+                          "pass --no-resume to overwrite it, or choose another output path")
     if resume and out_path.exists():
         try:
             blob = read_checkpoint(out_path)
@@ -162,8 +256,43 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         action_space = meta.extra.get("action_space", "absolute")
         info = dict(blob["train"])
         start_step, elapsed0 = int(info.get("step", 0)), float(info.get("elapsed_s", 0.0))
+        enc_spec = blob.get("text_encoder", {"kind": "words"})
+        encoder = load_text_encoder(enc_spec)
+        finetune = blob.get("finetune")
+    elif base_blob is not None:
+        tok = Tokenizer.from_dict(base_blob["tokenizer"])
+        meta = PolicyMeta.from_dict(base_blob["meta"])
+        if meta.joint_names != ds.joint_names:
+            raise PolicyError(f"cannot fine-tune {init}: it was trained on joints {meta.joint_names}, "
+                              f"the dataset has {ds.joint_names}")
+        net = build_model(base_blob, init)
+        stats = meta.stats                       # keep the base's normalisation: its weights assume it
+        action_space = meta.extra.get("action_space", "absolute")
+        meta.extra["instructions"] = sorted(set(meta.extra.get("instructions", []))
+                                            | {e.instruction for e in ds.episodes})
+        enc_spec = base_blob.get("text_encoder", {"kind": "words"})
+        encoder = load_text_encoder(enc_spec)
+        info, start_step, elapsed0 = {}, 0, 0.0
+        finetune = {"base": str(init), "base_sha256": _sha256(init), "method": "full" if full else "lora",
+                    "base_step": int(base_blob["train"].get("step", 0))}
+        if encoder is None:
+            unknown = sorted({w for e in ds.episodes for w in tok.unknown_words(e.instruction)})
+            if unknown:
+                print(f"note: the base uses the word tokenizer; new words map to <unk>: {unknown}")
+        if not full:
+            from peft import LoraConfig, get_peft_model
+            targets = finetune_targets(net)
+            net = get_peft_model(net, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                                                 target_modules=targets))
+            finetune.update({"lora_rank": lora_rank, "lora_alpha": 2 * lora_rank, "targets": targets,
+                             "saved_as": "adapters merged into the base weights"})
     else:
         tok = Tokenizer.build([e.instruction for e in ds.episodes])
+        encoder = load_text_encoder(text_encoder)
+        enc_spec = encoder.spec() if encoder is not None else {"kind": "words"}
+        finetune = None
+        if encoder is not None:
+            model = {**(model or {}), "text_encoder": encoder.kind, "text_dim": encoder.dim}
         if action_space not in ("delta_arm", "absolute"):
             raise ValueError(f"action_space must be 'delta_arm' or 'absolute', got {action_space!r}")
         stats = target_stats(ds, chunk, action_space)
@@ -178,11 +307,22 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                                  "action_space": action_space})
         info, start_step, elapsed0 = {}, 0, 0.0
     net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    n_train, n_total = count_params(net)
+    lora = finetune is not None and finetune.get("method") == "lora" and base_blob is not None
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=0.0 if lora else weight_decay)
     if blob is not None:
         opt.load_state_dict(blob["optimizer"])
-    tr = _Batcher(ds, tok, net.cfg.chunk, stats, action_space)
-    va = _Batcher(val, tok, net.cfg.chunk, stats, action_space) if val is not None else None
+    cfg = ModelConfig.from_dict(base_blob["model_config"]) if base_blob is not None else net.cfg
+    tr = _Batcher(ds, tok, cfg.chunk, stats, action_space, encoder)
+    va = _Batcher(val, tok, cfg.chunk, stats, action_space, encoder) if val is not None else None
+    if finetune is not None and base_blob is not None:
+        finetune.update({"trained_params": n_train, "total_params": n_total if not lora else
+                         sum(v.numel() for v in base_blob["state_dict"].values())})
+    if progress:
+        progress({"phase": "model", "step": start_step, "steps": steps, "trained_params": n_train,
+                  "total_params": n_total, "text_encoder": enc_spec.get("kind", "words"),
+                  "method": finetune.get("method") if finetune else "scratch"})
     held_out = [e.file for e in val.episodes] if val is not None else []
 
     def lr_at(step: int, elapsed: float) -> float:
@@ -205,11 +345,17 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
 
     def save(step: int, loss: float, vl: float | None, elapsed: float) -> None:
         info.update({"step": step, "steps": steps, "loss": loss, "val_loss": vl, "elapsed_s": elapsed,
+                     "trained_params": n_train, "augment": augment, "text_encoder": enc_spec.get("kind"),
                      "batch_size": batch_size, "lr": lr, "dataset": str(dataset_root),
                      "episodes": len(ds.episodes), "samples": tr.n, "held_out": held_out,
                      "val_fraction": val_fraction, "torch": str(torch.__version__),
                      "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        save_checkpoint(out_path, net, meta, tok, info, opt.state_dict())
+        if lora:      # merge a copy: training continues on the adapters; the file needs no peft
+            import copy
+            merged = copy.deepcopy(net).merge_and_unload()
+            save_checkpoint(out_path, merged, meta, tok, info, None, enc_spec, finetune)
+        else:
+            save_checkpoint(out_path, net, meta, tok, info, opt.state_dict(), enc_spec, finetune)
 
     t0 = time.monotonic()
     step, loss_ema, history, cancelled = start_step, None, [], False
@@ -224,11 +370,12 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         for g in opt.param_groups:
             g["lr"] = lr_at(step, elapsed)
         idx = rng.integers(0, tr.n, batch_size)
-        x, t, s, a = _to_torch(*tr.batch(idx), aug=True, rng=rng, pad=aug_shift)
+        x, t, s, a = _to_torch(*tr.batch(idx), aug=augment != "none", rng=rng, pad=aug_shift,
+                               augment=augment, text_noise=text_noise)
         loss = (net(x, t, s) - a).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
         opt.step()
         step += 1
         lv = loss.item()
@@ -255,4 +402,5 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         progress({"phase": "done", "step": step, "steps": steps, "loss": loss_ema, "val_loss": vl,
                   "elapsed_s": elapsed, "load_s": load_s})
     return TrainResult(out_path, step, float(loss_ema if loss_ema is not None else float("nan")), vl,
-                       elapsed / 60.0, len(ds.episodes), tr.n, cancelled, history)
+                       elapsed / 60.0, len(ds.episodes), tr.n, cancelled, history, n_train,
+                       finetune["total_params"] if finetune and "total_params" in finetune else n_total)
