@@ -86,6 +86,10 @@ class LeaderArmSource(BaseSource):
     def stop(self, ctx):
         self.state = "idle"
 
+    def status(self) -> dict:
+        """Plain data for Status: idle | refused | ramping | following | lost."""
+        return {"source": self.name, "leader": self.state, "intervention": False}
+
     def read(self) -> np.ndarray:
         """Leader reading in follower joint order (raises when unplugged)."""
         return np.asarray(self.leader.read(), float)[self._order]
@@ -180,6 +184,9 @@ class CartesianPadSource(BaseSource):
 
     def start(self, ctx):
         self.goal = self.chain.fk(ctx.base[:self.n])
+
+    def status(self) -> dict:
+        return {"source": self.name, "frame": self.frame, "intervention": False}
 
     def toggle_frame(self) -> str:
         self.frame = "tool" if self.frame == "base" else "base"
@@ -391,3 +398,69 @@ class TakeoverSource(BaseSource):
         return {"intervention": bool(self.intervention), "source": self.active, "asking": bool(self.asking),
                 "uncertainty": float(self.uncertainty), "takeovers": int(self.takeovers)}
 
+
+
+# ==================================================================== session wiring
+def attach_leader(session, spec: str = "sim", *, profile: str | None = None, calibration: str | None = None,
+                  far: str = "refuse"):
+    """Open a leader arm for `session` (connected): spec "sim" = a simulated leader on its own pty,
+    starting at the follower's present pose (session.sim_leader moves it); else the leader's serial
+    port, with `profile` (e.g. "koch_leader") and its calibration JSON. Enables Mode.LEADER and
+    makes takeovers use the leader. Returns the LeaderArm."""
+    from drivers.bus.arm import ServoArmConfig
+    from drivers.leader import LeaderArm, LeaderCalibration, SimLeaderArm
+    from teleop_app.profiles import load_profile
+    fol = session.profile
+    grip = (fol.gripper.lower, fol.gripper.upper)
+    if spec == "sim":
+        q0 = session.devices.robot.get_observation().position
+        sim = SimLeaderArm(fol.dof, q0=q0).start()
+        leader = sim.leader(fol.joint_names, gripper_range=grip)
+        session.sim_leader = sim
+        session.devices.closers.append(sim.stop)
+        session.leader_far = far
+    else:
+        lp = load_profile(profile or f"{fol.name}_leader")
+        want = lp.leader.get("follower")
+        if want and want != fol.name:
+            raise ValueError(f"leader profile '{lp.name}' is made for follower '{want}', not '{fol.name}'")
+        if calibration is None:
+            raise ValueError(f"a leader arm needs its calibration file (--leader-calibration): record it "
+                             f"with the leader held in the follower's home pose")
+        cal = LeaderCalibration.load(calibration)
+        cfg = ServoArmConfig(protocol=lp.bus.kind, port=spec, baud=lp.bus.baud,
+                             ids=[j.servo_id for j in lp.all_joints], joint_names=lp.joint_names,
+                             timeout_s=0.02, retries=2, read_velocity=False)
+        leader = LeaderArm.from_config(cfg, cal, gripper_range=grip)
+        session.leader_far = far
+        session.leader_max_start = lp.leader.get("max_start_distance", 0.8)
+    leader.connect()
+    session.devices.closers.insert(0, leader.disconnect)
+    session.leader = leader
+    return leader
+
+
+def _leader_source(s):
+    leader = getattr(s, "leader", None)
+    if leader is None:
+        raise ValueError("no leader arm attached: start with --leader sim|PORT (attach_leader)")
+    return LeaderArmSource(leader, s.profile, far=getattr(s, "leader_far", "refuse"),
+                           max_start_distance=getattr(s, "leader_max_start", 0.8))
+
+
+def _takeover_source(s):
+    if getattr(s, "leader", None) is not None:
+        human = _leader_source(s)
+    elif getattr(s, "takeover_cartesian", False):
+        human = CartesianPadSource(s.profile, s.mapping)
+    else:
+        from teleop_app.sources import GamepadSource
+        human = GamepadSource()
+    return TakeoverSource(s._policy_source(), human, ask_threshold=getattr(s, "ask_threshold", None))
+
+
+def register_modes(register) -> None:
+    """Session registry: Mode.LEADER, Mode.CARTESIAN, Mode.TAKEOVER (policy + operator takeover)."""
+    register("leader", _leader_source)
+    register("cartesian", lambda s: CartesianPadSource(s.profile, s.mapping))
+    register("takeover", _takeover_source)

@@ -158,6 +158,8 @@ class Status:
     policy_state: PolicyState = PolicyState.NONE
     seq: int = 0                           # tick counter
     messages_seq: int = 0                  # messages said so far
+    human: dict = field(default_factory=dict)   # leader/Cartesian/takeover source state (intervention,
+    #                                             source, uncertainty, asking, ...): teleop_app.human
 
 
 class Session:
@@ -854,10 +856,27 @@ class Session:
         actions = {"start_episode": self.workflow.next, "stop_episode": self.workflow.stop,
                    "rerecord": self.workflow.rerecord, "home": self.go_home,
                    "success": lambda: self._label_and_keep(True),
-                   "failure": lambda: self._label_and_keep(False)}
+                   "failure": lambda: self._label_and_keep(False),
+                   "toggle_cartesian": self._toggle_cartesian}
         fn = actions.get(ev)
         if fn:
             fn()
+
+    def _toggle_cartesian(self) -> None:
+        """One pad button: joint <-> Cartesian gamepad mode (both record as teleop)."""
+        other = {Mode.GAMEPAD: Mode.CARTESIAN, Mode.CARTESIAN: Mode.GAMEPAD}.get(self.mode)
+        if other is not None and other in self.sources:
+            try:
+                self._switch(other)
+            except (SessionError, ValueError) as e:
+                self.say(f"cannot switch to {other.value}: {e}")
+
+    def take_over(self) -> None:
+        """Takeover mode: the operator takes over from the policy (GUI button); hand_back() returns it."""
+        getattr(self._source, "take_over", lambda: None)()
+
+    def hand_back(self) -> None:
+        getattr(self._source, "hand_back", lambda: None)()
 
     def _label_and_keep(self, success: bool) -> None:
         if self.workflow.state == State.REVIEW:
@@ -897,4 +916,11 @@ class Session:
             message=self.messages[-1] if self.messages else "",
             replay_progress=rep_src.progress if isinstance(self._source, ReplaySource) else (0, 0),
             policy=self.policy_name, policy_state=self.policy_state, seq=self._seq,
-            messages_seq=self._n_messages)
+            messages_seq=self._n_messages,
+            human=self._source.status() if hasattr(self._source, "status") else {})
+
+
+# Human-in-the-loop modes (leader arm, Cartesian pad, policy takeover): teleop_app/human.py
+from teleop_app.human import register_modes as _register_human_modes  # noqa: E402
+
+_register_human_modes(register_source)
