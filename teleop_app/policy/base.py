@@ -93,13 +93,21 @@ def check_compatible(meta: PolicyMeta, profile, *, fps: float | None = None,
 
 
 def load_policy(spec: str, **kwargs) -> Policy:
-    """A checkpoint file path -> the project's own VLA; an http(s) URL -> a remote VLA server client.
+    """A checkpoint file path -> the project's own VLA; "demo" -> the shipped demo checkpoint;
+    an http(s) URL -> an OpenVLA deploy.py server; a ws(s) URL -> an openpi policy server.
 
-    Remote kwargs (see remote.RemotePolicy): ik, meta, timeout, unnorm_key, camera, ...
+    Remote kwargs: see remote.RemotePolicy (ik, meta, timeout, unnorm_key, camera, ...) and
+    openpi.OpenPIPolicy (layout, profile, timeout, api_key, ...).
     """
     s = str(spec)
     if s.startswith(("http://", "https://")):
         from .remote import RemotePolicy
         return RemotePolicy(s, **kwargs)
+    if s.startswith(("ws://", "wss://")):
+        from .openpi import OpenPIPolicy
+        return OpenPIPolicy(s, **kwargs)
+    if s == "demo":
+        from .demo import demo_path
+        s = str(demo_path())
     from .checkpoint import load_checkpoint_policy
     return load_checkpoint_policy(s, **kwargs)

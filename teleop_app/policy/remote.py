@@ -80,7 +80,8 @@ class RemotePolicy:
     def __init__(self, url: str, *, meta: PolicyMeta | None = None, profile=None, camera: str = "front",
                  timeout: float = 5.0, connect_timeout: float = 2.0, unnorm_key: str | None = None,
                  action_mode: str = "ee_delta", fk: FKFn | None = None, ik: IKFn | None = None,
-                 ee_scale: float = 1.0, send_qpos: bool | None = None, cameras: list[str] | None = None):
+                 ee_scale: float = 1.0, send_qpos: bool | None = None, cameras: list[str] | None = None,
+                 token: str | None = None, **_ignored):
         if action_mode not in ("ee_delta", "joint"):
             raise ValueError("action_mode must be 'ee_delta' (OpenVLA) or 'joint' (teleop server)")
         u = urlsplit(url)
@@ -95,6 +96,7 @@ class RemotePolicy:
         self.cameras = list(cameras) if cameras else None
         self.timeout, self.connect_timeout = float(timeout), float(connect_timeout)
         self.unnorm_key = unnorm_key
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.action_mode = action_mode
         self.ee_scale = float(ee_scale)
         self.send_qpos = action_mode == "joint" if send_qpos is None else bool(send_qpos)
@@ -132,7 +134,7 @@ class RemotePolicy:
         """GET /health of a teleop policy server -> its PolicyMeta (joints, cameras, fps, chunk)."""
         conn = self._connection()
         try:
-            conn.request("GET", self._path[: -len("/act")] + "/health")
+            conn.request("GET", self._path[: -len("/act")] + "/health", headers=self._auth)
             resp = conn.getresponse()
             data = resp.read()
             meta = PolicyMeta.from_dict(wire.loads(data)["meta"])
@@ -167,7 +169,7 @@ class RemotePolicy:
                     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.sock.settimeout(self.timeout)
                 t0 = time.perf_counter()
-                conn.request("POST", self._path, body, {"Content-Type": "application/json"})
+                conn.request("POST", self._path, body, {"Content-Type": "application/json", **self._auth})
                 resp = conn.getresponse()
                 data = resp.read()
                 self.last_latency = time.perf_counter() - t0

@@ -3,15 +3,25 @@
 PolicyRunner turns predicted chunks into per-tick targets, either
   - "ensemble": predict every tick and average all chunks that cover this tick, older ones weighted
     more (ACT's temporal ensembling: smooth, and every tick still sees a fresh observation), or
-  - "replan": predict a chunk, play `replan_every` of it open-loop, predict again.
+  - "replan": predict a chunk, play `replan_every` of it open-loop, predict again, or
+  - "smooth": for slow policies (a remote VLA at 100-900 ms), the measured equivalent of real-time
+    chunking (Black et al. 2025): while one chunk plays the next is inferred; the request goes out
+    at the latest `d + margin` ticks before the plan runs out, d = the measured latency in ticks
+    (max of an EMA and the p90 of the last 20 calls), and otherwise whenever the worker is idle
+    and `replan_every` ticks have passed; the new chunk is indexed by its observation's tick (the
+    actions for ticks already played are dropped) and joined onto the rest of the current plan
+    with a linear ramp over the overlap (at most max(3, chunk/4) ticks), so neither a jump nor a
+    stop appears at the boundary. Nothing is set by the operator.
+  - "auto" (default): "smooth" when asynchronous, "ensemble" when not.
 With `async_=True` inference runs in a worker thread so a real-time loop never waits for it; a chunk
-that arrives late is indexed by the tick its observation was taken at (latency compensation).
+that arrives late is indexed by the tick its observation was taken at (latency compensation). A late
+result means hold only when nothing is left to play.
 Watchdog: inference slower than `max_latency` -> act() returns None (= hold position) and counts it.
 Every output is validated before use: a NaN/inf or a target far outside the joint limits raises
 PolicyOutputError ("policy output NaN at step 12"); the rollout stops and nothing is sent.
 
-`rollout()` runs one episode on any Robot + cameras through a SafetyLayer (the hardware session can
-call it or use PolicyRunner inside its own loop); the sim evaluation lives in evaluate.py.
+`rollout()` runs one episode on any Robot + cameras through the control pipeline (teleop_app.pipeline);
+the live session runs a PolicyRunner through the same pipeline; the sim evaluation lives in evaluate.py.
 """
 from __future__ import annotations
 
@@ -36,25 +46,36 @@ class RunnerStats:
     holds: int = 0                # act() returned None for any reason
     watchdog_trips: int = 0       # ... because inference was slower than max_latency
     latencies: list[float] = field(default_factory=list)   # seconds per predict()
+    waits: int = 0                # holds after the episode's first chunk arrived (nothing left to play)
+    stale: int = 0                # chunks that arrived after every action in them was due
+    max_step: float = 0.0         # largest per-tick change of the commanded arm target (rad)
+    max_accel: float = 0.0        # largest second difference of it / period^2 (rad/s^2)
+    delay_ticks: int = 0          # the latest measured inference delay, in ticks (smooth mode)
+    episodes: list[dict] = field(default_factory=list)     # per episode: steps, holds, waits, max_*
 
 
 class PolicyRunner:
-    def __init__(self, policy: Policy, chunk_mode: str = "ensemble", *, replan_every: int | None = None,
+    def __init__(self, policy: Policy, chunk_mode: str = "auto", *, replan_every: int | None = None,
                  ensemble_decay: float = 0.01, async_: bool = False, max_latency: float | None = None,
-                 lower=None, upper=None, range_margin: float = 0.5):
-        if chunk_mode not in ("ensemble", "replan"):
-            raise ValueError(f"chunk_mode must be 'ensemble' or 'replan', got {chunk_mode!r}")
+                 lower=None, upper=None, range_margin: float = 0.5, margin_ticks: int = 2,
+                 stats: RunnerStats | None = None):
+        if chunk_mode not in ("ensemble", "replan", "smooth", "auto"):
+            raise ValueError(f"chunk_mode must be 'ensemble', 'replan', 'smooth' or 'auto', got {chunk_mode!r}")
         self.policy = policy
         self.chunk_mode = chunk_mode
         k = max(1, int(getattr(policy.meta, "chunk_size", 1) or 1))
-        self.replan_every = max(1, min(int(replan_every or k), k))
+        self.replan_every = max(1, min(int(replan_every or (1 if chunk_mode in ("smooth", "auto") else k)), k))
         self.ensemble_decay = float(ensemble_decay)
         self.async_ = bool(async_)
         self.max_latency = max_latency
         self.lower = None if lower is None else np.asarray(lower, float)
         self.upper = None if upper is None else np.asarray(upper, float)
         self.range_margin = float(range_margin)
-        self.stats = RunnerStats()
+        self.margin_ticks = int(margin_ticks)
+        self.stats = stats if stats is not None else RunnerStats()
+        self._lat_recent: list[float] = []
+        self._lat_ema: float | None = None
+        self._period: float | None = None
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
@@ -62,9 +83,27 @@ class PolicyRunner:
         self.reset()
 
     # ---- lifecycle -------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """The chunk mode in use ("auto" resolved: async -> smooth, sync -> ensemble)."""
+        if self.chunk_mode == "auto":
+            return "smooth" if self.async_ else "ensemble"
+        return self.chunk_mode
+
     def reset(self) -> None:
-        """New episode: drop buffered chunks and restart the tick counter (stats are kept)."""
+        """New episode: drop buffered chunks and restart the tick counter (stats are kept; the
+        finished episode's smoothness figures are appended to stats.episodes)."""
         with self._lock:
+            ep = getattr(self, "_ep", None)
+            if ep and ep["steps"]:
+                self.stats.episodes.append(dict(ep))
+            self._ep = {"steps": 0, "holds": 0, "waits": 0, "max_step": 0.0, "max_accel": 0.0,
+                        "first_chunk_tick": None}
+            self._prev_cmd: list[np.ndarray] = []       # the last two commanded arm targets
+            self._last_cmd: np.ndarray | None = None
+            self._plan: np.ndarray | None = None          # smooth mode: targets from tick _plan_start on
+            self._plan_start = 0
+            self._last_request = -10 ** 9
             self._chunks: list[tuple[int, np.ndarray]] = []     # (tick of the observation, chunk)
             self._step = 0
             self._pending: tuple[int, dict] | None = None
@@ -76,6 +115,9 @@ class PolicyRunner:
 
     def close(self) -> None:
         with self._cv:
+            if self._ep["steps"]:
+                self.stats.episodes.append(dict(self._ep))
+                self._ep["steps"] = 0
             self._closed = True
             self._cv.notify_all()
         if self._worker is not None:
@@ -122,6 +164,99 @@ class PolicyRunner:
         dt = time.perf_counter() - t0
         return out, dt
 
+    # ---- latency measurement (smooth mode) ------------------------------------------------
+    def _note_latency(self, dt: float) -> None:
+        self._lat_ema = dt if self._lat_ema is None else 0.7 * self._lat_ema + 0.3 * dt
+        self._lat_recent = (self._lat_recent + [dt])[-20:]
+
+    def _note_tick(self, now: float) -> None:
+        last = getattr(self, "_last_now", None)
+        self._last_now = now
+        if last is not None and 0 < now - last < 5.0:
+            dt = now - last
+            self._period = dt if self._period is None else 0.9 * self._period + 0.1 * dt
+
+    def period(self) -> float:
+        """Seconds per tick: measured between act() calls, else the policy's fps."""
+        if self._period:
+            return self._period
+        fps = float(getattr(self.policy.meta, "fps", 0) or 0)
+        return 1.0 / fps if fps > 0 else 0.1
+
+    def delay_ticks(self) -> int:
+        """Measured inference delay in ticks (0 before the first measurement)."""
+        if self._lat_ema is None:
+            return 0
+        lat = max(self._lat_ema, float(np.percentile(self._lat_recent, 90)))
+        return int(np.ceil(lat / self.period() - 1e-6))
+
+    # ---- smooth mode: one plan, new chunks joined with a ramp ------------------------------
+    def _join(self, s: int, chunk: np.ndarray, t: int) -> None:
+        """Chunk predicted from the observation of tick s, arriving at tick t: join it onto the plan."""
+        self._chunks = [(a, c) for a, c in self._chunks if a + len(c) > t][-3:] + [(s, chunk)]
+        new = chunk[t - s:]
+        if len(new) == 0:
+            self.stats.stale += 1
+            return
+        if self._ep["first_chunk_tick"] is None:
+            self._ep["first_chunk_tick"] = t
+        old = None
+        if self._plan is not None:
+            i = t - self._plan_start
+            if 0 <= i < len(self._plan):
+                old = self._plan[i:]
+            elif self._last_cmd is not None and self._last_cmd.shape == chunk.shape[1:]:
+                old = self._last_cmd[None]         # the plan ran out: ramp from where it stopped
+        if old is None:
+            self._plan, self._plan_start = new.copy(), t
+            return
+        k = max(1, int(getattr(self.policy.meta, "chunk_size", len(chunk)) or len(chunk)))
+        m = min(len(new), max(len(old), 1), max(3, k // 4))
+        out = new.copy()
+        for j in range(m):
+            w = (j + 1) / (m + 1)
+            o = old[j] if j < len(old) else old[-1]
+            out[j] = (1 - w) * o + w * new[j]
+        self._plan, self._plan_start = out, t
+
+    def _plan_action(self, t: int) -> np.ndarray | None:
+        if self._plan is None:
+            return None
+        i = t - self._plan_start
+        return self._plan[i] if 0 <= i < len(self._plan) else None
+
+    def _smooth_needs(self, t: int) -> bool:
+        if self._plan is None:
+            return True
+        remaining = self._plan_start + len(self._plan) - t
+        return (remaining <= self.delay_ticks() + self.margin_ticks
+                or t - self._last_request >= self.replan_every)
+
+    def _track(self, a: np.ndarray | None, obs: dict) -> np.ndarray | None:
+        """Per-episode smoothness of what is commanded (a hold = the present joints)."""
+        ep = self._ep
+        ep["steps"] += 1
+        if a is None:
+            ep["holds"] += 1
+            if ep["first_chunk_tick"] is not None:
+                ep["waits"] += 1
+                self.stats.waits += 1
+        cmd = np.asarray(obs["qpos"] if a is None else a, float).reshape(-1)[:-1]   # arm only
+        prev = [p for p in self._prev_cmd if p.shape == cmd.shape]
+        if prev:
+            step = float(np.max(np.abs(cmd - prev[-1])))
+            ep["max_step"] = max(ep["max_step"], step)
+            self.stats.max_step = max(self.stats.max_step, step)
+        if len(prev) == 2:
+            acc = float(np.max(np.abs(cmd - 2 * prev[-1] + prev[-2]))) / self.period() ** 2
+            ep["max_accel"] = max(ep["max_accel"], acc)
+            self.stats.max_accel = max(self.stats.max_accel, acc)
+        self._prev_cmd = (prev + [cmd])[-2:]
+        self._last_cmd = np.asarray(obs["qpos"] if a is None else a, float).reshape(-1)
+        if self._ep["first_chunk_tick"] is None and a is not None:
+            self._ep["first_chunk_tick"] = self._step - 1
+        return a
+
     def _ensure_worker(self) -> None:
         if self._worker is None:
             self._worker = threading.Thread(target=self._work, name="policy-inference", daemon=True)
@@ -145,23 +280,28 @@ class PolicyRunner:
             with self._cv:
                 if dt is not None:
                     self.stats.latencies.append(dt)
+                    self._note_latency(dt)
                 self.stats.inferences += 1
                 self._result = res
                 self._busy_since = None
 
     # ---- chunk bookkeeping -----------------------------------------------------------
     def _add_chunk(self, step: int, chunk: np.ndarray, now_step: int) -> None:
-        if self.chunk_mode == "replan":
+        if self.mode == "smooth":
+            self._join(step, chunk, now_step)
+        elif self.mode == "replan":
             self._chunks = [(step, chunk)]
         else:
             self._chunks.append((step, chunk))
             self._chunks = [(s, c) for s, c in self._chunks if s + len(c) > now_step]
 
     def _action_for(self, t: int) -> np.ndarray | None:
+        if self.mode == "smooth":
+            return self._plan_action(t)
         cover = [(s, c) for s, c in self._chunks if s <= t < s + len(c)]
         if not cover:
             return None
-        if self.chunk_mode == "replan":
+        if self.mode == "replan":
             s, c = cover[-1]
             return c[t - s]
         acts = np.stack([c[t - s] for s, c in cover])             # oldest first
@@ -169,7 +309,9 @@ class PolicyRunner:
         return (w[:, None] * acts).sum(0) / w.sum()
 
     def _needs_prediction(self, t: int) -> bool:
-        if self.chunk_mode == "ensemble":
+        if self.mode == "smooth":
+            return self._smooth_needs(t)
+        if self.mode == "ensemble":
             return True
         if not self._chunks:
             return True
@@ -179,16 +321,20 @@ class PolicyRunner:
     # ---- the per-tick call -----------------------------------------------------------
     def act(self, obs: dict, now: float | None = None) -> np.ndarray | None:
         """Absolute joint target for this tick, or None = hold position (no usable action yet,
-        or the watchdog tripped). Raises PolicyOutputError for NaN / out-of-range output."""
+        or the watchdog tripped). Raises PolicyOutputError for NaN / out-of-range output.
+        Asynchronous: never waits for inference (only a short lock around the hand-over)."""
         now = time.monotonic() if now is None else now
         t = self._step
         self._step += 1
         self.stats.steps += 1
         self.last_hold_watchdog = False
+        self._note_tick(now)
         if not self.async_:
             if self._needs_prediction(t):
+                self._last_request = t
                 out, dt = self._predict(obs)
                 self.stats.latencies.append(dt)
+                self._note_latency(dt)
                 self.stats.inferences += 1
                 chunk = self._validate(out, t)
                 self._add_chunk(t, chunk, t)
@@ -197,38 +343,44 @@ class PolicyRunner:
                     self.stats.watchdog_trips += 1
                     self.stats.holds += 1
                     self.last_hold_watchdog = True
-                    return None
+                    return self._track(None, obs)
             a = self._action_for(t)
             if a is None:
                 self.stats.holds += 1
-            return a
+            return self._track(a, obs)
 
         self._ensure_worker()
         with self._cv:
             res, self._result = self._result, None
             busy_since = self._busy_since
-            if self._busy_since is None and self._pending is None and self._needs_prediction(t):
-                self._pending = (t, obs)
-                self._cv.notify()
-            elif self._pending is not None:
-                self._pending = (t, obs)        # newer observation replaces an unstarted one
         if res is not None:
             step, out, err = res
             if err is not None:
                 raise PolicyError(f"policy inference failed at step {step}: {err}") from err
             self._add_chunk(step, self._validate(out, step), t)
             # a replan chunk must be requested again once used up
+        self.stats.delay_ticks = self.delay_ticks()
+        with self._cv:
+            if self._busy_since is None and self._pending is None and self._needs_prediction(t):
+                self._pending = (t, obs)
+                self._last_request = t
+                self._cv.notify()
+            elif self._pending is not None:
+                self._pending = (t, obs)        # newer observation replaces an unstarted one
+                self._last_request = t
         late = (self.max_latency is not None and busy_since is not None
                 and time.monotonic() - busy_since > self.max_latency)
         if late and self._tripped_for != busy_since:
             self._tripped_for = busy_since
             self.stats.watchdog_trips += 1
         a = self._action_for(t)
+        if self.mode == "smooth" and a is not None:
+            late = False            # something is left to play: a slow result is no reason to hold
         if a is None or late:
             self.stats.holds += 1
             self.last_hold_watchdog = bool(late)
-            return None
-        return a
+            return self._track(None, obs)
+        return self._track(a, obs)
 
 
 @dataclass
@@ -252,82 +404,8 @@ class RolloutResult:
         return dict(vars(self))
 
 
-def build_obs(q: np.ndarray, cameras: dict, instruction: str) -> tuple[dict, dict]:
-    """Read every camera (newest frame) -> (obs, frames)."""
-    frames = {}
-    for name, cam in cameras.items():
-        f = cam.read_latest()
-        if f is None:
-            raise PolicyError(f"camera '{name}' has no frame yet; check it is connected and streaming")
-        frames[name] = f
-    return {"images": {n: f.image for n, f in frames.items()}, "qpos": np.asarray(q, float),
-            "instruction": instruction}, frames
-
-
-def rollout(runner: PolicyRunner, robot, cameras: dict, instruction: str, safety, *, max_steps: int,
-            period: float, success_fn: Callable[[], bool] | None = None, writer=None,
-            realtime: bool = False, stop: threading.Event | None = None, task: str = "",
-            seed: int | None = None, on_step: Callable[[int, np.ndarray], None] | None = None,
-            stop_on_success: bool = True) -> RolloutResult:
-    """One episode: observe -> runner.act -> SafetyLayer -> robot.send_action, every `period` s.
-
-    A None from the runner becomes safety.hold() (watchdog trips counted in the safety counters).
-    A PolicyOutputError ends the episode before anything is sent. `writer` (EpisodeWriter) gets
-    every step with action = what was sent and action_raw = what the policy asked for.
-    """
-    runner.reset()
-    q0 = robot.get_observation().position
-    safety.reset(q0)
-    before = safety.counters.as_dict()
-    lat0, holds0, wd0 = len(runner.stats.latencies), runner.stats.holds, runner.stats.watchdog_trips
-    reason, success, sent, k = "timeout", None, 0, 0
-    nan_stop = False
-    next_t = time.monotonic()
-    for k in range(max_steps):
-        if stop is not None and stop.is_set():
-            reason = "stopped"
-            break
-        js = robot.get_observation()
-        q = np.asarray(js.position, float)
-        obs, frames = build_obs(q, cameras, instruction)
-        try:
-            target = runner.act(obs, time.monotonic())
-        except PolicyOutputError as e:
-            reason, nan_stop = str(e), True
-            break
-        except PolicyError as e:
-            reason = str(e)
-            break
-        if target is None:
-            cmd, _ = safety.hold(q, watchdog=runner.last_hold_watchdog)
-            raw = cmd
-        else:
-            cmd, _ = safety.filter(target, q)
-            raw = target
-        robot.send_action(cmd)
-        sent += 1
-        if on_step:
-            on_step(k, cmd)
-        if writer is not None:
-            while writer.queue_depth > 8:       # headless sim runs faster than real time
-                time.sleep(0.002)
-            writer.add_step(q, cmd, raw, timestamp=js.timestamp, images={n: f.image for n, f in frames.items()},
-                            image_timestamps={n: f.timestamp for n, f in frames.items()})
-        if success_fn is not None and success_fn():
-            success = True
-            if stop_on_success:
-                reason = "success"
-                break
-        if realtime:
-            next_t += period
-            time.sleep(max(0.0, next_t - time.monotonic()))
-    if success_fn is not None and success is None:
-        success = bool(success_fn())
-        if success:
-            reason = "success"
-    after = safety.counters.as_dict()
-    return RolloutResult(task=task, instruction=instruction, seed=seed, success=success,
-                         steps=k + 1 if sent else k, reason=reason,
-                         safety={key: after[key] - before[key] for key in after},
-                         holds=runner.stats.holds - holds0, watchdog_trips=runner.stats.watchdog_trips - wd0,
-                         nan_stop=nan_stop, latencies=list(runner.stats.latencies[lat0:]), commands_sent=sent)
+def rollout(*args, **kwargs) -> RolloutResult:
+    """One policy episode on any Robot + cameras: runs through the one control pipeline
+    (teleop_app.pipeline.rollout, same arguments)."""
+    from teleop_app.pipeline import rollout as _rollout
+    return _rollout(*args, **kwargs)

@@ -6,6 +6,10 @@
       -> 400 / 500: {"error": "..."} (bad request / the policy failed)
     GET /health -> {"ok": true, "meta": PolicyMeta}
 
+Binds 127.0.0.1 by default; another address needs allow_remote and a token, which clients send as
+`Authorization: Bearer TOKEN` (or `Api-Key TOKEN`). `serve(..., protocol="openpi")` serves the same
+checkpoint over openpi's websocket protocol instead (openpi.OpenPIServer).
+
 Our policies output absolute joint targets (not OpenVLA's 7-D EE delta), so clients use
 RemotePolicy(action_mode="joint"). Inference is serialised with a lock (one model, many clients).
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -31,9 +36,14 @@ class PolicyServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, policy: Policy, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True):
+    def __init__(self, policy: Policy, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True, *,
+                 token: str | None = None, allow_remote: bool = False, inject_latency: float = 0.0):
+        from .openpi import check_bind
+        check_bind(host, token, allow_remote)
         self.policy = policy
         self.quiet = quiet
+        self.token = token
+        self.inject_latency = float(inject_latency)
         self.lock = threading.Lock()
         self.requests = 0
         super().__init__((host, port), _Handler)
@@ -76,8 +86,11 @@ class PolicyServer(ThreadingHTTPServer):
             raise _BadRequest(f"'qpos' must have {len(meta.joint_names)} values, got {qpos.shape[0]}")
         obs = {"images": {c: np.asarray(images[c], np.uint8) for c in meta.cameras}, "qpos": qpos,
                "instruction": instruction}
+        t0 = time.monotonic()
         with self.lock:
             chunk = np.asarray(self.policy.predict(obs), np.float64)
+        if self.inject_latency:
+            time.sleep(max(0.0, self.inject_latency - (time.monotonic() - t0)))
         self.requests += 1
         if chunk.ndim == 1:
             chunk = chunk[None]
@@ -110,13 +123,24 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True     # the client gave up (timeout): nothing to answer
 
+    def _authorized(self) -> bool:
+        tok = self.server.token
+        if not tok or self.headers.get("Authorization", "") in (f"Bearer {tok}", f"Api-Key {tok}"):
+            return True
+        self._send(401, {"error": "missing or wrong token (send 'Authorization: Bearer TOKEN')"})
+        return False
+
     def do_GET(self):  # noqa: N802
+        if not self._authorized():
+            return
         if self.path.rstrip("/") in ("", "/health"):
             self._send(200, {"ok": True, "meta": self.server.policy.meta.to_dict()})
         else:
             self._send(404, {"error": f"no such endpoint {self.path}; use POST /act or GET /health"})
 
     def do_POST(self):  # noqa: N802
+        if not self._authorized():
+            return
         if self.path.rstrip("/") != "/act":
             self._send(404, {"error": f"no such endpoint {self.path}; use POST /act"})
             return
@@ -139,20 +163,36 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, out)
 
 
-def make_server(policy: Policy, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True) -> PolicyServer:
-    """Bound server, not yet serving (port 0 = any free port; see .url). Run .serve_forever()."""
-    return PolicyServer(policy, host, port, quiet)
+def make_server(policy: Policy, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True,
+                **kw) -> PolicyServer:
+    """Bound server, not yet serving (port 0 = any free port; see .url). Run .serve_forever().
+    kw: token, allow_remote, inject_latency (s, a test / benchmark stand-in for a slow model)."""
+    return PolicyServer(policy, host, port, quiet, **kw)
 
 
 def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, quiet: bool = False,
-          ready: threading.Event | None = None) -> None:
-    """Load a checkpoint and serve it until interrupted (Ctrl+C)."""
+          ready: threading.Event | None = None, *, protocol: str = "http", token: str | None = None,
+          allow_remote: bool = False, inject_latency: float = 0.0) -> None:
+    """Load a checkpoint (or "demo") and serve it until interrupted (Ctrl+C / SIGTERM)."""
+    import signal
     from .base import load_policy
     policy = load_policy(str(checkpoint))
-    srv = make_server(policy, host, port, quiet)
-    print(f"serving {checkpoint} on {srv.url}/act  (cameras {policy.meta.cameras}, "
-          f"{policy.meta.action_dim}-D joint targets, chunk {policy.meta.chunk_size}); Ctrl+C stops",
-          flush=True)
+    kw = {"token": token, "allow_remote": allow_remote, "inject_latency": inject_latency}
+    if protocol == "openpi":
+        from .openpi import OpenPIServer
+        srv = OpenPIServer(policy, host, port, quiet=quiet, **kw)
+        where = f"{srv.url} (openpi websocket protocol)"
+    elif protocol == "http":
+        srv = make_server(policy, host, port, quiet, **kw)
+        where = f"{srv.url}/act (OpenVLA deploy.py protocol)"
+    else:
+        raise ValueError(f"protocol must be 'http' or 'openpi', got {protocol!r}")
+    m = policy.meta
+    lat = f", injected latency {inject_latency * 1000:g} ms" if inject_latency else ""
+    print(f"serving {checkpoint} on {where}: cameras {m.cameras}, {m.action_dim}-D joint targets, "
+          f"chunk {m.chunk_size}{lat}; Ctrl+C stops", flush=True)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown, daemon=True).start())
     if ready is not None:
         ready.set()
     try:
@@ -161,4 +201,3 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, quiet: bool = F
         pass
     finally:
         srv.server_close()
-
