@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kinematics as kin
-from .render import BOWL_H, CUBE, PLATE_H
+from .render import BOWL_H, BOWL_R, CUBE, PLATE_H, PLATE_R
 from .workcell import BOWL_FLOOR, HOLD_FRACTION, Workcell
 
 
@@ -187,17 +187,27 @@ class ScriptedExpert:
         return out
 
 
-def _grasp_yaw(spec, yaw: float) -> float:
-    """Tool yaw that closes the fingers across the object's flats (narrow side of a block)."""
+def _grasp_yaw(spec, yaw: float, p: np.ndarray, obstacles: list[tuple[np.ndarray, float]]) -> float:
+    """Tool yaw that closes the fingers across the object's flats (narrow side of a block); of
+    the symmetric choices, the one whose open fingers keep farthest from other things."""
     if spec.kind == "cylinder":
-        return 0.0
-    if spec.kind == "prism":
+        period, base = np.pi / 8, 0.0
+    elif spec.kind == "prism":
         period, base = np.pi / 3, yaw
     elif spec.size[0] == spec.size[1]:
         period, base = np.pi / 2, yaw
     else:
         period, base = np.pi, yaw + (np.pi / 2 if spec.size[0] < spec.size[1] else 0.0)
-    return float((base + period / 2) % period - period / 2)
+    best, best_clear = 0.0, -np.inf
+    for k in range(int(round(np.pi / period))):
+        y = float((base + k * period + np.pi / 2) % np.pi - np.pi / 2)
+        axis = np.array([np.sin(y), -np.cos(y)])      # tool y: the fingers' closing axis
+        tips = [p[:2] + axis * 0.058, p[:2] - axis * 0.058]
+        clear = min([np.linalg.norm(t - c) - r for t in tips for c, r in obstacles] + [1.0])
+        clear -= 0.01 * abs(y)                       # tie-break: less wrist rotation
+        if clear > best_clear:
+            best, best_clear = y, clear
+    return best
 
 
 def _extent_along(spec, yaw: float, d: np.ndarray) -> float:
@@ -234,7 +244,13 @@ def plan_physics(wc, rng: np.random.Generator, q: np.ndarray) -> list[_Waypoint]
             _Waypoint(None, 0.0, 0.0, pause=0.1, rot=rot, name="check"),
             _Waypoint(np.r_[end[:2] - d * 0.02, 0.10], 0.0, 0.12, pause=0.2, rot=rot, name="retreat"),
         ]
-    rot = kin.rot_down(_grasp_yaw(spec, yaw))
+    specs = wc.object_specs()
+    obstacles = [(obj[n][:2], o.footprint) for n, o in specs.items() if n != spec.name]
+    for fix, r in (("bowl", BOWL_R), ("plate", PLATE_R)):
+        if fix in obj:
+            obstacles += [(obj[fix][:2] + r * np.array([np.cos(a), np.sin(a)]), 0.005)
+                          for a in np.linspace(0, 2 * np.pi, 16, endpoint=False)]
+    rot = kin.rot_down(_grasp_yaw(spec, yaw, p, obstacles))
     off = rng.uniform(-0.003, 0.003, 2)
     grasp = np.array([p[0] + off[0], p[1] + off[1], max(p[2], 0.018) + rng.uniform(-0.002, 0.002)])
     above = np.r_[grasp[:2], max(grasp[2] + rng.uniform(0.08, 0.11), min(tcp_z, 0.2))]

@@ -140,7 +140,8 @@ def make_scene(split: str, kind: str, seed: int, max_distractors: int = 2) -> Sc
     used = {target.name}
     support = None
     if kind == "stack":
-        sup_pool = [o for o in TRAIN_OBJECTS if o.shape in STACK_SUPPORT_SHAPES]
+        sup_pool = [o for o in TRAIN_OBJECTS if o.shape in STACK_SUPPORT_SHAPES
+                    and (split != "reasoning" or o.colour != target.colour)]   # would give it away
         support = _pick_objects(rng, sup_pool, 1, used)[0]
         used.add(support.name)
     # distractors: seen objects (+ unseen ones only in the unseen_objects split); never the

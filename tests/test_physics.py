@@ -1,0 +1,255 @@
+"""MuJoCo physics workcell: friction grasps that can slip, falling objects, servo-like arm,
+kinesthetic push, expert success per task, splits that never leak, sim-serial over a pty."""
+import mujoco
+import numpy as np
+import pytest
+
+from drivers.sim import ScriptedExpert, SimConfig, SimRobot, Workcell, kinematics as kin, run_episode
+from drivers.sim.objects import SEEN_COLOURS, SEEN_SHAPES, UNSEEN_COLOURS, UNSEEN_SHAPES, ObjectSpec
+from drivers.sim.physics import PhysicsWorkcell, model_xml
+from drivers.sim.render import front_camera
+from drivers.sim.tasks import (EVAL_SEED0, KINDS, NOVEL_PHRASES, SPLITS, TRAIN_PHRASES, episodes,
+                               make_scene, training_vocabulary)
+
+PHYS_TASKS = ["pick_red", "pick_blue", "red_in_bowl", "red_on_plate", "push_red", "stack_red_on_blue"]
+
+
+def phys(**kw) -> PhysicsWorkcell:
+    return Workcell(SimConfig(physics=True, **kw))
+
+
+def move_to(wc, pos, grip, t=1.5, yaw=0.0, dt=0.05):
+    q7 = kin.ik(pos, kin.rot_down(yaw), q_init=wc.qpos()[:7])
+    wc.set_target(np.r_[q7, grip])
+    for _ in range(int(t / dt)):
+        wc.step(dt)
+    return wc.ee_pose()[:3, 3]
+
+
+def grasp_and_lift(wc, name, hold=1.0):
+    c, yaw = wc.objects()[name], wc.object_yaws()[name]
+    move_to(wc, c + [0, 0, 0.1], 1.0, yaw=yaw)
+    move_to(wc, c, 1.0, yaw=yaw)
+    move_to(wc, c, 0.0, t=0.6, yaw=yaw)
+    squeezed = wc.grasped()
+    move_to(wc, c + [0, 0, 0.12], 0.0, yaw=yaw, t=1.0 + hold)
+    return squeezed
+
+
+def test_backend_is_selected_and_shares_the_kinematics():
+    wc = phys(seed=2)
+    assert isinstance(wc, PhysicsWorkcell) and wc.physics and not Workcell().physics
+    q = kin.HOME.copy()
+    q[:7] += [0.2, -0.3, 0.4, 0.2, -0.3, 0.2, 0.5]
+    wc._sim.set_q(q)                       # MuJoCo's link frames == kin.chain (same DH model)
+    for a, b in zip(wc._sim.frames(), kin.chain(q[:7])):
+        assert np.allclose(a, b, atol=1e-5)
+    assert wc.instruction == "pick up the red cube"
+    assert set(wc.objects()) == {"red_cube", "blue_cube", "bowl"}
+
+
+def test_grasp_holds_by_friction_and_a_slippery_cube_slips():
+    wc = phys(seed=1)
+    assert grasp_and_lift(wc, "red_cube") == "red_cube"
+    assert wc.objects()["red_cube"][2] > 0.10 and wc.grasped() == "red_cube" and wc.success()
+    assert 0.4 < wc.qpos()[7] < 0.55                   # fingers stopped on the 4 cm cube
+
+    wc.reset(seed=1, objects={"red_cube": ObjectSpec("red", "cube", friction=0.05)})
+    assert grasp_and_lift(wc, "red_cube") == "red_cube"   # squeezed, but 3 N x 0.05 cannot carry it
+    assert wc.objects()["red_cube"][2] < 0.03 and wc.grasped() != "red_cube" and not wc.success()
+
+
+def test_a_cube_pushed_off_the_table_falls():
+    wc = phys(seed=0)
+    sim = wc._sim
+    adr = sim.model.jnt_qposadr[sim.model.joint("red_cube").id]
+    sim.data.qpos[adr:adr + 7] = [0.30, 0.62, 0.02, 1, 0, 0, 0]        # 6 cm from the table edge
+    mujoco.mj_forward(sim.model, sim.data)
+    move_to(wc, [0.30, 0.55, 0.10], 0.0, yaw=np.pi / 2)
+    move_to(wc, [0.30, 0.55, 0.025], 0.0, yaw=np.pi / 2)
+    assert wc.objects()["red_cube"][2] == pytest.approx(0.02, abs=2e-3)
+    for y in np.linspace(0.55, 0.74, 12):                                # the closed fingers shove it
+        move_to(wc, [0.30, y, 0.025], 0.0, t=0.3, yaw=np.pi / 2)
+    for _ in range(20):
+        wc.step(0.05)
+    assert wc.objects()["red_cube"][2] < -0.1                            # below the table top
+
+
+def test_released_cube_tips_into_bowl_or_falls_where_it_is_dropped():
+    wc = phys(seed=4, task="red_in_bowl")
+    grasp_and_lift(wc, "red_cube", hold=0.0)
+    far = wc.objects()["red_cube"] + [0.0, 0.0, 0.03]
+    move_to(wc, far, 1.0, yaw=wc.object_yaws()["red_cube"])
+    for _ in range(20):
+        wc.step(0.05)
+    assert wc.objects()["red_cube"][2] == pytest.approx(0.02, abs=3e-3)   # fell back onto the table
+    assert not wc.success()
+
+
+def test_arm_is_a_position_servo_with_speed_profile_and_contacts():
+    wc = phys()
+    goal = wc.home.copy()
+    goal[0] += 0.6
+    wc.set_target(goal)
+    wc.step(0.1)
+    assert 0.0 < wc.qpos()[0] - wc.home[0] <= wc.max_speed[0] * 0.1 + 0.01   # profile-limited
+    for _ in range(20):
+        wc.step(0.05)
+    assert wc.qpos()[0] == pytest.approx(goal[0], abs=2e-3)
+    assert np.abs(wc.qvel()[:7]).max() < 0.05
+    # a joint goal 5 cm below the table top: the fingers stop on the table
+    q_low = kin.ik([0.45, 0.0, 0.10])
+    q_low[1] += 0.5
+    wc.set_target(np.r_[q_low, 1.0])
+    for _ in range(30):
+        wc.step(0.05)
+    assert 0.0 < wc.ee_pose()[2, 3] < 0.03
+
+
+def test_torque_off_is_back_drivable_and_the_hand_pose_holds():
+    wc = phys()
+    r = SimRobot(wc, period=0.1)
+    r.connect()
+    r.set_torque(False)
+    goal = wc.home.copy(); goal[0] += 0.5
+    r.send_action(goal)                               # goals ignored while limp
+    assert r.get_observation().position[0] == pytest.approx(wc.home[0], abs=1e-3)
+    pushed = wc.home.copy(); pushed[0] += 0.3
+    r.push(pushed)
+    for _ in range(5):
+        r.send_action(goal)
+    obs = r.get_observation()
+    assert obs.position[0] == pytest.approx(0.3, abs=5e-3)      # the recorder sees the pushed arm
+    r.set_torque(True)
+    wc.step(0.5)
+    assert wc.qpos()[0] == pytest.approx(0.3, abs=5e-3)          # re-enabling holds, no jump
+    r.push(wc.home)
+    wc.step(0.5)
+    assert wc.qpos()[0] == pytest.approx(0.3, abs=5e-3)          # a stiff arm ignores the hand
+
+
+@pytest.mark.parametrize("task", PHYS_TASKS)
+def test_expert_succeeds_per_task_on_physics(task):
+    wc = phys()
+    ex = ScriptedExpert(wc, dt=0.1)
+    results = [run_episode(wc, ex, seed=s, task=task, max_steps=250) for s in range(3)]
+    assert all(ok for ok, _ in results), results
+
+
+@pytest.mark.parametrize("split", SPLITS[1:])
+def test_expert_on_held_out_scenes(split):
+    wc = phys()
+    ex = ScriptedExpert(wc, dt=0.1)
+    ok = 0
+    for sc in episodes(split, len(KINDS)):
+        wc.reset(scene=sc)
+        ex.reset()
+        for _ in range(250):
+            wc.set_target(ex.act(wc.qpos()))
+            wc.step(0.1)
+            if ex.done:
+                break
+        ok += wc.success()
+        assert wc.instruction == sc.instruction
+    assert ok >= len(KINDS) - 1
+
+
+def test_splits_never_leak():
+    train_objs, train_templates = training_vocabulary()
+    unseen_words = set(UNSEEN_COLOURS) | set(UNSEEN_SHAPES)
+    train_texts = set()
+    for sc in episodes("train", 3000):
+        assert sc.split == "train" and sc.seed < EVAL_SEED0
+        for o in sc.objects:
+            assert o.name in train_objs and o.seen
+        assert not unseen_words & set(sc.instruction.split()), sc.instruction
+        assert any(sc.instruction == t.format(obj=sc.target.words,
+                                              sup=sc.support.words if sc.support else "")
+                   for t in train_templates)
+        train_texts.add(sc.instruction)
+    novel = {t for ts in NOVEL_PHRASES.values() for t in ts}
+    assert not novel & train_templates
+    for split in SPLITS[1:]:
+        for sc in episodes(split, 400):
+            assert sc.split == split and sc.seed >= EVAL_SEED0
+            if split == "unseen_objects":
+                assert not sc.target.seen
+                assert sc.target.colour in UNSEEN_COLOURS or sc.target.shape in UNSEEN_SHAPES
+            else:
+                assert all(o.seen for o in sc.objects)
+            if split in ("novel_instructions", "reasoning"):
+                assert sc.instruction not in train_texts, sc.instruction
+            if split == "reasoning":
+                assert sc.target.colour not in sc.instruction.split()
+                assert "colour of" in sc.instruction
+                # the riddle names exactly one object: the target's shape is unique among distractors
+                assert all(d.shape != sc.target.shape for d in sc.distractors)
+    for split in SPLITS:                    # every kind appears in every split
+        assert {sc.kind for sc in episodes(split, 20)} == set(KINDS)
+    assert set(SEEN_COLOURS).isdisjoint(UNSEEN_COLOURS) and set(SEEN_SHAPES).isdisjoint(UNSEEN_SHAPES)
+    with pytest.raises(ValueError, match="split"):
+        make_scene("test", "pick", 0)
+
+
+def test_renderer_draws_new_shapes_colours_and_fixtures():
+    wc = phys()
+    sc = make_scene("unseen_objects", "place_plate", 3)
+    wc.reset(scene=sc)
+    img = wc.render("front")
+    cam = front_camera(wc.renderer.style, 224, 224)
+    for name, pos in wc.objects().items():
+        if name in ("bowl", "plate", "spot"):
+            continue
+        rgb = np.array(wc.object_specs()[name].rgb, float)
+        uv, _ = cam.project(pos[None])
+        u, v = np.round(uv[0]).astype(int)
+        patch = img[v - 3:v + 4, u - 3:u + 4].reshape(-1, 3).astype(float)
+        # some pixel near the object's centre has its hue (shading only scales the colour)
+        cos = patch @ rgb / (np.linalg.norm(patch, axis=1) * np.linalg.norm(rgb) + 1e-9)
+        assert cos.max() > 0.97, name
+    assert "plate" in wc.objects()
+    push = make_scene("train", "push", 5)
+    wc.reset(scene=push)
+    spot = wc.objects()["spot"]
+    uv, _ = cam.project(spot[None])
+    u, v = np.round(uv[0]).astype(int)
+    assert wc.render("front")[v, u].tolist() != Workcell(SimConfig(physics=True)).render("front")[v, u].tolist()
+
+
+def test_model_xml_compiles_every_shape():
+    objs = [(ObjectSpec("red", s), np.array([0.3 + 0.08 * i, 0.0, 0.03]), 0.1)
+            for i, s in enumerate(["cube", "cylinder", "block", "prism"])]
+    m = mujoco.MjModel.from_xml_string(model_xml(objs, bowl=[0.45, 0.2], plate=[0.45, -0.2]))
+    d = mujoco.MjData(m)
+    mujoco.mj_step(m, d, nstep=500)
+    for o, _, _ in objs:
+        assert d.xpos[m.body(o.name).id][2] == pytest.approx(o.half_height, abs=3e-3)  # settled upright
+
+
+@pytest.mark.parametrize("protocol", ["dynamixel", "feetech"])
+def test_physics_sim_behind_the_serial_bus(protocol):
+    from drivers.bus.arm import ServoArm
+    from drivers.bus.simbus import SimServoBus
+    from teleop_app.profiles import load_profile
+    profile = load_profile("sim7")
+    wc = phys()
+    sim = SimServoBus.workcell(protocol, workcell=wc)
+    port = sim.start()
+    arm = ServoArm.from_profile(profile, port=port, protocol=protocol)
+    tick = 2 * np.pi / 4096
+    try:
+        arm.connect()
+        assert np.allclose(arm.get_observation().position, wc.qpos(), atol=2 * tick)
+        arm.set_torque(True)
+        target = profile.home() + np.array([0.1, 0, 0, 0, 0, 0, 0, -0.5])
+        arm.send_action(target)
+        import time
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not np.allclose(arm.get_observation().position, target,
+                                                               atol=3 * tick):
+            time.sleep(0.02)
+        assert np.allclose(arm.get_observation().position, target, atol=3 * tick)
+        assert np.allclose(wc.qpos(), target, atol=3 * tick)
+    finally:
+        arm.disconnect()
+        sim.stop()
