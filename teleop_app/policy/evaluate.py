@@ -18,7 +18,7 @@ import numpy as np
 
 from .base import Policy, check_compatible
 from .metrics import fmt_rate, percentiles_ms, wilson
-from .runner import PolicyRunner, RolloutResult, rollout
+from .runner import PolicyRunner, RolloutResult
 
 EVAL_SEED0 = 1_000_000
 DEFAULT_MAX_STEPS = {"pick_red": 100, "pick_blue": 100, "red_in_bowl": 160}
@@ -141,6 +141,7 @@ def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: i
     from drivers.sim import kinematics as kin
     from drivers.sim.robot import SimCamera, SimRobot
     from drivers.sim.workcell import TASKS, SimConfig, Workcell
+    from teleop_app.pipeline import rollout
     from teleop_app.profiles import load_profile
     from teleop_app.safety import SafetyLayer
 
@@ -199,7 +200,8 @@ def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: i
                                            dof=prof.dof, jpeg=False)
                 # async inference only means something against a clock: run those loops in real time
                 r = rollout(runner, robot, cams, wc.instruction, layer, max_steps=steps, period=period,
-                            success_fn=wc.success, writer=writer, task=task, seed=seed, realtime=async_)
+                            success_fn=wc.success, writer=writer, task=task, seed=seed, realtime=async_,
+                            workcell=wc, profile=prof)
                 r.notes = {"lifted": _lifted(wc)}
                 if writer is not None:
                     if r.commands_sent == 0:
