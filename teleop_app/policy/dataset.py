@@ -23,6 +23,8 @@ class EpisodeArrays:
     action: np.ndarray               # (T, D) float32
     images: dict[str, np.ndarray]    # cam -> (T, H, W, 3) uint8 at model size
     success: int
+    intervention: np.ndarray | None = None   # (T,) bool: the operator overrode the policy (recorded)
+    autonomous: np.ndarray | None = None     # (T,) bool: the policy itself produced the action
 
 
 @dataclass
@@ -37,6 +39,19 @@ class Dataset:
     @property
     def num_steps(self) -> int:
         return sum(len(e.qpos) for e in self.episodes)
+
+    def step_weights(self, intervention_weight: float) -> np.ndarray:
+        """Sampling weight per step, episodes concatenated (HG-DAgger): actions the policy produced
+        on its own get 0, operator interventions `intervention_weight`, every other step 1."""
+        out = []
+        for e in self.episodes:
+            w = np.ones(len(e.qpos))
+            if e.autonomous is not None:
+                w[e.autonomous] = 0.0
+            if e.intervention is not None:
+                w[e.intervention] = float(intervention_weight)
+            out.append(w)
+        return np.concatenate(out)
 
     def stats(self) -> dict:
         q = np.concatenate([e.qpos for e in self.episodes])
@@ -121,8 +136,10 @@ def load_dataset(root, cameras: list[str] | None = None, image_size: tuple[int, 
                 raise PolicyError(f"{f}: recorded at {ep.meta.fps} Hz, the rest at {fps} Hz; "
                                   "train on one control rate at a time")
             imgs = {c: resize(ep.images(c), image_size) for c in cameras}
+            src = ep.action_source
             eps.append(EpisodeArrays(f.name, ep.meta.instruction, ep.qpos.astype(np.float32),
-                                     ep.action.astype(np.float32), imgs, ep.success))
+                                     ep.action.astype(np.float32), imgs, ep.success, ep.intervention,
+                                     None if src is None else np.array([x == "policy" for x in src])))
         if progress:
             progress(i + 1, len(files))
     if not eps:

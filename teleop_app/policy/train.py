@@ -190,7 +190,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           model: dict | None = None, threads: int = 2, weight_decay: float = 1e-4,
           warmup: int = 200, action_space: str = "delta_arm", aug_shift: int = 2,
           text_encoder: str = "words", augment: str = "basic", init=None, full: bool = False,
-          lora_rank: int = LORA_RANK, text_noise: float = 0.05) -> TrainResult:
+          lora_rank: int = LORA_RANK, text_noise: float = 0.05,
+          intervention_weight: float | None = None) -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
     The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
@@ -198,6 +199,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     saves. With resume, an existing out_path with optimizer state continues where it stopped.
     With init=BASE.pt, fine-tunes the base (LoRA adapters, or every weight with full=True) on this
     dataset; the run's trained/total parameter counts are in the checkpoint's train info.
+    intervention_weight=W (HG-DAgger, teleop_app/dagger.py): steps the policy produced on its own are
+    not trained on, operator interventions are sampled W times as often as demonstration steps.
     """
     import torch
     from .checkpoint import CheckpointError, build_model, read_checkpoint, save_checkpoint
@@ -357,6 +360,12 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         else:
             save_checkpoint(out_path, net, meta, tok, info, opt.state_dict(), enc_spec, finetune)
 
+    pick = None     # intervention_weight: drop the policy's own actions, weight the operator's corrections
+    if intervention_weight is not None:
+        pick = ds.step_weights(intervention_weight)
+        if pick.sum() <= 0:
+            raise PolicyError("intervention_weight: no demonstration or intervention steps to train on")
+        pick = pick / pick.sum()
     t0 = time.monotonic()
     step, loss_ema, history, cancelled = start_step, None, [], False
     vl = None
@@ -369,7 +378,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, elapsed)
-        idx = rng.integers(0, tr.n, batch_size)
+        idx = rng.integers(0, tr.n, batch_size) if pick is None else rng.choice(tr.n, batch_size, p=pick)
         x, t, s, a = _to_torch(*tr.batch(idx), aug=augment != "none", rng=rng, pad=aug_shift,
                                augment=augment, text_noise=text_noise)
         loss = (net(x, t, s) - a).abs().mean()
