@@ -63,6 +63,10 @@ def _session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sim scene seed")
     p.add_argument("--task", default="pick_red", help="sim task: pick_red, pick_blue, red_in_bowl")
     p.add_argument("--randomize", action="store_true", help="sim domain randomisation (light, colours, camera, noise)")
+    p.add_argument("--leader", metavar="sim|PORT",
+                   help="leader arm for --mode leader and takeovers: 'sim' (simulated, own pty) or its serial port")
+    p.add_argument("--leader-profile", help="leader profile (default: <profile>_leader, e.g. koch_leader)")
+    p.add_argument("--leader-calibration", help="the leader's calibration JSON (needed for a real leader)")
 
 
 def _session_config(a):
@@ -72,7 +76,8 @@ def _session_config(a):
                          calibration=a.calibration, fps=a.fps,
                          cameras=a.cameras.split(",") if a.cameras else None, dataset=a.dataset,
                          mapping=a.mapping, operator=a.operator, seed=a.seed, task=a.task,
-                         randomize=a.randomize, workflow=WorkflowConfig())
+                         randomize=a.randomize, workflow=WorkflowConfig(), leader=a.leader,
+                         leader_profile=a.leader_profile, leader_calibration=a.leader_calibration)
 
 
 # ------------------------------------------------------------------ commands
@@ -119,12 +124,16 @@ def cmd_record(a) -> int:
     elif a.mode == "scripted":
         from drivers.sim import TASKS
         cfg.workflow.instructions = [TASKS[cfg.task]]
-    with Session(cfg) as s:
+    stop = _stop_signals()
+    s = Session(cfg)
+    signal.signal(signal.SIGUSR1, lambda *_: s.estop("SIGUSR1"))     # `kill -USR1 <pid>` = e-stop
+    with s:
+        if a.mode == "takeover":
+            _load_policy_for_takeover(s, a.policy)
         s.set_mode(Mode(a.mode))
-        print(f"{a.mode} recording into {a.dataset}: {a.episodes} episode(s). Ctrl-C stops and keeps "
-              "what was recorded." + (" Pad: Start = start/stop, Y = success, X = failure." if a.mode == "gamepad" else ""))
-        stop = []
-        signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+        print(f"{a.mode} recording into {a.dataset}: {a.episodes} episode(s). Ctrl-C or SIGTERM stops and "
+              "keeps what was recorded; SIGUSR1 = e-stop." +
+              (" Pad: Start = start/stop, Y = success, X = failure." if a.mode in ("gamepad", "cartesian", "takeover") else ""), flush=True)
         s.start_episode()
         last = None
         while not stop and s.workflow.state.value != "done":
@@ -132,25 +141,60 @@ def cmd_record(a) -> int:
             st = s.status
             line = f"{st.workflow:10s} kept {st.kept}/{st.target_episodes} steps {st.recording_steps:4d} {st.message}"
             if line != last:
-                print(line)
+                print(line, flush=True)
                 last = line
-    return 0
+        recording = bool(stop) and s.pipeline is not None and s.pipeline.recorder.active
+    return _stopped_message(stop, "recording", "the episode in progress was kept unlabelled; " if recording else "")
+
+
+def _stop_signals() -> list[int]:
+    """SIGINT and SIGTERM end a CLI run cleanly (episode kept, arm held, devices released)."""
+    stop: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _f: stop.append(signum))
+    return stop
+
+
+def _stopped_message(stop: list[int], what: str, extra: str = "") -> int:
+    if not stop:
+        return 0
+    name = signal.Signals(stop[0]).name
+    print(f"{what} stopped by {name}: {extra}arm held, devices released", flush=True)
+    return 128 + signal.SIGTERM if stop[0] == signal.SIGTERM else 0
+
+
+def _load_policy_for_takeover(s, policy: str | None) -> None:
+    from teleop_app.session import PolicyState
+    if not policy:
+        raise CliError("--mode takeover needs --policy CKPT_OR_URL (the policy the operator takes over from)")
+    s.load_policy({"source": policy})
+    end = time.monotonic() + 120
+    while s.policy_state == PolicyState.LOADING and time.monotonic() < end:
+        time.sleep(0.1)
+    if s.policy_state != PolicyState.READY:
+        raise CliError(f"policy {policy} did not load: {s.messages[-1] if s.messages else 'timeout'}")
 
 
 def cmd_replay(a) -> int:
     from teleop_app.session import Session
     cfg = _session_config(a)
     cfg.use_gamepad = False
-    with Session(cfg) as s:
+    stop = _stop_signals()
+    s = Session(cfg)
+    signal.signal(signal.SIGUSR1, lambda *_: s.estop("SIGUSR1"))
+    with s:
         s.start_replay(a.episode)
         bar = _progress("replay")         # one bar: its clock gives the elapsed time and the eta
-        while s.mode.value in ("replay", "homing"):
+        while s.mode.value in ("replay", "homing") and not stop:
             i, n = s.status.replay_progress
             if n:
                 bar(i, n)
             time.sleep(0.1)
+        if stop:
+            s.stop_replay()
+            time.sleep(2 * s.period)
         print(s.messages[-1] if s.messages else "done")
-    return 0
+    return _stopped_message(stop, "replay")
 
 
 def _ids(text: str | None) -> list[int] | None:
@@ -347,7 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("record", help="record episodes headless (scripted expert, gamepad or kinesthetic)")
     _session_args(p)
-    p.add_argument("--mode", default="scripted", choices=["scripted", "gamepad", "kinesthetic"])
+    p.add_argument("--mode", default="scripted",
+                   choices=["scripted", "gamepad", "kinesthetic", "leader", "cartesian", "takeover"],
+                   help="leader: a leader arm drives (--leader); cartesian: the pad steers the gripper; takeover: "
+                        "--policy runs and the operator takes over with the pad/leader (left stick click or a "
+                        "stick pushed past half way; click again to hand back); steps record an intervention flag")
+    p.add_argument("--policy", help="--mode takeover: checkpoint or policy server URL")
     p.add_argument("--episodes", type=int, default=10, help="episodes to record (per task with --fast)")
     p.add_argument("--instruction", help="language instruction(s), ';'-separated to cycle through")
     p.add_argument("--episode-s", type=float, default=30.0, help="max seconds per episode")

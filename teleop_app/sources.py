@@ -320,6 +320,10 @@ class PolicySource(BaseSource):
         from teleop_app.policy.runner import PolicyOutputError
         if self.stopped:
             return None
+        if self.strict_cameras is None:
+            cams = getattr(getattr(self.runner, "policy", None), "meta", None)
+            if any(c not in ctx.frames for c in getattr(cams, "cameras", ()) or ()):
+                return None             # a camera has no frame yet: hold (the stall timer still runs)
         try:
             obs = ctx.policy_obs(self.strict_cameras, strict=self.strict_cameras is not None)
             a = self.runner.act(obs, ctx.now)

@@ -17,6 +17,9 @@ class State(str, Enum):
     RESETTING = "resetting"
     DONE = "done"
 
+    def __str__(self) -> str:
+        return self.value
+
 
 @dataclass
 class WorkflowConfig:
