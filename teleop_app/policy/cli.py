@@ -20,7 +20,10 @@ Training resumes from OUT if it exists (use --no-resume to start over); Ctrl+C s
                                                                (--full: every weight)"""
 
 _EVAL_EPILOG = """examples:
+  teleop eval demo --episodes 10                             the demo policy shipped with the app
   teleop eval runs/vla.pt --episodes 20                      closed loop in the sim, all tasks
+  teleop eval ws://gpu-box:8000 --layout droid               an openpi policy server (pi0 / pi0.5)
+  teleop eval ws://127.0.0.1:8000 --async                    `teleop serve CKPT --protocol openpi`
   teleop eval runs/vla.pt --offline data/sim_demos           held-out recorded episodes, no robot
   teleop eval http://gpu-box:8000 --tasks pick_red --remote-camera front   an OpenVLA server
   teleop eval runs/vla.pt --episodes 20 --out reports/today  also write report.html / report.md"""
@@ -67,14 +70,35 @@ def add_commands(subparsers) -> None:
     p.set_defaults(fn=cmd_train)
 
     p = subparsers.add_parser(
-        "serve", help="serve a checkpoint over HTTP (OpenVLA deploy.py protocol)", formatter_class=fmt,
-        description="Expose a trained checkpoint at http://HOST:PORT/act, speaking OpenVLA's "
-                    "deploy.py protocol (json_numpy arrays). Our model returns absolute joint targets; "
-                    "send 'qpos' and optionally 'return_chunk': true.")
-    p.add_argument("checkpoint", help="checkpoint file (from `teleop train`)")
+        "serve", help="serve a checkpoint (OpenVLA deploy.py HTTP, or openpi websocket protocol)",
+        formatter_class=fmt,
+        description="Expose a trained checkpoint. --protocol http (default): http://HOST:PORT/act, "
+                    "OpenVLA's deploy.py protocol (json_numpy arrays; send 'qpos', optionally "
+                    "'return_chunk': true). --protocol openpi: ws://HOST:PORT, openpi's websocket "
+                    "protocol (msgpack frames), so openpi-client's WebsocketClientPolicy drives it; "
+                    "the connect-time metadata describes the observation and has an example_observation.",
+        epilog="examples:\n  teleop serve demo --protocol openpi\n"
+               "  teleop serve runs/vla.pt --host 0.0.0.0 --allow-remote --token SECRET")
+    p.add_argument("checkpoint", help="checkpoint file (from `teleop train`), or 'demo'")
+    p.add_argument("--protocol", default="http", choices=["http", "openpi"])
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1 = this machine only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--allow-remote", action="store_true", help="allow binding an address other machines reach")
+    p.add_argument("--token", help="shared secret clients must send (required with --allow-remote): "
+                   "'Authorization: Bearer TOKEN' (http) / 'Api-Key TOKEN' (openpi api_key)")
+    p.add_argument("--inject-latency-ms", type=float, default=0.0,
+                   help="testing: answer no sooner than this after a request (a stand-in for a slow model)")
     p.set_defaults(fn=cmd_serve)
+
+    p = subparsers.add_parser(
+        "train-demo", help="rebuild the demo policy shipped with the app (seeded, a few CPU minutes)",
+        description="Records seeded scripted demos of the three sim tasks and trains the built-in VLA "
+                    "for a fixed number of steps; writes teleop_app/policy/demo/demo.pt (or OUT).")
+    p.add_argument("--out", help="where to write (default: the shipped teleop_app/policy/demo/demo.pt)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
+    p.add_argument("--work", help="keep the recorded demos in this folder (default: a temp folder)")
+    p.set_defaults(fn=cmd_train_demo)
 
     p = subparsers.add_parser(
         "eval", help="validate a policy: closed loop in the sim, or offline on recorded episodes",
@@ -82,13 +106,17 @@ def add_commands(subparsers) -> None:
         description="Closed-loop: roll the policy out in the simulated workcell on unseen scenes, every "
                     "command through the safety layer, success judged by the sim. Offline (--offline): "
                     "compare its actions with held-out recorded ones.")
-    p.add_argument("policy", help="checkpoint file, or http(s)://host:port of a VLA server")
+    p.add_argument("policy", help="checkpoint file, 'demo', http(s)://host:port of an OpenVLA-style server, "
+                   "or ws://host:port of an openpi policy server")
     p.add_argument("--tasks", help="comma-separated sim tasks (default: all: pick_red,pick_blue,red_in_bowl)")
     p.add_argument("--episodes", type=int, default=20, help="rollouts per task (default 20)")
     p.add_argument("--seed", type=int, default=None, help="first scene seed (default 1000000: unseen)")
-    p.add_argument("--chunk-mode", default="ensemble", choices=["ensemble", "replan"],
-                   help="ensemble = predict every tick and average overlapping chunks; replan = play a chunk")
-    p.add_argument("--async", dest="async_", action="store_true", help="run inference in a worker thread")
+    p.add_argument("--chunk-mode", default="auto", choices=["auto", "ensemble", "replan", "smooth"],
+                   help="ensemble = predict every tick and average overlapping chunks; replan = play a chunk; "
+                        "smooth = the next chunk inferred while one plays, joined with a ramp (slow policies); "
+                        "auto (default) = smooth with --async, else ensemble")
+    p.add_argument("--async", dest="async_", action="store_true",
+                   help="run inference in a worker thread, the loop in real time (remote / slow policies)")
     p.add_argument("--max-latency-ms", type=float, default=None, help="watchdog: hold if inference is slower")
     p.add_argument("--record", help="record every rollout as an episode (mode 'policy') into this folder")
     p.add_argument("--offline", metavar="DATASET", help="offline validation on this dataset instead")
@@ -98,6 +126,10 @@ def add_commands(subparsers) -> None:
                    help="URL policies: OpenVLA 7-D EE delta (default) or teleop server joint targets")
     p.add_argument("--remote-camera", default="front")
     p.add_argument("--unnorm-key", help="URL policies: OpenVLA dataset statistics key")
+    p.add_argument("--layout", help="ws:// policies: observation/action layout, a template (aloha, droid, "
+                   "libero, sim7) or a .toml file; default: the one the server's metadata describes")
+    p.add_argument("--token", help="URL policies: the server's shared secret")
+    p.add_argument("--timeout", type=float, default=10.0, help="URL policies: seconds to wait for a reply")
     p.add_argument("--out", help="folder for results.json (+ report.html / report.md)")
     p.set_defaults(fn=cmd_eval)
 
@@ -160,9 +192,19 @@ def cmd_train(a) -> int:
 def cmd_serve(a) -> int:
     from .server import serve
     try:
-        serve(a.checkpoint, a.host, a.port)
+        serve(a.checkpoint, a.host, a.port, protocol=a.protocol, token=a.token, allow_remote=a.allow_remote,
+              inject_latency=a.inject_latency_ms / 1000.0)
     except (PolicyError, OSError) as e:
         return _fail("serve", e)
+    return 0
+
+
+def cmd_train_demo(a) -> int:
+    from .demo import DEMO_PATH, train_demo
+    try:
+        train_demo(a.out or DEMO_PATH, work=a.work, threads=a.threads, steps=a.steps)
+    except (PolicyError, OSError, ValueError) as e:
+        return _fail("train-demo", e)
     return 0
 
 
@@ -170,7 +212,9 @@ def _load(a):
     from .base import load_policy
     if str(a.policy).startswith(("http://", "https://")):
         return load_policy(a.policy, action_mode=a.remote_action, camera=a.remote_camera,
-                           unnorm_key=a.unnorm_key)
+                           unnorm_key=a.unnorm_key, token=a.token, timeout=a.timeout)
+    if str(a.policy).startswith(("ws://", "wss://")):
+        return load_policy(a.policy, layout=a.layout, api_key=a.token, timeout=a.timeout)
     return load_policy(a.policy)
 
 

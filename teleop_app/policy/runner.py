@@ -9,9 +9,10 @@ PolicyRunner turns predicted chunks into per-tick targets, either
     at the latest `d + margin` ticks before the plan runs out, d = the measured latency in ticks
     (max of an EMA and the p90 of the last 20 calls), and otherwise whenever the worker is idle
     and `replan_every` ticks have passed; the new chunk is indexed by its observation's tick (the
-    actions for ticks already played are dropped) and joined onto the rest of the current plan
-    with a linear ramp over the overlap (at most max(3, chunk/4) ticks), so neither a jump nor a
-    stop appears at the boundary. Nothing is set by the operator.
+    actions for ticks already played are dropped) and joined onto the current plan: the new
+    chunk's offset from the plan at the join tick decays linearly over a ramp of
+    max(3, overlap, chunk/2) ticks (the role of RTC's soft mask, without its inpainting), so the
+    command stays continuous (no jump) and never stops at a boundary. Nothing is set by the operator.
   - "auto" (default): "smooth" when asynchronous, "ensemble" when not.
 With `async_=True` inference runs in a worker thread so a real-time loop never waits for it; a chunk
 that arrives late is indexed by the tick its observation was taken at (latency compensation). A late
@@ -206,17 +207,18 @@ class PolicyRunner:
             if 0 <= i < len(self._plan):
                 old = self._plan[i:]
             elif self._last_cmd is not None and self._last_cmd.shape == chunk.shape[1:]:
-                old = self._last_cmd[None]         # the plan ran out: ramp from where it stopped
+                old = self._last_cmd[None]         # the plan ran out: start from where it stopped
         if old is None:
             self._plan, self._plan_start = new.copy(), t
             return
+        # the new chunk's offset from the plan at the join decays linearly over the ramp, so the
+        # command is continuous and its rate changes by at most offset/(m+1) per tick
         k = max(1, int(getattr(self.policy.meta, "chunk_size", len(chunk)) or len(chunk)))
-        m = min(len(new), max(len(old), 1), max(3, k // 4))
+        m = min(len(new), max(3, len(old), k // 2))
+        e = old[0] - new[0]
+        w = 1.0 - np.arange(1, m + 1) / (m + 1)
         out = new.copy()
-        for j in range(m):
-            w = (j + 1) / (m + 1)
-            o = old[j] if j < len(old) else old[-1]
-            out[j] = (1 - w) * o + w * new[j]
+        out[:m] += w[:, None] * e[None, :]
         self._plan, self._plan_start = out, t
 
     def _plan_action(self, t: int) -> np.ndarray | None:

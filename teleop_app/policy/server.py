@@ -192,7 +192,7 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, quiet: bool = F
     print(f"serving {checkpoint} on {where}: cameras {m.cameras}, {m.action_dim}-D joint targets, "
           f"chunk {m.chunk_size}{lat}; Ctrl+C stops", flush=True)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=srv.shutdown, daemon=True).start())
+        signal.signal(signal.SIGTERM, _interrupt)        # SIGTERM stops it like Ctrl+C
     if ready is not None:
         ready.set()
     try:
@@ -200,4 +200,10 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, quiet: bool = F
     except KeyboardInterrupt:
         pass
     finally:
+        if protocol == "openpi":
+            srv.shutdown()          # closes open connections (their handler threads are not daemons)
         srv.server_close()
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
