@@ -205,9 +205,11 @@ class SimLeaderArm:
     def qpos(self) -> np.ndarray:
         return self.model.qpos()
 
-    def leader(self, joint_names: list[str], gripper_range=(0.0, 1.0), timeout_s: float = 0.05,
-               retries: int = 2) -> LeaderArm:
-        """The real driver on this pty, with the calibration matching the simulated servos."""
+    def leader(self, joint_names: list[str], gripper_range=(0.0, 1.0), timeout_s: float = 0.1,
+               retries: int = 1) -> LeaderArm:
+        """The real driver on this pty, with the calibration matching the simulated servos. The
+        timeout is longer than a real bus needs: the simulated servos answer from a Python thread
+        that shares the GIL with the renderers."""
         if self.port is None:
             raise RuntimeError("SimLeaderArm.start() first")
         cfg = ServoArmConfig(protocol=self.protocol, port=self.port, ids=list(self.bus.ids),

@@ -46,18 +46,21 @@ class LeaderArmSource(BaseSource):
     far = "refuse": while any joint of the leader is more than `max_start_distance` rad from the
     follower, hold and say which joint and how far (the operator moves the leader to the follower);
     within it, ramp in at `ramp_speed` x max joint speed until the two meet, then follow directly.
-    far = "ramp": ramp in from any distance. A leader that stops answering holds the follower, says
-    so, and is retried every `retry_s` seconds; when it is back, the safe start runs again.
+    far = "ramp": ramp in from any distance. A leader that stops answering holds the follower at once;
+    after `lost_after` failed reads in a row it counts as unplugged (message), is retried every
+    `retry_s` seconds, and when it is back the safe start runs again.
     """
     name = "leader"
     uses_pad = False
 
     def __init__(self, leader, profile, *, far: str = "refuse", max_start_distance: float = 0.8,
-                 ramp_speed: float = 0.25, retry_s: float = 1.0):
+                 ramp_speed: float = 0.25, retry_s: float = 1.0, lost_after: int = 2):
         if far not in ("refuse", "ramp"):
             raise ValueError(f"far must be 'refuse' or 'ramp', got {far!r}")
         self.leader, self.far = leader, far
         self.max_start_distance, self.ramp_speed, self.retry_s = float(max_start_distance), ramp_speed, retry_s
+        self.lost_after = max(1, int(lost_after))     # failed reads in a row before the leader counts as gone
+        self._fails = 0
         names = list(leader.joint_names)
         want = profile.joint_names
         if len(names) != len(want):
@@ -113,9 +116,12 @@ class LeaderArmSource(BaseSource):
         try:
             q_l = self.read()
         except UNPLUGGED as e:
-            self.state, self._lost_at = "lost", ctx.now
-            ctx.say(f"leader arm unplugged or silent ({e}): holding the follower")
+            self._fails += 1                 # hold this tick; one lost reply is a glitch, not an unplug
+            if self._fails >= self.lost_after:
+                self.state, self._lost_at, self._fails = "lost", ctx.now, 0
+                ctx.say(f"leader arm unplugged or silent ({e}): holding the follower")
             return None
+        self._fails = 0
         self.last_leader = q_l
         lo, hi = ctx.profile.lower(), ctx.profile.upper()
         goal = np.clip(q_l, lo, hi)

@@ -106,6 +106,9 @@ class SessionConfig:
     home_speed: float = 0.4            # fraction of max joint speed for "go home"
     realtime: bool = True              # False: sim steps once per tick (headless, faster than real time)
     policy_stall_s: float = 2.0        # a policy giving no action this long is stopped (arm held)
+    leader: str | None = None          # leader arm (Mode.LEADER, takeovers): "sim" (own pty) or its serial port
+    leader_profile: str | None = None  # e.g. "koch_leader" (default: "<profile>_leader")
+    leader_calibration: str | None = None   # the leader's calibration JSON (drivers/leader.py)
     workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
 
 
@@ -265,6 +268,10 @@ class Session:
         self.inputs.gripper = float(obs.position[-1])
         self._source = HoldSource()
         self.pipeline.set_source(self._source)
+        if self.config.leader:
+            from teleop_app.human import attach_leader
+            attach_leader(self, self.config.leader, profile=self.config.leader_profile,
+                          calibration=self.config.leader_calibration)
         self.info = self._make_info()
         self._publish(obs.position, None, obs.position)
 

@@ -181,3 +181,30 @@ def test_uncertainty_is_measured_and_asks_for_help(rig):
     assert src.intervention and not src.asking
     st = src.status()
     assert st["intervention"] and st["source"] == "gamepad" and st["takeovers"] == 1
+
+
+def test_session_takeover_mode_status_and_api(tmp_path):
+    """The registered takeover mode in a live session: Status.human carries the state for the GUI."""
+    import time
+
+    from teleop_app.session import Mode, Session, SessionConfig
+    s = Session(SessionConfig(robot="sim", dataset=str(tmp_path / "ds"), use_gamepad=False))
+    s.connect()
+    try:
+        s.set_policy(PolicyRunner(DriftPolicy(), "ensemble", async_=True), "drift")
+        s.start()
+        s.set_mode(Mode.TAKEOVER)
+        time.sleep(0.8)
+        st = s.status.human
+        assert st["source"] == "policy" and not st["intervention"] and st["uncertainty"] >= 0
+        s.take_over()
+        time.sleep(0.4)
+        assert s.status.human["intervention"] and s.status.human["source"] == "gamepad"
+        q = s.status.sent.copy()
+        time.sleep(0.3)
+        assert np.allclose(s.status.sent, q), "the operator (no pad input) holds the arm"
+        s.hand_back()
+        time.sleep(0.4)
+        assert not s.status.human["intervention"] and s.status.human["source"] == "policy"
+    finally:
+        s.close()
