@@ -2,10 +2,13 @@
 
 Deadlines are t0 + k*period (never "sleep period after work"), so timing does not drift. A tick that
 starts later than one full period past its deadline counts as missed and the loop realigns to the grid.
+`wake()` (lock-free: one byte into a pipe, safe from any thread or a signal handler) runs one extra tick
+right away, off the grid, e.g. so an e-stop does not wait for the next deadline.
 """
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from collections import deque
@@ -49,6 +52,37 @@ class RateLoop:
         self._last_work = 0.0
         self._lock = threading.Lock()
         self.realtime_priority = False
+        self.extra_ticks = 0
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+
+    def wake(self) -> None:
+        """Run an extra tick now (if the loop is sleeping). No lock: safe in signal handlers."""
+        try:
+            os.write(self._wfd, b"!")
+        except OSError:          # pipe full: a wake-up is already pending
+            pass
+
+    def _sleep(self, timeout: float) -> bool:
+        """Sleep up to timeout; True if woken."""
+        r, _, _ = select.select([self._rfd], [], [], max(0.0, timeout))
+        if r:
+            try:
+                while os.read(self._rfd, 4096):
+                    pass
+            except OSError:
+                pass
+            return True
+        return False
+
+    def __del__(self):
+        for fd in (getattr(self, "_rfd", None), getattr(self, "_wfd", None)):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     def _set_hz(self, hz: float):
         if not 0.5 <= hz <= 200:
@@ -83,6 +117,7 @@ class RateLoop:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
+        self.wake()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self._thread = None
@@ -112,8 +147,12 @@ class RateLoop:
             now = time.monotonic()
             if now < deadline:
                 if deadline - now > SPIN_S:
-                    if self._stop.wait(deadline - now - SPIN_S):
+                    woke = self._sleep(deadline - now - SPIN_S)
+                    if self._stop.is_set():
                         break
+                    if woke:
+                        self._extra_tick()
+                        continue
                 while time.monotonic() < deadline:
                     time.sleep(0)
             elif now - deadline > period:
@@ -137,6 +176,17 @@ class RateLoop:
                 self.overruns += 1
             self.ticks += 1
             k += 1
+
+    def _extra_tick(self) -> None:
+        start = time.monotonic()
+        try:
+            self.tick(start, start)
+        except BaseException as e:  # noqa: BLE001
+            if self.on_error:
+                self.on_error(e)
+            else:
+                raise
+        self.extra_ticks += 1
 
     def stats(self) -> LoopStats:
         errs = np.abs(np.array(self._starts)) * 1e3 if self._starts else np.zeros(1)

@@ -141,7 +141,7 @@ def test_failing_remote_policy_is_stopped_arm_held_no_estop(tmp_path, kind):
             missed0 = s.loop.missed
             t0 = time.monotonic()
             s.set_mode(Mode.POLICY)
-            assert wait_for(lambda: s.mode == Mode.HOLD, timeout=6), list(s.messages)
+            assert wait_for(lambda: s.status.mode == Mode.HOLD, timeout=6), list(s.messages)
             took = time.monotonic() - t0
             assert any("policy stopped, arm held" in m for m in s.messages), list(s.messages)
             assert not s.safety.estopped and s.safety.counters.estops == 0

@@ -1,0 +1,201 @@
+"""Control-core figures, measured from what the product itself records.
+
+1. cadence: runs the real CLI, `teleop record --mode scripted --fps 50 --episodes 10` (a real-time
+   session, episode boundaries included), then reads the per-tick timestamps back from the recorded
+   HDF5 files: period error p50/p99/max, missed ticks, and the worst error of the first 5 ticks of each
+   episode (where writer creation/finish used to stall the loop). Target: p99 <= 2 ms and 0 missed
+   ticks in EVERY episode.
+2. e-stop latency: an in-process session at 50 Hz in policy mode whose policy call takes 500 ms (always
+   one in flight), recording, with a disk stall injected in the writer path (the journal append sleeps
+   1 s per batch) and in the episode bookkeeping (store.add sleeps 2 s). estop() is called from another
+   thread at random phases; latency = request -> first held command written by the driver.
+   Target: <= one period + 2 ms.
+
+    nice -n 10 .venv/bin/python benchmarks/bench_control.py [--episodes 10] [--fps 50] [--estops 20]
+    .venv/bin/python benchmarks/bench_control.py --read DATASET     # figures of an existing dataset
+
+`episode_cadence(path)` / `dataset_cadence(root)` are importable (the GUI benchmark reuses them).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+
+# ---------------------------------------------------------------- figures from recorded files
+def cadence_of(timestamps, fps: float, first: int = 5) -> dict:
+    """Per-tick timing of one recorded episode: |period - 1/fps| percentiles (ms), missed ticks,
+    longest period, and the worst error among the first `first` periods (episode start)."""
+    ts = np.asarray(timestamps, np.float64)
+    nominal = 1.0 / float(fps)
+    if len(ts) < 2:
+        return {"steps": int(len(ts)), "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0, "missed": 0,
+                "longest_ms": 0.0, "first_max_ms": 0.0}
+    per = np.diff(ts)
+    err = np.abs(per - nominal) * 1e3
+    return {"steps": int(len(ts)), "p50_ms": float(np.percentile(err, 50)),
+            "p99_ms": float(np.percentile(err, 99)), "max_ms": float(err.max()),
+            "missed": int(np.maximum(np.rint(per / nominal) - 1, 0).sum()),
+            "longest_ms": float(per.max() * 1e3), "first_max_ms": float(err[:first].max()),
+            "errors_ms": err}
+
+
+def episode_cadence(path, first: int = 5) -> dict:
+    """cadence_of() for one episode file (reads its /timestamp and fps attribute)."""
+    from recorder.reader import read_episode
+    ep = read_episode(path)
+    try:
+        return cadence_of(ep.timestamp, ep.meta.fps, first)
+    finally:
+        if hasattr(ep, "close"):
+            ep.close()
+
+
+def dataset_cadence(root, first: int = 5) -> list[tuple[int, dict]]:
+    """[(episode id, cadence)] for every episode of a dataset, in id order."""
+    from recorder.store import EpisodeStore
+    store = EpisodeStore.open(root)
+    return [(e.id, episode_cadence(Path(root) / e.file, first)) for e in store.episodes()]
+
+
+def print_cadence(rows: list[tuple[int, dict]], target_ms: float = 2.0) -> bool:
+    print(f"{'episode':>8} {'steps':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'longest':>8} "
+          f"{'first5 max':>10} {'missed':>6}")
+    ok = True
+    for i, c in rows:
+        good = c["p99_ms"] <= target_ms and c["missed"] == 0
+        ok &= good
+        print(f"{i:>8} {c['steps']:>6} {c['p50_ms']:7.2f} {c['p99_ms']:7.2f} {c['max_ms']:7.2f} "
+              f"{c['longest_ms']:8.1f} {c['first_max_ms']:10.2f} {c['missed']:>6} {'' if good else '  <- over target'}")
+    if rows:
+        allerr = np.concatenate([c["errors_ms"] for _, c in rows if "errors_ms" in c])
+        print(f"{'overall':>8} {sum(c['steps'] for _, c in rows):>6} {np.percentile(allerr, 50):7.2f} "
+              f"{np.percentile(allerr, 99):7.2f} {allerr.max():7.2f} {max(c['longest_ms'] for _, c in rows):8.1f} "
+              f"{max(c['first_max_ms'] for _, c in rows):10.2f} {sum(c['missed'] for _, c in rows):>6}")
+    print(f"target: p99 <= {target_ms:g} ms and 0 missed ticks in every episode: {'MET' if ok else 'NOT MET'}")
+    return ok
+
+
+def run_cli_recording(dataset: Path, episodes: int, fps: float) -> None:
+    cmd = [sys.executable, "-m", "teleop_app.cli", "record", "--mode", "scripted", "--fps", f"{fps:g}",
+           "--episodes", str(episodes), "--dataset", str(dataset)]
+    print("$", " ".join(cmd[2:]), flush=True)
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(r.stdout[-2000:], r.stderr[-2000:])
+        raise SystemExit(f"teleop record failed ({r.returncode})")
+    print(f"recorded in {time.monotonic() - t0:.1f} s")
+
+
+# ---------------------------------------------------------------- e-stop latency
+class SlowPolicy:
+    """Holds the pose; every predict() takes `delay` s (so one call is always in flight)."""
+
+    def __init__(self, profile, fps, delay=0.5):
+        from teleop_app.policy.base import PolicyMeta
+        self.meta = PolicyMeta(joint_names=profile.joint_names, action_dim=profile.dof, fps=fps,
+                               cameras=["front"], chunk_size=50)
+        self.delay = delay
+
+    def reset(self):
+        pass
+
+    def predict(self, obs):
+        time.sleep(self.delay)
+        return np.tile(np.asarray(obs["qpos"], float), (self.meta.chunk_size, 1))
+
+
+def estop_latency(fps: float, n: int, disk_stall_s: float = 1.0, add_stall_s: float = 2.0) -> np.ndarray:
+    from recorder import journal
+    from teleop_app.policy.runner import PolicyRunner
+    from teleop_app.session import Mode, Session, SessionConfig
+    from teleop_app.workflow import WorkflowConfig
+
+    real_append = journal.JournalWriter.append_raw
+
+    def stalled_append(self, rec):          # the disk stalls under the writer thread
+        if getattr(self, "_bench_n", 0) % 25 == 0:
+            time.sleep(disk_stall_s)
+        self._bench_n = getattr(self, "_bench_n", 0) + 1
+        return real_append(self, rec)
+    journal.JournalWriter.append_raw = stalled_append
+    lat = []
+    with tempfile.TemporaryDirectory() as d:
+        wf = WorkflowConfig(countdown_s=0, reset_s=0, episode_s=0, target_episodes=10 ** 6)
+        s = Session(SessionConfig(dataset=d, fps=fps, use_gamepad=False, workflow=wf,
+                                  policy_stall_s=60.0))
+        s.open()
+        try:
+            real_add = s.store.add
+            s.store.add = lambda p: (time.sleep(add_stall_s), real_add(p))[1]
+            s.set_policy(PolicyRunner(SlowPolicy(s.profile, fps), lower=s.profile.lower(),
+                                      upper=s.profile.upper()), "slow-500ms")
+            s.set_mode(Mode.POLICY)
+            rnd = random.Random(0)
+            for k in range(n):
+                s.start_episode()
+                time.sleep(0.6 + rnd.random() * 0.5)             # recording, a policy call in flight
+                before = len(s.pipeline.estop_latencies)
+                threading.Thread(target=s.estop, args=("bench",)).start()
+                t_end = time.monotonic() + 5
+                while len(s.pipeline.estop_latencies) == before and time.monotonic() < t_end:
+                    time.sleep(0.001)
+                if len(s.pipeline.estop_latencies) > before:
+                    lat.append(s.pipeline.estop_latencies[-1])
+                s.keep()
+                s.reset_estop()
+                time.sleep(0.2)
+        finally:
+            s.close()
+            journal.JournalWriter.append_raw = real_append
+    return np.array(lat)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--fps", type=float, default=50.0)
+    ap.add_argument("--estops", type=int, default=20)
+    ap.add_argument("--read", help="only print the cadence of an existing dataset")
+    ap.add_argument("--skip-estop", action="store_true")
+    a = ap.parse_args()
+    if a.read:
+        return 0 if print_cadence(dataset_cadence(a.read)) else 1
+    ok = True
+    with tempfile.TemporaryDirectory() as d:
+        ds = Path(d) / "ds"
+        run_cli_recording(ds, a.episodes, a.fps)
+        print("\n== cadence from the recorded files (per-tick timestamps) ==")
+        ok &= print_cadence(dataset_cadence(ds))
+    if not a.skip_estop:
+        print(f"\n== e-stop latency at {a.fps:g} Hz: 500 ms policy call in flight, writer disk stall 1 s, "
+              f"store.add stall 2 s; {a.estops} e-stops ==")
+        lat = estop_latency(a.fps, a.estops) * 1e3
+        target = 1e3 / a.fps + 2.0
+        if len(lat):
+            print(f"request -> first held command: median {np.median(lat):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms, "
+                  f"max {lat.max():.2f} ms (n={len(lat)}); target <= {target:.1f} ms: "
+                  f"{'MET' if lat.max() <= target else 'NOT MET'}")
+            ok &= bool(lat.max() <= target)
+        else:
+            print("no e-stop was observed")
+            ok = False
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
