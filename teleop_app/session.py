@@ -487,7 +487,9 @@ class Session:
         if self.pipeline is None:
             return
         self.pipeline.request_estop(source)
-        if not self.loop.running:
+        if self.loop.running:
+            self.loop.wake()                  # the hold goes out now, not at the next deadline
+        else:
             self.pipeline._latch_estop()
 
     def _on_estop(self, source: str) -> None:
