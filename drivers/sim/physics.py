@@ -38,8 +38,8 @@ BOWL_FLOOR = 0.012
 LIFT_SUCCESS = 0.05
 PLACE_X = (0.33, 0.62)
 PLACE_Y = (-0.22, 0.22)
-_ARM_KP = (3000, 3000, 3000, 3000, 1000, 1000, 1000)
-_ARM_KV = (80, 80, 80, 80, 25, 25, 25)
+_ARM_KP = (12000, 12000, 12000, 12000, 4000, 4000, 4000)
+_ARM_KV = (200, 200, 200, 200, 50, 50, 50)
 _ARM_FORCE = (87, 87, 87, 87, 12, 12, 12)        # N m (Panda-like)
 _HEX = [(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * math.pi, 6, endpoint=False)]
 
@@ -78,7 +78,7 @@ def _arm_xml() -> str:
         hand += (
             f'<body name="finger_{side}" pos="0 {sgn * 0.009} {tcp - 0.0175}" gravcomp="1">'
             f'<inertial pos="0 0 0" mass="0.03" diaginertia="1e-5 1e-5 1e-5"/>'
-            f'<joint name="finger_{side}" type="slide" axis="0 {sgn} 0" range="0 {FINGER_MAX}" '
+            f'<joint name="finger_{side}" type="slide" axis="0 {sgn} 0" range="-0.0005 {FINGER_MAX + 0.0005}" '
             f'limited="true" damping="2" armature="0.01"/>'
             f'<geom name="pad_{side}" type="box" size="0.011 0.009 0.0275" friction="1.0 0.02 0.001" '
             f'rgba=".4 .4 .44 1"/></body>')
@@ -257,7 +257,10 @@ class PhysicsBackend:
 
     def q(self) -> np.ndarray:
         d = self.data
-        return np.r_[d.qpos[self.arm_qadr], d.qpos[self.fing_qadr].sum() / (2 * FINGER_MAX)]
+        # the finger joints have 0.5 mm of travel past 0 / 1 so the setpoints never sit on a (soft)
+        # joint limit; the reported opening is clipped like a servo's range
+        frac = min(1.0, max(0.0, d.qpos[self.fing_qadr].sum() / (2 * FINGER_MAX)))
+        return np.r_[d.qpos[self.arm_qadr], frac]
 
     def qd(self) -> np.ndarray:
         d = self.data
