@@ -37,21 +37,26 @@ class Devices:
                 pass
 
 
-def make_workcell(profile: RobotProfile, seed: int = 0, task: str = "pick_red", randomize: bool = False):
+def make_workcell(profile: RobotProfile, seed: int = 0, task: str = "pick_red", randomize: bool = False,
+                  physics: bool | None = None):
+    """The sim world; physics=True: MuJoCo contact physics, False: the kinematic fast mode,
+    None: drivers.sim's default (SimConfig.physics)."""
     from drivers.sim import Randomization, SimConfig, Workcell
     if profile.dof != 8:
         raise DeviceError(f"profile '{profile.name}' has {profile.dof} joints; the simulated workcell is a "
                           "7-joint arm + gripper: use --profile sim7 with --robot sim/sim-serial")
     cam = profile.cameras[0] if profile.cameras else None
     r = Randomization(light=randomize, colors=randomize, camera_jitter=randomize, noise=randomize)
+    extra = {} if physics is None else {"physics": bool(physics)}
     return Workcell(SimConfig(seed=seed, task=task, width=cam.width if cam else 224,
-                              height=cam.height if cam else 224, randomization=r))
+                              height=cam.height if cam else 224, randomization=r, **extra))
 
 
 def make_devices(profile: RobotProfile, kind: str = "sim", port: str | None = None, period: float = 0.1,
                  seed: int = 0, task: str = "pick_red", realtime: bool = True,
                  cameras: list[str] | None = None, protocol: str = "dynamixel",
-                 calibration: str | None = None, randomize: bool = False) -> Devices:
+                 calibration: str | None = None, randomize: bool = False,
+                 physics: bool | None = None) -> Devices:
     """Connect nothing yet: returns the objects; call robot.connect() / cam.connect()."""
     if kind not in ROBOT_KINDS:
         raise DeviceError(f"unknown robot kind '{kind}': use one of {', '.join(ROBOT_KINDS)}")
@@ -64,12 +69,12 @@ def make_devices(profile: RobotProfile, kind: str = "sim", port: str | None = No
     dev: Devices
     if kind == "sim":
         from drivers.sim import SimRobot
-        wc = make_workcell(profile, seed, task, randomize)
+        wc = make_workcell(profile, seed, task, randomize, physics)
         dev = Devices(robot=SimRobot(wc, period=period, realtime=realtime), cameras={}, workcell=wc)
     elif kind == "sim-serial":
         from drivers.bus.arm import Calibration, ServoArm, ServoArmConfig
         from drivers.bus.simbus import SimServoBus
-        wc = make_workcell(profile, seed, task, randomize)
+        wc = make_workcell(profile, seed, task, randomize, physics)
         ids = [j.servo_id if j.servo_id is not None else i + 1 for i, j in enumerate(profile.all_joints)]
         bus = SimServoBus(wc, protocol=protocol, ids=ids, baud=profile.bus.baud, step_backend=True)
         path = bus.start()

@@ -253,3 +253,19 @@ def test_physics_sim_behind_the_serial_bus(protocol):
     finally:
         arm.disconnect()
         sim.stop()
+
+
+def test_make_devices_builds_the_physics_sim_for_sim_and_sim_serial():
+    from teleop_app.devices import make_devices
+    from teleop_app.profiles import load_profile
+    profile = load_profile("sim7")
+    for kind in ("sim", "sim-serial"):
+        dev = make_devices(profile, kind, physics=True, realtime=False, cameras=[])
+        try:
+            assert isinstance(dev.workcell, PhysicsWorkcell)
+            dev.robot.connect()
+            assert np.allclose(dev.robot.get_observation().position, dev.workcell.qpos(), atol=3e-3)
+        finally:
+            dev.robot.disconnect()
+            dev.close()
+    assert not make_devices(profile, "sim", physics=False, cameras=[]).workcell.physics
