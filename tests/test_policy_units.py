@@ -201,3 +201,27 @@ def test_far_target_is_step_limited_by_safety():
     steps = np.diff(np.stack([PROF.home(), *robot.sent]), axis=0)
     assert np.all(np.abs(steps[:, 0]) <= PROF.max_speed()[0] * 0.1 + 1e-9)
     assert res.safety["clamped_step"] == 3 and res.commands_sent == 3
+
+
+# ---- augmentation switches ---------------------------------------------------------------
+def test_augment_presets_shape_range_and_strength():
+    torch = pytest.importorskip("torch")
+    from teleop_app.policy.train import augment_images
+    rng = np.random.default_rng(0)
+    x = torch.rand(4, 2, 3, 16, 16)
+    assert augment_images(x, rng, "none") is x
+    diffs = {}
+    for mode in ("basic", "strong"):
+        y = augment_images(x.clone(), np.random.default_rng(1), mode, pad=2)
+        assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+        diffs[mode] = float((y - x).abs().mean())
+    assert 0 < diffs["basic"] < diffs["strong"]
+    # strong changes colour balance per image (white balance / saturation), basic only brightness
+    flat = torch.full((64, 1, 3, 8, 8), 0.5)
+    ys = augment_images(flat.clone(), rng, "strong", pad=0)
+    chan = ys.mean((3, 4))[:, 0]                       # (64, 3) per-image channel means
+    assert float((chan.max(1).values - chan.min(1).values).mean()) > 0.02
+    yb = augment_images(flat.clone(), rng, "basic", pad=0).mean((3, 4))[:, 0]
+    assert float((yb.max(1).values - yb.min(1).values).max()) < 1e-6
+    with pytest.raises(ValueError, match="augment must be one of"):
+        augment_images(x, rng, "extreme")

@@ -130,6 +130,13 @@ def add_commands(subparsers) -> None:
                    "libero, sim7) or a .toml file; default: the one the server's metadata describes")
     p.add_argument("--token", help="URL policies: the server's shared secret")
     p.add_argument("--timeout", type=float, default=10.0, help="URL policies: seconds to wait for a reply")
+    p.add_argument("--splits", help="generalization: comma-separated physics-sim splits "
+                   "(seen,unseen_objects,novel_instructions,reasoning); success per split and task with "
+                   "Wilson CIs, beside RT-2's figures (uses --episodes scenes per split)")
+    p.add_argument("--kinds", default="pick", help="with --splits: task kinds (pick,place_bowl,place_plate,"
+                   "push,stack; default pick)")
+    p.add_argument("--domain", default="default", choices=["default", "held_out"],
+                   help="with --splits: visual domain (held_out = a look never used in training)")
     p.add_argument("--out", help="folder for results.json (+ report.html / report.md)")
     p.set_defaults(fn=cmd_eval)
 
@@ -234,6 +241,8 @@ def cmd_eval(a) -> int:
                 from .report import write_report
                 print(f"report: {write_report(None, off, out, info={'policy': a.policy, 'dataset': a.offline})}")
             return 0
+        if getattr(a, "splits", None):
+            return _eval_splits(a, policy, out)
         from .evaluate import EVAL_SEED0, run_sim_rollouts
         tasks = _csv(a.tasks) or ["pick_red", "pick_blue", "red_in_bowl"]
 
@@ -251,6 +260,32 @@ def cmd_eval(a) -> int:
             print(f"report: {write_report(res, None, out, info={'policy': a.policy})}")
     except PolicyError as e:
         return _fail("eval", e)
+    return 0
+
+
+def _eval_splits(a, policy, out) -> int:
+    """`teleop eval --splits ...`: generalization rollouts on the physics sim's held-out splits."""
+    from .generalization import format_split_table, run_scene_rollouts, split_scenes
+    from drivers.sim.tasks import SPLITS
+    splits, kinds = _csv(a.splits), tuple(_csv(a.kinds) or ["pick"])
+    bad = [s for s in splits if s not in SPLITS or s == "train"]
+    if bad:
+        return _fail("eval", ValueError(f"unknown split(s) {bad}; use {', '.join(s for s in SPLITS if s != 'train')}"))
+    try:
+        scenes = split_scenes(splits, a.episodes, kinds, seed=a.seed or 0)
+    except (ValueError, KeyError) as e:
+        return _fail("eval", e)
+
+    def progress(i, n, r):
+        print(f"[{i}/{n}] {'ok  ' if r.success else 'FAIL'} {r.notes['split']:<18} {r.task:<11} "
+              f"'{r.instruction}'  {r.steps} steps  {r.reason}", flush=True)
+    res = run_scene_rollouts(policy, scenes, domain=a.domain, chunk_mode=a.chunk_mode, progress=progress,
+                             policy_name=str(a.policy))
+    print(format_split_table(res))
+    if out:
+        res.save(out / "rollouts.json")
+        from .report import write_report
+        print(f"report: {write_report(res, None, out, title='Generalization report', info={'policy': a.policy})}")
     return 0
 
 

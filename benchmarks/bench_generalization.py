@@ -1,0 +1,217 @@
+"""Generalization benchmark for the project's VLA on the physics workcell (drivers/sim, MuJoCo):
+record expert demos -> train on the CPU -> success per held-out split, domain gap, fine-tuning curve.
+
+    .venv/bin/python benchmarks/bench_generalization.py --out /tmp/gen --quick          # smoke test, minutes
+    nice -n 10 .venv/bin/python benchmarks/bench_generalization.py --out /tmp/gen --threads 1   # the full table
+
+What it runs (sizes are the flags; --quick shrinks all of them):
+  1. expert demos of the training split (drivers/sim/tasks.py: seen objects, training phrasings) for
+     --kinds, twice: plain, and with sim domain randomisation (as `teleop record --randomize`)
+  2. three models, each for --minutes on the CPU:
+       rand  = MiniLM text encoder, randomised demos, strong augmentation   (the main model)
+       plain = MiniLM text encoder, plain demos, basic augmentation
+       words = the word tokenizer, randomised demos, strong augmentation    (paraphrase check)
+  3. rand on --eval unseen scenes per split: seen, unseen objects, novel instructions, reasoning;
+     words on seen + novel instructions (does the pre-trained encoder fix paraphrases?)
+  4. domain gap: rand and plain on seen scenes in the default look and in the held-out visual domain
+  5. fine-tuning curve on a new task kind (--new-kind) from --ft-demos demos: LoRA adapters on the
+     rand base vs the same architecture from scratch, same demos and time, with trained parameter counts
+Prints the tables and writes OUT/summary.json and OUT/report.html (+ .md). Demos and checkpoints
+already in OUT are reused (pass --fresh to start over).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TINY = dict(channels=(8, 16, 32), d_model=64, n_layers=1, n_heads=2)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="/tmp/bench_generalization")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the whole path in a few minutes")
+    ap.add_argument("--kinds", default="pick", help="task kinds of the base training (default pick)")
+    ap.add_argument("--demos", type=int, default=120, help="training demos (over all kinds)")
+    ap.add_argument("--minutes", type=float, default=6.0, help="training budget per base model")
+    ap.add_argument("--eval", type=int, default=50, help="unseen scenes per split")
+    ap.add_argument("--domain-eval", type=int, default=30, help="scenes per domain for the gap")
+    ap.add_argument("--new-kind", default="place_bowl", help="fine-tuning task kind (not in --kinds)")
+    ap.add_argument("--ft-demos", default="10,20", help="numbers of new-task demos for the curve")
+    ap.add_argument("--ft-minutes", type=float, default=2.0, help="training budget per fine-tuning run")
+    ap.add_argument("--ft-eval", type=int, default=20, help="new-task scenes per curve point")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--cameras", default="front,wrist")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: words,domain,finetune")
+    ap.add_argument("--fresh", action="store_true")
+    a = ap.parse_args()
+    if a.quick:
+        a.demos, a.minutes, a.eval, a.domain_eval = 6, 0.3, 2, 2
+        a.ft_demos, a.ft_minutes, a.ft_eval = "2,4", 0.2, 2
+
+    import torch
+    from teleop_app.policy.base import load_policy
+    from teleop_app.policy.evaluate import RolloutResults
+    from teleop_app.policy.generalization import (RT2, SPLIT_LABELS, format_split_table, per_split,
+                                                  record_scenes, run_scene_rollouts, split_scenes)
+    from teleop_app.policy.report import write_report
+    from teleop_app.policy.train import train
+
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    if a.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kinds = tuple(k.strip() for k in a.kinds.split(",") if k.strip())
+    cams = tuple(c.strip() for c in a.cameras.split(","))
+    skip = set(x.strip() for x in a.skip.split(",") if x.strip())
+    model = TINY if a.quick else None
+    summary: dict = {"command": " ".join(sys.argv), "sim": "physics (MuJoCo) workcell, drivers/sim/tasks.py splits",
+                     "kinds": kinds, "demos": a.demos, "minutes": a.minutes, "eval_per_split": a.eval,
+                     "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    T0 = time.monotonic()
+
+    def log(msg):
+        print(f"[{(time.monotonic() - T0) / 60:5.1f} min] {msg}", flush=True)
+
+    def record(name, scenes, randomize):
+        root = out / name
+        if not (root / "store.json").exists():
+            t0 = time.monotonic()
+            paths = record_scenes(root, scenes, image_size=a.image_size, cameras=cams, randomize=randomize)
+            summary[f"record_{name}"] = {"scenes": len(scenes), "kept": len(paths),
+                                         "s": round(time.monotonic() - t0, 1)}
+            log(f"recorded {name}: {len(paths)}/{len(scenes)} expert demos kept "
+                f"in {time.monotonic() - t0:.0f} s")
+        return root
+
+    def fit(name, data, minutes, **kw):
+        ckpt = out / f"{name}.pt"
+        if ckpt.exists():
+            return ckpt, summary.get(f"train_{name}", {})
+        r = train(data, ckpt, steps=10 ** 6, batch_size=a.batch_size, lr=kw.pop("lr", 5e-4), max_minutes=minutes,
+                  threads=a.threads, cameras=list(cams), image_size=(a.image_size, a.image_size), resume=False,
+                  model=model if "init" not in kw else None, checkpoint_every=10 ** 6, val_fraction=0.0, **kw)
+        info = {"steps": r.step, "minutes": round(r.minutes, 2), "loss": round(r.loss, 4),
+                "episodes": r.episodes, "trained_params": r.trained_params, "total_params": r.total_params}
+        summary[f"train_{name}"] = info
+        log(f"trained {name}: {info}")
+        return ckpt, info
+
+    def evaluate(ckpt, scenes, domain="default", tag=""):
+        path = out / f"rollouts_{tag or ckpt.stem}_{domain}.json"
+        if path.exists():                       # a re-run reuses finished evaluations
+            return RolloutResults.load(path)
+        pol = load_policy(str(ckpt), threads=a.threads)
+        t0 = time.monotonic()
+        res = run_scene_rollouts(pol, scenes, domain=domain, policy_name=str(ckpt))
+        res.save(path)
+        lat = res.latency_ms()
+        log(f"evaluated {ckpt.stem} on {len(scenes)} scenes ({domain}) in {time.monotonic() - t0:.0f} s, "
+            f"inference p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms")
+        return res
+
+    # 1) demos of the training split
+    train_scenes = split_scenes(["train"], a.demos, kinds)
+    data_plain = record("data_plain", train_scenes, False) if "domain" not in skip else None
+    data_rand = record("data_rand", train_scenes, True)
+
+    # 2) models
+    m_rand, _ = fit("rand", data_rand, a.minutes, text_encoder="minilm", augment="strong")
+    m_plain = fit("plain", data_plain, a.minutes, text_encoder="minilm", augment="basic")[0] \
+        if data_plain is not None else None
+    m_words = fit("words", data_rand, a.minutes, text_encoder="words", augment="strong")[0] \
+        if "words" not in skip else None
+
+    # 3) generalization table
+    scenes = split_scenes(["seen", "unseen_objects", "novel_instructions", "reasoning"], a.eval, kinds)
+    res = evaluate(m_rand, scenes, tag="rand_splits")
+    table = per_split(res)
+    summary["splits"] = {k: {kk: v[kk] for kk in ("n", "success", "rate", "ci95")} for k, v in table.items()}
+    log("generalization (rand model)\n" + format_split_table(res))
+    words_tab = None
+    if m_words is not None:
+        ws = split_scenes(["seen", "novel_instructions"], a.eval, kinds)
+        wres = evaluate(m_words, ws, tag="words_splits")
+        words_tab = per_split(wres)
+        summary["words_splits"] = {k: {kk: v[kk] for kk in ("n", "success", "rate", "ci95")}
+                                   for k, v in words_tab.items()}
+        log("word tokenizer model\n" + format_split_table(wres))
+
+    # 4) domain gap
+    gap = {}
+    if m_plain is not None:
+        ds = split_scenes(["seen"], a.domain_eval, kinds, seed=5000)
+        for name, ck in (("with randomisation + strong aug", m_rand), ("without (plain demos, basic aug)", m_plain)):
+            row = {}
+            for dom in ("default", "held_out"):
+                d = per_split(evaluate(ck, ds, domain=dom, tag=f"{ck.stem}_gap"))["seen"]
+                row[dom] = {kk: d[kk] for kk in ("n", "success", "rate", "ci95")}
+            row["gap"] = row["default"]["rate"] - row["held_out"]["rate"]
+            gap[name] = row
+            log(f"domain {name}: default {row['default']['success']}/{row['default']['n']}, "
+                f"held-out {row['held_out']['success']}/{row['held_out']['n']}")
+        summary["domain_gap"] = gap
+
+    # 5) fine-tuning curve on a new task kind
+    curve = []
+    if "finetune" not in skip:
+        ns = sorted(int(x) for x in a.ft_demos.split(","))
+        ft_eval = split_scenes(["seen"], a.ft_eval, (a.new_kind,), seed=7000)
+        base_new = per_split(evaluate(m_rand, ft_eval, tag="base_newtask"))["seen"]
+        curve.append({"demos": 0, "method": "base (no new demos)", "success": base_new["success"],
+                      "n": base_new["n"], "rate": base_new["rate"], "ci95": base_new["ci95"], "trained_params": 0})
+        for n in ns:
+            data_n = record(f"data_new_{n}", split_scenes(["train"], n, (a.new_kind,), seed=20000), True)
+            for method, kw in (("LoRA on base", {"init": m_rand}), ("from scratch", {"text_encoder": "minilm",
+                                                                                    "augment": "strong"})):
+                ck, info = fit(f"ft_{'lora' if 'init' in kw else 'scratch'}_{n}", data_n, a.ft_minutes,
+                               **({"lr": 1e-3} if "init" in kw else {}), **kw)
+                d = per_split(evaluate(ck, ft_eval, tag=ck.stem))["seen"]
+                curve.append({"demos": n, "method": method, "success": d["success"], "n": d["n"],
+                              "rate": d["rate"], "ci95": d["ci95"], "trained_params": info.get("trained_params"),
+                              "train_steps": info.get("steps")})
+                log(f"fine-tune {method} {n} demos: {d['success']}/{d['n']} "
+                    f"(trained {info.get('trained_params')} params)")
+        summary["finetune_curve"] = curve
+
+    # ---- tables ----------------------------------------------------------------------------------
+    pct = lambda d: f"{d['success']}/{d['n']} = {100 * d['rate']:.0f}% ({100 * d['ci95'][0]:.0f}-{100 * d['ci95'][1]:.0f}%)"
+    lines = ["", f"== generalization, kinds {kinds}, {a.demos} demos, {a.minutes} min/model ==",
+             f"{'split':<20} {'ours (MiniLM, rand+aug)':<28} {'word tokenizer':<28} RT-2"]
+    for sp in ("seen", "unseen_objects", "novel_instructions", "reasoning"):
+        if sp in table:
+            w = pct(words_tab[sp]) if words_tab and sp in words_tab else "-"
+            lines.append(f"{SPLIT_LABELS[sp]:<20} {pct(table[sp]):<28} {w:<28} {100 * RT2[sp]:.0f}%")
+    if gap:
+        lines += ["", "== held-out visual domain (seen objects) ==",
+                  f"{'training':<36} {'default look':<24} {'held-out domain':<24} gap"]
+        for name, row in gap.items():
+            lines.append(f"{name:<36} {pct(row['default']):<24} {pct(row['held_out']):<24} "
+                         f"{100 * row['gap']:+.0f} pts")
+    if curve:
+        lines += ["", f"== fine-tuning on '{a.new_kind}' ({a.ft_minutes} min per run) ==",
+                  f"{'demos':<6} {'method':<22} {'success':<26} trained params"]
+        for c in curve:
+            lines.append(f"{c['demos']:<6} {c['method']:<22} {pct(c):<26} {c['trained_params']}")
+    text = "\n".join(lines)
+    print(text)
+    summary["wall_min"] = round((time.monotonic() - T0) / 60, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    page = write_report(res, None, out, title="VLA generalization (physics sim)",
+                        info={k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
+    (out / "tables.txt").write_text(text + "\n")
+    print(f"report: {page}\nsummary: {out / 'summary.json'}  (wall {summary['wall_min']} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Generalization of a policy, measured as VLAs are judged: success per held-out split, per task.
+
+    scenes = split_scenes(["seen", "unseen_objects", "novel_instructions"], n=50, kinds=("pick",))
+    res = run_scene_rollouts(load_policy("runs/vla.pt"), scenes)
+    print(format_split_table(res))            # success per split with 95% Wilson CI, next to RT-2
+
+Scenes come from the physics workcell's declared splits (drivers/sim/tasks.py: seen objects on new
+placements, objects of unseen colour/shape, phrasings never trained, objects named indirectly);
+every evaluation scene seed is >= tasks.EVAL_SEED0, so none repeats a training scene. Demos for
+training come from the same place (`record_scenes(root, split_scenes(["train"], ...))`), driven by
+the sim's expert through the one control pipeline (teleop_app.pipeline), as `teleop record` does.
+
+The held-out visual domain (HELD_OUT_DOMAIN) is a renderer style no training run ever draws from:
+a dark blue-grey table and floor under low, dim, warm side light (domain randomisation picks table
+colours from five wood/grey tones, light from above). It stands in for "the real world" when
+measuring the gap with and without randomisation/augmentation.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .evaluate import RolloutResults
+from .metrics import wilson
+
+# RT-2 (PaLI-X) success rates as quoted in issue 13 (Brohan et al. 2023, real robot)
+RT2 = {"seen": 0.97, "unseen_objects": 0.62, "novel_instructions": 0.81, "reasoning": 0.74}
+SPLIT_LABELS = {"seen": "seen objects", "unseen_objects": "unseen objects",
+                "novel_instructions": "novel instructions", "reasoning": "reasoning",
+                "train": "training scenes"}
+EVAL_SPLITS = ("seen", "unseen_objects", "novel_instructions", "reasoning")
+MAX_STEPS = {"pick": 100, "place_bowl": 160, "place_plate": 160, "push": 160, "stack": 180}
+DOMAINS = ("default", "held_out")
+
+
+def held_out_style():
+    """The held-out visual domain (see the module docstring)."""
+    from drivers.sim.render import Style, _unit
+    return Style(light_dir=_unit([-0.9, 0.7, 0.35]), ambient=0.28, diffuse=0.55, brightness=0.72,
+                 table_rgb=(58, 66, 92), floor_rgb=(120, 96, 60), bowl_rgb=(95, 185, 120),
+                 arm_rgb=(200, 190, 150))
+
+
+def split_scenes(splits: Iterable[str], n: int, kinds: tuple[str, ...] = ("pick",), seed: int = 0) -> list:
+    """n scenes per split (cycling through kinds), from drivers/sim/tasks.py."""
+    from drivers.sim.tasks import episodes
+    out = []
+    for s in splits:
+        out += list(episodes(s, n, seed=seed, kinds=tuple(kinds)))
+    return out
+
+
+def _sim(image_size: int, cameras, fps: float, randomize: bool, profile: str):
+    from drivers.sim import Randomization, SimCamera, SimConfig, SimRobot, Workcell
+    from drivers.sim.kinematics import fk
+    from teleop_app.profiles import load_profile
+    from teleop_app.safety import SafetyLayer
+    prof = load_profile(profile)
+    rnd = Randomization(light=randomize, colors=randomize, camera_jitter=randomize, noise=randomize)
+    wc = Workcell(SimConfig(physics=True, width=image_size, height=image_size, randomization=rnd))
+    period = 1.0 / fps
+    robot = SimRobot(wc, period=period, realtime=False)
+    robot.connect()
+    views = {c.name: c.view for c in prof.cameras}
+    cams = {n: SimCamera(wc, name=n, view=views.get(n, n), width=image_size, height=image_size, realtime=False)
+            for n in cameras}
+    for c in cams.values():
+        c.connect()
+    safety = SafetyLayer.from_profile(prof, period, fk=lambda q: fk(np.asarray(q)[:7]))
+    return prof, wc, robot, cams, safety, period
+
+
+def _reset(wc, scene, domain: str) -> None:
+    with wc.lock:
+        wc.reset(scene=scene)
+        if domain == "held_out":
+            from drivers.sim.render import Renderer
+            wc.renderer = Renderer(held_out_style())
+
+
+def record_scenes(root, scenes, *, image_size: int = 64, cameras=("front", "wrist"), fps: float = 10.0,
+                  randomize: bool = False, jpeg: bool = False, profile: str = "sim7", max_steps: int = 200,
+                  progress: Callable[[int, int], None] | None = None) -> list[Path]:
+    """Expert demos of the given scenes (physics workcell) into the dataset at root; failed demos dropped.
+    randomize: sim domain randomisation (light, colours, camera jitter, noise), as `teleop record --randomize`."""
+    from recorder.schema import EpisodeMeta
+    from recorder.store import EpisodeStore
+    from recorder.writer import EpisodeWriter
+    from teleop_app import __version__
+    from teleop_app.pipeline import ControlPipeline, finish_writer, run_sim_episode
+    from teleop_app.sources import ScriptedSource
+    prof, wc, robot, cams, safety, period = _sim(image_size, cameras, fps, randomize, profile)
+    root = Path(root)
+    store = EpisodeStore.create(root, prof.name, fps, prof.joint_names, {n: (image_size, image_size) for n in cams})
+    pipe = ControlPipeline(robot, cams, safety, period, profile=prof, workcell=wc, clock="sim")
+    paths, t0 = [], time.monotonic()
+    try:
+        for i, sc in enumerate(scenes):
+            _reset(wc, sc, "default")
+            pipe.rebase(robot.get_observation().position)
+            pipe.ctx.seed = sc.seed
+            meta = EpisodeMeta(instruction=sc.instruction, fps=fps, robot=prof.name, joint_names=prof.joint_names,
+                               mode="scripted", operator="scripted-expert", software_version=__version__,
+                               extra={"task": sc.kind, "seed": int(sc.seed), "clock": "sim", "split": sc.split,
+                                      "target": sc.target.name, "randomized": bool(randomize), "physics": True})
+            w = EpisodeWriter(store.new_episode_path(), meta, cameras={n: (image_size, image_size) for n in cams},
+                              dof=prof.dof, jpeg=jpeg)
+            pipe.recorder.begin(w)
+            src = ScriptedSource(only_recording=False)
+            run_sim_episode(pipe, src, max_steps=max_steps, t0=t0 + i * max_steps * period,
+                            done=lambda res: src.done)
+            _, left = pipe.recorder.end()
+            if wc.success():
+                p = finish_writer(w, left, success=1)
+                if p is not None:
+                    store.add(p)
+                    paths.append(p)
+            else:
+                w.abort()
+            if progress:
+                progress(i + 1, len(scenes))
+    finally:
+        robot.disconnect()
+    return paths
+
+
+def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: str = "ensemble",
+                       profile: str = "sim7", policy_name: str = "",
+                       progress: Callable[[int, int, object], None] | None = None) -> RolloutResults:
+    """Closed-loop rollouts of `policy` on physics scenes (every command through the profile's safety
+    layer); each RolloutResult carries notes {"split", "target", "domain"}; task = the scene's kind."""
+    from teleop_app.pipeline import rollout
+    from .base import check_compatible
+    from .runner import PolicyRunner
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    h, w = policy.meta.image_size
+    fps = float(policy.meta.fps or 10.0)
+    prof, wc, robot, cams, safety, period = _sim(h, policy.meta.cameras, fps, False, profile)
+    check_compatible(policy.meta, prof, fps=fps)
+    runner = PolicyRunner(policy, chunk_mode, lower=prof.lower(), upper=prof.upper())
+    res = RolloutResults(policy=policy_name or getattr(policy.meta, "kind", ""), chunk_mode=chunk_mode,
+                         config={"scenes": len(scenes), "domain": domain, "physics": True, "fps": fps,
+                                 "profile": prof.name, "image_size": [h, w],
+                                 "splits": sorted({s.split for s in scenes})})
+    t0 = time.monotonic()
+    try:
+        for i, sc in enumerate(scenes):
+            _reset(wc, sc, domain)
+            r = rollout(runner, robot, cams, sc.instruction, safety, max_steps=MAX_STEPS.get(sc.kind, 160),
+                        period=period, success_fn=wc.success, task=sc.kind, seed=sc.seed, workcell=wc,
+                        profile=prof)
+            r.notes = {"split": sc.split, "target": sc.target.name, "domain": domain}
+            res.rollouts.append(r)
+            if progress:
+                progress(i + 1, len(scenes), r)
+    finally:
+        runner.close()
+        robot.disconnect()
+    res.wall_s = time.monotonic() - t0
+    return res
+
+
+def _rate(rs) -> dict:
+    labelled = [r for r in rs if r.success is not None]
+    s = sum(1 for r in labelled if r.success)
+    lo, hi = wilson(s, len(labelled))
+    return {"n": len(labelled), "success": s, "rate": s / len(labelled) if labelled else float("nan"),
+            "ci95": [lo, hi]}
+
+
+def per_split(results: RolloutResults) -> dict[str, dict]:
+    """split -> {n, success, rate, ci95, rt2, per_task: {kind: {...}}}, for rollouts that carry a split."""
+    out: dict[str, dict] = {}
+    splits = list(dict.fromkeys((r.notes or {}).get("split") for r in results.rollouts))
+    for sp in [s for s in splits if s]:
+        rs = [r for r in results.rollouts if (r.notes or {}).get("split") == sp]
+        d = _rate(rs)
+        d["rt2"] = RT2.get(sp)
+        d["per_task"] = {k: _rate([r for r in rs if r.task == k]) for k in dict.fromkeys(r.task for r in rs)}
+        out[sp] = d
+    return out
+
+
+def _pct(d) -> str:
+    return f"{d['success']}/{d['n']} = {100 * d['rate']:.0f}%" if d["n"] else "-"
+
+
+def _ci(d) -> str:
+    return f"{100 * d['ci95'][0]:.0f}-{100 * d['ci95'][1]:.0f}%" if d["n"] else "-"
+
+
+def split_rows(results: RolloutResults) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): one row per split and one per (split, task), RT-2's figure beside each split."""
+    head = ["split", "task", "success", "95% CI (Wilson)", "RT-2"]
+    rows = []
+    for sp, d in per_split(results).items():
+        rt2 = f"{100 * d['rt2']:.0f}%" if d["rt2"] is not None else ""
+        rows.append([SPLIT_LABELS.get(sp, sp), "all", _pct(d), _ci(d), rt2])
+        if len(d["per_task"]) > 1:
+            for k, t in d["per_task"].items():
+                rows.append(["", k, _pct(t), _ci(t), ""])
+    return head, rows
+
+
+def format_split_table(results: RolloutResults) -> str:
+    head, rows = split_rows(results)
+    if not rows:
+        return "(no rollouts with a split)"
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])

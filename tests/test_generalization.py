@@ -1,0 +1,104 @@
+"""Generalization report: physics scenes of the declared splits, expert demos recorded through the
+pipeline, closed-loop rollouts per split with Wilson intervals beside RT-2, the held-out visual domain."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mujoco")
+
+from recorder.reader import read_episode  # noqa: E402
+from teleop_app.policy.base import PolicyMeta  # noqa: E402
+from teleop_app.policy.evaluate import RolloutResults  # noqa: E402
+from teleop_app.policy.generalization import (RT2, format_split_table, per_split, record_scenes,  # noqa: E402
+                                              run_scene_rollouts, split_rows, split_scenes)
+from teleop_app.policy.report import write_report  # noqa: E402
+from teleop_app.policy.runner import RolloutResult  # noqa: E402
+from teleop_app.profiles import load_profile  # noqa: E402
+
+PROF = load_profile("sim7")
+
+
+class HoldPolicy:
+    """Holds the current joints (never solves a task); remembers the instructions and images it saw."""
+
+    def __init__(self):
+        self.meta = PolicyMeta(joint_names=list(PROF.joint_names), action_dim=8, fps=10.0, image_size=(32, 32),
+                               cameras=["front"], chunk_size=2, kind="hold")
+        self.seen, self.frames = [], []
+
+    def reset(self):
+        pass
+
+    def predict(self, obs):
+        self.seen.append(obs["instruction"])
+        self.frames.append(np.asarray(obs["images"]["front"]).mean(axis=(0, 1)))
+        return np.tile(np.asarray(obs["qpos"], float), (2, 1))
+
+
+def test_split_scenes_are_unseen_and_labelled():
+    sc = split_scenes(["seen", "unseen_objects", "novel_instructions"], 3, ("pick", "place_bowl"))
+    assert [s.split for s in sc] == ["seen"] * 3 + ["unseen_objects"] * 3 + ["novel_instructions"] * 3
+    assert all(s.seed >= 1_000_000 for s in sc)
+    assert all(not s.target.seen for s in sc if s.split == "unseen_objects")
+    train = split_scenes(["train"], 3, ("pick",))
+    assert all(s.target.seen and s.seed < 1_000_000 for s in train)
+
+
+def test_record_scenes_keeps_expert_demos_with_split(tmp_path):
+    scenes = split_scenes(["train"], 1, ("pick",))
+    paths = record_scenes(tmp_path / "d", scenes, image_size=32, cameras=("front",))
+    assert len(paths) == 1
+    with read_episode(paths[0]) as ep:
+        assert ep.meta.instruction == scenes[0].instruction
+        assert ep.meta.extra["split"] == "train" and ep.meta.extra["physics"] is True
+        assert ep.success == 1 and ep.num_steps > 10
+
+
+def test_rollouts_per_split_and_held_out_domain():
+    scenes = split_scenes(["seen", "novel_instructions"], 1, ("pick",))
+    pol = HoldPolicy()
+    res = run_scene_rollouts(pol, scenes)
+    assert [r.notes["split"] for r in res.rollouts] == ["seen", "novel_instructions"]
+    assert pol.seen[0] == scenes[0].instruction and scenes[1].instruction in pol.seen  # the split's phrasing
+    assert all(r.success is False for r in res.rollouts)                              # holding never lifts
+    default_colour = pol.frames[0]
+    pol2 = HoldPolicy()
+    run_scene_rollouts(pol2, scenes[:1], domain="held_out")
+    assert np.abs(pol2.frames[0] - default_colour).max() > 10        # the held-out look differs
+    with pytest.raises(ValueError, match="domain must be"):
+        run_scene_rollouts(pol2, scenes[:1], domain="mars")
+
+
+def test_split_table_wilson_rt2_and_report(tmp_path):
+    rs = []
+    for i in range(10):
+        rs.append(RolloutResult("pick", "pick up the red cube", i, i < 9, 30, "x", notes={"split": "seen"}))
+        rs.append(RolloutResult("pick" if i < 5 else "place_bowl", "lift it", i, i < 4, 30, "x",
+                                notes={"split": "unseen_objects"}))
+    res = RolloutResults(rs, policy="p", chunk_mode="ensemble")
+    t = per_split(res)
+    assert t["seen"]["success"] == 9 and t["seen"]["n"] == 10 and t["seen"]["rt2"] == RT2["seen"]
+    assert 0.59 < t["seen"]["ci95"][0] < 0.6
+    assert t["unseen_objects"]["per_task"]["pick"]["success"] == 4
+    head, rows = split_rows(res)
+    assert rows[0] == ["seen objects", "all", "9/10 = 90%", "60-98%", "97%"]
+    assert ["", "place_bowl", "0/5 = 0%", "0-43%", ""] in rows
+    assert "unseen objects" in format_split_table(res)
+    write_report(res, None, tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Generalization (per split)" in md and "| seen objects | all | 9/10 = 90% | 60-98% | 97% |" in md
+    # a plain sim run (no splits) gets no generalization section
+    write_report(RolloutResults([RolloutResult("pick_red", "p", 1, True, 3, "x")]), None, tmp_path / "rep2")
+    assert "Generalization" not in (tmp_path / "rep2" / "report.md").read_text()
+
+
+def test_eval_cli_splits(tmp_path, capsys):
+    import argparse
+    from teleop_app.policy.cli import add_commands
+    ap = argparse.ArgumentParser(prog="teleop")
+    add_commands(ap.add_subparsers(dest="cmd"))
+    a = ap.parse_args(["eval", "x.pt", "--splits", "seen,bogus"])
+    assert a.splits == "seen,bogus" and a.kinds == "pick" and a.domain == "default"
+    a = ap.parse_args(["train", "d", "o.pt", "--full"])
+    assert a.fn(a) == 1 and "--full fine-tunes every weight of a base" in capsys.readouterr().err
