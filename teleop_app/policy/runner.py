@@ -195,19 +195,23 @@ class PolicyRunner:
     def _join(self, s: int, chunk: np.ndarray, t: int) -> None:
         """Chunk predicted from the observation of tick s, arriving at tick t: join it onto the plan."""
         self._chunks = [(a, c) for a, c in self._chunks if a + len(c) > t][-3:] + [(s, chunk)]
-        new = chunk[t - s:]
+        plan_end = self._plan_start + len(self._plan) if self._plan is not None else -1
+        if plan_end <= s + 1:
+            # the arm has stood still since this observation (first chunk, or the plan ran out
+            # before it was taken): the chunk starts where the arm is, so play it from its start
+            new = chunk
+        else:
+            new = chunk[t - s:]                    # the actions for ticks already played are past
         if len(new) == 0:
             self.stats.stale += 1
             return
         if self._ep["first_chunk_tick"] is None:
             self._ep["first_chunk_tick"] = t
         old = None
-        if self._plan is not None:
-            i = t - self._plan_start
-            if 0 <= i < len(self._plan):
-                old = self._plan[i:]
-            elif self._last_cmd is not None and self._last_cmd.shape == chunk.shape[1:]:
-                old = self._last_cmd[None]         # the plan ran out: start from where it stopped
+        if self._plan is not None and 0 <= t - self._plan_start < len(self._plan):
+            old = self._plan[t - self._plan_start:]
+        elif self._last_cmd is not None and self._last_cmd.shape == chunk.shape[1:]:
+            old = self._last_cmd[None]             # nothing left to play: start from where it stands
         if old is None:
             self._plan, self._plan_start = new.copy(), t
             return

@@ -177,6 +177,7 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, quiet: bool = F
     import signal
     from .base import load_policy
     policy = load_policy(str(checkpoint))
+    _warm_up(policy)
     kw = {"token": token, "allow_remote": allow_remote, "inject_latency": inject_latency}
     if protocol == "openpi":
         from .openpi import OpenPIServer
@@ -203,6 +204,18 @@ def serve(checkpoint, host: str = "127.0.0.1", port: int = 8000, quiet: bool = F
         if protocol == "openpi":
             srv.shutdown()          # closes open connections (their handler threads are not daemons)
         srv.server_close()
+
+
+def _warm_up(policy) -> None:
+    """One inference before serving, so the first client's first request is not the slow one."""
+    m = policy.meta
+    h, w = m.image_size
+    mean = (m.stats or {}).get("state", {}).get("mean") or [0.0] * len(m.joint_names)
+    try:
+        policy.predict({"images": {c: np.zeros((h, w, 3), np.uint8) for c in m.cameras},
+                        "qpos": np.asarray(mean, float), "instruction": "warm up"})
+    except Exception:  # noqa: BLE001 - a real request will report the problem
+        pass
 
 
 def _interrupt(*_):
