@@ -1,13 +1,19 @@
 """`teleop gui`: the desktop app. `main(config)` is what the CLI calls.
 
-Startup is kept short (target: live sim view within 3 s): no torch import (the policy tab imports it in a
-worker when a checkpoint is loaded), the session connects in a worker while the window is already up.
+The window is a client: connecting starts the control process (teleop_app.control.server) that owns the
+devices and the loop, so nothing the UI does can slow the loop. Startup is kept short (target: live sim view
+within 3 s): no torch import in the GUI, the control process starts in a worker while the window is up.
 
     python -m ui.app --measure-startup     # prints seconds from process start to the first live frame
+
+`--unattended N` (scripted mode in the sim): N episodes recorded, kept and judged by the sim without an
+operator, in the real window; exits 0 when done (1 if an e-stop or a lost control process ended it early).
+SIGTERM / SIGINT: a clean end (episode kept, arm held, control process told to finish, devices released).
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -33,13 +39,53 @@ def explicit_flags(argv: list[str]) -> set[str]:
     return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and a[2:].split("=", 1)[0] in names}
 
 
-def main(session_config=None, *, measure_startup: bool = False) -> int:
+class Unattended:
+    """Drives the window's session through N scripted episodes (the workflow auto-keeps, the sim labels),
+    then quits the app. The episodes are recorded by the control process; this only starts and watches."""
+
+    def __init__(self, win, app, episodes: int):
+        from PySide6.QtCore import QTimer
+        self.win, self.app, self.episodes = win, app, episodes
+        self.started = False
+        self.timer = QTimer(win)
+        self.timer.setInterval(100)
+        self.timer.timeout.connect(self._check)
+        win.connected.connect(self._start)
+
+    def _start(self, session) -> None:
+        from teleop_app.session import Mode
+        if not session.info.is_sim:
+            self._quit(2, "--unattended needs the simulated workcell (--robot sim or sim-serial)")
+            return
+        self.win.teleop.set_mode(Mode.SCRIPTED)
+        self.win.command("start_episode")
+        self.started = True
+        self.timer.start()
+
+    def _check(self) -> None:
+        from teleop_app.workflow import State
+        s = self.win.session
+        if s is None:
+            self._quit(1, "unattended: the control process was lost")
+            return
+        st = s.status
+        if st.estopped:
+            self._quit(1, f"unattended: e-stop after {st.kept} episode(s)")
+        elif st.workflow == State.DONE or st.kept >= self.episodes:
+            self._quit(0, f"unattended: {st.kept} episode(s) recorded")
+
+    def _quit(self, code: int, text: str) -> None:
+        self.timer.stop()
+        print(text, flush=True)
+        self.win.close()
+        self.app.exit(code)
+
+
+def main(session_config=None, *, measure_startup: bool = False, unattended: int = 0,
+         grace_s: float = 60.0) -> int:
     """Run the GUI on `session_config` (a teleop_app.session.SessionConfig). Returns the exit code."""
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")           # pygame: joystick only, never a window
-    # The control loop shares the GIL with the UI thread; a 1 ms switch interval (default 5 ms) bounds how
-    # long the loop can wait for it behind Python UI code (measured: loop p99 jitter ~9 -> ~6 ms at 30 Hz).
-    sys.setswitchinterval(0.001)
-    os.environ.setdefault("SDL_JOYSTICK_ALLOW_BACKGROUND_EVENTS", "1")
+    # This process opens no joystick (the control process does); SDL must still never own our signals.
+    os.environ["SDL_NO_SIGNAL_HANDLERS"] = "1"
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
@@ -62,38 +108,63 @@ def main(session_config=None, *, measure_startup: bool = False) -> int:
     app.setOrganizationName("teleop")
     measure = measure_startup or os.environ.get("TELEOP_GUI_MEASURE_STARTUP") == "1"
     settings = None
-    if measure:          # a measurement must neither use nor change the operator's remembered settings
+    if measure or unattended:   # a measurement / scripted run must neither use nor change remembered settings
         import tempfile
         from PySide6.QtCore import QSettings
         settings = QSettings(os.path.join(tempfile.mkdtemp(prefix="teleop-gui-"), "ui.ini"),
                              QSettings.Format.IniFormat)
-    win = MainWindow(session_config, settings=settings, explicit=explicit_flags(sys.argv[1:]))
+    win = MainWindow(session_config, settings=settings, explicit=explicit_flags(sys.argv[1:]), grace_s=grace_s)
     win.show()
+    _end_on_signals(app, win)
+    runner = Unattended(win, app, unattended) if unattended else None
     if measure:
-        t_start = time.monotonic()
-
-        def check():
-            if win.live.first_frame_time is not None:
-                age = process_age()
-                print(f"startup: first live frame {age:.2f} s after process start "
-                      f"(window shown + connect {time.monotonic() - t_start:.2f} s); "
-                      f"torch imported: {'torch' in sys.modules}", flush=True)
-                win.close()
-                app.quit()
-            elif win.conn_error.text():
-                print(f"startup: connect failed: {win.conn_error.text()}", flush=True)
-                win.close()
-                app.exit(1)
-        poll = QTimer(win)
-        poll.timeout.connect(check)
-        poll.start(10)
-        QTimer.singleShot(30000, lambda: (print("startup: no live frame within 30 s", flush=True), app.exit(2)))
+        _measure_startup(app, win)
     QTimer.singleShot(0, win.connect_session)
     try:
         return int(app.exec())
     finally:
+        del runner
         if win.session is not None:
             win.session.close()
+
+
+def _end_on_signals(app, win) -> None:
+    """SIGTERM / SIGINT close the window like Ctrl+Q. Python runs signal handlers between bytecodes only,
+    so a short timer lets them in while Qt's event loop waits in C++."""
+    from PySide6.QtCore import QTimer
+
+    def handler(signum, _frame):
+        print(f"teleop gui: {signal.Signals(signum).name}: closing (episode kept, control process ended)",
+              file=sys.stderr, flush=True)
+        QTimer.singleShot(0, lambda: (win.close(), app.exit(0)))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    tick = QTimer(win)
+    tick.timeout.connect(lambda: None)
+    tick.start(100)
+
+
+def _measure_startup(app, win) -> None:
+    from PySide6.QtCore import QTimer
+    t_start = time.monotonic()
+
+    def check():
+        if win.live.first_frame_time is not None:
+            age = process_age()
+            print(f"startup: first live frame {age:.2f} s after process start "
+                  f"(window shown + connect {time.monotonic() - t_start:.2f} s); "
+                  f"torch imported: {'torch' in sys.modules}", flush=True)
+            win.close()
+            app.quit()
+        elif win.conn_error.text():
+            print(f"startup: connect failed: {win.conn_error.text()}", flush=True)
+            win.close()
+            app.exit(1)
+    poll = QTimer(win)
+    poll.timeout.connect(check)
+    poll.start(10)
+    QTimer.singleShot(30000, lambda: (print("startup: no live frame within 30 s; messages:\n"
+                                            + win.log.toPlainText()[-2000:], flush=True), app.exit(2)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Episodes tab: the dataset's episodes (instruction, length, label, cadence health), a frame scrubber with
 camera images and joint/action plots, relabel, delete with undo, replay on the robot, and LeRobot / RLDS
-export in a cancellable background worker."""
+export in a cancellable background worker.
+
+The tab reads the dataset's files itself (its own EpisodeStore on `session.info.dataset`, re-read when the
+control side keeps an episode); the session is only asked to replay."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -197,7 +200,7 @@ class EpisodesTab(QWidget):
         lay.addWidget(split, 1)
         lay.addLayout(exp)
         self.open_btn.clicked.connect(self.open_dialog)
-        self.refresh_btn.clicked.connect(self.refresh)
+        self.refresh_btn.clicked.connect(self.reload)
         self._update_buttons()
 
     def _ensure_plot(self) -> None:
@@ -218,8 +221,8 @@ class EpisodesTab(QWidget):
     # ------------------------------------------------------------------ store
     def set_session(self, session) -> None:
         self.session = session
-        if session is not None and session.store is not None:
-            self.set_store(session.store)
+        if session is not None:
+            self.open_path(session.info.dataset)
         self._update_buttons()
 
     def set_store(self, store) -> None:
@@ -229,20 +232,32 @@ class EpisodesTab(QWidget):
             self.dataset_changed.emit(str(store.root))
         self.refresh()
 
+    def _live_dataset(self, root) -> bool:
+        """The connected session records into `root`: its control side owns recovery there."""
+        return self.session is not None and Path(root).resolve() == Path(self.session.info.dataset).resolve()
+
     def open_path(self, root: str) -> None:
-        """Open a dataset folder (in a worker: opening may recover interrupted recordings)."""
+        """Open a dataset folder (in a worker: opening may recover interrupted recordings, except in the
+        dataset the control process is recording into)."""
         from recorder.store import EpisodeStore
-        if self.session is not None and self.session.store is not None and \
-                Path(root).resolve() == Path(self.session.store.root).resolve():
-            self.set_store(self.session.store)
-            return
-        run_in_thread(lambda w: EpisodeStore.open(root), on_done=self.set_store,
+        recover = not self._live_dataset(root)
+        run_in_thread(lambda w: EpisodeStore.open(root, recover=recover), on_done=self.set_store,
                       on_error=lambda e: self.message.emit(f"cannot open dataset {root}: {e}"))
 
     def open_dialog(self) -> None:
         root = QFileDialog.getExistingDirectory(self, "Open dataset folder")
         if root:
             self.open_path(root)
+
+    def reload(self) -> None:
+        """Re-read the index and the folder (episodes the control process added since)."""
+        from recorder.store import EpisodeStore
+        if self.store is not None:
+            try:
+                self.store = EpisodeStore.open(self.store.root, recover=not self._live_dataset(self.store.root))
+            except Exception as e:
+                self.message.emit(f"cannot re-read dataset {self.store.root}: {e}")
+        self.refresh()
 
     def refresh(self) -> None:
         sel = self.selected_id()
@@ -514,7 +529,7 @@ class EpisodesTab(QWidget):
         if ep_id is None or self.session is None:
             self.message.emit("select an episode and connect a robot to replay")
             return
-        path = self.store.path(ep_id)
+        path = str(self.store.path(ep_id))
         session = self.session
         # start_replay reads the file: do it off the UI thread.
         run_in_thread(lambda w: session.start_replay(path),
@@ -599,4 +614,5 @@ class EpisodesTab(QWidget):
         if st.kept != self._known_kept:
             self._known_kept = st.kept
             if self.store is not None:
-                self.refresh()
+                self.reload()
+                QTimer.singleShot(1500, self.reload)    # the file is finalized off the control tick

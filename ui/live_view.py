@@ -1,6 +1,6 @@
-"""Live camera grid: a QTimer pulls each camera's newest frame (latest-only, never queued) and paints it
-with its capture age and the display rate. Pulling on the UI thread is cheap: read_latest() only hands
-over a reference the camera's own thread produced; nothing here can slow the control loop.
+"""Live camera grid: a QTimer pulls the frames the control loop read last (`session.latest_frames()`: shared
+memory when the session is remote) and paints each new one with its capture age and the display rate.
+Latest-only, never queued: nothing here can slow the control loop.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 
+from teleop_app.workflow import State
 from ui.util import ImageView, RateMeter, fmt_age
 
 STALE_S = 0.5          # a frame older than this is flagged: the camera stalled or vanished
@@ -27,6 +28,7 @@ class LiveView(QWidget):
         self._meters: dict[str, RateMeter] = {}
         self.first_frame_time: float | None = None   # monotonic time the first image was painted
         self._cols = 0
+        self._aspect = 1.0
         self._grid = QGridLayout()
         self._grid.setSpacing(4)
         self._empty = QLabel("Not connected.\nPick a profile and press Connect (Ctrl+L).")
@@ -47,7 +49,11 @@ class LiveView(QWidget):
         self._last_index.clear()
         self._meters.clear()
         self.session = session
-        cams = session.devices.cameras if session is not None and session.devices else {}
+        cams = dict(session.info.cameras) if session is not None else {}
+        self._aspect = 1.0
+        if cams:
+            h, w = next(iter(cams.values()))[:2]
+            self._aspect = w / h if h else 1.0
         self._empty.setVisible(not cams)
         if session is not None and not cams:
             self._empty.setText("This profile has no cameras.")
@@ -80,10 +86,7 @@ class LiveView(QWidget):
         n = len(self.views)
         if not n:
             return
-        cams = self.session.devices.cameras if self.session is not None and self.session.devices else {}
-        c0 = next(iter(cams.values()), None)
-        aspect = (c0.width / c0.height) if c0 is not None and getattr(c0, "height", 0) else 1.0
-        cols = self.best_columns(n, max(1, self.width()), max(1, self.height()), aspect)
+        cols = self.best_columns(n, max(1, self.width()), max(1, self.height()), self._aspect)
         if cols == self._cols:
             return
         self._cols = cols
@@ -98,29 +101,26 @@ class LiveView(QWidget):
 
     def refresh(self) -> None:
         s = self.session
-        if s is None or s.devices is None:
+        if s is None:
             return
         now = time.monotonic()
-        for name, cam in list(s.devices.cameras.items()):
-            v = self.views.get(name)
-            if v is None:
-                continue
-            try:
-                frame = cam.read_latest() if cam.is_connected else None
-            except Exception as e:   # a camera that dies must not take the window with it
+        try:
+            frames = s.latest_frames()
+        except Exception as e:   # a camera or channel problem must not take the window with it
+            for v in self.views.values():
                 v.set_note(f"error: {e}", "#e74c3c")
+            return
+        for name, v in self.views.items():
+            got = frames.get(name)
+            if got is None:
+                v.placeholder = "waiting for the first frame (camera unavailable?)"
+                v.set_note("no frame", "#e74c3c")
                 continue
-            if frame is None:
-                err = s.camera_errors.get(name)
-                v.placeholder = f"camera unavailable: {err}" if err else "waiting for the first frame..."
-                v.set_note("no frame" if not err else "unavailable", "#e74c3c")
-                v.update()
-                continue
-            key = (frame.index, frame.timestamp)
-            age = now - frame.timestamp
-            new = self._last_index.get(name) != key
+            image, stamp = got
+            age = now - stamp
+            new = self._last_index.get(name) != stamp
             if new:
-                self._last_index[name] = key
+                self._last_index[name] = stamp
                 self._meters[name].tick(now)
                 if self.first_frame_time is None:
                     self.first_frame_time = now
@@ -128,18 +128,22 @@ class LiveView(QWidget):
                 color = "#e74c3c" if age > STALE_S else "#f1c40f" if age > 0.1 else "#2ecc71"
                 v.note, v.note_color = f"age {fmt_age(age)}  {self._meters[name].rate(now):.0f} fps", QColor(color)
                 if new:
-                    v.set_image(frame.image)      # one repaint for image and note
+                    v.set_image(image)      # one repaint for image and note
                 else:
                     v.update()
 
-    def set_state(self, workflow: str, time_left: float, estopped: bool) -> None:
+    def stale(self) -> list[str]:
+        """Cameras whose newest frame is older than STALE_S (or that showed none yet)."""
+        now = time.monotonic()
+        return [n for n in self.views if now - self._last_index.get(n, -1e9) > STALE_S]
+
+    def set_state(self, workflow: State, time_left: float, estopped: bool) -> None:
         """Operator cues on every camera: E-STOP, the countdown digits, a red frame while recording."""
-        import math as _m
         if estopped:
             text, color, border = "E-STOP", "#ff4d4d", "#ff0000"
-        elif workflow == "countdown":
-            text, color, border = str(max(1, _m.ceil(time_left))), "#f1c40f", "#f39c12"
-        elif workflow == "recording":
+        elif workflow == State.COUNTDOWN:
+            text, color, border = str(max(1, math.ceil(time_left))), "#f1c40f", "#f39c12"
+        elif workflow == State.RECORDING:
             text, color, border = "", "#ffffff", "#e74c3c"
         else:
             text, color, border = "", "#ffffff", None

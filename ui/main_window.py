@@ -1,26 +1,30 @@
 """The main window: connection panel with status lights, the always-visible E-STOP, live cameras, the
 teleop / episodes / policy tabs and a status bar with loop timing and recording state.
 
-Threading: connect / disconnect run in workers; one 30 Hz QTimer reads `session.status` (an immutable
-snapshot the control loop swaps each tick) and hands it to the views. The UI never waits on the loop.
+The window is a client of the control process (teleop_app.control): connecting starts it (or reconnects to
+the one already serving this dataset), commands are messages, and one 30 Hz QTimer reads the typed status
+snapshot and hands it to the views. The UI never waits on the control loop; if the UI hangs or dies, the
+control process holds the arm and keeps the episode. `attach()` also shows an in-process Session.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QListWidget, QListWidgetItem, QMainWindow, QPlainTextEdit, QProgressBar, QPushButton,
-                               QSplitter,
-                               QTabWidget, QVBoxLayout, QWidget)
+                               QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
+from teleop_app.control.client import RemoteSession, connect
+from teleop_app.session import Mode
+from teleop_app.workflow import State
 from ui.episodes_tab import EpisodesTab
 from ui.live_view import LiveView
 from ui.policy_tab import PolicyTab
-
 from ui.shortcuts import SHORTCUTS, HelpDialog
 from ui.teleop_tab import TeleopTab
 from ui.util import StatusLight, Worker, preload_pyqtgraph, run_in_thread, set_style
@@ -28,27 +32,46 @@ from ui.util import StatusLight, Worker, preload_pyqtgraph, run_in_thread, set_s
 STATUS_HZ = 30
 ROBOT_KINDS = ("sim", "sim-serial", "real")
 MAX_INSTRUCTIONS = 30
+STALE_STATUS_S = 1.0        # no fresh status for this long: the control loop is not running
 
 
 class MainWindow(QMainWindow):
-    connected = Signal(object)        # the Session, once its loop runs
+    connected = Signal(object)        # the session (a RemoteSession, or an attached in-process Session)
     disconnected = Signal()
 
-    def __init__(self, config=None, settings: QSettings | None = None, explicit: set[str] | None = None):
+    def __init__(self, config=None, settings: QSettings | None = None, explicit: set[str] | None = None,
+                 grace_s: float = 60.0):
         """`explicit`: config fields the user gave on purpose (CLI flags); they win over remembered settings
-        even when equal to the defaults. Other fields: a non-default config value wins, else the last used."""
+        even when equal to the defaults. Other fields: a non-default config value wins, else the last used.
+        `grace_s`: how long a control process started here waits for this window to come back if it dies."""
         super().__init__()
         from teleop_app.session import SessionConfig
         self.base_config = config or SessionConfig()
         self.explicit = set(explicit or ())
         self.settings = settings or QSettings("teleop", "teleop")
+        self.grace_s = grace_s
         self.session = None
+        self.profile_spec = None            # the RobotProfile of the connected session (for the views)
         self._connecting: Worker | None = None
-        self._msg_count = 0
-        self._last_msg = ""
+        self._msg_seq = 0
+        self._bar_t = self._fps_t = 0.0
         self.setWindowTitle("teleop")
+        self._build_connection_panel()
+        self._build_estop_bar()
+        self._build_views()
+        self._build_status_bar()
+        self._wire()
+        self.actions: dict[str, Callable[[], object]] = self._action_table()
+        self._bind_shortcuts()
+        self.timer = QTimer(self)
+        self.timer.setInterval(int(1000 / STATUS_HZ))
+        self.timer.timeout.connect(self.poll)
+        self.timer.start()
+        self._load_settings()
+        self._set_connected_ui(False)
 
-        # ---------------- connection panel
+    # ================================================================ building
+    def _build_connection_panel(self) -> None:
         self.profile = QComboBox()
         self.profile.setEditable(True)
         self.kind = QComboBox()
@@ -93,23 +116,23 @@ class MainWindow(QMainWindow):
         cl.addLayout(btns)
         cl.addWidget(self.conn_busy)
         cl.addWidget(self.conn_error)
-        for l in (self.light_robot, self.light_cams, self.light_pad, self.light_data):
-            cl.addWidget(l)
+        for light in (self.light_robot, self.light_cams, self.light_pad, self.light_data):
+            cl.addWidget(light)
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(500)
         self.log.setPlaceholderText("session messages")
         log_box = QGroupBox("Messages")
         QVBoxLayout(log_box).addWidget(self.log)
-        left = QWidget()
-        lv = QVBoxLayout(left)
+        self.left_panel = QWidget()
+        lv = QVBoxLayout(self.left_panel)
         lv.setContentsMargins(0, 0, 0, 0)
         lv.addWidget(conn_box)
         lv.addWidget(log_box, 1)
-        left.setMinimumWidth(250)
-        left.setMaximumWidth(360)
+        self.left_panel.setMinimumWidth(250)
+        self.left_panel.setMaximumWidth(360)
 
-        # ---------------- e-stop bar
+    def _build_estop_bar(self) -> None:
         self.estop_btn = QPushButton("E-STOP\n[Space]")
         self.estop_btn.setMinimumSize(150, 64)
         self.estop_btn.setFocusPolicy(Qt.FocusPolicy.NoFocus)
@@ -125,13 +148,13 @@ class MainWindow(QMainWindow):
         self.banner.setWordWrap(True)
         self.help_btn = QPushButton("Keys [F1]")
         self.help_btn.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        bar = QHBoxLayout()
-        bar.addWidget(self.banner, 1)
-        bar.addWidget(self.help_btn)
-        bar.addWidget(self.reset_btn)
-        bar.addWidget(self.estop_btn)
+        self.bar = QHBoxLayout()
+        self.bar.addWidget(self.banner, 1)
+        self.bar.addWidget(self.help_btn)
+        self.bar.addWidget(self.reset_btn)
+        self.bar.addWidget(self.estop_btn)
 
-        # ---------------- live view + tabs
+    def _build_views(self) -> None:
         self.live = LiveView()
         self.teleop = TeleopTab()
         self.episodes = EpisodesTab()
@@ -143,22 +166,21 @@ class MainWindow(QMainWindow):
         live_box = QGroupBox("Live cameras")
         QVBoxLayout(live_box).addWidget(self.live)
         self.split = QSplitter(Qt.Orientation.Horizontal)
-        self.split.addWidget(left)
+        self.split.addWidget(self.left_panel)
         self.split.addWidget(live_box)
         self.split.addWidget(self.tabs)
         self.split.setStretchFactor(0, 0)
         self.split.setStretchFactor(1, 2)
         self.split.setStretchFactor(2, 5)
         self.split.setSizes([270, 360, 1000])
-
         central = QWidget()
         cv = QVBoxLayout(central)
         cv.setContentsMargins(6, 6, 6, 6)
-        cv.addLayout(bar)
+        cv.addLayout(self.bar)
         cv.addWidget(self.split, 1)
         self.setCentralWidget(central)
 
-        # ---------------- status bar
+    def _build_status_bar(self) -> None:
         self.loop_label = QLabel("loop: -")
         self.rec_label = QLabel("")
         self.mode_label = QLabel("")
@@ -169,31 +191,53 @@ class MainWindow(QMainWindow):
             w.setMinimumWidth(w.fontMetrics().horizontalAdvance(sample) + 12)   # stable width: no relayout
             self.statusBar().addPermanentWidget(w)
 
-        # ---------------- wiring
+    def _wire(self) -> None:
         self.connect_btn.clicked.connect(self.connect_session)
         self.disconnect_btn.clicked.connect(self.disconnect_session)
         self.dataset_btn.clicked.connect(self._pick_dataset)
         self.profile.currentTextChanged.connect(self._profile_changed)
         self.kind.currentTextChanged.connect(self._kind_changed)
         self.estop_btn.clicked.connect(self.estop)
-        self.reset_btn.clicked.connect(self.reset_estop)
+        self.reset_btn.clicked.connect(lambda: self.command("reset_estop"))
         self.help_btn.clicked.connect(self.show_help)
         for tab in (self.teleop, self.episodes, self.policy):
             tab.message.connect(self.show_message)
         self.teleop.instruction_used.connect(self._remember_instruction)
         self.episodes.dataset_changed.connect(lambda p: self.settings.setValue("dataset", p))
+
+    def _action_table(self) -> dict[str, Callable[[], object]]:
+        """Every operator action by name: the shortcut table (ui/shortcuts.py) and buttons refer to these."""
+        c = self.command
+        tab = self.tabs.setCurrentWidget
+        return {
+            "estop": self.estop, "reset_estop": lambda: c("reset_estop"),
+            "start_episode": lambda: c("start_episode"), "next_phase": lambda: c("next"),
+            "rerecord": lambda: c("rerecord"), "stop_all": self.stop_all,
+            "mark_success": lambda: self.mark(True), "mark_failure": lambda: self.mark(False),
+            "keep": lambda: c("keep"), "discard": lambda: c("discard"), "go_home": lambda: c("go_home"),
+            "new_scene": lambda: c("reset_scene"),
+            "mode_hold": lambda: self.teleop.set_mode(Mode.HOLD),
+            "mode_gamepad": lambda: self.teleop.set_mode(Mode.GAMEPAD),
+            "mode_kinesthetic": lambda: self.teleop.set_mode(Mode.KINESTHETIC),
+            "mode_scripted": lambda: self.teleop.set_mode(Mode.SCRIPTED),
+            "policy_start": self.policy.start, "policy_step": self.policy.step,
+            "frame_prev": lambda: self.episodes.step_frame(-1), "frame_next": lambda: self.episodes.step_frame(1),
+            "delete_episode": lambda: self.tabs.currentWidget() is self.episodes and self.episodes.delete_selected(),
+            "undo_delete": self.episodes.undo_delete,
+            "export_lerobot": lambda: (tab(self.episodes), self.episodes.export_dialog("lerobot")),
+            "connect_session": self.connect_session, "disconnect_session": self.disconnect_session,
+            "tab_teleop": lambda: tab(self.teleop), "tab_episodes": lambda: tab(self.episodes),
+            "tab_policy": lambda: tab(self.policy), "show_help": self.show_help, "close": self.close,
+        }
+
+    def _bind_shortcuts(self) -> None:
         self.shortcuts: dict[str, QShortcut] = {}
-        for key, _text, method in SHORTCUTS:
+        for key, _text, action in SHORTCUTS:
             sc = QShortcut(QKeySequence(key), self)
             sc.setContext(Qt.ShortcutContext.WindowShortcut)
-            sc.activated.connect(getattr(self, method))
+            sc.activated.connect(self.actions[action])
             self.shortcuts[key] = sc
-        self.timer = QTimer(self)
-        self.timer.setInterval(int(1000 / STATUS_HZ))
-        self.timer.timeout.connect(self.poll)
-        self.timer.start()
-        self._load_settings()
-        self._set_connected_ui(False)
+
 
     # ================================================================ settings
     def _load_settings(self) -> None:
@@ -277,7 +321,9 @@ class MainWindow(QMainWindow):
                        port=self.port.text().strip() or None, cameras=cams, dataset=self.dataset.text().strip())
 
     def connect_session(self) -> Worker | None:
-        """(Re)connect with the panel's settings in a worker; the old session is closed first."""
+        """(Re)connect in a worker: the previous control process is shut down first; then the control
+        process already serving the panel's dataset is reused (e.g. after the GUI was restarted), or a new
+        one is started with the panel's settings."""
         if self._connecting is not None:
             return None
         cfg = self.panel_config()
@@ -289,23 +335,14 @@ class MainWindow(QMainWindow):
         self.connect_btn.setEnabled(False)
         self.conn_busy.show()
         self.save_settings()
+        grace = self.grace_s
 
         def job(w: Worker):
-            from teleop_app.session import Session
             if old is not None:
                 w.report(None, "closing the previous session")
                 old.close()
-            w.report(None, "opening devices")
-            s = Session(cfg)
-            try:
-                s.start()
-            except Exception:
-                try:
-                    s.close()
-                except Exception:
-                    pass
-                raise
-            return s
+            w.report(None, "starting the control process")
+            return connect(cfg, heartbeat="manual", grace_s=grace)
         self._connecting = run_in_thread(job, on_done=self._on_connected, on_error=self._on_connect_failed,
                                          on_progress=lambda f, t: self.statusBar().showMessage(t, 3000))
         return self._connecting
@@ -314,18 +351,23 @@ class MainWindow(QMainWindow):
         self._connecting = None
         self.conn_busy.hide()
         self.attach(session)
+        if isinstance(session, RemoteSession) and session.process is None:
+            self.show_message(f"reconnected to the running control process (pid {session.control_pid}); "
+                              "Ctrl+L again restarts it with the panel's settings")
 
     def attach(self, session) -> None:
-        """Show a running session (also used by tests and scripts that build the Session themselves)."""
+        """Show a running session: a RemoteSession, or an in-process Session (tests, scripts)."""
+        from teleop_app.profiles import load_profile
         self.session = session
+        self.profile_spec = load_profile(session.config.profile)
+        self._msg_seq = 0
         self.live.set_session(session)
-        self.teleop.set_session(session)
+        self.teleop.set_session(session, self.profile_spec)
         self.episodes.set_session(session)
-        self.policy.set_session(session)
+        self.policy.set_session(session, self.profile_spec)
         self._set_connected_ui(True)
-        self.light_data.set("ok", f"{session.store.root} ({len(session.store.episodes())} episodes)"
-                            if session.store is not None else "none")
-        self.show_message(f"connected: {session.profile.name} via {session.config.robot}")
+        info = session.info
+        self.show_message(f"connected: {info.profile} via {info.robot_kind}")
         self.connected.emit(session)
 
     def _on_connect_failed(self, err: str) -> None:
@@ -363,6 +405,16 @@ class MainWindow(QMainWindow):
         self.light_robot.set("off", "not connected")
         self.disconnected.emit()
 
+    def _control_lost(self, reason: str) -> None:
+        s = self.session
+        self._detach()
+        s.detach()
+        self.light_robot.set("error", f"control process lost: {reason}")
+        self.banner.setText("<span style='color:#e74c3c'><b>control process lost</b></span> - Ctrl+L reconnects "
+                            "(recordings are in the dataset)")
+        self.show_message(f"control process lost: {reason}")
+        self.disconnected.emit()
+
     def _set_connected_ui(self, on: bool) -> None:
         self.connect_btn.setEnabled(self._connecting is None)
         self.connect_btn.setText("Reconnect [Ctrl+L]" if on else "Connect [Ctrl+L]")
@@ -370,65 +422,68 @@ class MainWindow(QMainWindow):
         self.estop_btn.setEnabled(on)
         self.reset_btn.setEnabled(on)
         if not on:
-            for l in (self.light_cams, self.light_pad, self.light_data):
-                l.set("off", "not connected")
+            for light in (self.light_cams, self.light_pad, self.light_data):
+                light.set("off", "not connected")
 
     # ================================================================ polling
     def poll(self) -> None:
         s = self.session
         if s is None:
             return
+        if isinstance(s, RemoteSession):
+            if not s.connected:
+                self._control_lost(s.lost_reason)
+                return
+            s.heartbeat()                # from the UI thread: a hung window counts as a lost client
         st = s.status
+        if st is None:
+            return
         if self.live.first_frame_time is not None or not self.live.views:
             preload_pyqtgraph()          # plots need it; loading it now cannot delay the first frame
-        self._update_lights(s, st)
+        self._update_lights(s.info, st)
         self._update_bar(st)
         self.live.set_state(st.workflow, st.time_left, st.estopped)
-        self._update_log(s)
+        self._update_log(s, st)
         cur = self.tabs.currentWidget()
         for tab in (self.teleop, self.episodes, self.policy):
             try:
                 tab.update_status(st, visible=tab is cur)
             except Exception as e:   # a view bug must not stop the status updates (nor the e-stop)
                 self.statusBar().showMessage(f"view error: {e}", 5000)
-        if time.monotonic() - getattr(self, "_fps_t", 0.0) < 0.5:
+        if time.monotonic() - self._fps_t < 0.5:
             return
         self._fps_t = time.monotonic()
-        if s.store is not None:
-            self.light_data.set("ok", f"{s.store.root} ({len(s.store.episodes())} episodes)")
+        store = self.episodes.store
+        self.light_data.set("ok", f"{store.root} ({len(store.episodes())} episodes)" if store is not None
+                            else s.info.dataset)
         fps = self.live.display_fps()
         self.fps_label.setText("display " + ", ".join(f"{n} {v:.0f} fps" for n, v in fps.items()) if fps else "")
 
-    def _update_lights(self, s, st) -> None:
+    def _update_lights(self, info, st) -> None:
         if st.estopped:
-            self.light_robot.set("error", f"E-STOP latched ({s.profile.name}); release with Ctrl+R")
-        elif not s.loop.running:
+            self.light_robot.set("error", f"E-STOP latched ({info.profile}); release with Ctrl+R")
+        elif time.monotonic() - st.t > STALE_STATUS_S:
             self.light_robot.set("error", "control loop stopped: reconnect (Ctrl+L)")
         else:
             torque = "" if st.torque else ", torque OFF (move by hand)"
-            self.light_robot.set("ok", f"{s.profile.name} via {s.config.robot}, {st.mode}{torque}")
-        cams = s.devices.cameras if s.devices else {}
-        errs = dict(s.camera_errors)
+            self.light_robot.set("ok", f"{info.profile} via {info.robot_kind}, {st.mode.value}{torque}")
+        cams = list(info.cameras)
+        stale = self.live.stale()
         if not cams:
             self.light_cams.set("off", "none selected")
-        elif errs:
-            self.light_cams.set("error", "; ".join(f"{n}: {e}" for n, e in errs.items()))
         else:
-            bad = [n for n, c in cams.items() if not c.is_connected]
-            self.light_cams.set("warn" if bad else "ok",
-                                f"lost: {', '.join(bad)}" if bad else f"{len(cams)} live: {', '.join(cams)}")
+            self.light_cams.set("warn" if stale else "ok",
+                                f"no fresh frames: {', '.join(stale)}" if stale else f"{len(cams)} live: {', '.join(cams)}")
         pad = st.gamepad
         if pad.connected:
             self.light_pad.set("ok", f"{pad.name}" + (f" (group {st.group})" if st.group else ""))
-        elif s.gamepad is None:
-            self.light_pad.set("error", "gamepad support unavailable (see messages); use sliders / jog")
         else:
             self.light_pad.set("warn", "no gamepad: plug one in (picked up automatically)")
 
     def _update_bar(self, st) -> None:
         lp = st.loop
         now = time.monotonic()
-        slow = now - getattr(self, "_bar_t", 0.0) >= 0.25     # figures readable at 4 Hz; avoids relayouts
+        slow = now - self._bar_t >= 0.25     # figures readable at 4 Hz; avoids relayouts
         if slow:
             self._bar_t = now
         if lp is not None and slow:
@@ -437,40 +492,38 @@ class MainWindow(QMainWindow):
                                     f"missed {lp.missed}  tick {lp.last_tick_ms:.1f} ms")
             set_style(self.loop_label, "color: #e67e22" if warn else "")
         wf = st.workflow
-        if wf == "recording":
+        if wf == State.RECORDING:
             self.rec_label.setText(f"<span style='color:#e74c3c'>&#9679; REC</span> {st.recording_steps} steps")
         else:
-            self.rec_label.setText(f"{wf}  kept {st.kept}/{st.target_episodes}")
-        self.mode_label.setText(f"mode: <b>{st.mode}</b>")
+            self.rec_label.setText(f"{wf.value}  kept {st.kept}/{st.target_episodes}")
+        self.mode_label.setText(f"mode: <b>{st.mode.value}</b>")
         if st.estopped:
             self.banner.setText("<span style='color:white; background:#c0392b; font-weight:bold'>&nbsp;E-STOP "
                                 "LATCHED&nbsp;</span> the arm holds its position. Release with Ctrl+R.")
         else:
             ins = st.instruction or "-"
-            rp = st.replay_progress
-            extra = f" &nbsp; replay {rp[0]}/{rp[1]}" if rp[1] else ""
-            self.banner.setText(f"<b>{st.mode.upper()}</b> &nbsp; {wf} &nbsp; <i>\"{ins}\"</i>{extra}")
+            done, total = st.replay_progress
+            extra = f" &nbsp; replay {done}/{total}" if total else ""
+            self.banner.setText(f"<b>{st.mode.value.upper()}</b> &nbsp; {wf.value} &nbsp; <i>\"{ins}\"</i>{extra}")
 
-    def _update_log(self, s) -> None:
-        msgs = list(s.messages)
-        last = msgs[-1] if msgs else ""
-        if last == self._last_msg:
+    def _update_log(self, s, st) -> None:
+        new = st.messages_seq - self._msg_seq
+        if new <= 0:
             return
-        try:
-            start = len(msgs) - 1 - msgs[::-1].index(self._last_msg) + 1 if self._last_msg in msgs else 0
-        except ValueError:
-            start = 0
-        for m in msgs[start:]:
+        self._msg_seq = st.messages_seq
+        msgs = list(s.messages)[-new:]
+        for m in msgs:
             self.log.appendPlainText(m)
-        self._last_msg = last
-        self.statusBar().showMessage(last, 8000)
+        if msgs:
+            self.statusBar().showMessage(msgs[-1], 8000)
 
     def show_message(self, text: str) -> None:
         self.log.appendPlainText(f"{time.strftime('%H:%M:%S')} [ui] {text}")
         self.statusBar().showMessage(text, 8000)
 
-    # ================================================================ operator actions (shortcuts)
-    def _cmd(self, method: str, *args) -> bool:
+    # ================================================================ operator actions
+    def command(self, method: str, *args) -> bool:
+        """Send a session command; a refusal is shown, never raised into Qt."""
         if self.session is None:
             self.show_message("not connected (Ctrl+L connects)")
             return False
@@ -483,116 +536,42 @@ class MainWindow(QMainWindow):
 
     def estop(self) -> None:
         if self.session is not None:
-            self.session.estop()     # never refused: the safety layer latches inside one tick
-            self.policy.stop() if self.policy.run is not None else None
-
-    def reset_estop(self) -> None:
-        self._cmd("reset_estop")
-
-    def start_episode(self) -> None:
-        self._cmd("start_episode")
-
-    def next_phase(self) -> None:
-        self._cmd("next")
-
-    def rerecord(self) -> None:
-        self._cmd("rerecord")
+            self.session.estop("gui")     # one message; the control side latches it at its next tick
 
     def stop_all(self) -> None:
-        s = self.session
-        if s is None:
+        st = self.session.status if self.session is not None else None
+        if st is None:
             return
-        st = s.status
-        if st.workflow in ("recording", "countdown"):
-            self._cmd("stop_episode")
-        elif st.mode in ("replay", "homing") and st.replay_progress[1]:
-            self._cmd("stop_replay")
-        elif st.mode == "policy":
+        if st.workflow in (State.RECORDING, State.COUNTDOWN):
+            self.command("stop_episode")
+        elif st.mode in (Mode.REPLAY, Mode.HOMING) and st.replay_progress[1]:
+            self.command("stop_replay")
+        elif st.mode == Mode.POLICY:
             self.policy.stop()
 
-    def mark_success(self) -> None:
-        self._mark(True)
-
-    def mark_failure(self) -> None:
-        self._mark(False)
-
-    def _mark(self, ok: bool) -> None:
+    def mark(self, ok: bool) -> None:
         if self.tabs.currentWidget() is self.policy and (self.policy.run is not None or self.policy.runs):
             self.policy.end_run("success" if ok else "failure")
         else:
             self.teleop.mark(ok)
-
-    def keep(self) -> None:
-        self._cmd("keep")
-
-    def discard(self) -> None:
-        self._cmd("discard")
-
-    def go_home(self) -> None:
-        self._cmd("go_home")
-
-    def new_scene(self) -> None:
-        self._cmd("reset_scene")
-
-    def mode_hold(self) -> None:
-        self.teleop.set_mode("hold")
-
-    def mode_gamepad(self) -> None:
-        self.teleop.set_mode("gamepad")
-
-    def mode_kinesthetic(self) -> None:
-        self.teleop.set_mode("kinesthetic")
-
-    def mode_scripted(self) -> None:
-        self.teleop.set_mode("scripted")
-
-    def policy_start(self) -> None:
-        self.policy.start()
-
-    def policy_step(self) -> None:
-        self.policy.step()
-
-    def frame_prev(self) -> None:
-        self.episodes.step_frame(-1)
-
-    def frame_next(self) -> None:
-        self.episodes.step_frame(1)
-
-    def delete_episode(self) -> None:
-        if self.tabs.currentWidget() is self.episodes:
-            self.episodes.delete_selected()
-
-    def undo_delete(self) -> None:
-        self.episodes.undo_delete()
-
-    def export_lerobot(self) -> None:
-        self.tabs.setCurrentWidget(self.episodes)
-        self.episodes.export_dialog("lerobot")
-
-    def tab_teleop(self) -> None:
-        self.tabs.setCurrentWidget(self.teleop)
-
-    def tab_episodes(self) -> None:
-        self.tabs.setCurrentWidget(self.episodes)
-
-    def tab_policy(self) -> None:
-        self.tabs.setCurrentWidget(self.policy)
 
     def show_help(self) -> None:
         HelpDialog(self).exec()
 
     # ================================================================ close
     def closeEvent(self, ev) -> None:
+        """Clean end: settings saved, workers stopped, the control process told to finish (an episode under
+        way is kept, unlabelled; the arm holds; the devices are released)."""
         self.save_settings()
         self.timer.stop()
         self.live.timer.stop()
         s = self.session
         self._detach()
+        if s is not None:
+            s.close()         # first: while this window waits for workers it sends no heartbeat
         connecting = self._connecting
         # Exports / validation stop at their next progress point; a connect in flight is waited for.
         Worker.shutdown_all(timeout_s=10.0)
         if connecting is not None and connecting.result is not None and connecting.result is not s:
             connecting.result.close()
-        if s is not None:
-            s.close()     # keeps any recording (unlabelled); bounded by the loop's 2 s join
         super().closeEvent(ev)

@@ -246,7 +246,7 @@ class MappingEditor(QWidget):
             self._error("connect first: the mapping is applied to the running session")
             return False
         try:
-            self.session.set_mapping(mp)
+            self.session.set_mapping(_mapping_module().mapping_to_dict(mp))   # plain data: crosses processes
         except Exception as e:
             self._error(f"mapping not applied: {e}")
             return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout
 
-# (key sequence, what it does, MainWindow method name)
+# (key sequence, what it does, action name in MainWindow.actions)
 SHORTCUTS: list[tuple[str, str, str]] = [
     ("Space", "E-STOP: hold position now (latched)", "estop"),
     ("Ctrl+Space", "E-STOP, also while typing in a text field", "estop"),

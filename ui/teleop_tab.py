@@ -1,12 +1,13 @@
 """Teleop / record tab: mode switch, instruction, the episode workflow buttons and timers, joint bars with
 sliders and jog, the gamepad state, live joint plots and the mapping editor.
 
-All actions are session commands; the tab reads `session.status` (pushed in by the main window at ~30 Hz)
-and `session.history` for the plots.
+All actions are session commands; the tab reads the typed status snapshots the main window pushes in at
+~30 Hz (and keeps its own plot history from them) and the static `session.info`.
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -14,15 +15,17 @@ from PySide6.QtWidgets import (QButtonGroup, QComboBox, QDoubleSpinBox, QFormLay
                                QHBoxLayout, QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox,
                                QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
+from teleop_app.session import Mode
+from teleop_app.workflow import State
 from ui.joints import GamepadView, JointPanel
 from ui.mapping_editor import MappingEditor
 
 from ui.util import dark_plot, pyqtgraph_ready, set_style
 
-MODES = [("hold", "Hold", "0"), ("gamepad", "Gamepad", "1"), ("kinesthetic", "Kinesthetic", "2"),
-         ("scripted", "Scripted", "3")]
-STATE_COLORS = {"idle": "#7f8c8d", "countdown": "#f39c12", "recording": "#e74c3c", "review": "#3498db",
-                "resetting": "#9b59b6", "done": "#27ae60"}
+MODES = [(Mode.HOLD, "Hold", "0"), (Mode.GAMEPAD, "Gamepad", "1"), (Mode.KINESTHETIC, "Kinesthetic", "2"),
+         (Mode.SCRIPTED, "Scripted", "3")]
+STATE_COLORS = {State.IDLE: "#7f8c8d", State.COUNTDOWN: "#f39c12", State.RECORDING: "#e74c3c",
+                State.REVIEW: "#3498db", State.RESETTING: "#9b59b6", State.DONE: "#27ae60"}
 JOG_FRACTION = 0.3          # jog buttons move a joint at this fraction of its max speed
 PLOT_SECONDS = 20.0
 
@@ -33,7 +36,8 @@ def plot_colors(n: int) -> list:
 
 
 class JointPlot(QWidget):
-    """Measured (solid) and commanded (dashed) joint positions over the last PLOT_SECONDS, from session.history."""
+    """Measured (solid) and commanded (dashed) joint positions over the last PLOT_SECONDS, from a history of
+    (t, measured, sent) samples."""
 
     def __init__(self, joint_names: list[str], parent=None, y_range: tuple[float, float] | None = None):
         super().__init__(parent)
@@ -61,10 +65,7 @@ class JointPlot(QWidget):
         if now_wall - self._last_draw < 1.0 / max_hz:
             return
         self._last_draw = now_wall
-        try:
-            items = list(history)        # the deque is appended by the loop thread; a copy is atomic enough
-        except RuntimeError:
-            return
+        items = list(history)
         if not items:
             return
         if items[-1][0] == self._last_t:
@@ -87,30 +88,46 @@ class TeleopTab(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.session = None
+        self.profile = None
         self.joints: JointPanel | None = None
         self._jog_vel: np.ndarray | None = None
         self._hold_target: np.ndarray | None = None
         self._hold_until = 0.0
-        self._last_status = None
         self._plot_due = 0.0
+        self._mode = Mode.HOLD
+        self._last_seq = -1
+        self.history: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=int(PLOT_SECONDS * 60))
+        lay = QVBoxLayout(self)
+        lay.addLayout(self._build_mode_row())
+        lay.addLayout(self._build_instruction_row())
+        lay.addWidget(self._build_episode_box())
+        lay.addWidget(self._build_lower(), 1)
+        self.jog_timer = QTimer(self)
+        self.jog_timer.setInterval(100)      # well inside the session's 0.5 s command watchdog
+        self.jog_timer.timeout.connect(self._jog_tick)
+        self.hold_timer = QTimer(self)
+        self.hold_timer.setInterval(100)
+        self.hold_timer.timeout.connect(self._hold_tick)
+        self.set_session(None)
 
-        # --- mode row
+    # ------------------------------------------------------------------ building
+    def _build_mode_row(self) -> QHBoxLayout:
         self.mode_group = QButtonGroup(self)
         self.mode_group.setExclusive(True)
-        self.mode_buttons: dict[str, QPushButton] = {}
-        mode_row = QHBoxLayout()
-        mode_row.addWidget(QLabel("<b>Mode</b>"))
-        for key, label, sc in MODES:
+        self.mode_buttons: dict[Mode, QPushButton] = {}
+        row = QHBoxLayout()
+        row.addWidget(QLabel("<b>Mode</b>"))
+        for mode, label, sc in MODES:
             b = QPushButton(f"{label}  [{sc}]")
             b.setCheckable(True)
             b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-            b.clicked.connect(lambda _=False, k=key: self.set_mode(k))
+            b.clicked.connect(lambda _=False, m=mode: self.set_mode(m))
             self.mode_group.addButton(b)
-            self.mode_buttons[key] = b
-            mode_row.addWidget(b)
+            self.mode_buttons[mode] = b
+            row.addWidget(b)
         self.mode_label = QLabel("")
-        mode_row.addWidget(self.mode_label)
-        mode_row.addStretch(1)
+        row.addWidget(self.mode_label)
+        row.addStretch(1)
         self.home_btn = QPushButton("Home [H]")
         self.reset_scene_btn = QPushButton("New scene [N]")
         self.reset_scene_btn.setToolTip("sim only: new object placement, arm at home")
@@ -118,13 +135,14 @@ class TeleopTab(QWidget):
         self.grip_close = QPushButton("Close gripper")
         for b in (self.home_btn, self.reset_scene_btn, self.grip_open, self.grip_close):
             b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-            mode_row.addWidget(b)
+            row.addWidget(b)
         self.home_btn.clicked.connect(lambda: self._call("go_home"))
         self.reset_scene_btn.clicked.connect(lambda: self._call("reset_scene"))
         self.grip_open.clicked.connect(lambda: self._call("set_gripper", 1.0))
         self.grip_close.clicked.connect(lambda: self._call("set_gripper", 0.0))
+        return row
 
-        # --- instruction + workflow
+    def _build_instruction_row(self) -> QHBoxLayout:
         self.instruction = QComboBox()
         self.instruction.setEditable(True)
         self.instruction.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
@@ -133,11 +151,13 @@ class TeleopTab(QWidget):
         self.instruction.lineEdit().returnPressed.connect(self.apply_instruction)
         self.set_instr_btn = QPushButton("Set")
         self.set_instr_btn.clicked.connect(self.apply_instruction)
-        instr_row = QHBoxLayout()
-        instr_row.addWidget(QLabel("<b>Instruction</b>"))
-        instr_row.addWidget(self.instruction, 1)
-        instr_row.addWidget(self.set_instr_btn)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("<b>Instruction</b>"))
+        row.addWidget(self.instruction, 1)
+        row.addWidget(self.set_instr_btn)
+        return row
 
+    def _build_episode_box(self) -> QGroupBox:
         self.state_label = QLabel("IDLE")
         self.state_label.setMinimumWidth(260)
         self.state_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -163,9 +183,8 @@ class TeleopTab(QWidget):
         params.addRow("countdown", self.countdown_spin)
         params.addRow("episode limit (0 = none)", self.episode_spin)
         params.addRow("reset time", self.reset_spin)
-
         self.wf_buttons: dict[str, QPushButton] = {}
-        wf_grid = QGridLayout()
+        grid = QGridLayout()
         specs = [("start", "Start  [Enter]", "start_episode"), ("next", "Next  [→]", "next"),
                  ("stop", "Stop  [Esc]", "stop_episode"), ("rerecord", "Re-record  [←]", "rerecord"),
                  ("keep", "Keep  [K]", "keep"), ("discard", "Discard  [D]", "discard"),
@@ -177,23 +196,23 @@ class TeleopTab(QWidget):
             if method:
                 b.clicked.connect(lambda _=False, m=method: self._call(m))
             self.wf_buttons[key] = b
-            wf_grid.addWidget(b, i // 4, i % 4)
+            grid.addWidget(b, i // 4, i % 4)
         self.wf_buttons["success"].clicked.connect(lambda: self.mark(True))
         self.wf_buttons["failure"].clicked.connect(lambda: self.mark(False))
         self.wf_buttons["success"].setStyleSheet("color: #27ae60; font-weight: bold")
         self.wf_buttons["failure"].setStyleSheet("color: #c0392b; font-weight: bold")
-
-        wf_box = QGroupBox("Episode")
-        wl = QHBoxLayout(wf_box)
+        box = QGroupBox("Episode")
+        wl = QHBoxLayout(box)
         left = QVBoxLayout()
         left.addWidget(self.state_label)
         left.addWidget(self.label_label)
         left.addWidget(self.counter)
         wl.addLayout(left)
-        wl.addLayout(wf_grid, 1)
+        wl.addLayout(grid, 1)
         wl.addLayout(params)
+        return box
 
-        # --- joints + gamepad + lower tabs
+    def _build_lower(self) -> QSplitter:
         self.joint_box = QGroupBox("Joints (white: measured, green: commanded; sliders: Hold = go to, "
                                    "Kinesthetic = push the arm)")
         self.joint_box_lay = QVBoxLayout(self.joint_box)
@@ -208,7 +227,6 @@ class TeleopTab(QWidget):
         upper.addWidget(self.pad_box)
         upper.setStretchFactor(0, 3)
         upper.setStretchFactor(1, 1)
-
         self.lower_tabs = QTabWidget()
         self.plot_holder = QWidget()
         QVBoxLayout(self.plot_holder).setContentsMargins(0, 0, 0, 0)
@@ -218,7 +236,6 @@ class TeleopTab(QWidget):
         self.mapping_editor: MappingEditor | None = None
         self.lower_tabs.addTab(self.plot_holder, "Live joint plot")
         self.lower_tabs.addTab(self.mapping_holder, "Gamepad mapping")
-
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(upper)
         split.addWidget(self.lower_tabs)
@@ -227,68 +244,67 @@ class TeleopTab(QWidget):
         split.setSizes([300, 500])
         self.pad_box.setMaximumWidth(340)
         self.split = split
-
-        lay = QVBoxLayout(self)
-        lay.addLayout(mode_row)
-        lay.addLayout(instr_row)
-        lay.addWidget(wf_box)
-        lay.addWidget(split, 1)
-
-        self.jog_timer = QTimer(self)
-        self.jog_timer.setInterval(100)      # well inside the session's 0.5 s command watchdog
-        self.jog_timer.timeout.connect(self._jog_tick)
-        self.hold_timer = QTimer(self)
-        self.hold_timer.setInterval(100)
-        self.hold_timer.timeout.connect(self._hold_tick)
-        self.set_session(None)
+        return split
 
     # ------------------------------------------------------------------ session
-    def set_session(self, session) -> None:
-        self.session = session
+    def set_session(self, session, profile=None) -> None:
+        """`profile`: the RobotProfile of the session (limits, speeds and names for the joint rows)."""
+        self.session, self.profile = session, profile
         enabled = session is not None
         for w in [*self.mode_buttons.values(), *self.wf_buttons.values(), self.home_btn, self.reset_scene_btn,
                   self.grip_open, self.grip_close, self.set_instr_btn]:
             w.setEnabled(enabled)
+        self.history.clear()
+        self._last_seq = -1
         if session is None:
             self.pad_view.set_state(type("S", (), {"connected": False, "axes": [], "buttons": [], "hats": [],
                                                    "name": ""})())
             return
-        prof = session.profile
-        self.reset_scene_btn.setEnabled(session.devices is not None and session.devices.workcell is not None)
-        self.mode_buttons["scripted"].setEnabled(self.reset_scene_btn.isEnabled())
+        info = session.info
+        self.reset_scene_btn.setEnabled(info.is_sim)
+        self.mode_buttons[Mode.SCRIPTED].setEnabled(info.is_sim)
+        self._build_joints(profile)
+        self._build_mapping_editor(session, info)
+        wc = info.workflow
+        for sp, key in ((self.target_spin, "target_episodes"), (self.countdown_spin, "countdown_s"),
+                        (self.episode_spin, "episode_s"), (self.reset_spin, "reset_s")):
+            sp.blockSignals(True)
+            sp.setValue(wc.get(key, sp.value()))
+            sp.blockSignals(False)
+        st = session.status
+        cur = st.instruction if st is not None else ""
+        if cur and self.instruction.findText(cur) < 0:
+            self.instruction.insertItem(0, cur)
+        self.instruction.setCurrentText(cur)
+
+    def _build_joints(self, profile) -> None:
         if self.joints is not None:
             self.joints.setParent(None)
             self.joints.deleteLater()
         self.joint_placeholder.hide()
-        self.joints = JointPanel(prof)
+        self.joints = JointPanel(profile)
         self.joints.bars[-1].limit_warning = False      # an open or closed gripper is not "at a limit"
         self.joints.slider_moved.connect(self._slider_moved)
         self.joints.jog_changed.connect(self._jog_changed)
         self.joint_box_lay.addWidget(self.joints)
-        if self.plot is not None and self.plot.names != prof.joint_names:
+        if self.plot is not None and self.plot.names != profile.joint_names:
             self.plot.setParent(None)
             self.plot = None
         # The plot (pyqtgraph import) is built shortly after connecting, once the live view is up.
         self._plot_due = time.monotonic() + 0.5
-        if self.mapping_editor is None or self.mapping_editor.joint_names != prof.joint_names:
+
+    def _build_mapping_editor(self, session, info) -> None:
+        from teleop_app.mapping import mapping_from_dict
+        names = list(info.joint_names)
+        if self.mapping_editor is None or self.mapping_editor.joint_names != names:
             if self.mapping_editor is not None:
                 self.mapping_editor.setParent(None)
-            self.mapping_editor = MappingEditor(prof.joint_names)
+            self.mapping_editor = MappingEditor(names)
             self.mapping_editor.message.connect(self.message)
             self.mapping_holder.layout().addWidget(self.mapping_editor)
         self.mapping_editor.session = session
-        if session.mapping is not None:
-            self.mapping_editor.set_mapping(session.mapping)
-        wc = session.workflow.config
-        for sp, v in ((self.target_spin, wc.target_episodes), (self.countdown_spin, wc.countdown_s),
-                      (self.episode_spin, wc.episode_s), (self.reset_spin, wc.reset_s)):
-            sp.blockSignals(True)
-            sp.setValue(v)
-            sp.blockSignals(False)
-        cur = session.workflow.instruction
-        if cur and self.instruction.findText(cur) < 0:
-            self.instruction.insertItem(0, cur)
-        self.instruction.setCurrentText(cur)
+        if info.mapping:
+            self.mapping_editor.set_mapping(mapping_from_dict(info.mapping, "the session's mapping"))
 
     def set_instruction_history(self, items: list[str]) -> None:
         cur = self.instruction.currentText()
@@ -308,15 +324,15 @@ class TeleopTab(QWidget):
             self.message.emit(f"{method.replace('_', ' ')}: {e}")
             return False
 
-    def set_mode(self, mode: str) -> bool:
-        ok = self._call("set_mode", mode)
+    def set_mode(self, mode: Mode) -> bool:
+        ok = self._call("set_mode", Mode(mode))
+        if ok:
+            self._mode = Mode(mode)
         self._sync_mode()
         return ok
 
     def _sync_mode(self) -> None:
-        if self.session is None:
-            return
-        mode = self.session.mode.value
+        mode = self._mode
         b = self.mode_buttons.get(mode)
         if b is not None and not b.isChecked():
             b.setChecked(True)
@@ -326,14 +342,14 @@ class TeleopTab(QWidget):
                 self.mode_group.setExclusive(False)
                 checked.setChecked(False)
                 self.mode_group.setExclusive(True)
-        self.mode_label.setText(f"active: <b>{mode}</b>")
+        self.mode_label.setText(f"active: <b>{mode.value}</b>")
 
     def mark(self, success: bool) -> None:
         """S/F: in review, label and keep; otherwise set the label for the episode under way."""
-        s = self.session
-        if s is None:
+        st = self.session.status if self.session is not None else None
+        if st is None:
             return
-        if s.status.workflow == "review":
+        if st.workflow == State.REVIEW:
             self._call("keep", success)
         else:
             self._call("label", success)
@@ -350,74 +366,78 @@ class TeleopTab(QWidget):
     def _workflow_params_changed(self) -> None:
         if self.session is None:
             return
-        self.session.set_workflow(target_episodes=self.target_spin.value(),
-                            countdown_s=self.countdown_spin.value(), episode_s=self.episode_spin.value(),
-                            reset_s=self.reset_spin.value())
+        try:
+            self.session.set_workflow(target_episodes=self.target_spin.value(),
+                                      countdown_s=self.countdown_spin.value(), episode_s=self.episode_spin.value(),
+                                      reset_s=self.reset_spin.value())
+        except Exception as e:
+            self.message.emit(f"episode settings: {e}")
 
     # ------------------------------------------------------------------ sliders and jog
     def _slider_moved(self, i: int, v: float) -> None:
         s = self.session
-        if s is None or s.status.qpos is None:
+        st = s.status if s is not None else None
+        if st is None or st.qpos is None:
             return
-        mode = s.mode.value
-        if mode == "kinesthetic":
-            if s.devices is None or s.devices.workcell is None:
+        if st.mode == Mode.KINESTHETIC:
+            if not s.info.is_sim:
                 self.message.emit("kinesthetic on a real arm: torque is off, move the arm by hand")
                 return
-            q = s.status.qpos.copy()
+            q = st.qpos.copy()
             q[i] = v
             self._call("push", q)
-        elif mode == "hold":
+        elif st.mode == Mode.HOLD:
             base = self._hold_target if self._hold_target is not None and self.hold_timer.isActive() \
-                else s.status.qpos.copy()
+                else st.qpos.copy()
             base[i] = v
             self._hold_target = base
             self._hold_until = time.monotonic() + 3.0
             self._call("command", base)
             self.hold_timer.start()
         else:
-            self.message.emit(f"sliders move the arm in Hold [0] or Kinesthetic [2] mode (now: {mode})")
+            self.message.emit(f"sliders move the arm in Hold [0] or Kinesthetic [2] mode (now: {st.mode.value})")
 
     def _hold_tick(self) -> None:
         s = self.session
-        if s is None or self._hold_target is None:
+        st = s.status if s is not None else None
+        if st is None or self._hold_target is None:
             self.hold_timer.stop()
             return
         dragging = self.joints is not None and self.joints.dragging
-        q = s.status.qpos
-        reached = q is not None and np.allclose(q, self._hold_target, atol=5e-3)
-        if s.mode.value != "hold" or (not dragging and (reached or time.monotonic() > self._hold_until)):
+        reached = st.qpos is not None and np.allclose(st.qpos, self._hold_target, atol=5e-3)
+        if st.mode != Mode.HOLD or (not dragging and (reached or time.monotonic() > self._hold_until)):
             self.hold_timer.stop()
             self._hold_target = None
             return
         if dragging:
             self._hold_until = time.monotonic() + 3.0
-        s.command(self._hold_target)
+        self._call("command", self._hold_target)
 
     def _jog_changed(self, i: int, d: int) -> None:
         s = self.session
-        if s is None:
+        if s is None or self.profile is None:
             return
         if d == 0:
             self.jog_timer.stop()
             self._jog_vel = None
-            if s.mode.value != "kinesthetic":
-                self._call("jog", np.zeros(s.profile.dof))
+            if s.status is not None and s.status.mode != Mode.KINESTHETIC:
+                self._call("jog", np.zeros(self.profile.dof))
             return
-        vel = np.zeros(s.profile.dof)
-        vel[i] = d * s.profile.max_speed()[i] * JOG_FRACTION
+        vel = np.zeros(self.profile.dof)
+        vel[i] = d * self.profile.max_speed()[i] * JOG_FRACTION
         self._jog_vel = vel
         self._jog_tick()
         self.jog_timer.start()
 
     def _jog_tick(self) -> None:
         s = self.session
-        if s is None or self._jog_vel is None:
+        st = s.status if s is not None else None
+        if st is None or self._jog_vel is None:
             self.jog_timer.stop()
             return
-        if s.mode.value == "kinesthetic":
-            if s.status.qpos is not None:
-                self._call("push", s.status.qpos + self._jog_vel * self.jog_timer.interval() / 1000)
+        if st.mode == Mode.KINESTHETIC:
+            if st.qpos is not None:
+                self._call("push", st.qpos + self._jog_vel * self.jog_timer.interval() / 1000)
         else:
             self._call("jog", self._jog_vel)
 
@@ -425,29 +445,33 @@ class TeleopTab(QWidget):
     def update_status(self, st, visible: bool = True) -> None:
         if self.session is None or not st.connected:
             return
+        if st.seq != self._last_seq and st.qpos is not None:
+            self._last_seq = st.seq
+            self.history.append((st.t, st.qpos, st.sent if st.sent is not None else st.qpos))
+        self._mode = st.mode
         self._sync_mode()
         wf = st.workflow
         color = STATE_COLORS.get(wf, "#7f8c8d")
-        txt = "REC" if wf == "recording" else wf.upper()     # short: the label must fit at 260 px
-        if wf in ("countdown", "resetting") or (wf == "recording" and st.time_left > 0):
+        txt = "REC" if wf == State.RECORDING else wf.value.upper()     # short: the label must fit at 260 px
+        if wf in (State.COUNTDOWN, State.RESETTING) or (wf == State.RECORDING and st.time_left > 0):
             txt += f"  {st.time_left:.1f} s"
-        if wf == "recording":
+        if wf == State.RECORDING:
             txt += f" · {st.recording_steps} steps"
         self.state_label.setText(f"<span style='font-size:20px; font-weight:bold; color:white'>{txt}</span>")
         set_style(self.state_label, f"background:{color}; border-radius:6px; padding:6px")
         lab = {1: "<span style='color:#27ae60'><b>success</b></span>",
                0: "<span style='color:#c0392b'><b>failure</b></span>"}.get(st.label, "unlabelled")
-        if wf != "review":        # the label belongs to the episode under review only
+        if wf != State.REVIEW:        # the label belongs to the episode under review only
             lab = "set in review with S / F"
         sim = "" if st.sim_success is None else f" &nbsp; sim task: {'done ✔' if st.sim_success else 'not done'}"
         self.label_label.setText(f"label: {lab}{sim}")
         if self.counter.maximum() != max(1, st.target_episodes):
             self.counter.setMaximum(max(1, st.target_episodes))
         self.counter.setValue(min(st.kept, self.counter.maximum()))
-        self.wf_buttons["keep"].setEnabled(wf == "review")
-        self.wf_buttons["discard"].setEnabled(wf == "review")
-        self.wf_buttons["stop"].setEnabled(wf in ("recording", "countdown"))
-        self.wf_buttons["start"].setEnabled(wf in ("idle", "resetting", "done"))
+        self.wf_buttons["keep"].setEnabled(wf == State.REVIEW)
+        self.wf_buttons["discard"].setEnabled(wf == State.REVIEW)
+        self.wf_buttons["stop"].setEnabled(wf in (State.RECORDING, State.COUNTDOWN))
+        self.wf_buttons["start"].setEnabled(wf in (State.IDLE, State.RESETTING, State.DONE))
         if not visible:
             return
         if self.joints is not None:
@@ -455,9 +479,9 @@ class TeleopTab(QWidget):
         self.pad_view.set_state(st.gamepad, st.group)
         if self.lower_tabs.currentWidget() is self.plot_holder:
             if self.plot is None and time.monotonic() >= self._plot_due and pyqtgraph_ready():
-                prof = self.session.profile
+                prof = self.profile
                 self.plot = JointPlot(prof.joint_names, y_range=(float(prof.lower().min()),
                                                                  float(prof.upper().max())))
                 self.plot_holder.layout().addWidget(self.plot)
             if self.plot is not None:
-                self.plot.update_from(self.session.history)
+                self.plot.update_from(self.history)

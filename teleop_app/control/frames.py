@@ -22,18 +22,19 @@ _SEQ, _INDEX, _STAMP, _SHAPE = 0, 1, 2, 3      # uint64 slots; the timestamp slo
 class FrameBuffer:
     """One camera's buffer. `create=True` in the control process, False in a client."""
 
+    _created: set[str] = set()         # names this process owns (an attach to one of them stays tracked)
+
     def __init__(self, name: str, shape: tuple[int, int, int] | None = None, create: bool = False):
         if create:
             size = HEADER + int(np.prod(shape))
             self.shm = shared_memory.SharedMemory(name=name, create=True, size=size)   # mode 0600
+            FrameBuffer._created.add(self.shm.name)
         else:
             self.shm = shared_memory.SharedMemory(name=name)
             # Python 3.11 registers attached segments too and would unlink the control side's buffer when
             # this client exits: only the creator owns it.
-            try:
+            if self.shm.name not in FrameBuffer._created:
                 resource_tracker.unregister(self.shm._name, "shared_memory")
-            except Exception:
-                pass
         self.owner = create
         self.name = self.shm.name
         buf = self.shm.buf
@@ -91,6 +92,7 @@ class FrameBuffer:
         except BufferError:
             pass
         if self.owner:
+            FrameBuffer._created.discard(self.shm.name)
             try:
                 self.shm.unlink()
             except FileNotFoundError:

@@ -98,6 +98,8 @@ class _Client:
         self.last_seen = time.monotonic()
         self.alive = True
         self.observer = False
+        self.pinged = False        # the hang watchdog starts with the first ping (a GUI may take a while to
+                                   # build its views after connecting; its death is seen as EOF anyway)
         self.replies: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self.sender = threading.Thread(target=self._send_loop, name="control-send", daemon=True)
@@ -146,7 +148,7 @@ class _Client:
 
 # ====================================================================== the server
 class ControlServer:
-    def __init__(self, session, path: Path, grace_s: float = 60.0, client_timeout_s: float = 1.5,
+    def __init__(self, session, path: Path, grace_s: float = 60.0, client_timeout_s: float = 2.0,
                  status_hz: float = STATUS_HZ):
         self.session, self.path = session, Path(path)
         self.grace_s, self.client_timeout_s, self.status_hz = grace_s, client_timeout_s, status_hz
@@ -270,7 +272,10 @@ class ControlServer:
                     reason = None
                     self.stop_event.set()
                     return                    # the connection stays open until close() has finished
-                # "ping": last_seen is all it is for
+                elif op == "ping":
+                    c.pinged = True
+        except ConnectionResetError:           # a killed client with unread data: a reset, not an EOF
+            reason = "disconnected"
         except (OSError, wire.WireError) as e:
             reason = f"connection error: {e}"
         if reason is not None and not c.observer:
@@ -325,7 +330,7 @@ class ControlServer:
             now = time.monotonic()
             if self.stop_event.is_set():
                 return
-            if c is not None and c.alive and now - c.last_seen > self.client_timeout_s:
+            if c is not None and c.alive and c.pinged and now - c.last_seen > self.client_timeout_s:
                 self._client_lost(c, f"not answering for {now - c.last_seen:.1f} s")
             elif c is None and now - self._orphan_since > self.grace_s:
                 self.session.say(f"control process: no client for {self.grace_s:g} s, shutting down")
@@ -339,7 +344,8 @@ class ControlServer:
             self.client = None
             self._orphan_since = time.monotonic()
         c.close()
-        self.session.say(f"client {reason}: holding the arm, waiting {self.grace_s:g} s for it to reconnect")
+        self.session.say(f"client {reason} at tick {self.session.status.seq}: holding the arm, waiting "
+                         f"{self.grace_s:g} s for it to reconnect")
         hold_for_lost_client(self.session)
 
 
@@ -391,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="SessionConfig as JSON")
     ap.add_argument("--socket", help="socket path (default: per dataset in the runtime dir)")
     ap.add_argument("--grace", type=float, default=60.0, help="seconds to wait for a client before exiting")
-    ap.add_argument("--client-timeout", type=float, default=1.5,
+    ap.add_argument("--client-timeout", type=float, default=2.0,
                     help="a client silent for this long counts as hung: hold, keep the episode")
     a = ap.parse_args(argv)
     # SDL (pygame) must neither open a window nor take over SIGTERM/SIGINT from us.
