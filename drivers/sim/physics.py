@@ -33,6 +33,7 @@ from .workcell import TASKS, Workcell, task_from_instruction
 
 TIMESTEP = 0.002              # s: 500 Hz physics inside every control tick
 GRIP_FORCE = 3.0              # N per finger
+PROFILE_ACCEL = 20.0          # servo profile acceleration, in max_speeds per second (1.5 rad/s -> 30 rad/s^2)
 FINGER_MAX = 0.04             # m per finger at fraction 1 (8 cm opening)
 BOWL_FLOOR = 0.012
 LIFT_SUCCESS = 0.05
@@ -158,14 +159,14 @@ def model_xml(objects: list[tuple[ObjectSpec, np.ndarray, float]], bowl=None, pl
 </mujoco>"""
 
 
-def _place(rng: np.random.Generator, scene: Scene):
-    """(object positions/yaws, bowl xy, plate xy, spot xy) with spacing (rejection sampling)."""
+def _place(rng: np.random.Generator, kind: str, objs: list[ObjectSpec], target: int = 0):
+    """(object positions, yaws, fixtures {bowl, plate} xy, spot xy) with spacing (rejection
+    sampling); for push the spot belongs to objs[target]."""
     def xy():
         return np.array([rng.uniform(*PLACE_X), rng.uniform(*PLACE_Y)])
-    objs = scene.objects
     for _ in range(2000):
         fixtures = {"bowl": xy()}
-        if scene.kind == "place_plate":
+        if kind == "place_plate":
             fixtures["plate"] = xy()
         ok = all(np.linalg.norm(a - b) > BOWL_R + PLATE_R + 0.01
                  for i, a in enumerate(fixtures.values()) for b in list(fixtures.values())[i + 1:])
@@ -182,8 +183,8 @@ def _place(rng: np.random.Generator, scene: Scene):
             pts.append((p, o.footprint))
         else:
             spot = None
-            if scene.kind == "push":
-                spot = _push_spot(rng, pts[0][0], pts, fixtures)
+            if kind == "push":
+                spot = _push_spot(rng, pts[target][0], pts[:target] + pts[target + 1:], fixtures)
                 if spot is None:
                     continue
             yaws = [float(rng.uniform(-0.5, 0.5)) for _ in objs]
@@ -191,7 +192,7 @@ def _place(rng: np.random.Generator, scene: Scene):
     raise RuntimeError("could not place the scene's objects")  # pragma: no cover
 
 
-def _push_spot(rng, start, pts, fixtures):
+def _push_spot(rng, start, others, fixtures):
     """A spot 8-14 cm from the target with a clear straight path (and room behind to push from)."""
     for _ in range(30):
         ang = rng.uniform(-math.pi, math.pi)
@@ -203,7 +204,7 @@ def _push_spot(rng, start, pts, fixtures):
         if not (0.28 <= behind[0] <= 0.68 and abs(behind[1]) <= 0.28):
             continue
         path = [start + (spot - start) * t for t in np.linspace(0, 1, 8)] + [behind]
-        clear = all(np.linalg.norm(p - q) > r + 0.06 for q, r in pts[1:] for p in path)
+        clear = all(np.linalg.norm(p - q) > r + 0.06 for q, r in others for p in path)
         clear = clear and all(np.linalg.norm(p - f) > (BOWL_R if k == "bowl" else PLATE_R) + 0.04
                               for k, f in fixtures.items() for p in path)
         if clear:
@@ -217,15 +218,15 @@ class PhysicsBackend:
     def __init__(self, scene: Scene, seed: int, objects_override: dict | None = None):
         self.scene = scene
         rng = np.random.default_rng([seed, 4242])
-        if scene.kind in ("pick", "place_bowl") and scene.target.name == "red_cube" \
-                and [o.name for o in scene.objects] in (["red_cube", "blue_cube"], ["blue_cube", "red_cube"]):
-            rng = np.random.default_rng(seed)        # legacy scenes: the kinematic sim's placement
-        pos, yaws, fixtures, spot = _place(rng, scene)
+        objects = list(scene.objects)
+        if {o.name for o in objects} == {"red_cube", "blue_cube"}:
+            objects.sort(key=lambda o: o.name != "red_cube")   # same placement for every legacy task
+        pos, yaws, fixtures, spot = _place(rng, scene.kind, objects, objects.index(scene.target))
         self.bowl = np.array([*fixtures["bowl"], 0.0])
         self.plate = np.array([*fixtures["plate"], 0.0]) if "plate" in fixtures else None
         self.spot = np.array([*spot, 0.0]) if spot is not None else None
         objs = [(o, np.array([p[0], p[1], o.half_height + 1e-4]), y)
-                for o, p, y in zip(scene.objects, pos, yaws)]
+                for o, p, y in zip(objects, pos, yaws)]
         if objects_override:
             objs = [(objects_override.get(o.name, o), p, y) for o, p, y in objs]
         self.specs = {o.name: o for o, _, _ in objs}
@@ -344,6 +345,7 @@ class PhysicsWorkcell(Workcell):
             self._sim.set_q(self._q)
             self._goal = self.home.copy()
             self._ref = self.home.copy()
+            self._vref = np.zeros(8)
             self._hand = self.home.copy()
             self._acc = 0.0
             self.torque = True
@@ -371,7 +373,11 @@ class PhysicsWorkcell(Workcell):
             self._task = key
             if hasattr(self, "_sim"):
                 self._scene = task_scene(key, self.seed)
-                if [o.name for o in self._scene.objects] != list(self._sim.specs):
+                sim = self._sim
+                same = ({o.name for o in self._scene.objects} == set(sim.specs)
+                        and (self._scene.kind != "place_plate" or sim.plate is not None)
+                        and (self._scene.kind != "push" or sim.spot is not None))
+                if not same:            # other objects or fixtures: a new scene, same seed
                     self.reset(seed=self.seed)
 
     @property
@@ -396,6 +402,7 @@ class PhysicsWorkcell(Workcell):
             self.torque = bool(on)
             q = self._sim.q()
             self._goal, self._ref, self._hand = q.copy(), q.copy(), q.copy()
+            self._vref = np.zeros(8)
 
     def push(self, q8) -> None:
         q8 = np.asarray(q8, dtype=float).reshape(-1)
@@ -414,10 +421,17 @@ class PhysicsWorkcell(Workcell):
             self._acc += dt
             n = int(self._acc / TIMESTEP + 1e-9)
             self._acc -= n * TIMESTEP
-            lim = self.max_speed * TIMESTEP
+            vmax, amax = self.max_speed, self.max_speed * PROFILE_ACCEL
             for _ in range(n):
                 if self.torque:
-                    self._ref += np.clip(self._goal - self._ref, -lim, lim)
+                    # trapezoidal servo profile: speed <= max_speed, |accel| <= amax, stops on the goal
+                    e = self._goal - self._ref
+                    v_want = np.sign(e) * np.minimum(vmax, np.sqrt(2.0 * amax * np.abs(e)))
+                    self._vref += np.clip(v_want - self._vref, -amax * TIMESTEP, amax * TIMESTEP)
+                    step = self._vref * TIMESTEP
+                    near = np.abs(e) <= np.abs(step)          # arrive exactly, no dithering
+                    self._ref = np.where(near, self._goal, self._ref + step)
+                    self._vref[near] = np.where(np.abs(e[near]) < 1e-12, 0.0, self._vref[near])
                     sim.set_ctrl(self._ref)
                 else:
                     sim.set_ctrl(self._hand)
