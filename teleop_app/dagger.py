@@ -41,8 +41,9 @@ class DaggerConfig:
     rounds: int = 2                  # DAgger rounds after the initial policy
     rollouts_per_task: int = 10      # correction rollouts per task per round
     eval_per_task: int = 20
-    train_minutes: float = 2.0       # initial (weak) training
-    retrain_minutes: float = 1.5     # added per round (resumed checkpoint)
+    train_steps: int = 400           # initial (weak) training, in optimizer steps (load-independent)
+    retrain_steps: int = 300         # added per round (resumed checkpoint)
+    max_minutes: float | None = None # optional wall-clock cap per training call
     drift_m: float = 0.02            # TCP distance between policy and expert commands that counts as drift
     patience: int = 3                # ticks of drift before the operator takes over
     correction_steps: int = 12       # ticks the operator drives per takeover
@@ -284,12 +285,12 @@ def run_dagger(out, cfg: DaggerConfig | None = None, progress: Callable[[str], N
         say(f"recorded {cfg.demos_per_task} demos per task in {time.monotonic() - t0:.0f} s")
     bench = SimBench(cfg)
     result = {"config": asdict(cfg), "rounds": []}
-    minutes = cfg.train_minutes
+    steps = cfg.train_steps
     ckpt = out / "round0.pt"
     try:
         for rnd in range(cfg.rounds + 1):
             t0 = time.monotonic()
-            tr = train(data, ckpt, steps=1_000_000, batch_size=cfg.batch_size, lr=cfg.lr, max_minutes=minutes,
+            tr = train(data, ckpt, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, max_minutes=cfg.max_minutes,
                        threads=cfg.threads, cameras=list(cfg.cameras), image_size=(cfg.image_size,) * 2,
                        seed=cfg.seed, intervention_weight=cfg.intervention_weight if rnd else None)
             say(f"round {rnd}: trained to step {tr.step} ({tr.minutes:.1f} min total, {tr.episodes} episodes, "
@@ -310,7 +311,7 @@ def run_dagger(out, cfg: DaggerConfig | None = None, progress: Callable[[str], N
                 nxt = out / f"round{rnd + 1}.pt"
                 shutil.copyfile(ckpt, nxt)        # resume from this round's weights and optimizer
                 ckpt = nxt
-                minutes += cfg.retrain_minutes
+                steps += cfg.retrain_steps
             result["rounds"].append(row)
             (out / "dagger.json").write_text(json.dumps(result, indent=1, default=float))
     finally:
@@ -323,7 +324,7 @@ def run_dagger(out, cfg: DaggerConfig | None = None, progress: Callable[[str], N
 def format_curve(result: dict) -> str:
     """The DAgger curve as a table: success per round (CI), corrected steps, uncertainty vs failure."""
     tasks = result["config"]["tasks"]
-    lines = ["round  train_min  " + "  ".join(f"{t:>16}" for t in tasks) + "   overall (95% CI)      corrected steps"
+    lines = ["round  train_steps  " + "  ".join(f"{t:>16}" for t in tasks) + "   overall (95% CI)      corrected steps"
              "   uncert. failed/succeeded (AUROC)"]
     for r in result["rounds"]:
         ev = r["eval"]
@@ -332,7 +333,7 @@ def format_curve(result: dict) -> str:
         o, u = ev["overall"], ev["uncertainty"]
         col = r.get("collect")
         corr = f"{col['corrected_steps']:>5} / {col['steps']:<5}" if col else "      -      "
-        lines.append(f"{r['round']:>5}  {r['train_minutes']:>9.1f}  " + "  ".join(f"{c:>16}" for c in cells)
+        lines.append(f"{r['round']:>5}  {r['train_steps']:>11d}  " + "  ".join(f"{c:>16}" for c in cells)
                      + f"   {o['success']:>2}/{o['n']:<2} ({o['ci95'][0]:.0%}-{o['ci95'][1]:.0%})   {corr}"
                      + f"   {u['mean_failed']:.4f}/{u['mean_succeeded']:.4f} ({u['auroc_failure']:.2f})")
     return "\n".join(lines)
