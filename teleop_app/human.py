@@ -289,6 +289,7 @@ class TakeoverSource(BaseSource):
         self.takeovers = 0
         self._want: str | None = None                 # "take" | "give", from any thread
         self._leader_ref: np.ndarray | None = None
+        self._leader_retry_at = 0.0
         self._high = 0
 
     # ---- any thread
@@ -321,13 +322,14 @@ class TakeoverSource(BaseSource):
         sticks = [a for i, a in enumerate(ctx.pad.axes) if i in (0, 1, 3, 4)]
         return bool(sticks) and max(abs(a) for a in sticks) > self.stick_threshold
 
-    def _leader_moved(self) -> bool:
+    def _leader_moved(self, ctx) -> bool:
         read = getattr(self.human, "read", None)
-        if read is None or not hasattr(self.human, "leader"):
+        if read is None or not hasattr(self.human, "leader") or ctx.now < self._leader_retry_at:
             return False
         try:
             q = read()
-        except Exception:  # noqa: BLE001 - an unplugged leader cannot take over
+        except Exception:  # noqa: BLE001 - an unplugged leader cannot take over; do not stall every tick
+            self._leader_retry_at = ctx.now + 1.0
             return False
         if self._leader_ref is None:
             self._leader_ref = q
@@ -360,7 +362,7 @@ class TakeoverSource(BaseSource):
             else:
                 self.active = self.human.name
                 return self.human.command(ctx)
-        elif want == "take" or (pressed and not self.asking) or self._stick_past(ctx) or self._leader_moved():
+        elif want == "take" or (pressed and not self.asking) or self._stick_past(ctx) or self._leader_moved(ctx):
             self._take(ctx, "button" if pressed or want else "moved")
             self.active = self.human.name
             return self.human.command(ctx)

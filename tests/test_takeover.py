@@ -208,3 +208,41 @@ def test_session_takeover_mode_status_and_api(tmp_path):
         assert not s.status.human["intervention"] and s.status.human["source"] == "policy"
     finally:
         s.close()
+
+
+def test_leader_arm_takes_over_by_moving_it(tmp_path):
+    """Moving the leader during a rollout takes over; the follower ramps in to the leader (no jump)."""
+    from drivers.leader import SimLeaderArm
+    from teleop_app.human import LeaderArmSource
+    prof = load_profile("sim7")
+    wc = Workcell(SimConfig(seed=0))
+    robot = SimRobot(wc, period=PERIOD, realtime=False)
+    robot.connect()
+    sim = SimLeaderArm(prof.dof, q0=prof.home()).start()
+    leader = sim.leader(prof.joint_names, gripper_range=(0.0, 1.0))
+    leader.connect()
+    try:
+        pipe = ControlPipeline(robot, {}, SafetyLayer.from_profile(prof, PERIOD), PERIOD, profile=prof,
+                               workcell=wc, clock="sim")
+        pipe.rebase(robot.get_observation().position)
+        human = LeaderArmSource(leader, prof)
+        src = TakeoverSource(PolicySource(PolicyRunner(DriftPolicy(), "ensemble"), stall_s=None), human)
+        pipe.set_source(src)
+        src.start(pipe.ctx)
+        sent = [pipe.ctx.target.copy()]
+        for k in range(5):
+            sent.append(pipe.step(k * PERIOD).sent)
+        assert not src.intervention
+        q = prof.home().copy()
+        q[1] += 0.3                                    # the operator grabs the leader and moves joint2
+        sim.move(q)
+        for k in range(5, 30):
+            sent.append(pipe.step(k * PERIOD).sent)
+        assert src.intervention and src.active == "leader" and human.state == "following"
+        d = np.abs(np.diff(np.array(sent), axis=0))
+        assert np.all(d <= prof.max_speed() * PERIOD + 1e-9)
+        assert np.allclose(robot.get_observation().position[1], q[1], atol=5e-3)
+    finally:
+        leader.disconnect()
+        sim.stop()
+        robot.disconnect()
