@@ -128,6 +128,7 @@ def cmd_record(a) -> int:
     s = Session(cfg)
     signal.signal(signal.SIGUSR1, lambda *_: s.estop("SIGUSR1"))     # `kill -USR1 <pid>` = e-stop
     with s:
+        _promote_main(s)
         if a.mode == "takeover":
             _load_policy_for_takeover(s, a.policy)
         s.set_mode(Mode(a.mode))
@@ -145,6 +146,14 @@ def cmd_record(a) -> int:
                 last = line
         recording = bool(stop) and s.pipeline is not None and s.pipeline.recorder.active
     return _stopped_message(stop, "recording", "the episode in progress was kept unlabelled; " if recording else "")
+
+
+def _promote_main(s) -> None:
+    """This thread only prints status lines; at the loop's side (real-time, lower priority) it cannot be
+    descheduled while it holds the GIL the control loop waits for."""
+    if s.loop.realtime_priority and s.config.realtime_helpers:
+        from teleop_app.loop import promote_threads
+        promote_threads(("MainThread",))
 
 
 def _stop_signals() -> list[int]:
@@ -183,6 +192,7 @@ def cmd_replay(a) -> int:
     s = Session(cfg)
     signal.signal(signal.SIGUSR1, lambda *_: s.estop("SIGUSR1"))
     with s:
+        _promote_main(s)
         s.start_replay(a.episode)
         bar = _progress("replay")         # one bar: its clock gives the elapsed time and the eta
         while s.mode.value in ("replay", "homing") and not stop:

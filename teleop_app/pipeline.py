@@ -88,13 +88,15 @@ class EpisodeHandoff:
     when it is ready, else keeps it in memory (no step is lost while a writer is still being created);
     `end()` detaches and returns (writer-or-future, steps still waiting) for the housekeeper to finish."""
 
-    def __init__(self, backpressure: bool = False, max_depth: int = 8):
+    def __init__(self, backpressure: bool = False, max_depth: int = 8, max_buffer: int = 250):
         self._w = None
         self._writer = None
         self._buffer: list[dict] = []
         self._pending_kin: dict | None = None
         self.backpressure = backpressure
         self.max_depth = max_depth
+        self.max_buffer = max_buffer        # steps kept in memory while the writer is being made
+        self.dropped = 0
         self.steps = 0
         self.error: str | None = None
 
@@ -105,7 +107,7 @@ class EpisodeHandoff:
     def begin(self, writer) -> None:
         self._w = writer
         self._writer = None if isinstance(writer, Future) else writer
-        self._buffer, self._pending_kin, self.steps, self.error = [], None, 0, None
+        self._buffer, self._pending_kin, self.steps, self.error, self.dropped = [], None, 0, None, 0
 
     def _ready(self):
         if self._writer is None and isinstance(self._w, Future) and self._w.done():
@@ -134,7 +136,13 @@ class EpisodeHandoff:
         w = self._ready()
         if w is None:
             if self._w is not None:
-                self._buffer.append(step)
+                if len(self._buffer) < self.max_buffer:
+                    self._buffer.append(step)
+                else:
+                    self.dropped += 1
+                    if self.dropped == 1:
+                        self.error = (f"the episode file was not ready after {self.max_buffer} steps (disk "
+                                      "stalled?): recording stopped, the steps so far are kept")
             return
         if self._buffer:
             buf, self._buffer = self._buffer, []

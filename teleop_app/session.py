@@ -28,7 +28,7 @@ import numpy as np
 from drivers.interfaces import DeviceError, GamepadState
 from teleop_app import __version__
 from teleop_app.devices import Devices, fk_for, make_devices
-from teleop_app.loop import LoopStats, RateLoop
+from teleop_app.loop import LoopStats, RateLoop, promote_threads
 from teleop_app.pipeline import ControlPipeline, Housekeeper, finish_writer
 from teleop_app.profiles import RobotProfile, load_profile
 from teleop_app.safety import SafetyLayer
@@ -106,6 +106,7 @@ class SessionConfig:
     home_speed: float = 0.4            # fraction of max joint speed for "go home"
     realtime: bool = True              # False: sim steps once per tick (headless, faster than real time)
     policy_stall_s: float = 2.0        # a policy giving no action this long is stopped (arm held)
+    realtime_helpers: bool = True      # sim/camera/writer threads at a real-time priority below the loop's
     leader: str | None = None          # leader arm (Mode.LEADER, takeovers): "sim" (own pty) or its serial port
     leader_profile: str | None = None  # e.g. "koch_leader" (default: "<profile>_leader")
     leader_calibration: str | None = None   # the leader's calibration JSON (drivers/leader.py)
@@ -202,6 +203,7 @@ class Session:
         self._loop_stats: LoopStats | None = None
         self._stats_job: Future | None = None
         self._stats_t = 0.0
+        self._promoted: set[tuple] = set()
         self.policy_runner = None
         self.policy_name = ""
         self.policy_state = PolicyState.NONE
@@ -299,6 +301,13 @@ class Session:
         # switch interval would let any of them delay a tick by that much (measured: 50 Hz p99 4-6 ms).
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self.loop.start()
+        self.loop.priority_set.wait(1.0)
+        self._promote_helpers()
+
+    def _promote_helpers(self) -> None:
+        """Real-time priority (below the loop's) for the GIL-taking helper threads, when the loop has it."""
+        if self.config.realtime_helpers and self.loop.realtime_priority:
+            promote_threads(done=self._promoted)
 
     def open(self) -> "Session":
         self.start()
@@ -313,8 +322,11 @@ class Session:
             self._keep_episode(-1)
         self._drop_prepared()
         if self._hk is not None:
-            self._hk.drain(timeout=60)
-            self._hk.close()
+            try:
+                self._hk.drain(timeout=180)
+            except TimeoutError:    # a disk that hangs: the files stay for EpisodeStore.recover()
+                self.say("episode files still being written after 180 s; they are recovered on the next open")
+            self._hk.close(timeout=1.0)
             self._hk = None
         if self.policy_runner is not None and hasattr(self.policy_runner, "close"):
             try:
@@ -715,8 +727,10 @@ class Session:
         """Housekeeping thread: create the episode files (path chosen here, after every earlier job)."""
         from recorder.writer import EpisodeWriter
         cams = {n: (c.height, c.width) for n, c in self._camera_specs().items()}
-        return EpisodeWriter(self.store.new_episode_path(), meta, cameras=cams, dof=self.profile.dof,
-                             jpeg=self.config.jpeg)
+        w = EpisodeWriter(self.store.new_episode_path(), meta, cameras=cams, dof=self.profile.dof,
+                          jpeg=self.config.jpeg)
+        self._promote_helpers()             # its writer thread
+        return w
 
     def _prepare_writer(self) -> None:
         """Create the next episode's writer ahead of time (countdown / reset), off the tick."""
@@ -901,7 +915,11 @@ class Session:
             if job is not None and job.exception() is None:
                 self._loop_stats = job.result()
             self._stats_t = now
-            self._stats_job = self._hk.submit(self.loop.stats)
+            self._stats_job = self._hk.submit(self._stats_and_helpers)
+
+    def _stats_and_helpers(self) -> LoopStats:
+        self._promote_helpers()            # new writer threads of this episode
+        return self.loop.stats()
 
     def _publish(self, q, raw, sent, pad=None, rep=None) -> None:
         wf = self.workflow
