@@ -67,7 +67,7 @@ def first_action(cmds) -> int:
 
 @pytest.mark.parametrize("delay", [0.0, 0.25])         # 0 and ~8 ticks of inference latency
 def test_smooth_joins_slow_chunks_without_jump_or_hold(delay):
-    pol = SlowPlanner(delay)
+    pol = SlowPlanner(delay, k=30)            # a chunk of at least twice the delay (+ slack for a busy CI)
     with PolicyRunner(pol, "auto", async_=True) as r:
         assert r.mode == "smooth"
         cmds, worst = run(r, 120)
@@ -77,7 +77,7 @@ def test_smooth_joins_slow_chunks_without_jump_or_hold(delay):
         f"held {sum(c is None for c in cmds[k0:])} ticks after the first chunk"
     assert r.stats.waits == 0
     assert jumps(cmds) <= STEP_LIMIT, f"largest per-tick jump {jumps(cmds):.3f} > step limit {STEP_LIMIT:.3f}"
-    assert pol.calls >= (120 - k0) // 20                # chunks kept coming while others played
+    assert pol.calls >= (120 - k0) // 30                # chunks kept coming while others played
     # the plan keeps up with the ramp (latency compensated, nothing lost to the joins)
     last = [c for c in cmds if c is not None][-1][0]
     assert last == pytest.approx(0.025 * 119, abs=0.1)
@@ -110,15 +110,15 @@ def test_without_joining_the_same_policy_jumps_or_holds():
 
 
 def test_latency_measured_in_ticks_and_request_timing_adapts():
-    pol = SlowPlanner(0.2, k=20)
-    with PolicyRunner(pol, "smooth", async_=True, replan_every=20) as r:
+    pol = SlowPlanner(0.2, k=30)
+    with PolicyRunner(pol, "smooth", async_=True, replan_every=30) as r:
         cmds, _ = run(r, 90)
         d = r.delay_ticks()
     assert 6 <= d <= 12                                   # 0.2 s / 0.03 s = 6.7 ticks, + scheduling noise
     k0 = first_action(cmds)
     assert all(c is not None for c in cmds[k0:])         # requested d + margin ticks before running out
     # with a long execution horizon it asks only about once per (chunk - d - margin) ticks
-    assert pol.calls <= 2 + (90 - k0) / (20 - d - 2 - 1)
+    assert pol.calls <= 2 + (90 - k0) / (30 - d - 2 - 1)
     assert r.stats.episodes == [] or r.stats.episodes[-1]["waits"] == 0
 
 

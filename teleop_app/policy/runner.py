@@ -11,7 +11,7 @@ PolicyRunner turns predicted chunks into per-tick targets, either
     and `replan_every` ticks have passed; the new chunk is indexed by its observation's tick (the
     actions for ticks already played are dropped) and joined onto the current plan: the new
     chunk's offset from the plan at the join tick decays linearly over a ramp of
-    max(3, overlap, chunk/2) ticks (the role of RTC's soft mask, without its inpainting), so the
+    max(3, min(overlap, chunk/3)) ticks (the role of RTC's soft mask, without its inpainting), so the
     command stays continuous (no jump) and never stops at a boundary. Nothing is set by the operator.
   - "auto" (default): "smooth" when asynchronous, "ensemble" when not.
 With `async_=True` inference runs in a worker thread so a real-time loop never waits for it; a chunk
@@ -218,7 +218,7 @@ class PolicyRunner:
         # the new chunk's offset from the plan at the join decays linearly over the ramp, so the
         # command is continuous and its rate changes by at most offset/(m+1) per tick
         k = max(1, int(getattr(self.policy.meta, "chunk_size", len(chunk)) or len(chunk)))
-        m = min(len(new), max(3, len(old), k // 2))
+        m = min(len(new), max(3, min(len(old), k // 3)))
         e = old[0] - new[0]
         w = 1.0 - np.arange(1, m + 1) / (m + 1)
         out = new.copy()
