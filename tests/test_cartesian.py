@@ -11,7 +11,7 @@ from drivers.sim import kinematics as kin
 from drivers.sim.robot import SimRobot
 from teleop_app.human import CartesianPadSource
 from teleop_app.kinematics import KinematicsError, chain_from_dict
-from teleop_app.mapping import LSTICK, LX, LY, RX, RY, MappingState, default_mapping, mapping_from_dict, \
+from teleop_app.mapping import LSTICK, LY, RX, RY, MappingState, default_mapping, mapping_from_dict, \
     mapping_to_dict
 from teleop_app.pipeline import ControlPipeline
 from teleop_app.profiles import ProfileError, load_profile, parse_profile
