@@ -8,7 +8,7 @@ from drivers.sim import ScriptedExpert, SimConfig, SimRobot, Workcell, kinematic
 from drivers.sim.objects import SEEN_COLOURS, SEEN_SHAPES, UNSEEN_COLOURS, UNSEEN_SHAPES, ObjectSpec
 from drivers.sim.physics import PhysicsWorkcell, model_xml
 from drivers.sim.render import front_camera
-from drivers.sim.tasks import (EVAL_SEED0, KINDS, NOVEL_PHRASES, SPLITS, TRAIN_PHRASES, episodes,
+from drivers.sim.tasks import (EVAL_SEED0, KINDS, NOVEL_PHRASES, SPLITS, episodes,
                                make_scene, training_vocabulary)
 
 PHYS_TASKS = ["pick_red", "pick_blue", "red_in_bowl", "red_on_plate", "push_red", "stack_red_on_blue"]

@@ -29,16 +29,13 @@ from .objects import ObjectSpec
 from .render import (BOWL_FOOT, BOWL_H, BOWL_R, PLATE_H, PLATE_R, SPOT_R, TABLE_X, TABLE_Y, Renderer,
                      Snapshot, make_style)
 from .tasks import KINDS, PHYSICS_TASKS, Scene, task_scene
-from .workcell import TASKS, Workcell, task_from_instruction
+from .workcell import (BOWL_FLOOR, LIFT_SUCCESS, PLACE_X, PLACE_Y, TASKS, Workcell,
+                       task_from_instruction)
 
 TIMESTEP = 0.002              # s: 500 Hz physics inside every control tick
 GRIP_FORCE = 3.0              # N per finger
 PROFILE_ACCEL = 20.0          # servo profile acceleration, in max_speeds per second (1.5 rad/s -> 30 rad/s^2)
 FINGER_MAX = 0.04             # m per finger at fraction 1 (8 cm opening)
-BOWL_FLOOR = 0.012
-LIFT_SUCCESS = 0.05
-PLACE_X = (0.33, 0.62)
-PLACE_Y = (-0.22, 0.22)
 _ARM_KP = (12000, 12000, 12000, 12000, 4000, 4000, 4000)
 _ARM_KV = (200, 200, 200, 200, 50, 50, 50)
 _ARM_FORCE = (87, 87, 87, 87, 12, 12, 12)        # N m (Panda-like)
