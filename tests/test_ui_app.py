@@ -387,9 +387,10 @@ def tiny_checkpoint(path, profile, fps):
 
 
 def test_policy_checkpoint_loads_in_the_control_process_and_runs(qtbot, win, tmp_path):
-    s = connect(qtbot, win)
     from teleop_app.profiles import load_profile
-    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", load_profile(s.config.profile), s.info.fps)
+    # (made before connecting: importing torch here blocks this window's thread for seconds)
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", load_profile("sim7"), 20)
+    s = connect(qtbot, win)
     p = win.policy
     p.source.setText(str(ckpt))
     qtbot.mouseClick(p.load_btn, Qt.MouseButton.LeftButton)

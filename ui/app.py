@@ -53,10 +53,13 @@ class Unattended:
         win.connected.connect(self._start)
 
     def _start(self, session) -> None:
+        """On connect, and again after a reconnect (the control side ends the cycle when it loses us)."""
         from teleop_app.session import Mode
         if not session.info.is_sim:
             self._quit(2, "--unattended needs the simulated workcell (--robot sim or sim-serial)")
             return
+        self.timer.stop()
+        self.win.command("set_workflow", auto_keep=True)
         self.win.teleop.set_mode(Mode.SCRIPTED)
         self.win.command("start_episode")
         self.started = True
@@ -66,7 +69,8 @@ class Unattended:
         from teleop_app.workflow import State
         s = self.win.session
         if s is None:
-            self._quit(1, "unattended: the control process was lost")
+            if self.win._connecting is None:       # not reconnecting either
+                self._quit(1, "unattended: the control process was lost")
             return
         st = s.status
         if st.estopped:

@@ -55,6 +55,7 @@ class MainWindow(QMainWindow):
         self._connecting: Worker | None = None
         self._msg_seq = 0
         self._bar_t = self._fps_t = 0.0
+        self._closing = False
         self.setWindowTitle("teleop")
         self._build_connection_panel()
         self._build_estop_bar()
@@ -406,13 +407,20 @@ class MainWindow(QMainWindow):
         self.disconnected.emit()
 
     def _control_lost(self, reason: str) -> None:
+        """The connection ended without us closing it. If the control process still runs (it dropped this
+        window after a hang: it held the arm and kept the episode), connect to it again at once."""
+        from teleop_app.control.server import control_answers
         s = self.session
         self._detach()
         s.detach()
+        self.show_message(f"connection to the control process lost: {reason}")
+        if not self._closing and control_answers(s.path):
+            self.show_message("the control process still runs: reconnecting")
+            self.connect_session()
+            return
         self.light_robot.set("error", f"control process lost: {reason}")
         self.banner.setText("<span style='color:#e74c3c'><b>control process lost</b></span> - Ctrl+L reconnects "
                             "(recordings are in the dataset)")
-        self.show_message(f"control process lost: {reason}")
         self.disconnected.emit()
 
     def _set_connected_ui(self, on: bool) -> None:
@@ -522,13 +530,13 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(text, 8000)
 
     # ================================================================ operator actions
-    def command(self, method: str, *args) -> bool:
+    def command(self, method: str, *args, **kwargs) -> bool:
         """Send a session command; a refusal is shown, never raised into Qt."""
         if self.session is None:
             self.show_message("not connected (Ctrl+L connects)")
             return False
         try:
-            getattr(self.session, method)(*args)
+            getattr(self.session, method)(*args, **kwargs)
             return True
         except Exception as e:
             self.show_message(f"{method.replace('_', ' ')}: {e}")
@@ -562,6 +570,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, ev) -> None:
         """Clean end: settings saved, workers stopped, the control process told to finish (an episode under
         way is kept, unlabelled; the arm holds; the devices are released)."""
+        self._closing = True
         self.save_settings()
         self.timer.stop()
         self.live.timer.stop()

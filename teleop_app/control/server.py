@@ -37,7 +37,7 @@ log = logging.getLogger("teleop.control")
 COMMANDS = frozenset({
     "set_mode", "estop", "reset_estop", "go_home", "command", "jog", "push", "set_gripper", "set_instruction",
     "start_episode", "stop_episode", "next", "rerecord", "keep", "discard", "label", "reset_scene",
-    "start_replay", "stop_replay", "set_workflow", "set_mapping", "load_policy", "clear_policy"})
+    "start_replay", "stop_replay", "set_workflow", "set_mapping", "load_policy", "clear_policy", "step_policy"})
 STATUS_HZ = 50.0
 FRAME_HZ = 60.0
 
@@ -112,7 +112,7 @@ class _Client:
     def _send_loop(self) -> None:
         srv = self.server
         sent_seq = None
-        sent_msgs = srv.messages_seq()
+        sent_msgs = 0                  # the first status carries the recent messages (a reconnecting GUI shows them)
         period = 1.0 / srv.status_hz
         try:
             while self.alive:
@@ -128,7 +128,7 @@ class _Client:
                 if st.seq != sent_seq:
                     sent_seq = st.seq
                     n = st.messages_seq
-                    new = list(srv.session.messages)[-(n - sent_msgs):] if n > sent_msgs else []
+                    new = list(srv.session.messages)[-min(n - sent_msgs, 200):] if n > sent_msgs else []
                     sent_msgs = n
                     self.sock.sendall(wire.encode({"op": "status", "status": st, "messages": new}))
         except OSError:
@@ -148,7 +148,7 @@ class _Client:
 
 # ====================================================================== the server
 class ControlServer:
-    def __init__(self, session, path: Path, grace_s: float = 60.0, client_timeout_s: float = 2.0,
+    def __init__(self, session, path: Path, grace_s: float = 60.0, client_timeout_s: float = 3.0,
                  status_hz: float = STATUS_HZ):
         self.session, self.path = session, Path(path)
         self.grace_s, self.client_timeout_s, self.status_hz = grace_s, client_timeout_s, status_hz
@@ -161,9 +161,6 @@ class ControlServer:
         self.frames = {}
         self.config_dict = dataclasses.asdict(session.config)
         self._sock: socket.socket | None = None
-
-    def messages_seq(self) -> int:
-        return self.session.status.messages_seq
 
     # ------------------------------------------------------------------ setup / teardown
     def open(self) -> "ControlServer":
@@ -292,9 +289,11 @@ class ControlServer:
                 continue
             name, mid = msg.get("method"), msg.get("id")
             try:
-                if name not in COMMANDS:
-                    raise ValueError(f"unknown command {name!r}")
-                result = getattr(self.session, name)(*msg.get("args", ()), **msg.get("kwargs", {}))
+                fn = getattr(self.session, name, None) if name in COMMANDS else None
+                if fn is None:
+                    raise ValueError(f"unknown command {name!r}" if name not in COMMANDS else
+                                     f"this control side has no {name!r} yet")
+                result = fn(*msg.get("args", ()), **msg.get("kwargs", {}))
                 reply = {"op": "reply", "id": mid, "ok": True, "result": None if result is None else result}
                 try:
                     wire.encode(reply)
@@ -374,7 +373,8 @@ def hold_for_lost_client(session, timeout_s: float = 1.0) -> None:
 
 
 # ====================================================================== entry point
-def _alive(path: Path) -> bool:
+def control_answers(path: Path) -> bool:
+    """True if a control process listens on `path`."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(1.0)
     try:
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="SessionConfig as JSON")
     ap.add_argument("--socket", help="socket path (default: per dataset in the runtime dir)")
     ap.add_argument("--grace", type=float, default=60.0, help="seconds to wait for a client before exiting")
-    ap.add_argument("--client-timeout", type=float, default=2.0,
+    ap.add_argument("--client-timeout", type=float, default=3.0,
                     help="a client silent for this long counts as hung: hold, keep the episode")
     a = ap.parse_args(argv)
     # SDL (pygame) must neither open a window nor take over SIGTERM/SIGINT from us.
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as e:
         _emit(error=f"bad control settings: {e}")
         return 2
-    if _alive(path):
+    if control_answers(path):
         _emit(error=f"a control process already serves {config.dataset} ({path}): connect to it instead")
         return 3
     stop = threading.Event()
