@@ -269,3 +269,11 @@ def test_make_devices_builds_the_physics_sim_for_sim_and_sim_serial():
             dev.robot.disconnect()
             dev.close()
     assert not make_devices(profile, "sim", physics=False, cameras=[]).workcell.physics
+
+
+def test_expert_at_50hz_on_physics():
+    wc = phys()
+    ex = ScriptedExpert(wc, dt=0.02)
+    for task in ("pick_blue", "stack_red_on_blue"):
+        ok, steps = run_episode(wc, ex, seed=1, task=task, max_steps=1000)
+        assert ok and steps < 600, (task, steps)

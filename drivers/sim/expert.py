@@ -156,7 +156,10 @@ class ScriptedExpert:
             tcp = kin.fk(q)[:3, 3]
             d = wp.pos - tcp
             dist = float(np.linalg.norm(d))
-            step = min(wp.speed * self.dt, dist)
+            # physics servos lag ~50 ms behind their setpoint: at fast control rates aim that far
+            # ahead so the arm still moves at wp.speed (the kinematic sim follows within a tick)
+            horizon = max(self.dt, 0.05) if getattr(self.workcell, "physics", False) else self.dt
+            step = min(wp.speed * horizon, dist)
             p_next = tcp + (d / dist * step if dist > 1e-9 else 0.0)
             target = self._ik(p_next, q)
             target[7] = grip
