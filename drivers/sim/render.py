@@ -205,10 +205,13 @@ class Renderer:
         if static and key in self._cache:
             return self._cache[key].copy()
         s = self.style
-        fl = np.array(s.floor_rgb, np.float32) * s.brightness
-        img = np.empty((cam.h, cam.w, 3), np.uint8)
-        ramp = np.linspace(0.7, 1.05, cam.h, dtype=np.float32)[:, None, None]
-        img[:] = np.clip(ramp * fl[None, None, :], 0, 255).astype(np.uint8)
+        fkey = ("floor", cam.w, cam.h)
+        if fkey not in self._cache:         # the floor gradient, same for every camera pose
+            fl = np.array(s.floor_rgb, np.float32) * s.brightness
+            ramp = np.linspace(0.7, 1.05, cam.h, dtype=np.float32)[:, None, None]
+            self._cache[fkey] = np.ascontiguousarray(np.broadcast_to(
+                np.clip(ramp * fl[None, None, :], 0, 255).astype(np.uint8), (cam.h, cam.w, 3)))
+        img = self._cache[fkey].copy()
         # only pixels whose viewing ray points down can see the table; the homography would
         # also map the plane *behind* the camera (mirrored) onto the others
         kinv = np.linalg.inv(cam.k)
