@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--phys-seeds50", type=int, default=10, help="physics expert seeds per task at 50 Hz")
     ap.add_argument("--split-scenes", type=int, default=50, help="physics scenes per held-out split")
     ap.add_argument("--only", choices=["kinematic", "physics"], help="one backend's figures only")
+    ap.add_argument("--tasks", help="comma-separated physics tasks (default: all)")
     ap.add_argument("--screenshots", action="store_true", help="write docs/sim_*.png")
     a = ap.parse_args()
     one_core()
@@ -200,7 +201,7 @@ def main() -> None:
                       f"({time.perf_counter() - t0:.1f} s)")
     if "physics" in backends:
         for dt, seeds in ((0.1, a.phys_seeds), (0.02, a.phys_seeds50)):
-            for task in PHYS_TASKS if seeds > 0 else []:
+            for task in (a.tasks.split(",") if a.tasks else PHYS_TASKS) if seeds > 0 else []:
                 t0 = time.perf_counter()
                 rate, mean_len, max_len, fails = expert_rate(task, seeds, dt, physics=True)
                 print(f"expert physics   {task:17s} @ {1 / dt:3.0f} Hz: success {rate * 100:5.1f}% over "
