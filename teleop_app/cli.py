@@ -98,7 +98,7 @@ def cmd_gui(a) -> int:
         wf.target_episodes, wf.auto_keep, wf.countdown_s = a.unattended, True, 0.0
         wf.reset_s, wf.episode_s = a.reset_s, a.episode_s
         wf.instructions = [TASKS[a.task]]
-    return gui_main(cfg, unattended=a.unattended, grace_s=a.grace)
+    return gui_main(cfg, unattended=a.unattended, grace_s=a.grace, hang_s=a.hang_s)
 
 
 def cmd_record(a) -> int:
@@ -397,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=float, default=60.0,
                    help="if the window dies, the control process holds the arm and waits this many seconds for "
                         "a restarted `teleop gui` to reconnect")
+    p.add_argument("--hang-s", type=float, default=5.0,
+                   help="a window silent this long counts as hung: the control process holds the arm and closes "
+                        "the episode (kept); the window reconnects when it recovers")
     p.set_defaults(fn=cmd_gui)
 
     p = sub.add_parser("record", help="record episodes headless (scripted expert, gamepad or kinesthetic)")

@@ -154,7 +154,7 @@ def test_gui_sigkilled_mid_episode_control_holds_and_keeps_the_episode(tmp_path,
 
 def test_gui_stopped_5s_loop_rate_unchanged_episode_closed(tmp_path, runtime):
     ds = tmp_path / "ds"
-    p = gui(ds, "--unattended", "100")
+    p = gui(ds, "--unattended", "100", "--hang-s", "2")
     try:
         obs = observe(ds, runtime[1])
         wait(lambda: obs.status.workflow == State.RECORDING and obs.status.recording_steps >= 10, 60,
@@ -187,7 +187,7 @@ def test_gui_stopped_5s_loop_rate_unchanged_episode_closed(tmp_path, runtime):
               f"{gaps.max() * 1e3:.1f} ms; whole episode {rep['achieved_hz']:.2f} Hz, p99 "
               f"{rep['p99_period_error_ms']:.2f} ms, missed {rep['missed_ticks']} (gaps at steps "
               f"{np.nonzero(np.diff(ts) > 1.5 / FPS)[0].tolist()} of {len(ts)})")
-        assert len(stopped) >= 5 and gaps.max() < 1.5 / FPS      # the GUI is declared lost after 3 s
+        assert len(stopped) >= 5 and gaps.max() < 1.5 / FPS      # the GUI counts as hung after 2 s
     finally:
         stop_gui(p)
 

@@ -251,7 +251,7 @@ def test_record_label_scrub_relabel_delete_undo_export_replay(qtbot, win, tmp_pa
     # replay on the robot: homing to the first pose, then the recorded actions, then hold
     e.table.selectRow(0)
     qtbot.mouseClick(e.replay_btn, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: s.status.mode in (Mode.HOMING, Mode.REPLAY), timeout=3000)
+    qtbot.waitUntil(lambda: s.status.mode in (Mode.HOMING, Mode.REPLAY), timeout=10000)
     qtbot.waitUntil(lambda: s.status.mode == Mode.REPLAY, timeout=10000)
     qtbot.waitUntil(lambda: s.status.mode == Mode.HOLD, timeout=10000)
     assert any("replay finished" in m for m in s.messages)

@@ -86,7 +86,7 @@ class Unattended:
 
 
 def main(session_config=None, *, measure_startup: bool = False, unattended: int = 0,
-         grace_s: float = 60.0) -> int:
+         grace_s: float = 60.0, hang_s: float = 5.0) -> int:
     """Run the GUI on `session_config` (a teleop_app.session.SessionConfig). Returns the exit code."""
     # This process opens no joystick (the control process does); SDL must still never own our signals.
     os.environ["SDL_NO_SIGNAL_HANDLERS"] = "1"
@@ -117,7 +117,8 @@ def main(session_config=None, *, measure_startup: bool = False, unattended: int 
         from PySide6.QtCore import QSettings
         settings = QSettings(os.path.join(tempfile.mkdtemp(prefix="teleop-gui-"), "ui.ini"),
                              QSettings.Format.IniFormat)
-    win = MainWindow(session_config, settings=settings, explicit=explicit_flags(sys.argv[1:]), grace_s=grace_s)
+    win = MainWindow(session_config, settings=settings, explicit=explicit_flags(sys.argv[1:]), grace_s=grace_s,
+                     hang_s=hang_s)
     win.show()
     _end_on_signals(app, win)
     runner = Unattended(win, app, unattended) if unattended else None

@@ -40,16 +40,17 @@ class MainWindow(QMainWindow):
     disconnected = Signal()
 
     def __init__(self, config=None, settings: QSettings | None = None, explicit: set[str] | None = None,
-                 grace_s: float = 60.0):
+                 grace_s: float = 60.0, hang_s: float = 5.0):
         """`explicit`: config fields the user gave on purpose (CLI flags); they win over remembered settings
         even when equal to the defaults. Other fields: a non-default config value wins, else the last used.
-        `grace_s`: how long a control process started here waits for this window to come back if it dies."""
+        `grace_s`: how long a control process started here waits for this window to come back if it dies;
+        `hang_s`: how long it lets this window be silent (hung) before it holds the arm and closes the episode."""
         super().__init__()
         from teleop_app.session import SessionConfig
         self.base_config = config or SessionConfig()
         self.explicit = set(explicit or ())
         self.settings = settings or QSettings("teleop", "teleop")
-        self.grace_s = grace_s
+        self.grace_s, self.hang_s = grace_s, hang_s
         self.session = None
         self.profile_spec = None            # the RobotProfile of the connected session (for the views)
         self._connecting: Worker | None = None
@@ -336,14 +337,14 @@ class MainWindow(QMainWindow):
         self.connect_btn.setEnabled(False)
         self.conn_busy.show()
         self.save_settings()
-        grace = self.grace_s
+        grace, hang = self.grace_s, self.hang_s
 
         def job(w: Worker):
             if old is not None:
                 w.report(None, "closing the previous session")
                 old.close()
             w.report(None, "starting the control process")
-            return connect(cfg, heartbeat="manual", grace_s=grace)
+            return connect(cfg, heartbeat="manual", grace_s=grace, client_timeout_s=hang)
         self._connecting = run_in_thread(job, on_done=self._on_connected, on_error=self._on_connect_failed,
                                          on_progress=lambda f, t: self.statusBar().showMessage(t, 3000))
         return self._connecting

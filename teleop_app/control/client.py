@@ -229,7 +229,7 @@ class RemoteSession:
 
 # ====================================================================== starting / finding the control process
 def launch(config, grace_s: float = 60.0, timeout_s: float = 60.0, path: Path | None = None,
-           client_timeout_s: float = 3.0) -> tuple[subprocess.Popen, Path]:
+           client_timeout_s: float = 5.0) -> tuple[subprocess.Popen, Path]:
     """Start `python -m teleop_app.control.server` for `config`; returns (process, socket path) once it
     serves, or raises RemoteError with the control side's reason (e.g. the robot did not connect)."""
     cmd = [sys.executable, "-m", "teleop_app.control.server", "--config", config_to_json(config),
@@ -260,7 +260,7 @@ def launch(config, grace_s: float = 60.0, timeout_s: float = 60.0, path: Path | 
 
 
 def connect(config, *, spawn: bool = True, grace_s: float = 60.0, heartbeat: str = "thread",
-            client_timeout_s: float = 3.0) -> RemoteSession:
+            client_timeout_s: float = 5.0) -> RemoteSession:
     """Connect to the control process serving `config.dataset`, starting one if none runs (and `spawn`)."""
     path = socket_path(config.dataset)
     if path.exists():

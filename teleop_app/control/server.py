@@ -148,7 +148,7 @@ class _Client:
 
 # ====================================================================== the server
 class ControlServer:
-    def __init__(self, session, path: Path, grace_s: float = 60.0, client_timeout_s: float = 3.0,
+    def __init__(self, session, path: Path, grace_s: float = 60.0, client_timeout_s: float = 5.0,
                  status_hz: float = STATUS_HZ):
         self.session, self.path = session, Path(path)
         self.grace_s, self.client_timeout_s, self.status_hz = grace_s, client_timeout_s, status_hz
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="SessionConfig as JSON")
     ap.add_argument("--socket", help="socket path (default: per dataset in the runtime dir)")
     ap.add_argument("--grace", type=float, default=60.0, help="seconds to wait for a client before exiting")
-    ap.add_argument("--client-timeout", type=float, default=3.0,
+    ap.add_argument("--client-timeout", type=float, default=5.0,
                     help="a client silent for this long counts as hung: hold, keep the episode")
     a = ap.parse_args(argv)
     # SDL (pygame) must neither open a window nor take over SIGTERM/SIGINT from us.
