@@ -106,7 +106,8 @@ class SessionConfig:
     home_speed: float = 0.4            # fraction of max joint speed for "go home"
     realtime: bool = True              # False: sim steps once per tick (headless, faster than real time)
     policy_stall_s: float = 2.0        # a policy giving no action this long is stopped (arm held)
-    realtime_helpers: bool = True      # sim/camera/writer threads at a real-time priority below the loop's
+    # sim/camera/writer threads at a real-time priority below the loop's (TELEOP_RT_HELPERS=0: off)
+    realtime_helpers: bool = field(default_factory=lambda: os.environ.get("TELEOP_RT_HELPERS", "1") != "0")
     leader: str | None = None          # leader arm (Mode.LEADER, takeovers): "sim" (own pty) or its serial port
     leader_profile: str | None = None  # e.g. "koch_leader" (default: "<profile>_leader")
     leader_calibration: str | None = None   # the leader's calibration JSON (drivers/leader.py)
