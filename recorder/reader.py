@@ -44,12 +44,18 @@ class Episode:
     def _ds(self, cam: str) -> h5py.Dataset:
         if cam not in self.cameras:
             raise KeyError(f"{self.path.name} has no camera {cam!r}; cameras: {self.cameras}")
-        return self._file()[f"{S.IMAGES}/{cam}"]
+        try:
+            return self._file()[f"{S.IMAGES}/{cam}"]
+        except (KeyError, OSError, RuntimeError, ValueError) as e:
+            raise S.CorruptEpisodeError(f"{self.path}: camera {cam} is unreadable: {e}") from e
 
     def raw_frame(self, cam: str, i: int) -> bytes | np.ndarray:
         """Stored frame i as is: JPEG bytes or HxWx3 uint8."""
         d = self._ds(cam)
-        v = d[i]
+        try:
+            v = d[i]
+        except (OSError, RuntimeError, ValueError, MemoryError) as e:
+            raise S.CorruptEpisodeError(f"{self.path}: camera {cam} frame {i} is unreadable: {e}") from e
         return v.tobytes() if self.encodings[cam] == "jpeg" else v
 
     def image(self, cam: str, i: int) -> np.ndarray:
@@ -131,7 +137,7 @@ def read_episode(path: str | os.PathLike) -> Episode:
     with f:
         try:
             attrs = {k: f.attrs[k] for k in f.attrs.keys()}
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
             raise S.CorruptEpisodeError(f"{path}: attributes unreadable ({e})") from e
         version = attrs.get("schema_version")
         if version is None:
@@ -140,10 +146,14 @@ def read_episode(path: str | os.PathLike) -> Episode:
         if version.split(".")[0] != S.SCHEMA_VERSION.split(".")[0]:
             raise S.CorruptEpisodeError(f"{path}: schema_version {version} is not supported "
                                         f"(this software reads {S.SCHEMA_VERSION}); upgrade teleop")
-        missing = [k for k in _REQUIRED if k not in f]
+        try:
+            missing = [k for k in _REQUIRED if k not in f]
+        except (OSError, RuntimeError) as e:
+            raise S.CorruptEpisodeError(f"{path}: data unreadable, file truncated or corrupt ({e})") from e
         if missing:
             raise S.CorruptEpisodeError(f"{path}: missing dataset(s) {', '.join('/' + m for m in missing)}")
         try:
+            _check_sizes(f, path)
             meta = S.EpisodeMeta.from_attrs(attrs)
             qpos = f[S.QPOS][()]
             action = f[S.ACTION][()]
@@ -162,7 +172,7 @@ def read_episode(path: str | os.PathLike) -> Episode:
                 img_ts[cam] = f[f"{S.IMAGE_TIMESTAMPS}/{cam}"][()]
         except (KeyError, ValueError, TypeError) as e:
             raise S.CorruptEpisodeError(f"{path}: wrong schema ({e!r})") from e
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, MemoryError) as e:
             raise S.CorruptEpisodeError(f"{path}: data unreadable, file truncated or corrupt ({e})") from e
     n = len(ts)
     lengths = {"qpos": len(qpos), "action": len(action), "action_raw": len(action_raw)}
@@ -199,6 +209,7 @@ def read_summary(path: str | os.PathLike) -> dict:
             out["fps"] = float(a["fps"])
             out["success"] = int(a.get("success", -1))
             out["recovered"] = bool(a.get("recovered", False))
+            _check_sizes(f, path)
             ts = f[S.TIMESTAMP][()]
             img_ts = {c: d[()] for c, d in f[S.IMAGE_TIMESTAMPS].items()} if S.IMAGE_TIMESTAMPS in f else {}
             lens = {k: f[k].shape[0] for k in (S.QPOS, S.ACTION)}
@@ -212,13 +223,30 @@ def read_summary(path: str | os.PathLike) -> dict:
             lens.update({f"timestamps/{c}": len(v) for c, v in img_ts.items()})
         except (KeyError, ValueError, TypeError) as e:
             raise S.CorruptEpisodeError(f"{path}: wrong schema ({e!r})") from e
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, MemoryError) as e:
             raise S.CorruptEpisodeError(f"{path}: data unreadable, file truncated or corrupt ({e})") from e
     bad = {k: v for k, v in lens.items() if v != len(ts)}
     if bad:
         raise S.CorruptEpisodeError(f"{path}: dataset lengths disagree with /timestamp ({len(ts)}): {bad}")
     out.update(timestamp=ts, image_timestamps=img_ts, num_steps=len(ts), cameras=shapes)
     return out
+
+
+def _check_sizes(f: h5py.File, path: Path) -> None:
+    """Refuse numeric datasets that claim more bytes than the file could hold (a damaged header would
+    otherwise make h5py allocate terabytes). Uncompressed, so a real one is at most the file size."""
+    limit = max(1 << 26, 2 * path.stat().st_size)
+    for k in (S.QPOS, S.QVEL, S.ACTION, S.ACTION_RAW, S.TIMESTAMP):
+        if k in f:
+            d = f[k]
+            if not isinstance(d, h5py.Dataset):
+                raise TypeError(f"/{k} is not a dataset")
+            if d.size * d.dtype.itemsize > limit:
+                raise ValueError(f"/{k} claims shape {d.shape}: more data than the file holds")
+    if S.IMAGE_TIMESTAMPS in f:
+        for c, d in f[S.IMAGE_TIMESTAMPS].items():
+            if not isinstance(d, h5py.Dataset) or d.size * d.dtype.itemsize > limit:
+                raise ValueError(f"/{S.IMAGE_TIMESTAMPS}/{c} is not a plausible timestamp dataset")
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

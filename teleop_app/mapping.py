@@ -274,7 +274,7 @@ def load_mapping(path: str | Path) -> Mapping:
     except FileNotFoundError:
         raise MappingError(f"mapping file {path} not found; built-in ones are in "
                            f"{MAPPINGS_DIR}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:    # (not UTF-8: found by fuzzing)
         raise MappingError(f"mapping file {path} is not valid TOML: {e}") from None
     return mapping_from_dict(data, str(path))
 

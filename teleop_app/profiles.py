@@ -237,8 +237,8 @@ def load_profile(name_or_path: str | Path) -> RobotProfile:
     if not p.exists():
         raise ProfileError(f"profile file not found: {p}")
     try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:    # (not UTF-8: found by fuzzing)
         raise ProfileError(f"{p}: not valid TOML: {e}") from None
     return parse_profile(data, str(p))
 
