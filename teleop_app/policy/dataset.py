@@ -71,7 +71,11 @@ def episode_files(root) -> list[Path]:
     if (root / "store.json").exists():
         from recorder.store import EpisodeStore
         st = EpisodeStore.open(root, recover=False)
-        files = [root / e.file for e in st.episodes()]
+        if st.broken():     # listed by the store (never dropped) but unreadable: train on the rest
+            import logging
+            logging.getLogger(__name__).warning(
+                "skipping broken episode(s) %s of %s (see `teleop datasets list`)", [e.id for e in st.broken()], root)
+        files = [root / e.file for e in st.episodes() if not e.broken]
     else:
         files = sorted(p for p in root.rglob("*.h5") if ".trash" not in p.parts)
     if not files:
