@@ -161,7 +161,7 @@ def test_gamepad_drives_the_joint_and_the_view_follows(qtbot, win, attached_pad,
     attached_pad.set_axis(0, 0.0)
     qtbot.waitUntil(lambda: win.teleop.joints.values[b.joint].text() != label0, timeout=2000)
     bar = win.teleop.joints.bars[b.joint]
-    assert bar.value == pytest.approx(s.status.qpos[b.joint], abs=0.2)
+    qtbot.waitUntil(lambda: bar.value == pytest.approx(s.status.qpos[b.joint], abs=0.2), timeout=2000)
     # the live plot got the motion from the status snapshots
     def plotted():
         p = win.teleop.plot

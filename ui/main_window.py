@@ -516,10 +516,11 @@ class MainWindow(QMainWindow):
             self.banner.setText(f"<b>{st.mode.value.upper()}</b> &nbsp; {wf.value} &nbsp; <i>\"{ins}\"</i>{extra}")
 
     def _update_log(self, s, st) -> None:
-        new = st.messages_seq - self._msg_seq
+        count = s.messages_seen if isinstance(s, RemoteSession) else st.messages_seq
+        new = count - self._msg_seq
         if new <= 0:
             return
-        self._msg_seq = st.messages_seq
+        self._msg_seq = count
         msgs = list(s.messages)[-new:]
         for m in msgs:
             self.log.appendPlainText(m)

@@ -54,7 +54,8 @@ class PolicyTab(QWidget):
         self._last_seq = -1
         self._seq = 0
         self._runs_t = self._last_draw = 0.0
-        self.history: deque[tuple[float, np.ndarray, np.ndarray, np.ndarray | None]] = deque(maxlen=int(PLOT_SECONDS * 60))
+        # (t, measured, sent, policy's raw command or None) per status snapshot
+        self.history: deque[tuple] = deque(maxlen=int(PLOT_SECONDS * 60))
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self._build_left())
         split.addWidget(self._build_right())
