@@ -33,6 +33,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 TINY = dict(channels=(8, 16, 32), d_model=64, n_layers=1, n_heads=2)
 
 
+def instruction_check(n: int = 100) -> dict:
+    """What the encoder fixes, at the input: for n scenes per split (all task kinds), the share of words
+    the word tokenizer (vocabulary = every training instruction) maps to <unk>, and how often the
+    training instruction nearest to the scene's instruction names the right task and object
+    (word tokens: bag-of-known-words Jaccard; MiniLM: cosine of the embeddings). No policy involved."""
+    import numpy as np
+    from drivers.sim.tasks import KINDS, STACK_SUPPORT_SHAPES, TRAIN_OBJECTS, TRAIN_PHRASES, episodes, phrase
+    from teleop_app.policy.text_encoder import SentenceEncoder
+    from teleop_app.policy.tokenizer import Tokenizer, words
+    train = []
+    for kind, temps in TRAIN_PHRASES.items():
+        for t in temps:
+            for o in TRAIN_OBJECTS:
+                sups = ([s for s in TRAIN_OBJECTS if s.shape in STACK_SUPPORT_SHAPES and s != o]
+                        if kind == "stack" else [None])
+                for sp in sups:
+                    train.append(((kind, o.name, sp.name if sp else None), phrase(t, o, sp)))
+    tok = Tokenizer.build([t for _, t in train])
+    enc = SentenceEncoder("minilm")
+    emb = enc.embed_many([t for _, t in train])
+    bags = [{w for w in words(t)} for _, t in train]
+    out = {}
+    for split in ("seen", "novel_instructions", "reasoning"):
+        sc = list(episodes(split, n, kinds=KINDS))
+        unk = [len(tok.unknown_words(s.instruction)) / max(1, len(words(s.instruction))) for s in sc]
+        ok_st = ok_bow = 0
+        for s in sc:
+            key = (s.kind, s.target.name, s.support.name if s.support else None)
+            ok_st += train[int(np.argmax(emb @ enc.embed(s.instruction)))][0] == key
+            b = {w for w in words(s.instruction) if w in tok._ids}
+            ok_bow += train[int(np.argmax([len(b & t) / max(1, len(b | t)) for t in bags]))][0] == key
+        out[split] = {"n": len(sc), "unk_words": float(np.mean(unk)), "nearest_ok_words": ok_bow,
+                      "nearest_ok_minilm": ok_st}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/bench_generalization")
@@ -52,7 +88,15 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: words,domain,finetune")
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--instructions-only", action="store_true",
+                    help="only the instruction-level check (word tokenizer vs MiniLM, no policy; ~1 min)")
     a = ap.parse_args()
+    if a.instructions_only:
+        for split, d in instruction_check().items():
+            print(f"{split:<20} n={d['n']}  words -> <unk> {100 * d['unk_words']:.0f}%  nearest training "
+                  f"instruction names the right task+object: word tokens {d['nearest_ok_words']}/{d['n']}, "
+                  f"MiniLM {d['nearest_ok_minilm']}/{d['n']}")
+        return 0
     if a.quick:
         a.demos, a.minutes, a.eval, a.domain_eval = 6, 0.3, 2, 2
         a.ft_demos, a.ft_minutes, a.ft_eval = "2,4", 0.2, 2

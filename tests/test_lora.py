@@ -18,8 +18,8 @@ from test_policy_pipeline import SIZE, TINY, record  # noqa: E402
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
-    record(root / "base_data", [("pick_red", 11), ("pick_blue", 12)], max_steps=20)
-    record(root / "new_data", [("red_in_bowl", 13), ("red_in_bowl", 14)], max_steps=20)
+    record(root / "base_data", [("pick_red", 11), ("pick_red", 13)])
+    record(root / "new_data", [("pick_blue", 12), ("pick_blue", 14)])     # a new instruction
     r = train(root / "base_data", root / "base.pt", steps=30, batch_size=8, image_size=(SIZE, SIZE), model=TINY,
               threads=1, checkpoint_every=1000, val_fraction=0.0)
     return root, r
@@ -44,11 +44,10 @@ def test_lora_trains_adapters_only_and_saves_merged(base):
     changed = {k for k in sd if not torch.equal(sd[k], before[k])}
     assert changed and all(k.startswith(("transformer.", "head", "film.")) for k in changed), changed
     assert not any(k.startswith("encoders.") for k in changed)     # the vision encoder stayed frozen
-    assert blob["meta"]["extra"]["instructions"] == sorted(
-        {"pick up the red cube", "pick up the blue cube", "put the red cube in the bowl"})
+    assert blob["meta"]["extra"]["instructions"] == ["pick up the blue cube", "pick up the red cube"]
     pol = load_policy(str(root / "lora.pt"))
     obs = {"images": {"front": np.zeros((SIZE, SIZE, 3), np.uint8)}, "qpos": np.asarray(pol.meta.stats["state"]["mean"]),
-           "instruction": "put the red cube in the bowl"}
+           "instruction": "pick up the blue cube"}
     assert np.all(np.isfinite(pol.predict(obs)))
 
 

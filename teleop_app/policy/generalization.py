@@ -10,7 +10,7 @@ every evaluation scene seed is >= tasks.EVAL_SEED0, so none repeats a training s
 training come from the same place (`record_scenes(root, split_scenes(["train"], ...))`), driven by
 the sim's expert through the one control pipeline (teleop_app.pipeline), as `teleop record` does.
 
-The held-out visual domain (HELD_OUT_DOMAIN) is a renderer style no training run ever draws from:
+The held-out visual domain (held_out_style(), domain="held_out") is a renderer style no training run ever draws from:
 a dark blue-grey table and floor under low, dim, warm side light (domain randomisation picks table
 colours from five wood/grey tones, light from above). It stands in for "the real world" when
 measuring the gap with and without randomisation/augmentation.
