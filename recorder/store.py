@@ -47,6 +47,7 @@ TRASH_DIR = ".trash"
 BACKUP_DIR = ".backup"
 LOCK_FILE = ".lock"
 INDEX_VERSION = 1
+UNDO_KEEP = 200          # undo records kept per store
 _NAME = re.compile(r"^episode_(\d{6,})\.h5$")
 
 
@@ -595,7 +596,11 @@ class EpisodeStore:
     # ------------------------------------------------------------------ undo
     def _push_undo(self, op: str, data: dict, with_dir: bool = False) -> tuple[int, Path]:
         self.backup_dir.mkdir(exist_ok=True)
-        seq = 1 + max((_undo_seq(p) for p in self.backup_dir.glob("*.json")), default=0)
+        recs = sorted(self.backup_dir.glob("*.json"), key=_undo_seq)
+        for old in recs[:max(0, len(recs) - UNDO_KEEP + 1)]:     # bounded history: oldest go first
+            old.unlink(missing_ok=True)
+            shutil.rmtree(old.with_suffix(""), ignore_errors=True)
+        seq = 1 + max((_undo_seq(p) for p in recs), default=0)
         bdir = self.backup_dir / f"{seq:06d}-{op}"
         if with_dir:
             bdir.mkdir()
