@@ -166,6 +166,7 @@ def child(target: str, seconds: int, artifacts: Path, work: Path) -> None:
         import recorder.journal, recorder.reader, recorder.recover, recorder.store  # noqa: F401,E401
         import teleop_app.profiles, teleop_app.mapping, teleop_app.policy.wire  # noqa: F401,E401
     fn = test_fuzz.TARGETS[target]
+    fn(b"")      # warm up lazy imports (torch, h5py) outside libFuzzer's per-input timeout
     atheris.Setup([sys.argv[0], str(work), f"-max_total_time={seconds}", f"-artifact_prefix={artifacts}/",
                    "-rss_limit_mb=3072", "-timeout=20", "-max_len=65536", "-print_final_stats=1"], fn)
     atheris.Fuzz()
@@ -188,7 +189,8 @@ def run_target(target: str, seconds: int) -> dict:
     crashes = []
     for a in sorted(artifacts.iterdir()):
         data = a.read_bytes()
-        name = f"crash-{hashlib.sha1(data).hexdigest()[:16]}"
+        kind = a.name.split("-", 1)[0]          # libFuzzer: crash- / timeout- / oom- / slow-unit-
+        name = f"{kind}-{hashlib.sha1(data).hexdigest()[:16]}"
         dst = CORPUS / target / name
         if not dst.exists():
             dst.write_bytes(data)
@@ -205,7 +207,8 @@ def replay_known_crashes() -> dict[str, tuple[int, int]]:
     import test_fuzz
     out = {}
     for target, fn in test_fuzz.TARGETS.items():
-        files = sorted((CORPUS / target).glob("crash-*"))
+        files = sorted(p for p in (CORPUS / target).iterdir() if not p.name.startswith("seed-")) \
+            if (CORPUS / target).is_dir() else []
         ok = 0
         for p in files:
             try:
@@ -236,7 +239,7 @@ def main() -> int:
     targets = a.target or list(test_fuzz.TARGETS)
     before = replay_known_crashes()
     print(f"fuzz campaign: {len(targets)} target(s), {a.seconds} s each (atheris / libFuzzer)")
-    print(f"{'target':18s} {'inputs tried':>13s} {'exec/s':>8s} {'new crashes':>12s}")
+    print(f"{'target':18s} {'inputs tried':>13s} {'exec/s':>8s} {'new findings':>12s}")
     total_runs, new = 0, 0
     for t in targets:
         res = run_target(t, a.seconds)
@@ -246,8 +249,8 @@ def main() -> int:
         print(f"{t:18s} {res['runs']:13d} {rate:8.0f} {len(res['crashes']):12d}"
               + (f"   {res['crashes'][0]}: {res['detail'][:1]}" if res["crashes"] else ""), flush=True)
     after = replay_known_crashes()
-    print(f"total inputs tried: {total_runs}; new crashing inputs this run: {new}")
-    print("crash inputs kept in tests/fuzz_corpus (found by earlier campaigns), passing now:")
+    print(f"total inputs tried: {total_runs}; new findings this run (crash/timeout/oom): {new}")
+    print("findings kept in tests/fuzz_corpus (crash-*/timeout-*: this and earlier campaigns), passing now:")
     for t in targets:
         n, ok = after[t]
         if n:
