@@ -189,6 +189,9 @@ def test_gui_stopped_5s_loop_rate_unchanged_episode_closed(tmp_path, runtime):
               f"{np.nonzero(np.diff(ts) > 1.5 / FPS)[0].tolist()} of {len(ts)})")
         # (a scripted episode lasts ~4 s: it may also end by itself during the stop)
         assert len(stopped) >= 2 and gaps.max() < 1.5 / FPS
+        # the resumed window finds its connection closed and connects again to the same control process
+        wait(lambda: sum("client connected" in m for m in obs.messages) >= 2, 30, "the resumed GUI to reconnect", 0.1)
+        assert p.poll() is None
     finally:
         stop_gui(p)
 
