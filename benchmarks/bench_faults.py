@@ -232,14 +232,14 @@ def torn_journal_campaign(cuts: int, seed: int = 0, work: Path | None = None) ->
 
 
 def disk_campaign(work: Path | None = None) -> dict:
-    """Disk full on a 4 MB tmpfs, then the folder turning read-only mid-recording (root only)."""
+    """Disk full on a 40 MB tmpfs, then the folder turning read-only mid-recording (root only)."""
     import numpy as np
 
     from recorder import EpisodeMeta, EpisodeStore, EpisodeWriter, read_episode
     work = Path(work or tempfile.mkdtemp(prefix="faults-disk-"))
     mnt = work / "mnt"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)],
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)],
                       capture_output=True).returncode != 0:
         return {"skipped": "cannot mount tmpfs (needs root)"}
     res: dict = {}
@@ -274,17 +274,21 @@ def disk_campaign(work: Path | None = None) -> dict:
         res["disk_full"] = {"message": err, "handed": handed, "saved": got,
                             "lost_s": (handed - got) / HZ,
                             "earlier_intact": read_episode(st.path(first.id)).num_steps == 10}
-        # read-only: remount while recording
-        for q in list(st.episodes_dir.glob("episode_000002*")):
+        # read-only: free the space again, then remount read-only while recording
+        for q in list(st.episodes_dir.glob("episode_00000[2-9]*")):
             q.unlink()
         st.refresh()
 
+        flipped = []
+
         def flip(i):
             if i == 25:
-                subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True)
+                r = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
+                flipped.append(r.returncode == 0 or r.stderr.strip())
         handed, p, err = record("read-only", limit_s=5.0, on_step=flip)
         got = read_episode(p).num_steps if p and p.exists() else 0
         res["read_only"] = {"message": err, "handed": handed, "saved": got,
+                            "injected": flipped[0] if flipped else "not reached",
                             "earlier_intact": read_episode(st.path(first.id)).num_steps == 10}
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
@@ -318,7 +322,8 @@ def main() -> int:
     else:
         for kind, r in d.items():
             print(f"{kind}: steps handed {r['handed']}, saved {r['saved']}, earlier episode intact "
-                  f"{r['earlier_intact']}; message: {r['message']}")
+                  f"{r['earlier_intact']}; message: {r['message']}"
+                  + (f"; remount read-only: {r['injected']}" if "injected" in r else ""))
     print(f"campaign took {time.monotonic() - t:.0f} s")
     return 0
 

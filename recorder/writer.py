@@ -52,10 +52,10 @@ def decode_jpeg(data: bytes | np.ndarray) -> np.ndarray:
 
 
 def _disk_message(e: OSError, path: Path, step: int) -> str:
-    if e.errno == errno.ENOSPC or "No space" in str(e) or "errno = 28" in str(e) or _nearly_full(path):
+    if e.errno == errno.EROFS or "Read-only file system" in str(e) or "errno = 30" in str(e):
+        what = "destination became read-only"      # (checked first: a read-only disk may also be nearly full)
+    elif e.errno == errno.ENOSPC or "No space" in str(e) or "errno = 28" in str(e) or _nearly_full(path):
         what = "disk full"
-    elif e.errno == errno.EROFS:
-        what = "destination became read-only"
     else:
         what = f"write failed ({e})"
     return f"{what} while recording {path.name} (at step {step}): recording stopped."
