@@ -668,32 +668,78 @@ class Session:
         self._call(do)
 
     def load_policy(self, spec: dict) -> None:
-        """Load a policy in a background thread (checkpoint path, http(s) URL or "demo"); policy_state
-        goes LOADING -> READY (or ERROR with a message)."""
+        """Load a policy in a background thread; policy_state goes LOADING -> READY (or ERROR with a
+        message). A checkpoint path or "demo" runs in a CHILD inference process (teleop_app.policy.child:
+        torch is imported there, never here, so neither loading nor inference competes with the loop for
+        this process's GIL); the control process talks to it over openpi's websocket protocol on
+        127.0.0.1 with a per-child token. http(s)/ws(s) URLs are remote already and connect directly.
+        spec["in_process"] = True loads a checkpoint in this process (the old way; benchmarks)."""
         spec = dict(spec)
         src = str(spec.pop("source", ""))
         chunk_mode = spec.pop("chunk_mode", "ensemble")
         remote_action = spec.pop("remote_action", None)
+        in_process = bool(spec.pop("in_process", False))
         self.policy_state = PolicyState.LOADING
 
         def work():
+            pol = None
             try:
                 from teleop_app.policy.base import load_policy
                 from teleop_app.policy.runner import PolicyRunner
                 kw = dict(spec)
+                runner_cls = PolicyRunner
                 if src.startswith(("http://", "https://")):
                     kw.setdefault("profile", self.profile)
                     if remote_action:
                         kw["action_mode"] = {"eef": "ee_delta"}.get(remote_action, remote_action)
-                pol = load_policy(src, **kw)
-                runner = PolicyRunner(pol, chunk_mode, async_=True, lower=self.profile.lower(),
-                                      upper=self.profile.upper())
-                self.set_policy(runner, Path(src).name if not src.startswith("http") else src)
-                self.say(f"policy loaded: {src}")
+                if src.startswith(("http://", "https://", "ws://", "wss://")) or in_process:
+                    pol = load_policy(src, **kw)
+                else:
+                    from teleop_app.policy.child import ChildPolicy, ChildPolicyRunner
+                    if not src:
+                        raise ValueError("no policy given (a checkpoint file, 'demo' or a server URL)")
+                    if src != "demo" and not Path(src).is_file():
+                        raise FileNotFoundError(f"no checkpoint file {src}")
+                    pol = ChildPolicy(src, profile=self.profile, **{k: v for k, v in kw.items()
+                                                                     if k in ("load_timeout", "timeout")})
+                    runner_cls = ChildPolicyRunner
+                runner = runner_cls(pol, chunk_mode, async_=True, lower=self.profile.lower(),
+                                    upper=self.profile.upper())
+                self.set_policy(runner, Path(src).name if "://" not in src else src)
+                pid = getattr(pol, "pid", None)
+                self.say(f"policy loaded: {src}" + (f" (inference process {pid})" if pid else ""))
             except Exception as e:  # noqa: BLE001 - any load failure is a message, not a crash
+                if pol is not None and hasattr(pol, "close"):
+                    try:
+                        pol.close()             # e.g. a child whose policy does not fit this robot
+                    except Exception:  # noqa: BLE001
+                        pass
                 self.policy_state = PolicyState.ERROR
                 self.say(f"cannot load policy {src}: {e}")
         threading.Thread(target=work, name="policy-load", daemon=True).start()
+
+    def step_policy(self, n: int = 1) -> None:
+        """Single-step the loaded policy: run it until it has produced `n` actions (the first may wait
+        for an inference), then hold. A policy already running is stepped from where it is."""
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"step_policy needs n >= 1, got {n}")
+        if self.policy_runner is None:
+            raise SessionError("no policy loaded: load one first (load_policy / set_policy)")
+
+        def do():
+            if self.policy_runner is None:
+                raise SessionError("no policy loaded: load one first (load_policy / set_policy)")
+            src = self._source
+            if (self.mode == Mode.POLICY and isinstance(src, PolicySource)
+                    and src.runner is self.policy_runner and not src.stopped):
+                src.budget = n              # keep its chunks: continue from where it is
+                return
+            src = self._policy_source()
+            src.budget = n
+            self._switch(Mode.POLICY, src, quiet=True)
+            self.say(f"policy: step {n}")
+        self._call(do)
 
     def clear_policy(self) -> None:
         def do():
@@ -901,6 +947,13 @@ class Session:
 
     def hand_back(self) -> None:
         getattr(self._source, "hand_back", lambda: None)()
+
+    def move_leader(self, q) -> None:
+        """Simulated leader only (attach_leader 'sim'): the operator's hand on it (GUI sliders, tests)."""
+        sim = getattr(self, "sim_leader", None)
+        if sim is None:
+            raise SessionError("no simulated leader arm: start with --leader sim")
+        sim.move(np.asarray(q, float))
 
     def _label_and_keep(self, success: bool) -> None:
         if self.workflow.state == State.REVIEW:

@@ -29,7 +29,7 @@ def test_session_leader_mode_follows_sim_leader(tmp_path):
         assert _wait(lambda: s.status.human.get("leader") == "following")
         q = s.status.qpos.copy()
         q[0] += 0.3
-        s.sim_leader.move(q)
+        s.move_leader(q)
         assert _wait(lambda: abs(s.status.qpos[0] - q[0]) < 5e-3), s.status.qpos[0] - q[0]
         s.sim_leader.bus.unplug()
         assert _wait(lambda: s.status.human.get("leader") == "lost")

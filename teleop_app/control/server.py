@@ -37,7 +37,8 @@ log = logging.getLogger("teleop.control")
 COMMANDS = frozenset({
     "set_mode", "estop", "reset_estop", "go_home", "command", "jog", "push", "set_gripper", "set_instruction",
     "start_episode", "stop_episode", "next", "rerecord", "keep", "discard", "label", "reset_scene",
-    "start_replay", "stop_replay", "set_workflow", "set_mapping", "load_policy", "clear_policy", "step_policy"})
+    "start_replay", "stop_replay", "set_workflow", "set_mapping", "load_policy", "clear_policy", "step_policy",
+    "take_over", "hand_back", "move_leader"})     # human in the loop (teleop_app/human.py)
 # Both at the GUI's own refresh rate: each wake-up of these threads takes the GIL from the loop's process
 # (measured, 50 Hz loop on a loaded 2-core machine: p99 11 ms with frames published at 60 Hz, 3.6 ms without).
 STATUS_HZ = 30.0
