@@ -285,6 +285,7 @@ class PolicySource(BaseSource):
     A failing policy (exception, NaN/out-of-range output) or one that gives no action for `stall_s`
     (slow, hanging or unreachable server) is STOPPED: on_error='hold' asks the session to go back to
     hold (a message, never an e-stop); on_error='raise' raises PolicyStopped before anything is sent.
+    `budget` = n (Session.step_policy): after n actions the source asks for hold mode (single-stepping).
     """
     name = "policy"
     record_mode = "policy"
@@ -295,6 +296,7 @@ class PolicySource(BaseSource):
         self.stall_s = stall_s
         self.strict_cameras = strict_cameras
         self.stopped: str | None = None
+        self.budget: int | None = None
         self._last_ok = 0.0
 
     def start(self, ctx):
@@ -339,6 +341,11 @@ class PolicySource(BaseSource):
                                        "unreachable)")
             return None
         self._last_ok = ctx.now
+        if self.budget is not None:
+            self.budget -= 1
+            if self.budget <= 0:
+                self.budget = None
+                ctx.request("mode")         # stepped: this action is sent, then hold
         return a
 
 
