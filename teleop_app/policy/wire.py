@@ -30,7 +30,7 @@ def encode_array(a: np.ndarray | np.generic) -> dict:
 def decode_array(d: dict) -> np.ndarray | np.generic:
     try:
         dt = np.dtype(str(d["dtype"]))
-    except (TypeError, ValueError, KeyError) as e:
+    except (TypeError, ValueError, KeyError, SyntaxError) as e:   # (numpy parses some dtype strings with ast: fuzzing)
         raise WireError(f"bad array dtype {d.get('dtype')!r}: {e}") from None
     if dt.kind not in _ALLOWED_KINDS or dt.fields is not None or dt.hasobject:
         raise WireError(f"array dtype {dt} is not allowed (numbers and bools only)")
@@ -92,7 +92,7 @@ def _unpack_hook(d: dict):
     get = (lambda k: d[k.encode()] if k.encode() in d else d[k])
     try:
         dt = np.dtype(get("dtype"))
-    except (TypeError, ValueError, KeyError) as e:
+    except (TypeError, ValueError, KeyError, SyntaxError) as e:   # (numpy parses some dtype strings with ast: fuzzing)
         raise WireError(f"bad array dtype in frame: {e}") from None
     if dt.kind not in _ALLOWED_KINDS or dt.fields is not None or dt.hasobject:
         raise WireError(f"array dtype {dt} is not allowed (numbers and bools only)")
