@@ -36,9 +36,9 @@ for e in range(4):
 export_rlds(st, work / "rlds", val_fraction=0.25)
 print("exported", work / "rlds")
 PY
-# 2. build with tensorflow_datasets and read back (tfds venv)
+# 2. build with tensorflow_datasets and read back (tfds venv); tfds wants the builder in a file
 cd "$WORK"
-"$VENV/bin/python" - "$WORK" <<'PY'
+cat > "$WORK/teleop_rlds_builder.py" <<'PY'
 import glob, json, sys
 from pathlib import Path
 import numpy as np
@@ -57,7 +57,9 @@ class TeleopDataset(tfds.core.GeneratorBasedBuilder):
 
     def _info(self):
         img = lambda: tfds.features.Image(shape=(H, W, 3), dtype=np.uint8, encoding_format="png")
-        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+        # (the template calls dataset_info_from_configs, which reads metadata files next to a builder
+        # package; this one-file builder gives the same features directly)
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
             "steps": tfds.features.Dataset({
                 "observation": tfds.features.FeaturesDict({
                     "image": img(), "wrist_image": img(),
@@ -104,3 +106,4 @@ for split in ("train", "val"):
 print(f"TFDS build OK: {b.info.splits['train'].num_examples} train + {b.info.splits['val'].num_examples} val "
       f"episodes, {n_steps} steps read back identical (tensorflow_datasets {tfds.__version__})")
 PY
+"$VENV/bin/python" "$WORK/teleop_rlds_builder.py" "$WORK"
