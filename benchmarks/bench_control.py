@@ -10,6 +10,12 @@
    sleeps 0.5 s) and in the episode bookkeeping (store.add sleeps 0.5 s). estop() is called from another
    thread at random phases; latency = request -> first held command written by the driver.
    Target: <= one period + 2 ms.
+3. --policy: loop cadence (lateness of each tick vs its deadline: p50/p99/max, missed ticks, from the
+   loop's own statistics) of a real-time sim session at 10 Hz while the demo policy LOADS (HOLD mode)
+   and while it RUNS (POLICY mode, smooth chunks), loaded the old way (in the control process:
+   load_policy(in_process=True) = load_policy + set_policy there) vs in a child inference process (the
+   default). Each way runs in a fresh process (torch not yet imported).
+    nice -n 10 .venv/bin/python benchmarks/bench_control.py --policy [--run-s 20]
 
     nice -n 10 .venv/bin/python benchmarks/bench_control.py [--episodes 10] [--fps 50] [--estops 20]
     .venv/bin/python benchmarks/bench_control.py --read DATASET     # figures of an existing dataset
@@ -165,6 +171,73 @@ def estop_latency(fps: float, n: int, disk_stall_s: float = 0.5, add_stall_s: fl
     return np.array(lat)
 
 
+# ---------------------------------------------------------------- policy load / run cadence
+def _cadence(loop) -> dict:
+    st = loop.stats()
+    return {"ticks": st.ticks, "p50_ms": st.p50_err_ms, "p99_ms": st.p99_err_ms, "max_ms": st.max_err_ms,
+            "missed": st.missed, "realtime": st.realtime}
+
+
+def policy_way(way: str, run_s: float, fps: float = 10.0) -> dict:
+    """One way ('inproc' | 'child') in this process: cadence during the load and during the run."""
+    from teleop_app.session import Mode, PolicyState, Session, SessionConfig
+    with tempfile.TemporaryDirectory() as d:
+        s = Session(SessionConfig(dataset=d, fps=fps, use_gamepad=False)).open()
+        try:
+            time.sleep(2.0)                                     # warm up
+            s.loop.reset_stats()
+            t0 = time.monotonic()
+            s.load_policy({"source": "demo", "chunk_mode": "smooth", "in_process": way == "inproc"})
+            while s.status.policy_state not in (PolicyState.READY, PolicyState.ERROR):
+                if time.monotonic() - t0 > 300:
+                    raise SystemExit("the demo policy did not load within 300 s")
+                time.sleep(0.02)
+            load_s = time.monotonic() - t0
+            if s.status.policy_state != PolicyState.READY:
+                raise SystemExit(f"load failed: {list(s.messages)[-2:]}")
+            time.sleep(1.0)
+            load = {**_cadence(s.loop), "load_s": load_s}
+            s.set_mode(Mode.POLICY)
+            time.sleep(0.5)
+            s.loop.reset_stats()
+            time.sleep(run_s)
+            run = _cadence(s.loop)
+            r = s.policy_runner.stats
+            lat = np.asarray(r.latencies[-200:], float) * 1e3
+            run.update(inferences=r.inferences, infer_p50_ms=float(np.median(lat)) if len(lat) else 0.0,
+                       holds=r.holds, mode=s.status.mode.value)
+            torch_here = "torch" in sys.modules
+        finally:
+            s.close()
+    return {"way": way, "load": load, "run": run, "torch_in_control_process": torch_here}
+
+
+def bench_policy(run_s: float) -> bool:
+    import json
+    rows = []
+    for way in ("inproc", "child"):
+        cmd = [sys.executable, __file__, "--policy-way", way, "--run-s", f"{run_s:g}"]
+        env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+        if r.returncode != 0 or not line:
+            print(r.stdout[-1500:], r.stderr[-1500:])
+            raise SystemExit(f"policy way {way} failed ({r.returncode})")
+        rows.append(json.loads(line[-1][7:]))
+    print(f"{'way':>16} {'phase':>5} {'ticks':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'missed':>6}  notes")
+    names = {"inproc": "in-process (old)", "child": "child process"}
+    for row in rows:
+        for ph in ("load", "run"):
+            c = row[ph]
+            note = (f"load {c['load_s']:.1f} s" if ph == "load" else
+                    f"{c['inferences']} inferences, median {c['infer_p50_ms']:.0f} ms, mode {c['mode']}")
+            print(f"{names[row['way']]:>16} {ph:>5} {c['ticks']:>6} {c['p50_ms']:7.2f} {c['p99_ms']:7.2f} "
+                  f"{c['max_ms']:7.2f} {c['missed']:>6}  {note}")
+        print(f"{'':>16} torch imported in the control process: {row['torch_in_control_process']}; "
+              f"loop SCHED_FIFO: {row['run']['realtime']}")
+    return not rows[-1]["torch_in_control_process"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--episodes", type=int, default=10)
@@ -173,7 +246,18 @@ def main() -> int:
     ap.add_argument("--read", help="only print the cadence of an existing dataset")
     ap.add_argument("--skip-estop", action="store_true")
     ap.add_argument("--skip-cadence", action="store_true")
+    ap.add_argument("--policy", action="store_true", help="only the policy load/run cadence (in-process vs "
+                    "child inference process)")
+    ap.add_argument("--run-s", type=float, default=20.0, help="--policy: seconds of policy run measured")
+    ap.add_argument("--policy-way", choices=["inproc", "child"], help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.policy_way:
+        import json
+        print("RESULT " + json.dumps(policy_way(a.policy_way, a.run_s)), flush=True)
+        return 0
+    if a.policy:
+        print(f"== 10 Hz loop while the demo policy loads and runs ({a.run_s:g} s): lateness vs deadline ==")
+        return 0 if bench_policy(a.run_s) else 1
     if a.read:
         return 0 if print_cadence(dataset_cadence(a.read)) else 1
     ok = True
