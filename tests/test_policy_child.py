@@ -233,3 +233,43 @@ def test_step_policy_runs_n_actions_then_holds(tmp_path):
         assert r.actions - n0 <= 3
         with pytest.raises(ValueError):
             s.step_policy(0)
+
+
+def test_through_the_control_process_policy_loads_in_a_child_steps_and_ends_with_it(tmp_path, monkeypatch):
+    """The GUI's path: RemoteSession -> control process -> load_policy / step_policy; torch is not mapped
+    into the control process; SIGTERM to the control process ends its inference process too."""
+    import shutil
+    import tempfile
+    from teleop_app.control.client import connect
+    d = tempfile.mkdtemp(prefix="tp", dir="/tmp")          # socket paths are limited to ~108 bytes
+    os.chmod(d, 0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", d)
+    rs = connect(SessionConfig(robot="sim", dataset=str(tmp_path / "ds"), fps=10, use_gamepad=False), grace_s=5)
+    pid = rs.control_pid
+    try:
+        rs.load_policy({"source": "demo", "chunk_mode": "smooth"})
+        assert wait_for(lambda: rs.status.policy_state in (PolicyState.READY, PolicyState.ERROR), 150)
+        assert rs.status.policy_state == PolicyState.READY, list(rs.messages)[-3:]
+        kids = policy_children(pid)
+        assert len(kids) == 1
+        with open(f"/proc/{pid}/maps") as f:
+            assert "libtorch" not in f.read()
+        with open(f"/proc/{kids[0]}/maps") as f:
+            assert "libtorch" in f.read()                  # the model lives in the child
+        q0 = rs.status.qpos.copy()
+        rs.step_policy(5)
+        assert wait_for(lambda: any("policy: step 5" in m for m in rs.messages), 10)
+        assert wait_for(lambda: rs.status.mode == Mode.HOLD and np.abs(rs.status.qpos - q0).max() > 1e-4,
+                        20), list(rs.messages)[-3:]        # it moved, then held
+        assert rs.status.policy_state == PolicyState.READY and not rs.status.estopped
+        os.kill(pid, signal.SIGTERM)
+        assert wait_for(lambda: not alive(pid), 20)
+        assert wait_for(lambda: not alive(kids[0]), 10), "the inference process outlived the control process"
+    finally:
+        try:
+            rs.close()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(d, ignore_errors=True)
