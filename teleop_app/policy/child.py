@@ -227,6 +227,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     out.write(f"PORT {srv.port}\n")
     out.flush()
+    os.dup2(2, 1)       # later prints go to the parent's stderr file: nobody reads the stdout pipe any more
     try:
         srv.serve_forever()
     except KeyboardInterrupt:
