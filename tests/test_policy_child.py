@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from teleop_app.policy.base import PolicyMeta
-from teleop_app.policy.child import ChildPolicy, child_policy
+from teleop_app.policy.child import child_policy
 from teleop_app.policy.runner import PolicyRunner
 from teleop_app.session import Mode, PolicyState, Session, SessionConfig
 
