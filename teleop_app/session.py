@@ -459,7 +459,7 @@ class Session:
         self.pipeline.set_source(source)
         source.start(ctx)
         if self.policy_runner is not None:
-            self.policy_state = PolicyState.RUNNING if mode == Mode.POLICY else (
+            self.policy_state = PolicyState.RUNNING if mode in (Mode.POLICY, Mode.TAKEOVER) else (
                 PolicyState.READY if self.policy_state == PolicyState.RUNNING else self.policy_state)
         if not quiet:
             self.say(f"mode: {mode.value}")

@@ -307,6 +307,7 @@ def test_policy_start_stop_runs_and_estop(qtbot, win):
     nan = TinyPolicy(pol.meta)
     nan.predict = lambda obs: np.full((4, s.info.dof), np.nan)
     srv, nan_srv = serve(pol), serve(nan)
+    p.allow_takeover.setChecked(False)                 # the policy alone (takeover: its own test)
     try:
         load_served(qtbot, p, srv)
         assert s.status.policy_state == PolicyState.READY and "loaded" in p.meta_label.text()
@@ -398,12 +399,29 @@ def test_policy_checkpoint_loads_in_the_control_process_and_runs(qtbot, win, tmp
     qtbot.waitUntil(lambda: p.load_btn.isEnabled(), timeout=60000)
     assert s.status.policy_state == PolicyState.READY, p.meta_label.text()
     assert "tiny.pt" in p.meta_label.text()
+    p.allow_takeover.setChecked(False)                 # the policy alone
     p.start()
     qtbot.waitUntil(lambda: p.run is not None and p._run_steps(p.run) >= 5, timeout=8000)
     assert s.status.mode == Mode.POLICY and not s.status.estopped
+    assert not p.takeover_btn.isEnabled()
     p.stop()
     qtbot.waitUntil(lambda: s.status.mode == Mode.HOLD, timeout=2000)
     assert p.runs[-1].steps >= 5
+    # with takeover allowed (the default): the button hands the arm to the operator and back
+    p.allow_takeover.setChecked(True)
+    p.start()
+    qtbot.waitUntil(lambda: s.status.mode == Mode.TAKEOVER and p.takeover_btn.isEnabled(), timeout=8000)
+    assert s.status.human.get("intervention") is False and s.status.human.get("source") == "policy"
+    qtbot.mouseClick(p.takeover_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: s.status.human.get("intervention") is True, timeout=4000)
+    qtbot.waitUntil(lambda: "OPERATOR" in p.human_label.text() and p.takeover_btn.text().startswith("Hand back"),
+                    timeout=4000)
+    qtbot.mouseClick(p.takeover_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: s.status.human.get("intervention") is False, timeout=4000)
+    qtbot.waitUntil(lambda: "driving: <b>policy</b>" in p.human_label.text(), timeout=4000)
+    assert s.status.human.get("takeovers") == 1 and not s.status.estopped
+    p.stop()
+    qtbot.waitUntil(lambda: s.status.mode == Mode.HOLD, timeout=2000)
 
 
 def test_policy_load_error_is_readable(qtbot, win, tmp_path):

@@ -24,7 +24,7 @@ from teleop_app.session import Mode
 from teleop_app.workflow import State
 from ui.episodes_tab import EpisodesTab
 from ui.live_view import LiveView
-from ui.policy_tab import PolicyTab
+from ui.policy_tab import POLICY_MODES, PolicyTab
 from ui.shortcuts import SHORTCUTS, HelpDialog
 from ui.teleop_tab import TeleopTab
 from ui.util import StatusLight, Worker, preload_pyqtgraph, run_in_thread, set_style
@@ -223,6 +223,7 @@ class MainWindow(QMainWindow):
             "mode_kinesthetic": lambda: self.teleop.set_mode(Mode.KINESTHETIC),
             "mode_scripted": lambda: self.teleop.set_mode(Mode.SCRIPTED),
             "policy_start": self.policy.start, "policy_step": self.policy.step,
+            "policy_takeover": self.policy.toggle_takeover,
             "frame_prev": lambda: self.episodes.step_frame(-1), "frame_next": lambda: self.episodes.step_frame(1),
             "delete_episode": lambda: self.tabs.currentWidget() is self.episodes and self.episodes.delete_selected(),
             "undo_delete": self.episodes.undo_delete,
@@ -556,7 +557,7 @@ class MainWindow(QMainWindow):
             self.command("stop_episode")
         elif st.mode in (Mode.REPLAY, Mode.HOMING) and st.replay_progress[1]:
             self.command("stop_replay")
-        elif st.mode == Mode.POLICY:
+        elif st.mode in POLICY_MODES:
             self.policy.stop()
 
     def mark(self, ok: bool) -> None:

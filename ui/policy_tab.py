@@ -16,15 +16,18 @@ from PySide6.QtCore import QUrl, Qt, Signal
 from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox,
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton,
-                               QSpinBox, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                               QSpinBox, QSplitter, QTableWidget, QCheckBox, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from teleop_app.session import Mode, PolicyState
+
+POLICY_MODES = (Mode.POLICY, Mode.TAKEOVER)   # the policy drives (TAKEOVER: the operator may take over)
 from ui.util import Worker, dark_plot, run_in_thread
 
 SAFETY_NAMES = {"rejected_nonfinite": "NaN/inf rejected", "clamped_limits": "clamped to joint limits",
                 "clamped_step": "step-limited", "blocked_workspace": "blocked by workspace",
                 "estops": "e-stops", "watchdog_trips": "watchdog trips"}
 PLOT_SECONDS = 20.0
+UNCERTAINTY_YMAX = 0.05       # rad: the uncertainty plot's fixed range
 
 
 @dataclass
@@ -67,6 +70,7 @@ class PolicyTab(QWidget):
         lay.addLayout(self._build_instruction_row())
         lay.addLayout(self._build_controls())
         lay.addWidget(self.run_label)
+        lay.addWidget(self.human_label)
         lay.addWidget(split, 1)
         self._update_buttons()
 
@@ -110,25 +114,35 @@ class PolicyTab(QWidget):
         self.scene_btn = QPushButton("New scene [N]")
         self.succ_btn = QPushButton("Run success [S]")
         self.fail_btn = QPushButton("Run failure [F]")
+        self.takeover_btn = QPushButton("Take over [T]")
+        self.takeover_btn.setToolTip("The operator drives (pad or leader arm) through the same safety layer; "
+                                     "press again to hand back to the policy. Moving a stick past half way "
+                                     "also takes over. Recorded steps carry an intervention flag.")
+        self.allow_takeover = QCheckBox("operator can take over")
+        self.allow_takeover.setChecked(True)
         self.max_s = QSpinBox()
         self.max_s.setRange(1, 3600)
         self.max_s.setValue(30)
         self.max_s.setSuffix(" s max")
         row = QHBoxLayout()
-        for b in (self.start_btn, self.stop_btn, self.step_btn, self.scene_btn, self.succ_btn, self.fail_btn):
+        for b in (self.start_btn, self.stop_btn, self.step_btn, self.takeover_btn, self.scene_btn, self.succ_btn,
+                  self.fail_btn):
             b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             b.setMinimumHeight(30)
             row.addWidget(b)
+        row.addWidget(self.allow_takeover)
         row.addWidget(self.max_s)
         row.addStretch(1)
         self.start_btn.setStyleSheet("color: #27ae60; font-weight: bold")
         self.start_btn.clicked.connect(self.start)
         self.stop_btn.clicked.connect(self.stop)
         self.step_btn.clicked.connect(self.step)
+        self.takeover_btn.clicked.connect(self.toggle_takeover)
         self.scene_btn.clicked.connect(self.new_scene)
         self.succ_btn.clicked.connect(lambda: self.end_run("success"))
         self.fail_btn.clicked.connect(lambda: self.end_run("failure"))
         self.run_label = QLabel("")
+        self.human_label = QLabel("")
         return row
 
     def _build_left(self) -> QWidget:
@@ -149,7 +163,7 @@ class PolicyTab(QWidget):
         self.joint_pick = QComboBox()
         self.joint_pick.currentIndexChanged.connect(lambda _i: self._fit_y())
         self.plot = None                 # created on first show (pyqtgraph import is deferred)
-        self.pred_curve = self.sent_curve = self.meas_curve = None
+        self.pred_curve = self.sent_curve = self.meas_curve = self.unc_curve = None
         plot_box = QWidget()
         pv = QVBoxLayout(plot_box)
         pv.setContentsMargins(0, 0, 0, 0)
@@ -237,6 +251,15 @@ class PolicyTab(QWidget):
         self.plot.disableAutoRange()             # fixed axes: re-rendering them at every update is costly
         self.plot.setClipToView(True)
         self._plot_layout.addWidget(self.plot, 1)
+        # The policy's own uncertainty (disagreement of overlapping chunks, rad): high = it may need help.
+        self.unc_plot = dark_plot("time (s, 0 = now)")
+        self.unc_plot.setMaximumHeight(110)
+        self.unc_plot.setLabel("left", "uncertainty (rad)")
+        self.unc_plot.setXRange(-PLOT_SECONDS, 0, padding=0.01)
+        self.unc_plot.setYRange(0.0, UNCERTAINTY_YMAX, padding=0.0)
+        self.unc_plot.disableAutoRange()
+        self.unc_curve = self.unc_plot.plot([], [], pen=pg.mkPen("#e74c3c", width=2))
+        self._plot_layout.addWidget(self.unc_plot)
         self._fit_y()
 
     def _fit_y(self) -> None:
@@ -337,6 +360,7 @@ class PolicyTab(QWidget):
         ready = st is not None and st.policy_state in (PolicyState.READY, PolicyState.RUNNING)
         for b in (self.start_btn, self.step_btn, self.stop_btn):
             b.setEnabled(ready)
+        self.takeover_btn.setEnabled(st is not None and st.mode == Mode.TAKEOVER)
         self.scene_btn.setEnabled(self.session is not None and self.session.info.is_sim)
         self.succ_btn.setEnabled(self.run is not None)
         self.fail_btn.setEnabled(self.run is not None)
@@ -369,7 +393,8 @@ class PolicyTab(QWidget):
             self.message.emit("E-STOP is latched: release it (Ctrl+R) before running the policy")
             return
         self.apply_instruction()
-        if st.mode != Mode.POLICY and not self._cmd("set_mode", Mode.POLICY):
+        mode = Mode.TAKEOVER if self.allow_takeover.isChecked() else Mode.POLICY
+        if st.mode != mode and not self._cmd("set_mode", mode):
             return
         if self.run is None:
             self._begin_run()
@@ -386,7 +411,7 @@ class PolicyTab(QWidget):
     def stop(self) -> None:
         """Stop the policy (arm holds); the run ends, judged by the sim when there is one."""
         st = self.session.status if self.session is not None else None
-        if st is not None and st.mode == Mode.POLICY:
+        if st is not None and st.mode in POLICY_MODES:
             self._cmd("set_mode", Mode.HOLD)
         if self.run is not None:
             self.end_run("success" if st is not None and st.sim_success else
@@ -414,7 +439,7 @@ class PolicyTab(QWidget):
         r.result = result
         self.run = None
         st = self.session.status if self.session is not None else None
-        if st is not None and st.mode == Mode.POLICY:
+        if st is not None and st.mode in POLICY_MODES:
             self._cmd("set_mode", Mode.HOLD)
         self.message.emit(f"policy run {r.n}: {result} ({r.steps} steps, {r.duration:.1f} s)")
         self._refresh_runs()
@@ -526,7 +551,8 @@ class PolicyTab(QWidget):
         if st.seq != self._last_seq and st.qpos is not None:
             self._last_seq = st.seq
             self.history.append((st.t, st.qpos, st.sent if st.sent is not None else st.qpos,
-                                 st.target if st.mode == Mode.POLICY else None))
+                                 st.target if st.mode in POLICY_MODES else None,
+                                 st.human.get("uncertainty") if st.mode == Mode.TAKEOVER else None))
         self._show_policy_state(st)
         for k, lab in self.safety_labels.items():
             v = str(st.safety.get(k, 0))
@@ -535,6 +561,7 @@ class PolicyTab(QWidget):
                 lab.setStyleSheet("color: #e67e22; font-weight: bold" if v != "0" else "")
         self.last_safety.setText(f"last tick: {', '.join(st.last_safety)}" if st.last_safety else "last tick: ok")
         self._judge(st)
+        self._show_human(st)
         state = {PolicyState.RUNNING: "running", PolicyState.READY: "stopped", PolicyState.LOADING: "loading",
                  PolicyState.ERROR: "stopped (error)", PolicyState.NONE: "none loaded"}[st.policy_state]
         sim = "" if st.sim_success is None else f"; sim task {'done ✔' if st.sim_success else 'not done'}"
@@ -545,6 +572,31 @@ class PolicyTab(QWidget):
         if visible and self.session is not None:
             self._update_plot()
 
+    def toggle_takeover(self) -> None:
+        """Take over from the policy, or hand back to it (resumes from the present state)."""
+        st = self.session.status if self.session is not None else None
+        if st is None or st.mode != Mode.TAKEOVER:
+            self.message.emit("start the policy with 'operator can take over' ticked first")
+            return
+        self._cmd("hand_back" if st.human.get("intervention") else "take_over")
+
+    def _show_human(self, st) -> None:
+        h = st.human if st.mode == Mode.TAKEOVER else {}
+        text = ""
+        if h:
+            who = "OPERATOR" if h.get("intervention") else "policy"
+            text = (f"driving: <b>{who}</b> ({h.get('source', '')}) · uncertainty "
+                    f"{h.get('uncertainty', float('nan')):.4f} rad · takeovers {h.get('takeovers', 0)}")
+            if h.get("asking"):
+                text += " · <b style='color:#e74c3c'>the policy is unsure: take over [T]</b>"
+        if self.human_label.text() != text:
+            self.human_label.setText(text)
+        label = "Hand back [T]" if h.get("intervention") else "Take over [T]"
+        if self.takeover_btn.text() != label:
+            self.takeover_btn.setText(label)
+        if self.takeover_btn.isEnabled() != (st.mode == Mode.TAKEOVER):
+            self.takeover_btn.setEnabled(st.mode == Mode.TAKEOVER)
+
     def _judge(self, st) -> None:
         """End the live run from what the control side reports: e-stop, policy stopped, sim success, time."""
         r = self.run
@@ -553,7 +605,7 @@ class PolicyTab(QWidget):
         if st.estopped:
             self.end_run("e-stop" + (f": {st.message}" if st.message else ""))
         elif st.seq > r.seq0 + 1:        # judge only statuses published after the run began
-            if st.mode != Mode.POLICY and st.policy_state != PolicyState.RUNNING:
+            if st.mode not in POLICY_MODES and st.policy_state != PolicyState.RUNNING:
                 self.end_run("stopped (" + (st.message or st.mode.value) + ")")    # NaN / stall / mode change
             elif st.sim_success:
                 self.end_run("success")                                           # the sim judged it
@@ -575,6 +627,8 @@ class PolicyTab(QWidget):
         self.meas_curve.setData(t, np.array([h[1][j] for h in hist]), skipFiniteCheck=True)
         self.sent_curve.setData(t, np.array([h[2][j] for h in hist]), skipFiniteCheck=True)
         pred = [(ti, h[3][j]) for ti, h in zip(t, hist) if h[3] is not None]
+        unc = [(ti, h[4]) for ti, h in zip(t, hist) if h[4] is not None and np.isfinite(h[4])]
+        self.unc_curve.setData([u[0] for u in unc], [min(u[1], UNCERTAINTY_YMAX) for u in unc])
         self.pred_curve.setData([p[0] for p in pred], [p[1] for p in pred])
 
 

@@ -26,6 +26,7 @@ SHORTCUTS: list[tuple[str, str, str]] = [
     ("3", "mode: scripted expert (sim)", "mode_scripted"),
     ("P", "start the policy on the robot", "policy_start"),
     (".", "single-step the policy", "policy_step"),
+    ("T", "policy: take over / hand back (operator drives through safety)", "policy_takeover"),
     (",", "episodes: previous frame", "frame_prev"),
     ("/", "episodes: next frame", "frame_next"),
     ("Del", "episodes: delete the selected episode (to the trash)", "delete_episode"),
