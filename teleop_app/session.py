@@ -461,6 +461,8 @@ class Session:
         if self.policy_runner is not None:
             self.policy_state = PolicyState.RUNNING if mode in (Mode.POLICY, Mode.TAKEOVER) else (
                 PolicyState.READY if self.policy_state == PolicyState.RUNNING else self.policy_state)
+        # The snapshot says so at once: a caller of set_mode() reads the new mode, not the last tick's.
+        self.status = replace(self.status, mode=mode, policy_state=self.policy_state)
         if not quiet:
             self.say(f"mode: {mode.value}")
 
