@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .fsutil import fsync_dir, fsync_tree
 from .schema import RecorderError
 from .store import EpisodeInfo, EpisodeStore
 
@@ -71,44 +72,14 @@ def staged_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
         raise RecorderError(f"cannot create export folder {out_dir}: {e.strerror or e}") from e
     try:
         yield tmp
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if out_dir.exists():
             os.replace(out_dir, old) if any(out_dir.iterdir()) else out_dir.rmdir()
         os.replace(tmp, out_dir)
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not out_dir.exists():
             os.replace(old, out_dir)          # put the previous export back
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Files and folders of a finished export on disk before it is renamed into place."""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            try:
-                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))

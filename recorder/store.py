@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from . import schema as S
+from .fsutil import fsync_dir
 from .reader import quick_check, read_episode, read_summary
 from .recover import pending, recover_episode
 from .validate import cadence_from, cadence_summary
@@ -106,20 +107,6 @@ def _atomic_write_json(path: Path, data: Any) -> None:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
-
-
-def fsync_dir(d: Path) -> None:
-    """Make renames in folder d durable."""
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _cams_text(c: dict) -> str:

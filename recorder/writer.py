@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from . import schema as S
+from .fsutil import fsync_dir
 from .h5sink import H5Sink
 from .h5proc import SinkProcess
 from .journal import JournalHeader, JournalWriter, Step, pack_step
@@ -386,7 +387,7 @@ class EpisodeWriter:
             finally:
                 os.close(fd)
         os.replace(self.partial_path, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._journal.close()
         self.reserve_path.unlink(missing_ok=True)
         # Deleting a big journal can take ~0.2 s on ext4: rename it out of the way (instant) and
@@ -467,16 +468,3 @@ def _nearly_full(path: Path) -> bool:
         return shutil.disk_usage(path.parent).free < 1024 * 1024
     except OSError:
         return False
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
