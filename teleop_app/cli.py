@@ -63,6 +63,9 @@ def _session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sim scene seed")
     p.add_argument("--task", default="pick_red", help="sim task: pick_red, pick_blue, red_in_bowl")
     p.add_argument("--randomize", action="store_true", help="sim domain randomisation (light, colours, camera, noise)")
+    p.add_argument("--physics", action="store_true",
+                   help="sim: MuJoCo contact physics (friction grasps that can slip; more tasks: red_on_plate, "
+                        "push_red, stack_red_on_blue) instead of the kinematic fast mode")
     p.add_argument("--leader", metavar="sim|PORT",
                    help="leader arm for --mode leader and takeovers: 'sim' (simulated, own pty) or its serial port")
     p.add_argument("--leader-profile", help="leader profile (default: <profile>_leader, e.g. koch_leader)")
@@ -76,7 +79,7 @@ def _session_config(a):
                          calibration=a.calibration, fps=a.fps,
                          cameras=a.cameras.split(",") if a.cameras else None, dataset=a.dataset,
                          mapping=a.mapping, operator=a.operator, seed=a.seed, task=a.task,
-                         randomize=a.randomize, workflow=WorkflowConfig(), leader=a.leader,
+                         randomize=a.randomize, physics=a.physics, workflow=WorkflowConfig(), leader=a.leader,
                          leader_profile=a.leader_profile, leader_calibration=a.leader_calibration)
 
 
@@ -122,8 +125,13 @@ def cmd_record(a) -> int:
     if a.instruction:
         cfg.workflow.instructions = [s.strip() for s in a.instruction.split(";")]
     elif a.mode == "scripted":
-        from drivers.sim import TASKS
-        cfg.workflow.instructions = [TASKS[cfg.task]]
+        from drivers.sim import PHYSICS_TASKS, TASKS
+        known = {**TASKS, **PHYSICS_TASKS} if cfg.physics else TASKS
+        if cfg.task not in known:
+            raise CliError(f"unknown sim task '{cfg.task}'" + ("" if cfg.physics else " for the kinematic sim")
+                           + f": use one of {', '.join(known)}"
+                           + ("" if cfg.physics else f" (with --physics also {', '.join(PHYSICS_TASKS)})"))
+        cfg.workflow.instructions = [known[cfg.task]]
     stop = _stop_signals()
     s = Session(cfg)
     signal.signal(signal.SIGUSR1, lambda *_: s.estop("SIGUSR1"))     # `kill -USR1 <pid>` = e-stop

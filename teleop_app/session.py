@@ -101,6 +101,8 @@ class SessionConfig:
     seed: int = 0
     task: str = "pick_red"
     randomize: bool = False
+    physics: bool = False              # sim: MuJoCo contact physics (grasps hold by friction) instead of the
+    #                                    kinematic fast mode
     jpeg: bool = True
     watchdog_s: float = 0.5
     home_speed: float = 0.4            # fraction of max joint speed for "go home"
@@ -218,7 +220,7 @@ class Session:
             self.devices = make_devices(self.profile, c.robot, port=c.port, period=self.period, seed=c.seed,
                                         task=c.task, realtime=c.realtime, cameras=c.cameras,
                                         protocol=c.protocol, calibration=c.calibration,
-                                        randomize=c.randomize)
+                                        randomize=c.randomize, physics=c.physics)
             self.devices.robot.connect()
         except (DeviceError, OSError, ValueError) as e:
             if self.devices:

@@ -93,3 +93,17 @@ def test_sigkill_mid_episode_loses_at_most_one_second(tmp_path):
 def test_devices_lists_each_kind_without_hardware():
     out = run("devices").stdout
     assert "serial ports:" in out and "cameras:" in out and "gamepads:" in out
+
+
+def test_physics_sim_from_the_cli(tmp_path):
+    """`--physics` puts the MuJoCo workcell behind the real-time session; its extra tasks need it."""
+    ds = tmp_path / "ds"
+    r = run("record", "--mode", "scripted", "--task", "push_red", "--episodes", "1", "--dataset", ds, check=False)
+    assert r.returncode != 0 and "--physics" in r.stderr and "push_red" in r.stderr, r.stderr
+    run("record", "--mode", "scripted", "--physics", "--task", "red_on_plate", "--episodes", "1",
+        "--fps", "20", "--dataset", ds)
+    store = EpisodeStore.open(ds)
+    (info,) = store.episodes()
+    ep = read_episode(store.path(info.id))
+    assert ep.meta.instruction == "put the red cube on the plate" and info.success == 1
+    assert len(ep.action) > 20 and ep.meta.fps == 20
