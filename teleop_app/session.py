@@ -947,10 +947,17 @@ class Session:
 
     def take_over(self) -> None:
         """Takeover mode: the operator takes over from the policy (GUI button); hand_back() returns it."""
-        getattr(self._source, "take_over", lambda: None)()
+        self._takeover_source().take_over()
 
     def hand_back(self) -> None:
-        getattr(self._source, "hand_back", lambda: None)()
+        self._takeover_source().hand_back()
+
+    def _takeover_source(self):
+        src = self._source
+        if not (hasattr(src, "take_over") and hasattr(src, "hand_back")):
+            raise SessionError("take over works while a policy runs in takeover mode "
+                               f"(set_mode(Mode.TAKEOVER)); the mode is '{self.mode.value}'")
+        return src
 
     def move_leader(self, q) -> None:
         """Simulated leader only (attach_leader 'sim'): the operator's hand on it (GUI sliders, tests)."""

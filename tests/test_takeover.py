@@ -246,3 +246,13 @@ def test_leader_arm_takes_over_by_moving_it(tmp_path):
         leader.disconnect()
         sim.stop()
         robot.disconnect()
+
+
+def test_take_over_outside_takeover_mode_says_why(tmp_path):
+    from teleop_app.session import Mode, Session, SessionConfig, SessionError
+    with Session(SessionConfig(robot="sim", dataset=str(tmp_path / "ds"), use_gamepad=False)) as s:
+        assert s.mode == Mode.HOLD
+        with pytest.raises(SessionError, match="takeover mode"):
+            s.take_over()
+        with pytest.raises(SessionError, match="takeover mode"):
+            s.hand_back()
