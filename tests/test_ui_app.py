@@ -556,3 +556,61 @@ def test_gui_process_starts_to_live_view_without_torch(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "startup: first live frame" in r.stdout and "torch imported: False" in r.stdout, r.stdout
+
+
+def test_episodes_tab_edits_trim_instruction_split_merge_undo(qtbot, tmp_path):
+    """The episodes tab's edits on a real dataset: each atomic, read back from the files, undoable."""
+    from recorder.store import EpisodeStore
+    from teleop_app.scripted import record_scripted
+    from ui.episodes_tab import EpisodesTab
+
+    def info(i):
+        return {e.id: e for e in EpisodeStore.open(ds, recover=False).episodes()}[i]
+    ds = tmp_path / "ds"
+    record_scripted(ds, ["pick_red"], 3, seed=0, image_size=64, jpeg=False)
+    tab = EpisodesTab()
+    qtbot.addWidget(tab)
+    msgs = []
+    tab.message.connect(msgs.append)
+    tab.open_path(str(ds))
+    qtbot.waitUntil(lambda: tab.table.rowCount() == 3, timeout=5000)
+    ids = [int(tab.table.item(r, 0).data(Qt.ItemDataRole.UserRole)) for r in range(3)]
+    n0 = info(ids[0]).num_steps
+    # trim the start of the first episode at frame 5, then its end at (new) frame 9
+    tab.select_id(ids[0])
+    qtbot.waitUntil(lambda: tab.episode is not None and tab.trim_start_btn.isEnabled(), timeout=5000)
+    tab.slider.setValue(5)
+    qtbot.mouseClick(tab.trim_start_btn, Qt.MouseButton.LeftButton)
+    assert info(ids[0]).num_steps == n0 - 5, msgs[-1]
+    qtbot.waitUntil(lambda: tab.episode is not None and tab.episode.num_steps == n0 - 5, timeout=5000)
+    tab.slider.setValue(9)
+    qtbot.mouseClick(tab.trim_end_btn, Qt.MouseButton.LeftButton)
+    assert info(ids[0]).num_steps == 10, msgs[-1]
+    # the instruction of a selection of two episodes
+    tab.table.clearSelection()
+    for r in (1, 2):
+        tab.table.selectionModel().select(tab.table.model().index(r, 0),
+                                          tab.table.selectionModel().SelectionFlag.Select
+                                          | tab.table.selectionModel().SelectionFlag.Rows)
+    assert tab.selected_ids() == ids[1:]
+    tab.set_instruction_selected("lift the red block")
+    assert [info(i).instruction for i in ids] == ["pick up the red cube"] + ["lift the red block"] * 2
+    # undo: the instruction first, then the trims, newest first
+    tab.undo()
+    assert info(ids[1]).instruction == "pick up the red cube"
+    tab.undo()
+    tab.undo()
+    assert info(ids[0]).num_steps == n0
+    # split off a validation set and merge: new datasets, this one untouched
+    res = tab.split_off(tmp_path / "split", 0.34)
+    assert res is not None and len(res["val"]) == 1 and len(res["train"]) == 2
+    assert len(EpisodeStore.open(tmp_path / "split" / "val", recover=False).episodes()) == 1
+    res = tab.merge_with(tmp_path / "split" / "val", tmp_path / "merged")
+    assert res is not None and res["episodes"] == 4
+    assert len(EpisodeStore.open(tmp_path / "merged", recover=False).episodes()) == 4
+    assert len(EpisodeStore.open(ds, recover=False).episodes()) == 3
+    # a dataset of other cameras is refused with a message, nothing written
+    other = tmp_path / "other"
+    record_scripted(other, ["pick_red"], 1, seed=9, image_size=32, jpeg=False)
+    assert tab.merge_with(other, tmp_path / "merged2") is None and "merge failed" in msgs[-1]
+    assert not (tmp_path / "merged2").exists()

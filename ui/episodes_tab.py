@@ -1,6 +1,7 @@
 """Episodes tab: the dataset's episodes (instruction, length, label, cadence health), a frame scrubber with
-camera images and joint/action plots, relabel, delete with undo, replay on the robot, and LeRobot / RLDS
-export in a cancellable background worker.
+camera images and joint/action plots, relabel, delete, trim, change the instruction of a selection, split
+off a validation set, merge with another dataset (each edit atomic and undoable, Ctrl+Z), replay on the
+robot, and LeRobot / RLDS export in a cancellable background worker.
 
 The tab reads the dataset's files itself (its own EpisodeStore on `session.info.dataset`, re-read when the
 control side keeps an episode); the session is only asked to replay."""
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QProgressBar,
+from PySide6.QtWidgets import (QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QInputDialog, QLabel,
+                               QProgressBar,
                                QPushButton, QSlider, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout,
                                QWidget)
 
@@ -69,7 +71,6 @@ class EpisodesTab(QWidget):
         self.store = None
         self.episode = None             # recorder.reader.Episode being scrubbed
         self.episode_id: int | None = None
-        self._undo: list[int] = []
         self._export: Worker | None = None
         self._loading: Worker | None = None
         self._known_kept = -1
@@ -88,7 +89,7 @@ class EpisodesTab(QWidget):
         self.table = QTableWidget(0, len(COLS))
         self.table.setHorizontalHeaderLabels(COLS)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)   # edits of a selection
         # only the instruction cell is editable (double-click / F2): fixes a typo'd instruction in the file
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.DoubleClicked |
                                    QAbstractItemView.EditTrigger.EditKeyPressed)
@@ -105,7 +106,7 @@ class EpisodesTab(QWidget):
         self.failure_btn = QPushButton("Failure")
         self.unlabel_btn = QPushButton("Unlabel")
         self.delete_btn = QPushButton("Delete [Del]")
-        self.undo_btn = QPushButton("Undo delete [Ctrl+Z]")
+        self.undo_btn = QPushButton("Undo last edit [Ctrl+Z]")
         self.replay_btn = QPushButton("Replay on robot")
         self.stop_replay_btn = QPushButton("Stop replay")
         acts = QHBoxLayout()
@@ -118,9 +119,28 @@ class EpisodesTab(QWidget):
         self.failure_btn.clicked.connect(lambda: self.relabel(0))
         self.unlabel_btn.clicked.connect(lambda: self.relabel(-1))
         self.delete_btn.clicked.connect(self.delete_selected)
-        self.undo_btn.clicked.connect(self.undo_delete)
+        self.undo_btn.clicked.connect(self.undo)
         self.replay_btn.clicked.connect(self.replay_selected)
         self.stop_replay_btn.clicked.connect(self.stop_replay)
+
+        # --- edits (atomic; undo with Ctrl+Z; split/merge write new datasets and leave this one as it is)
+        self.trim_start_btn = QPushButton("Trim start to frame")
+        self.trim_end_btn = QPushButton("Trim end after frame")
+        self.instr_btn = QPushButton("Set instruction of selection...")
+        self.split_btn = QPushButton("Split off validation...")
+        self.merge_btn = QPushButton("Merge with...")
+        self.trim_start_btn.setToolTip("drop the frames before the scrubber's frame (idle start)")
+        self.trim_end_btn.setToolTip("drop the frames after the scrubber's frame (idle end)")
+        edits = QHBoxLayout()
+        for b in (self.trim_start_btn, self.trim_end_btn, self.instr_btn, self.split_btn, self.merge_btn):
+            b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            edits.addWidget(b)
+        edits.addStretch(1)
+        self.trim_start_btn.clicked.connect(lambda: self.trim_at_frame("start"))
+        self.trim_end_btn.clicked.connect(lambda: self.trim_at_frame("end"))
+        self.instr_btn.clicked.connect(self.instruction_dialog)
+        self.split_btn.clicked.connect(self.split_dialog)
+        self.merge_btn.clicked.connect(self.merge_dialog)
 
         # --- export
         self.export_lerobot_btn = QPushButton("Export LeRobot... [Ctrl+E]")
@@ -188,6 +208,7 @@ class EpisodesTab(QWidget):
         self.summary = QLabel("")
         tl.addWidget(self.summary)
         tl.addLayout(acts)
+        tl.addLayout(edits)
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(table_box)
         split.addWidget(viewer)
@@ -324,11 +345,13 @@ class EpisodesTab(QWidget):
         QTimer.singleShot(0, self.refresh)       # not from inside the item's own change signal
 
     def selected_id(self) -> int | None:
-        rows = self.table.selectionModel().selectedRows()
-        if not rows:
-            return None
-        it = self.table.item(rows[0].row(), 0)
-        return None if it is None else int(it.data(Qt.ItemDataRole.UserRole))
+        ids = self.selected_ids()
+        return ids[0] if ids else None
+
+    def selected_ids(self) -> list[int]:
+        rows = sorted(r.row() for r in self.table.selectionModel().selectedRows())
+        items = [self.table.item(r, 0) for r in rows]
+        return [int(it.data(Qt.ItemDataRole.UserRole)) for it in items if it is not None]
 
     def select_id(self, ep_id: int) -> bool:
         for r in range(self.table.rowCount()):
@@ -344,7 +367,13 @@ class EpisodesTab(QWidget):
             b.setEnabled(has)
         self.replay_btn.setEnabled(has and self.session is not None)
         self.stop_replay_btn.setEnabled(self.session is not None)
-        self.undo_btn.setEnabled(bool(self._undo))
+        self.undo_btn.setEnabled(self.store is not None and bool(self.store.undo_history()))
+        one = has and len(self.selected_ids()) == 1 and self.episode is not None
+        self.trim_start_btn.setEnabled(one)
+        self.trim_end_btn.setEnabled(one)
+        self.instr_btn.setEnabled(has)
+        self.split_btn.setEnabled(self.store is not None)
+        self.merge_btn.setEnabled(self.store is not None)
         busy = self._export is not None
         self.export_lerobot_btn.setEnabled(self.store is not None and not busy)
         self.export_rlds_btn.setEnabled(self.store is not None and not busy)
@@ -414,6 +443,7 @@ class EpisodesTab(QWidget):
         self.slider.setEnabled(ep.num_steps > 0)
         self.plot.setXRange(0, max(1, ep.num_steps - 1))
         self.show_frame(0)
+        self._update_buttons()
 
     def show_frame(self, i: int) -> None:
         ep = self.episode
@@ -507,22 +537,119 @@ class EpisodesTab(QWidget):
         except Exception as e:
             self.message.emit(f"delete failed: {e}")
             return
-        self._undo.append(ep_id)
         self.message.emit(f"episode {ep_id} moved to the trash (Ctrl+Z to undo)")
         self.refresh()
 
-    def undo_delete(self) -> None:
-        if not self._undo or self.store is None:
+    def undo(self) -> None:
+        """Undo the dataset's last edit (delete, relabel, instruction, trim), whoever made it."""
+        if self.store is None:
             return
-        ep_id = self._undo.pop()
+        for ep_id in self.selected_ids():
+            self._release_file(ep_id)
         try:
-            self.store.undelete(ep_id)
+            what = self.store.undo()
         except Exception as e:
             self.message.emit(f"undo failed: {e}")
         else:
-            self.message.emit(f"episode {ep_id} restored")
+            self.message.emit(f"undone: {what}")
+            self.episode_id = None          # the file may have changed (trim): load it again when selected
+        keep = self.selected_id()
+        self.refresh()
+        if keep is not None:
+            self.select_id(keep)
+
+    # ------------------------------------------------------------------ edits
+    def trim_at_frame(self, which: str) -> None:
+        """Trim the selected episode at the scrubber's frame: 'start' drops the frames before it, 'end'
+        drops the frames after it. Atomic (a new file replaces the old one); Ctrl+Z brings it back."""
+        ep_id = self.selected_id()
+        if ep_id is None or self.store is None or self.episode is None or self.episode_id != ep_id:
+            self.message.emit("select one episode (and a frame with the scrubber) to trim")
+            return
+        i, n = self.slider.value(), self.episode.num_steps
+        start, end = (i, None) if which == "start" else (0, i + 1)
+        if (end or n) - start < 2:
+            self.message.emit("trimming there would leave fewer than 2 frames; nothing changed")
+            return
+        self._release_file(ep_id)
+        self.episode, self.episode_id = None, None
+        try:
+            info = self.store.trim(ep_id, start, end)
+        except Exception as e:
+            self.message.emit(f"trim failed: {e}")
+        else:
+            self.message.emit(f"episode {ep_id} trimmed to {info.num_steps} of {n} steps (Ctrl+Z to undo)")
         self.refresh()
         self.select_id(ep_id)
+
+    def set_instruction_selected(self, text: str) -> None:
+        ids = self.selected_ids()
+        text = text.strip()
+        if not ids or self.store is None or not text:
+            self.message.emit("select episodes and type an instruction")
+            return
+        for ep_id in ids:
+            self._release_file(ep_id)
+        try:
+            self.store.set_instruction(ids, text)
+        except Exception as e:
+            self.message.emit(f"instruction not changed: {e}")
+        else:
+            self.message.emit(f"instruction of episode(s) {ids} set to '{text}' (Ctrl+Z to undo)")
+        self.refresh()
+
+    def instruction_dialog(self) -> None:
+        ids = self.selected_ids()
+        if not ids:
+            return
+        cur = self.table.item(self.table.selectionModel().selectedRows()[0].row(), 1).text()
+        text, ok = QInputDialog.getText(self, "Set instruction", f"instruction for {len(ids)} episode(s):",
+                                        text=cur)
+        if ok:
+            self.set_instruction_selected(text)
+
+    def split_off(self, out_dir, val_fraction: float = 0.1, seed: int = 0) -> dict | None:
+        """out_dir/train and out_dir/val as two new datasets (copies; this one is left as it is)."""
+        from recorder.edit import split_store
+        try:
+            res = split_store(self.store, out_dir, val_fraction=val_fraction, seed=seed)
+        except Exception as e:
+            self.message.emit(f"split failed: {e}")
+            return None
+        self.message.emit(f"split into {out_dir}: {len(res['train'])} train, {len(res['val'])} validation "
+                          f"episode(s) (validation: {res['val']})")
+        return res
+
+    def merge_with(self, other_root, out_dir) -> dict | None:
+        """A new dataset at out_dir with this dataset's and other_root's episodes (same robot/cameras)."""
+        from recorder.edit import merge_stores
+        try:
+            res = merge_stores([self.store, other_root], out_dir)
+        except Exception as e:
+            self.message.emit(f"merge failed: {e}")
+            return None
+        self.message.emit(f"merged {res['episodes']} episode(s) into {out_dir}")
+        return res
+
+    def split_dialog(self) -> None:
+        if self.store is None:
+            return
+        frac, ok = QInputDialog.getDouble(self, "Split off validation", "validation fraction:", 0.1, 0.01, 0.9, 2)
+        if not ok:
+            return
+        out = QFileDialog.getExistingDirectory(self, "Folder for train/ and val/", str(Path(self.store.root).parent))
+        if out:
+            self.split_off(Path(out) / f"{Path(self.store.root).name}_split", frac)
+
+    def merge_dialog(self) -> None:
+        if self.store is None:
+            return
+        other = QFileDialog.getExistingDirectory(self, "Dataset to merge with", str(Path(self.store.root).parent))
+        if not other:
+            return
+        out = QFileDialog.getExistingDirectory(self, "Folder for the merged dataset", str(Path(other).parent))
+        if out:
+            self.merge_with(other, Path(out) / f"{Path(self.store.root).name}+{Path(other).name}")
 
     def replay_selected(self) -> None:
         ep_id = self.selected_id()

@@ -226,7 +226,7 @@ class MainWindow(QMainWindow):
             "policy_takeover": self.policy.toggle_takeover,
             "frame_prev": lambda: self.episodes.step_frame(-1), "frame_next": lambda: self.episodes.step_frame(1),
             "delete_episode": lambda: self.tabs.currentWidget() is self.episodes and self.episodes.delete_selected(),
-            "undo_delete": self.episodes.undo_delete,
+            "undo_edit": self.episodes.undo,
             "export_lerobot": lambda: (tab(self.episodes), self.episodes.export_dialog("lerobot")),
             "connect_session": self.connect_session, "disconnect_session": self.disconnect_session,
             "tab_teleop": lambda: tab(self.teleop), "tab_episodes": lambda: tab(self.episodes),

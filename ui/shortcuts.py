@@ -30,7 +30,7 @@ SHORTCUTS: list[tuple[str, str, str]] = [
     (",", "episodes: previous frame", "frame_prev"),
     ("/", "episodes: next frame", "frame_next"),
     ("Del", "episodes: delete the selected episode (to the trash)", "delete_episode"),
-    ("Ctrl+Z", "episodes: undo the last delete", "undo_delete"),
+    ("Ctrl+Z", "episodes: undo the last edit (delete, label, instruction, trim)", "undo_edit"),
     ("Ctrl+E", "export the dataset to LeRobot", "export_lerobot"),
     ("Ctrl+L", "connect / reconnect with the panel's settings", "connect_session"),
     ("Ctrl+D", "disconnect", "disconnect_session"),
