@@ -614,3 +614,11 @@ def test_episodes_tab_edits_trim_instruction_split_merge_undo(qtbot, tmp_path):
     record_scripted(other, ["pick_red"], 1, seed=9, image_size=32, jpeg=False)
     assert tab.merge_with(other, tmp_path / "merged2") is None and "merge failed" in msgs[-1]
     assert not (tmp_path / "merged2").exists()
+
+
+def test_missing_xcb_libraries_are_named_with_their_packages():
+    from ui.app import XCB_LIBS, missing_xcb_packages
+    # this machine has Qt's xcb dependencies installed only when the GUI benchmark set them up
+    assert set(missing_xcb_packages()) <= set(XCB_LIBS.values())
+    assert missing_xcb_packages({"libteleop-no-such-lib.so.7": "libteleop-none7",
+                                 "libc.so.6": "libc6"}) == ["libteleop-none7"]

@@ -85,6 +85,26 @@ class Unattended:
         self.app.exit(code)
 
 
+# What Qt's xcb platform plugin loads beyond Qt itself (Debian/Ubuntu package names): without one of
+# them Qt aborts with "could not load the Qt platform plugin" and no hint.
+XCB_LIBS = {"libxcb-icccm.so.4": "libxcb-icccm4", "libxcb-keysyms.so.1": "libxcb-keysyms1",
+            "libxcb-cursor.so.0": "libxcb-cursor0", "libxcb-image.so.0": "libxcb-image0",
+            "libxcb-render-util.so.0": "libxcb-render-util0", "libxcb-xkb.so.1": "libxcb-xkb1",
+            "libxkbcommon-x11.so.0": "libxkbcommon-x11-0", "libxcb-shape.so.0": "libxcb-shape0"}
+
+
+def missing_xcb_packages(libs: dict[str, str] = XCB_LIBS) -> list[str]:
+    """The packages whose shared library the xcb plugin needs and the dynamic loader cannot find."""
+    import ctypes
+    missing = []
+    for lib, pkg in libs.items():
+        try:
+            ctypes.CDLL(lib)
+        except OSError:
+            missing.append(pkg)
+    return missing
+
+
 def main(session_config=None, *, measure_startup: bool = False, unattended: int = 0,
          grace_s: float = 60.0, hang_s: float = 5.0) -> int:
     """Run the GUI on `session_config` (a teleop_app.session.SessionConfig). Returns the exit code."""
@@ -105,6 +125,14 @@ def main(session_config=None, *, measure_startup: bool = False, unattended: int 
               "session, or headless with `xvfb-run teleop gui` or QT_QPA_PLATFORM=offscreen. On Debian/"
               "Ubuntu desktops Qt also needs `apt install libxcb-cursor0`.", file=sys.stderr)
         return 2
+    if (sys.platform.startswith("linux") and os.environ.get("QT_QPA_PLATFORM", "xcb") == "xcb"
+            and os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
+        missing = missing_xcb_packages()
+        if missing:
+            print("teleop gui: Qt's X11 (xcb) plugin needs libraries this machine lacks. Install them with\n"
+                  f"    sudo apt-get install -y {' '.join(missing)}\n"
+                  "or run headless with QT_QPA_PLATFORM=offscreen.", file=sys.stderr)
+            return 2
     from ui.main_window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
