@@ -233,15 +233,24 @@ class ControlPipeline:
         obs = self.robot.get_observation()
         frames = {}
         for name, cam in self.cameras.items():
-            if name in self.camera_errors:
-                continue
+            # A camera that fails or vanishes (unplugged, "lost" while it reconnects) is said once,
+            # the recording goes on (the writer repeats its last frame), and it is read again every
+            # tick so that it comes back by itself, said once too.
+            err = None
             try:
                 f = cam.read_latest() if cam.is_connected else None
+                if f is None and not cam.is_connected:
+                    err = getattr(cam, "last_error", None) or "not connected"
             except Exception as e:  # noqa: BLE001 - a camera failing must not stop the arm
-                self.camera_errors[name] = str(e)
-                self.ctx.say(f"camera '{name}' failed: {e}")
-                f = None
-            if f is not None:
+                f, err = None, str(e)
+            if err is not None:
+                if name not in self.camera_errors:
+                    self.camera_errors[name] = err
+                    self.ctx.say(f"camera '{name}' failed: {err}; recording goes on with its last frame "
+                                 "repeated until it is back")
+            elif f is not None:
+                if self.camera_errors.pop(name, None) is not None:
+                    self.ctx.say(f"camera '{name}' is back")
                 frames[name] = f
         return obs, frames
 

@@ -856,14 +856,29 @@ class Session:
 
     # ================================================================ the tick
     def _on_loop_error(self, e: BaseException) -> None:
-        self.say(f"control loop error: {type(e).__name__}: {e}")
-        log.exception("control loop error", exc_info=e)
+        # A fault that lasts (a servo in hardware error, a cable out) fails every tick: say it and
+        # e-stop once, not 50 times a second (that pushed every earlier message out of the log).
+        text = f"control loop error: {type(e).__name__}: {e}"
+        repeat = text == getattr(self, "_last_loop_error", None) and self.safety is not None and self.safety.estopped
+        self._last_loop_error = text
+        if not repeat:
+            self.say(text)
+            log.exception("control loop error", exc_info=e)
         try:
-            if self.pipeline is not None:
+            if self.pipeline is not None and not repeat:
                 self.pipeline.request_estop("loop error")
                 self.pipeline._latch_estop()
         except Exception:  # noqa: BLE001
             pass
+        # The tick never reached _before/_after: still run the queued commands (keep, discard,
+        # reset_estop, a servo reboot) and publish the e-stop, or they would wait for the fault to end.
+        try:
+            self._run_queued()
+            if self.pipeline is not None and self.pipeline.last_q is not None:
+                q = np.asarray(self.pipeline.last_q, float)
+                self._publish(q, None, q)
+        except Exception:  # noqa: BLE001
+            log.exception("after a control loop error")
 
     def _tick(self, deadline: float, start: float) -> None:
         self.pipeline.step(start)
