@@ -178,7 +178,12 @@ def test_gui_stopped_5s_loop_rate_unchanged_episode_closed(tmp_path, runtime):
         assert any("not answering" in m for m in obs.messages)
         wait(lambda: EpisodeStore.open(ds, recover=False).episodes(), 10, "the kept episode", 0.1)
         store = EpisodeStore.open(ds, recover=False)
-        ep = read_episode(store.path(store.episodes()[0].id))
+
+        def ticks_in_stop(e):
+            ts = np.asarray(read_episode(store.path(e.id)).timestamp)
+            return int(((ts >= t0) & (ts <= t0 + elapsed)).sum())
+        # the episode that was recording when the GUI stopped (earlier ones may have ended before it)
+        ep = read_episode(store.path(max(store.episodes(), key=ticks_in_stop).id))
         rep = cadence_report(ep)
         ts = np.asarray(ep.timestamp)
         stopped = ts[(ts >= t0) & (ts <= t0 + elapsed)]          # the recorded ticks while the GUI was stopped
