@@ -122,6 +122,20 @@ def main() -> int:
     pump(3.0)
     shot("policy")
     win.policy.stop()
+    wait(lambda: s.status.mode == Mode.HOLD, 5, "the policy to stop")
+
+    # --- takeover: the operator takes the arm from the running policy (the pad or leader would drive it)
+    s.reset_scene()
+    win.policy.allow_takeover.setChecked(True)
+    win.policy.start()
+    wait(lambda: s.status.mode == Mode.TAKEOVER, 5, "the policy with takeover")
+    pump(2.5)
+    win.policy.toggle_takeover()
+    wait(lambda: s.status.human.get("intervention") is True, 5, "the takeover")
+    pump(1.5)
+    shot("takeover")
+    win.policy.toggle_takeover()
+    win.policy.stop()
 
     # --- keyboard help (F1)
     from ui.shortcuts import HelpDialog
