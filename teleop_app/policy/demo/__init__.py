@@ -19,7 +19,7 @@ DEMO_NAME = "demo"
 DEMO_PATH = Path(__file__).resolve().parent / "demo.pt"
 TASKS = ("pick_red", "pick_blue", "red_in_bowl")
 RECIPE = {"episodes_per_task": 40, "record_seed": 0, "cameras": ["front", "wrist"], "image_size": 64,
-          "chunk": 30, "steps": 1500, "batch_size": 32, "lr": 1e-3, "train_seed": 0, "fps": 10,
+          "chunk": 30, "steps": 8000, "batch_size": 32, "lr": 1e-3, "train_seed": 0, "fps": 10,
           "sim": "kinematic workcell (drivers/sim/workcell.py)"}
 
 
