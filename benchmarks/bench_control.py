@@ -20,6 +20,9 @@
     nice -n 10 .venv/bin/python benchmarks/bench_control.py [--episodes 10] [--fps 50] [--estops 20]
     .venv/bin/python benchmarks/bench_control.py --read DATASET     # figures of an existing dataset
 
+0. first, the machine's own wake-up floor (wake_floor): how late a lone real-time process with no GIL
+   and no threads wakes from the same kind of sleep. On a VM the host can be late by milliseconds.
+
 `episode_cadence(path)` / `dataset_cadence(root)` are importable (the GUI benchmark reuses them).
 """
 from __future__ import annotations
@@ -105,6 +108,35 @@ def run_cli_recording(dataset: Path, episodes: int, fps: float) -> None:
         print(r.stdout[-2000:], r.stderr[-2000:])
         raise SystemExit(f"teleop record failed ({r.returncode})")
     print(f"recorded in {time.monotonic() - t0:.1f} s")
+
+
+# ---------------------------------------------------------------- the machine's own floor
+_FLOOR = r"""
+import os, select, sys, time
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    rt = 1
+except (AttributeError, PermissionError, OSError):
+    rt = 0
+period, end, over = float(sys.argv[1]), time.monotonic() + float(sys.argv[2]), []
+while time.monotonic() < end:
+    t = time.monotonic(); select.select([], [], [], period); over.append(time.monotonic() - t - period)
+print(rt, *over)
+"""
+
+
+def wake_floor(seconds: float = 10.0, period: float = 0.0185) -> dict:
+    """How late THIS machine wakes a lone single-threaded process (real-time priority where allowed,
+    no GIL, no Python threads) from a select() sleep like the loop's: the floor no loop can beat
+    without spinning. The loop spins its last 1.5 ms (teleop_app/loop.py SPIN_S), so only wake-ups later
+    than that can land on a tick."""
+    r = subprocess.run([sys.executable, "-c", _FLOOR, str(period), str(seconds)], capture_output=True,
+                       text=True, check=True)
+    rt, *xs = r.stdout.split()
+    ov = np.array([float(x) for x in xs]) * 1e3
+    return {"realtime": rt == "1", "n": len(ov), "p50_ms": float(np.median(ov)),
+            "p99_ms": float(np.percentile(ov, 99)), "max_ms": float(ov.max()),
+            "over_spin": int((ov > 1.5).sum())}
 
 
 # ---------------------------------------------------------------- e-stop latency
@@ -246,6 +278,7 @@ def main() -> int:
     ap.add_argument("--read", help="only print the cadence of an existing dataset")
     ap.add_argument("--skip-estop", action="store_true")
     ap.add_argument("--skip-cadence", action="store_true")
+    ap.add_argument("--floor-s", type=float, default=10.0, help="seconds of the machine wake-up floor (0: skip)")
     ap.add_argument("--policy", action="store_true", help="only the policy load/run cadence (in-process vs "
                     "child inference process)")
     ap.add_argument("--run-s", type=float, default=20.0, help="--policy: seconds of policy run measured")
@@ -261,6 +294,11 @@ def main() -> int:
     if a.read:
         return 0 if print_cadence(dataset_cadence(a.read)) else 1
     ok = True
+    if a.floor_s > 0:
+        f = wake_floor(a.floor_s)
+        print(f"== this machine's wake-up floor: a lone {'SCHED_FIFO ' if f['realtime'] else ''}process sleeping "
+              f"18.5 ms in select(), {f['n']} times ==\noversleep p50 {f['p50_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms, "
+              f"max {f['max_ms']:.2f} ms; {f['over_spin']} longer than the loop's 1.5 ms spin\n")
     if not a.skip_cadence:
         with tempfile.TemporaryDirectory() as d:
             ds = Path(d) / "ds"

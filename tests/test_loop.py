@@ -69,3 +69,33 @@ def test_reset_stats_starts_counting_afresh():
     loop.stop()
     st = loop.stats()
     assert st.missed == 0 and 7 <= st.ticks <= 12 and loop._starts.maxlen == 10_000
+
+
+def test_loop_owns_the_garbage_collector_while_it_runs_and_gives_it_back():
+    import gc
+    assert gc.isenabled()
+    seen = []
+    loop = RateLoop(100, lambda d, s: seen.append(gc.isenabled()))
+    loop.start()
+    try:
+        t_end = time.monotonic() + 5
+        junk = []
+        while len(seen) < 30 and time.monotonic() < t_end:
+            a, b = [], []
+            a.append(b)
+            b.append(a)                      # cycles only the collector can free
+            junk.append(a)
+            time.sleep(0.005)
+        del junk
+        t_end = time.monotonic() + 5
+        while sum(loop.gc.collections) == 0 and time.monotonic() < t_end:
+            for _ in range(2000):
+                a, b = [], []
+                a.append(b)
+                b.append(a)
+            time.sleep(0.01)
+    finally:
+        loop.stop()
+    assert seen and not any(seen), "automatic collection must be off while the loop runs"
+    assert sum(loop.gc.collections) > 0, "the loop collects in its slack instead"
+    assert gc.isenabled(), "stop() gives automatic collection back"

@@ -62,14 +62,28 @@ def _tool() -> np.ndarray:
 _TOOL = _tool()
 
 
+_A, _D, _AL = (np.array([r[i] for r in _DH], float) for i in range(3))
+_CA, _SA = np.cos(_AL), np.sin(_AL)
+
+
+def _links(q: np.ndarray) -> np.ndarray:
+    """The 7 modified-DH link transforms at once (7x4x4): one vectorised fill, not 7 small arrays."""
+    ct, st = np.cos(q), np.sin(q)
+    m = np.zeros((7, 4, 4))
+    m[:, 0, 0], m[:, 0, 1], m[:, 0, 3] = ct, -st, _A
+    m[:, 1, 0], m[:, 1, 1], m[:, 1, 2], m[:, 1, 3] = st * _CA, ct * _CA, -_SA, -_D * _SA
+    m[:, 2, 0], m[:, 2, 1], m[:, 2, 2], m[:, 2, 3] = st * _SA, ct * _SA, _CA, _D * _CA
+    m[:, 3, 3] = 1.0
+    return m
+
+
 def chain(q7) -> list[np.ndarray]:
     """Frames of joints 1..7 (their z axes are the rotation axes), then flange, then TCP."""
-    q = np.asarray(q7, dtype=float)
-    t = np.eye(4)
-    out = []
-    for i in range(7):
-        a, d, al = _DH[i]
-        t = t @ _mdh(a, d, al, q[i])
+    m = _links(np.asarray(q7, dtype=float)[:7])
+    t = m[0]
+    out = [t]
+    for i in range(1, 7):
+        t = t @ m[i]
         out.append(t)
     fl = t.copy()
     fl[:3, 3] = t[:3, 3] + t[:3, 2] * FLANGE_D

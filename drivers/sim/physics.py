@@ -357,6 +357,7 @@ class PhysicsWorkcell(Workcell):
                 if r.colors:
                     rgb = np.clip(rgb + srng.uniform(-20, 20, 3), 0, 255)
                 self._colors[n] = tuple(rgb)
+            self._publish()
 
     @property
     def task(self) -> str:
@@ -386,6 +387,15 @@ class PhysicsWorkcell(Workcell):
         return self._scene.instruction
 
     # ---- state -----------------------------------------------------------------------
+    def _publish(self) -> None:
+        """Under the lock, after the joints changed: what joint_state() returns (see Workcell)."""
+        self._state = (self._sim.q(), self._sim.qd())
+
+    def joint_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(qpos, qvel) as of the last physics step, read without the lock (one reference swap)."""
+        q, qd = self._state
+        return q.copy(), qd.copy()
+
     def qpos(self) -> np.ndarray:
         with self.lock:
             return self._sim.q()
@@ -400,6 +410,7 @@ class PhysicsWorkcell(Workcell):
             q = self._sim.q()
             self._goal, self._ref, self._hand = q.copy(), q.copy(), q.copy()
             self._vref = np.zeros(8)
+            self._publish()
 
     def push(self, q8) -> None:
         q8 = np.asarray(q8, dtype=float).reshape(-1)
@@ -434,6 +445,7 @@ class PhysicsWorkcell(Workcell):
                     sim.set_ctrl(self._hand)
                 mujoco.mj_step(sim.model, sim.data)
             self.time += n * TIMESTEP
+            self._publish()
 
     # ---- queries ---------------------------------------------------------------------
     def ee_pose(self) -> np.ndarray:
@@ -500,7 +512,8 @@ class PhysicsWorkcell(Workcell):
                         and abs(ps[2] - sim.rest_z[s]) < 0.005)
             return False
 
-    def render(self, view: str = "front", width: int | None = None, height: int | None = None) -> np.ndarray:
+    def snapshot(self) -> tuple:
+        """(renderer, Snapshot, frame index) copied under the lock; see Workcell.snapshot."""
         with self.lock:
             sim = self._sim
             frames = sim.frames()
@@ -515,8 +528,11 @@ class PhysicsWorkcell(Workcell):
             renderer = self.renderer
             self._frame_index += 1
             idx = self._frame_index
-        snap = Snapshot(frames=frames, grip=grip, cubes={}, bowl=bowl, colors={}, bodies=bodies,
-                        plate=plate, spot=spot)
+        return renderer, Snapshot(frames=frames, grip=grip, cubes={}, bowl=bowl, colors={}, bodies=bodies,
+                                  plate=plate, spot=spot), idx
+
+    def render(self, view: str = "front", width: int | None = None, height: int | None = None) -> np.ndarray:
+        renderer, snap, idx = self.snapshot()
         return renderer.render(snap, view, width or self.config.width, height or self.config.height, idx)
 
 

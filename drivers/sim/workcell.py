@@ -142,6 +142,7 @@ class Workcell:
             # scene keeps its own renderer and caches, so it never sees half-cleared caches
             self.renderer = Renderer(style)
             self._colors = {"red_cube": style.red_rgb, "blue_cube": style.blue_rgb}
+            self._publish()
 
     @property
     def task(self) -> str:
@@ -169,6 +170,16 @@ class Workcell:
         raise RuntimeError("could not place objects")  # pragma: no cover - region is large enough
 
     # ---- state -----------------------------------------------------------------------
+    def _publish(self) -> None:
+        """Called under the lock after every change of the joints: the state joint_state() returns."""
+        self._state = (self._q.copy(), self._qd.copy())
+
+    def joint_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(qpos, qvel) as of the last step, read WITHOUT the lock: the control loop's observation must
+        not wait for a physics step or a snapshot holding it (one reference swap: never torn)."""
+        q, qd = self._state
+        return q.copy(), qd.copy()
+
     def qpos(self) -> np.ndarray:
         with self.lock:
             return self._q.copy()
@@ -196,6 +207,7 @@ class Workcell:
             self.torque = bool(on)
             self._goal = self._q.copy()   # re-enabling holds the current pose, no jump
             self._qd[:] = 0.0
+            self._publish()
 
     def push(self, q8) -> None:
         """The operator's hand moves the back-drivable arm (ignored while torque is on)."""
@@ -210,6 +222,7 @@ class Workcell:
             self._q = new
             self._goal = new.copy()
             self._after_move(prev, 0.0)
+            self._publish()
 
     def step(self, dt: float) -> None:
         """Advance the world by dt seconds."""
@@ -231,9 +244,20 @@ class Workcell:
             self._q_last_step = new.copy()
             self.time += dt
             self._after_move(prev, dt)
+            self._publish()
+
+    def _fk(self, q: np.ndarray) -> np.ndarray:
+        """kin.fk with a one-entry cache: a step asks for the TCP of the same joints twice."""
+        key = np.asarray(q, float)[:7].tobytes()
+        hit = getattr(self, "_fk_last", None)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        t = kin.fk(q)
+        self._fk_last = (key, t)
+        return t
 
     def _tcp_ok(self, q: np.ndarray) -> bool:
-        z = kin.fk(q)[2, 3]
+        z = self._fk(q)[2, 3]
         zmin = TCP_MIN_Z
         if self._grasped is not None:
             zmin = max(zmin, CUBE / 2 + self._grasp_local[2] - 0.001)  # cube bottom >= table
@@ -244,7 +268,7 @@ class Workcell:
         if self._tcp_ok(new) or np.allclose(new[:7], prev[:7]):
             return new
         if not self._tcp_ok(prev):      # already too low (e.g. pushed): allow moves that go up
-            return new if kin.fk(new)[2, 3] >= kin.fk(prev)[2, 3] else np.concatenate([prev[:7], new[7:]])
+            return new if self._fk(new)[2, 3] >= self._fk(prev)[2, 3] else np.concatenate([prev[:7], new[7:]])
         lo, hi = 0.0, 1.0
         for _ in range(12):
             mid = (lo + hi) / 2
@@ -259,7 +283,7 @@ class Workcell:
     def _after_move(self, prev: np.ndarray, dt: float) -> None:
         """Grasp / release / carry / fall, after the joints moved from prev to self._q."""
         g0, g1 = prev[7], self._q[7]
-        tcp = kin.fk(self._q)
+        tcp = self._fk(self._q)
         r, p = tcp[:3, :3], tcp[:3, 3]
         if self._grasped is None and g0 >= GRASP_FRACTION > g1:
             best, best_d = None, 1e9
@@ -347,8 +371,9 @@ class Workcell:
                         and c.pos[2] < BOWL_H + CUBE)
             return False
 
-    def render(self, view: str = "front", width: int | None = None, height: int | None = None) -> np.ndarray:
-        """RGB uint8 HxWx3 image from the 'front' or 'wrist' camera."""
+    def snapshot(self) -> tuple:
+        """(renderer, Snapshot, frame index): what render() draws, copied under the lock (cheap; the
+        drawing is done outside it, here or in a render process: drivers/sim/render_proc.py)."""
         with self.lock:
             q = self._q.copy()
             cubes = {k: (c.pos.copy(), c.yaw) for k, c in self._cubes.items()}
@@ -357,5 +382,10 @@ class Workcell:
             renderer = self.renderer
             self._frame_index += 1
             idx = self._frame_index
-        snap = Snapshot(frames=kin.chain(q[:7]), grip=float(q[7]), cubes=cubes, bowl=bowl, colors=colors)
+        return renderer, Snapshot(frames=kin.chain(q[:7]), grip=float(q[7]), cubes=cubes, bowl=bowl,
+                                  colors=colors), idx
+
+    def render(self, view: str = "front", width: int | None = None, height: int | None = None) -> np.ndarray:
+        """RGB uint8 HxWx3 image from the 'front' or 'wrist' camera."""
+        renderer, snap, idx = self.snapshot()
         return renderer.render(snap, view, width or self.config.width, height or self.config.height, idx)
