@@ -82,8 +82,10 @@ def make_devices(profile: RobotProfile, kind: str = "sim", port: str | None = No
                                       joint_names=profile.joint_names,
                                       calibration=Calibration.for_sim(profile.joint_names),
                                       # The simulated servos answer from a Python thread in this process
-                                      # that competes for the GIL with the renderers: allow it more time.
-                                      timeout_s=0.1))
+                                      # that competes for the GIL with the sim and the recorder (stalls
+                                      # of 25+ ms seen at episode start): allow it more time than a
+                                      # real bus, whose replies take < 2 ms.
+                                      timeout_s=0.1, min_timeout_s=0.04))
         dev = Devices(robot=arm, cameras={}, workcell=wc, simbus=bus, closers=[bus.stop])
     else:
         from drivers.bus.arm import ServoArm, ServoArmConfig

@@ -26,9 +26,14 @@ from typing import Callable
 
 import numpy as np
 
+from drivers.interfaces import DeviceError
 from teleop_app.sources import OperatorInputs, TickContext
 
 log = logging.getLogger("teleop")
+
+
+class RobotNotAnswering(DeviceError):
+    """The robot has given no observation for ControlPipeline.fault_s (the arm was held meanwhile)."""
 
 
 @dataclass
@@ -199,6 +204,12 @@ class ControlPipeline:
         self.estop_latencies: list[float] = []                   # request -> first held command sent (s)
         self.last_q: np.ndarray | None = None
         self.frames: dict = {}
+        # A robot that does not answer (a servo timeout, a lost port): held from that very tick; a fault
+        # lasting fault_s is raised to the owner (the session e-stops and says it). Sim clock: at once.
+        self.fault_s = 0.25 if clock == "real" else 0.0
+        self.robot_faults = 0                                    # ticks without an observation
+        self._fault_since: float | None = None
+        self.last_fault_at: float | None = None                  # monotonic time of the last fault's first held tick
 
     # ---- e-stop: lock-free ---------------------------------------------------------------
     def request_estop(self, source: str = "api") -> None:
@@ -254,11 +265,42 @@ class ControlPipeline:
                 frames[name] = f
         return obs, frames
 
+    def _no_observation(self, e: Exception) -> None:
+        """The robot gave no observation this tick: hold. Position servos keep their last goal; it is
+        written again (a broadcast sync write needs no reply), no source runs, nothing is recorded for
+        this tick. Said once; raised once it has lasted fault_s (and again every tick while it lasts)."""
+        t = time.monotonic()
+        self.robot_faults += 1
+        first = self._fault_since is None
+        if first:
+            self._fault_since = self.last_fault_at = t
+        if t - self._fault_since >= self.fault_s:
+            if self.fault_s <= 0:
+                raise e
+            # one stable text while it lasts (the owner says it once, not per tick with new CRC values)
+            raise RobotNotAnswering(f"no answer from the robot for {self.fault_s:g} s (why: said above); "
+                                    "check power and cable, then release the e-stop") from e
+        if first:
+            self.ctx.say(f"the robot did not answer ({e}); holding the arm at its last goal")
+        target = self.ctx.target
+        if target is not None and not getattr(self.source, "torque_off", False):
+            try:
+                self.robot.send_action(target)
+            except (DeviceError, ValueError):
+                pass
+        return None
+
     # ---- the tick ------------------------------------------------------------------------
-    def step(self, now: float) -> StepResult:
+    def step(self, now: float) -> StepResult | None:
         self._latch_estop()                             # FIRST, whatever else happens in this tick
         ctx = self.ctx
-        obs, frames = self.observe()
+        try:
+            obs, frames = self.observe()
+        except DeviceError as e:
+            return self._no_observation(e)
+        if self._fault_since is not None:
+            self._fault_since = None
+            ctx.say("the robot answers again")
         q = np.asarray(obs.position, float)
         self.last_q = q
         self.frames = frames

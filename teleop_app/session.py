@@ -256,6 +256,8 @@ class Session:
         self._open_store()
         self._hk = Housekeeper("session-housekeeping")
         robot = self.devices.robot
+        if hasattr(robot, "set_period"):
+            robot.set_period(self.period)      # a servo that stops answering costs <= half a tick
         self.pipeline = ControlPipeline(robot, self.devices.cameras, self.safety, self.period,
                                         profile=self.profile, workcell=self.devices.workcell,
                                         camera_errors=self.camera_errors, inputs=self.inputs,
@@ -607,7 +609,7 @@ class Session:
                 raise SessionError("stop the episode before replaying")
             if abs(fps - self.fps) > 1e-6:
                 self.say(f"replay at the recorded {fps:g} Hz (session runs at {self.fps:g} Hz)")
-                self.loop.set_rate(fps)
+                self._set_rate(fps)
             rep = ReplaySource(actions, path=str(episode_path), fps=fps)
             # First glide to the episode's first pose (homing), then play.
             self._switch(Mode.HOMING, HomingSource(actions[0], self.config.home_speed, then=(Mode.REPLAY, rep),
@@ -634,7 +636,7 @@ class Session:
         fps = r.fps if r is not None and r.fps else self.fps
         self._switch(Mode.HOLD, HoldSource(), quiet=True)
         if abs(fps - self.fps) > 1e-6:
-            self.loop.set_rate(self.fps)
+            self._set_rate(self.fps)
         self.say(msg)
 
     def set_workflow(self, **params) -> None:
@@ -879,6 +881,13 @@ class Session:
                 self._publish(q, None, q)
         except Exception:  # noqa: BLE001
             log.exception("after a control loop error")
+
+    def _set_rate(self, fps: float) -> None:
+        """The loop's rate, and the robot's bus transactions bounded by its tick (ServoArm.set_period)."""
+        self.loop.set_rate(fps)
+        robot = self.devices.robot if self.devices is not None else None
+        if hasattr(robot, "set_period"):
+            robot.set_period(1.0 / fps)
 
     def _tick(self, deadline: float, start: float) -> None:
         self.pipeline.step(start)

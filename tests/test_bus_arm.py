@@ -392,3 +392,22 @@ def test_bus_package_does_not_import_sim():
     code = ("import sys, drivers.bus.simbus, drivers.bus.arm, drivers.bus.transport;"
             "assert not [m for m in sys.modules if m.startswith('drivers.sim')], 'drivers.sim imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("hz", [50.0, 10.0])
+def test_a_silent_servo_costs_at_most_half_a_tick_once_the_period_is_set(rig, hz):
+    """ServoArm.set_period bounds a failed sync read by the loop's tick (it was timeout x 3 tries)."""
+    arm, sim, _ = rig
+    timeout, tries = arm.set_period(1.0 / hz)
+    assert timeout * tries <= 0.5 / hz + 1e-9 and tries >= 1
+    assert arm.bus.t.timeout == timeout and arm.bus.t._ser.timeout == timeout
+    arm.get_observation()                                   # healthy: answers well within the budget
+    sim.drop_replies([3])
+    t0 = time.monotonic()
+    with pytest.raises(ServoTimeout) as ei:
+        arm.get_observation()
+    took = time.monotonic() - t0
+    assert ei.value.servo_ids == [3] and f"after {tries} tr" in str(ei.value)
+    assert took < timeout * tries + 0.05, took               # + scheduling slack of a loaded machine
+    sim.clear_faults()
+    arm.get_observation()

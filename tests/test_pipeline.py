@@ -4,6 +4,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from recorder.reader import read_episode
 from recorder.store import EpisodeStore
@@ -154,3 +155,57 @@ def test_slow_store_add_does_not_delay_ticks(tmp_path):
         assert s.loop.ticks - ticks0 >= int(dt * 20) - 2       # the loop kept ticking meanwhile
     (info,) = EpisodeStore.open(tmp_path / "ds").episodes()
     assert info.success == 1
+
+
+def test_a_robot_that_stops_answering_is_held_from_that_tick_and_escalates_once(tmp_path):
+    """Real ServoArm over a pty against the simulated bus: servo 3 goes silent. The first tick without an
+    observation runs no source and writes the last goal again (said once); after fault_s the pipeline
+    raises one stable RobotNotAnswering; when the servo is back the arm answers again (said)."""
+    from drivers.bus.arm import Calibration, ServoArm, ServoArmConfig
+    from drivers.bus.simbus import IdealServos, SimServoBus
+    from teleop_app.pipeline import ControlPipeline, RobotNotAnswering
+    from teleop_app.safety import SafetyLayer
+    from teleop_app.sources import BaseSource
+    names = [f"joint{i}" for i in range(1, 8)] + ["gripper"]
+    backend = IdealServos(8, max_speed=20.0)
+    bus = SimServoBus(backend, protocol="dynamixel", step_backend=True)
+    port = bus.start()
+    arm = ServoArm(ServoArmConfig("dynamixel", port, list(range(1, 9)), names,
+                                  calibration=Calibration.for_sim(names), timeout_s=0.2, min_timeout_s=0.02))
+    arm.connect()
+    arm.set_period(0.1)
+    writes, said = [], []
+    real_send = arm.send_action
+    arm.send_action = lambda q: (writes.append(np.array(q, float)), real_send(q))[1]
+    calls = []
+
+    class Drift(BaseSource):
+        def command(self, ctx):
+            calls.append(1)
+            return np.asarray(ctx.obs.position, float) + 0.01
+    try:
+        pipe = ControlPipeline(arm, {}, SafetyLayer(np.full(8, -3.0), np.full(8, 3.0), np.full(8, 10.0)), 0.1)
+        pipe.ctx.say = said.append
+        pipe.fault_s = 0.3
+        pipe.set_source(Drift())
+        for k in range(3):
+            assert pipe.step(time.monotonic()) is not None
+        last_goal = writes[-1].copy()
+        n_calls = len(calls)
+        bus.drop_replies([3])
+        assert pipe.step(time.monotonic()) is None                   # held this very tick
+        assert len(calls) == n_calls, "no source runs without an observation"
+        assert np.allclose(writes[-1], last_goal), "the last goal is written again"
+        assert sum("did not answer" in m and "servo 3" in m for m in said) == 1
+        t_end = time.monotonic() + 3
+        with pytest.raises(RobotNotAnswering) as ei:
+            while time.monotonic() < t_end:
+                pipe.step(time.monotonic())
+        assert "0.3 s" in str(ei.value) and isinstance(ei.value.__cause__, Exception)
+        assert sum("did not answer" in m for m in said) == 1, said
+        bus.clear_faults()
+        assert pipe.step(time.monotonic()) is not None
+        assert said[-1] == "the robot answers again"
+    finally:
+        arm.disconnect()
+        bus.stop()

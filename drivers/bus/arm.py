@@ -158,6 +158,7 @@ class ServoArmConfig:
     calibration: str | Path | Calibration | None = None   # None: centre 2048, sign +1, scale 1
     retries: int = 3                    # tries per transaction before ServoTimeout
     timeout_s: float = 0.05             # per-packet reply timeout (a reply takes < 2 ms; slack for stalls)
+    min_timeout_s: float = 0.005        # set_period never goes below (a simulated bus answers slower)
     read_velocity: bool = True          # same sync read, a few more bytes per servo
     torque_off_on_disconnect: bool = False
 
@@ -211,6 +212,19 @@ class ServoArm:
             calibration = Calibration.for_sim(profile.joint_names)
         return cls(ServoArmConfig.from_profile(profile, port=port, protocol=proto,
                                                calibration=calibration, **kw))
+
+    def set_period(self, period: float, share: float = 0.5) -> tuple[float, int]:
+        """Bound every bus transaction by the control loop's tick: a servo that stops answering costs at
+        most `share` of one period (then the loop holds the arm and says it), instead of the configured
+        timeout x retries (0.05 s x 3) stalling the loop for several ticks. Per-packet timeout =
+        period/4 within [min_timeout_s, timeout_s]; tries = as many as fit in the share, within [1, retries].
+        A healthy reply takes < 2 ms at 1 Mbaud. Returns (timeout, tries)."""
+        cfg = self.config
+        timeout = min(cfg.timeout_s, max(cfg.min_timeout_s, period / 4))
+        tries = max(1, min(cfg.retries, int(share * period / timeout + 1e-9)))
+        if hasattr(self.bus, "set_budget"):
+            self.bus.set_budget(timeout, tries)
+        return timeout, tries
 
     # -- Robot
     @property

@@ -110,6 +110,12 @@ class SerialTransport:
         except _IO_ERRORS as e:
             raise self._lost(e) from None
 
+    def set_timeout(self, timeout: float) -> None:
+        """Per-packet reply timeout from now on (the control loop's tick budget, ServoArm.set_period)."""
+        self.timeout = float(timeout)
+        if self._ser is not None:
+            self._ser.timeout = self.timeout
+
     def read_packet(self, codec: ModuleType, timeout: float | None = None) -> bytes:
         """Return exactly one framed packet (header..checksum) for `codec`, raw and unverified
         except for its framing; raise ReadTimeout if none completes in time."""
@@ -160,6 +166,12 @@ class _ServoBus:
     @property
     def port(self) -> str:
         return self.t.port
+
+    def set_budget(self, timeout: float, retries: int) -> None:
+        """Per-packet timeout and tries per transaction: a transaction that fails takes at most
+        timeout * retries (plus the write)."""
+        self.t.set_timeout(timeout)
+        self.retries = max(1, int(retries))
 
     def open(self) -> None:
         self.t.open()
