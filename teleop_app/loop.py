@@ -132,6 +132,8 @@ class RateLoop:
         self.priority_set = threading.Event()     # the loop thread has asked for real-time priority
         self.extra_ticks = 0
         self.gc = GarbageCollector()
+        self.next_deadline: float | None = None        # of the tick the loop is waiting for (None: stopped)
+        self.last_start: float = 0.0
 
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
@@ -201,6 +203,7 @@ class RateLoop:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self._thread = None
+        self.next_deadline = None
         self.gc.stop()
 
     def _raise_priority(self) -> None:
@@ -227,6 +230,7 @@ class RateLoop:
                     t0, k, self._rate_changed = time.monotonic(), 0, False
                 period = self.period
             deadline = t0 + k * period
+            self.next_deadline = deadline
             now = time.monotonic()
             if now < deadline:
                 if deadline - now > SPIN_S:
@@ -245,6 +249,7 @@ class RateLoop:
                 k += skip
                 deadline = t0 + k * period
             start = time.monotonic()
+            self.last_start = start
             self._starts.append(start - deadline)
             try:
                 self.tick(deadline, start)
@@ -260,6 +265,28 @@ class RateLoop:
             self.ticks += 1
             k += 1
             self.gc.maybe_collect(t0 + k * period - time.monotonic())
+
+    def quiet_delay(self, pre: float = 0.0012, post: float = 0.0004, now: float | None = None) -> float:
+        """Seconds a helper thread of this process should wait before taking the GIL for a burst of work:
+        non-zero within `pre` before the next tick and `post` after a tick started (the tick's observation
+        and its timestamp come first). 0 when the loop is not running."""
+        nxt = self.next_deadline
+        if nxt is None or not self.running:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        since = now - self.last_start
+        if 0.0 <= since < post:
+            return post - since
+        ahead = nxt - now
+        if 0.0 < ahead < pre:
+            return ahead + post
+        return 0.0
+
+    def wait_quiet(self, stop: threading.Event | None = None) -> None:
+        """Sleep out quiet_delay() (on `stop`, so a shutdown does not wait)."""
+        d = self.quiet_delay()
+        if d > 0:
+            (stop.wait if stop is not None else time.sleep)(d)
 
     def _extra_tick(self) -> None:
         start = time.monotonic()

@@ -99,3 +99,25 @@ def test_loop_owns_the_garbage_collector_while_it_runs_and_gives_it_back():
     assert seen and not any(seen), "automatic collection must be off while the loop runs"
     assert sum(loop.gc.collections) > 0, "the loop collects in its slack instead"
     assert gc.isenabled(), "stop() gives automatic collection back"
+
+
+def test_quiet_delay_keeps_helpers_out_of_the_tick_start():
+    loop = RateLoop(20, lambda d, s: None)
+    assert loop.quiet_delay() == 0.0                       # not running: never wait
+    loop.start()
+    try:
+        t_end = time.monotonic() + 5
+        while loop.ticks < 3 and time.monotonic() < t_end:
+            time.sleep(0.01)
+        for _ in range(100):                              # a consistent pair: the tick that ran, the next
+            start, nxt = loop.last_start, loop.next_deadline
+            if nxt is not None and 0.03 < nxt - start < 0.07:
+                break
+            time.sleep(0.005)
+        assert nxt is not None and 0.03 < nxt - start < 0.07
+        assert loop.quiet_delay(now=start + 0.0001) == pytest.approx(0.0003)        # the tick just began
+        assert loop.quiet_delay(now=nxt - 0.001) == pytest.approx(0.0014)           # about to begin
+        assert loop.quiet_delay(now=start + 0.02) == 0.0                            # mid-period
+    finally:
+        loop.stop()
+    assert loop.quiet_delay() == 0.0

@@ -133,6 +133,7 @@ class _Client:
             while self.alive:
                 self._wake.wait(period)
                 self._wake.clear()
+                srv.session.loop.wait_quiet()          # not while the loop starts a tick (GIL)
                 while True:
                     try:
                         msg = self.replies.get_nowait()
@@ -328,6 +329,7 @@ class ControlServer:
         period = 1.0 / FRAME_HZ
         _realtime_helper()
         while not self.stop_event.wait(period):
+            self.session.loop.wait_quiet(self.stop_event)
             try:
                 frames = self.session.latest_frames()
             except Exception:
