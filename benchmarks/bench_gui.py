@@ -59,7 +59,8 @@ def run_gui(display: str, dataset: Path, episodes: int, fps: float, screenshot: 
            "--fps", f"{fps:g}", "--dataset", str(dataset)]
     print("$ DISPLAY=%s teleop %s" % (display, " ".join(cmd[3:])), flush=True)
     env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb", "SDL_VIDEODRIVER": "dummy",
-           "SDL_AUDIODRIVER": "dummy", "XDG_CONFIG_HOME": str(dataset.parent / "config")}
+           "SDL_AUDIODRIVER": "dummy", "XDG_CONFIG_HOME": str(dataset.parent / "config"),
+           "PYTHONFAULTHANDLER": "1"}          # a crash leaves its Python stack in the log
     log = open(dataset.parent / f"gui_{fps:g}.log", "w")
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -81,6 +82,9 @@ def run_gui(display: str, dataset: Path, episodes: int, fps: float, screenshot: 
         log.close()
     if p.returncode != 0:
         print(Path(log.name).read_text()[-3000:])
+        # the GUI's control process waits out its grace period for a GUI to come back (the product's
+        # promise): end it, or it would load the next measurement
+        subprocess.run(["pkill", "-TERM", "-f", str(dataset)], capture_output=True)
         raise SystemExit(f"bench_gui: teleop gui exited {p.returncode}")
     took = time.monotonic() - t0
     print(f"  {episodes} unattended episodes in {took:.1f} s (window, live views and plot on screen)")
