@@ -6,7 +6,9 @@ also appended here as a self-checking record. A record is
     b"TJ" | kind (1 byte) | 0 | payload length (u32 LE) | crc32(payload) (u32 LE) | payload
 
 A torn tail (process killed mid-record) fails the length or CRC check and reading stops there:
-everything before it is intact. Kinds: b"H" header (JSON), b"S" one step (binary, see pack_step).
+everything before it is intact. Kinds: b"H" header (JSON), b"S" one step (binary, see pack_step),
+b"R" a per-step label run starting at a step (JSON [key, start step, value]: schema.INTERVENTION /
+ACTION_SOURCE, written just before that step), so a recovered episode keeps who drove each step.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class JournalHeader:
     cameras: dict[str, tuple[int, int]]    # name -> (height, width)
     dof: int
     jpeg: bool
+    runs: dict = field(default_factory=dict)   # filled while reading: key -> [[start, value], ...]
 
 
 @dataclass
@@ -55,6 +58,11 @@ def pack_header(h: JournalHeader) -> bytes:
     body = {"attrs": h.attrs, "cameras": {k: list(v) for k, v in h.cameras.items()},
             "dof": h.dof, "jpeg": h.jpeg}
     return _record(b"H", json.dumps(body).encode())
+
+
+def pack_run(key: str, start: int, value) -> bytes:
+    """A label run (schema.step_runs) that starts at step `start`."""
+    return _record(b"R", json.dumps([str(key), int(start), value]).encode())
 
 
 def pack_step(index: int, s: Step, cams: list[str]) -> bytes:
@@ -187,6 +195,13 @@ def read_journal(path: Path) -> tuple[JournalHeader, Iterator[Step]]:
                 payload = f.read(n)
                 if len(payload) != n or zlib.crc32(payload) != crc:
                     return
+                if kind == b"R":
+                    try:
+                        key, start, value = json.loads(payload)
+                        header.runs.setdefault(str(key), []).append([int(start), value])
+                    except (ValueError, TypeError):
+                        pass
+                    continue
                 if kind != b"S":
                     continue
                 try:

@@ -89,7 +89,8 @@ def _from_journal(journal: Path, out: Path) -> int:
                 batch = []
         sink.append(batch)
         n = sink.n
-        sink.close(success=-1, extra_attrs={"recovered": True})
+        # who drove each step (intervention / action_source runs), as far as the steps reached
+        sink.close(success=-1, extra_attrs={"recovered": True, **S.runs_attrs(header.runs, n)})
     except BaseException:
         try:
             sink.f.close()

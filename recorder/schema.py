@@ -124,6 +124,11 @@ def step_runs(runs: list, value, step: int) -> None:
         runs.append([int(step), value])
 
 
+def runs_attrs(runs: dict, n: int | None = None) -> dict:
+    """{key: runs JSON} root attrs for step_runs lists; runs starting at or after step n are dropped."""
+    return {k: json.dumps([r for r in v if n is None or r[0] < n]) for k, v in runs.items() if v}
+
+
 def expand_runs(text, n: int, default=None) -> list | None:
     """Runs JSON (as written by step_runs) -> n per-step values, or None if absent/malformed."""
     if text is None:

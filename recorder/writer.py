@@ -8,7 +8,6 @@ A crash leaves .partial + .journal; EpisodeStore.open()/recover() rebuilds <name
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
 import os
@@ -28,7 +27,7 @@ from . import schema as S
 from .fsutil import fsync_dir
 from .h5sink import H5Sink
 from .h5proc import SinkProcess
-from .journal import JournalHeader, JournalWriter, Step, pack_step
+from .journal import JournalHeader, JournalWriter, Step, pack_run, pack_step
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +176,19 @@ class EpisodeWriter:
             h, w = self.cameras[cam]
             if img.shape != (h, w, 3) or img.dtype != np.uint8:
                 raise S.RecorderError(f"camera {cam}: image {img.shape} {img.dtype}, expected ({h}, {w}, 3) uint8 RGB")
+        runs = []               # label runs that start at this step (journaled with it)
+        for key, value in ((S.INTERVENTION, None if intervention is None else bool(intervention)),
+                           (S.ACTION_SOURCE, None if source is None else str(source))):
+            if value is not None:
+                r = self._runs.get(key)
+                if not r or r[-1][1] != value:
+                    runs.append((key, value))
         item = (time.monotonic(), float(timestamp), qpos, action, action_raw, qv, dict(images),
-                {c: float(image_timestamps.get(c, timestamp)) for c in images})
+                {c: float(image_timestamps.get(c, timestamp)) for c in images}, runs, self.num_steps)
         try:
             self._q.put_nowait(item)
-            if intervention is not None:
-                S.step_runs(self._runs.setdefault(S.INTERVENTION, []), bool(intervention), self.num_steps)
-            if source is not None:
-                S.step_runs(self._runs.setdefault(S.ACTION_SOURCE, []), str(source), self.num_steps)
+            for key, value in runs:
+                S.step_runs(self._runs.setdefault(key, []), value, self.num_steps)
             self.num_steps += 1
         except queue.Full:
             self.dropped += 1
@@ -285,7 +289,7 @@ class EpisodeWriter:
         """Encode images (in parallel) and fill missing camera frames with the previous one."""
         steps = []
         futures = []
-        for (_, ts, qpos, action, raw, qv, images, img_ts) in items:
+        for (_, ts, qpos, action, raw, qv, images, img_ts, _runs, _index) in items:
             st = Step(ts, qpos, action, raw, qv, {}, {})
             for cam in self.cameras:
                 if cam in images:
@@ -342,7 +346,9 @@ class EpisodeWriter:
                     # journal first: if HDF5 then fails, the journal still has the batch
                     records = [pack_step(self.written_steps + k, st, self._cam_order)
                                for k, st in enumerate(steps)]
-                    for rec in records:
+                    for item, rec in zip(items, records):
+                        for key, value in item[8]:      # who drives from this step on, then the step
+                            self._journal.append_raw(pack_run(key, item[9], value))
                         self._journal.append_raw(rec)
                     self._sink.append(steps, records)
                     self.written_steps += len(steps)
@@ -378,7 +384,7 @@ class EpisodeWriter:
             return
         extra = {"aborted": True} if getattr(self, "_abort_keep", False) else None
         if self._runs:
-            extra = dict(extra or {}, **{k: json.dumps(v) for k, v in self._runs.items()})
+            extra = dict(extra or {}, **S.runs_attrs(self._runs))
         self._sink.close(success=self._success, extra_attrs=extra)
         if isinstance(self._sink, H5Sink):      # (the child process fsyncs its own file)
             fd = os.open(self.partial_path, os.O_RDONLY)
@@ -416,7 +422,7 @@ class EpisodeWriter:
         try:
             # steps only in the journal are not appended: that would eat the space just freed
             self._sink.trim()
-            n = self._sink.close(success=-1, extra_attrs={"truncated": True})
+            n = self._sink.close(success=-1, extra_attrs={"truncated": True, **S.runs_attrs(self._runs)})
             os.replace(self.partial_path, self.path)
             self._journal.close()
             self.journal_path.unlink(missing_ok=True)

@@ -38,8 +38,10 @@ CHILD = textwrap.dedent("""
             time.sleep(max(0.0, tick - time.monotonic()))
             now = time.monotonic()
             imgs = {c: rng.integers(0, 255, (h, w_, 3), dtype=np.uint8) for c, (h, w_) in cams.items()}
+            took_over = (i // 7) % 2 == 1          # the operator takes over for 7 steps, hands back, ...
             w.add_step(np.full(8, i, np.float32), np.full(8, i + 0.5, np.float32), timestamp=now,
-                       images=imgs, image_timestamps={c: now - 0.005 for c in cams})
+                       images=imgs, image_timestamps={c: now - 0.005 for c in cams},
+                       intervention=took_over, source="operator" if took_over else "policy")
             i += 1
             if n_steps is None:
                 print("step", i, flush=True)
@@ -104,6 +106,10 @@ def test_sigkill_mid_episode_recovers(tmp_path, hz, jpeg):
     assert ep.images("top").shape == (ep.num_steps, 120, 160, 3)
     assert np.all(np.diff(ep.timestamp) > 0)
     assert not [p for p in (root / "episodes").iterdir() if p.name.endswith((".partial", ".journal"))]
+    # who drove each step survives the crash (journaled label runs), not only finished episodes' attrs
+    want = (np.arange(ep.num_steps) // 7) % 2 == 1
+    assert ep.intervention is not None and ep.intervention.tolist() == want.tolist()
+    assert ep.action_source == ["operator" if w else "policy" for w in want]
     print(f"written={written} recovered={ep.num_steps}")
 
 
