@@ -1,5 +1,6 @@
 """Open the real GUI on the sim (the window as a client of its control process, as `teleop gui` runs),
-record a short scripted episode, run the shipped demo policy, visit every tab and save
+record a short scripted episode, drive the arm with a (simulated) leader arm, switch to Cartesian pad mode,
+run the shipped demo policy, visit every tab and save
 docs/screenshot_<tab>.png.   Run:  .venv/bin/python scripts/screenshots.py [--out docs]
 
 Headless by default (QT_QPA_PLATFORM=offscreen); pass --show to use the real display (e.g. Xvfb's).
@@ -57,7 +58,7 @@ def main() -> int:
 
     wf = WorkflowConfig(countdown_s=0, reset_s=0, episode_s=0, target_episodes=20,
                         instructions=["pick up the red cube"])
-    cfg = SessionConfig(robot="sim", dataset=str(tmp / "dataset"), workflow=wf)
+    cfg = SessionConfig(robot="sim", dataset=str(tmp / "dataset"), workflow=wf, leader="sim")
     settings = QSettings(str(tmp / "ui.ini"), QSettings.Format.IniFormat)
     win = MainWindow(cfg, settings=settings)
     win.resize(1680, 1000)
@@ -98,6 +99,27 @@ def main() -> int:
     s.stop_episode()
     wait(lambda: s.status.workflow == State.REVIEW, 5, "review")
     s.discard()
+
+    # --- leader arm (a simulated leader on its own pty): the operator's hand moves it, the arm follows
+    win.teleop.set_mode(Mode.LEADER)
+    wait(lambda: s.status.human.get("leader") in ("refused", "following"), 5, "the leader mode")
+    s.move_leader(s.status.qpos)      # the arm was jogged away from the leader: bring the leader to it
+    wait(lambda: s.status.human.get("leader") == "following", 15, "the follower to track the leader")
+    q = np.array(s.status.qpos, float)
+    for k in range(45):                # the hand on the leader: ~4.5 s of sweeping joints 1, 2 and 4
+        p = q.copy()
+        p[0] -= 0.6 * np.sin(k / 7)
+        p[1] += 0.3 * np.sin(k / 5)
+        p[3] += 0.4 * np.sin(k / 9)
+        s.move_leader(p)
+        pump(0.1)
+    shot("leader")
+    # --- Cartesian pad mode: the sticks move the gripper along the base frame's axes
+    win.teleop.set_mode(Mode.CARTESIAN)
+    wait(lambda: s.status.human.get("frame") == "base", 5, "Cartesian mode")
+    pump(1.0)
+    shot("cartesian")
+    win.teleop.set_mode(Mode.HOLD)
 
     # --- episodes: select the scripted episode, scrub to the middle
     win.tabs.setCurrentWidget(win.episodes)

@@ -192,7 +192,8 @@ class CartesianPadSource(BaseSource):
         self.goal = self.chain.fk(ctx.base[:self.n])
 
     def status(self) -> dict:
-        return {"source": self.name, "frame": self.frame, "intervention": False}
+        goal = None if self.goal is None else [float(x) for x in self.goal[:3, 3]]
+        return {"source": self.name, "frame": self.frame, "intervention": False, "goal_xyz": goal}
 
     def toggle_frame(self) -> str:
         self.frame = "tool" if self.frame == "base" else "base"

@@ -622,3 +622,33 @@ def test_missing_xcb_libraries_are_named_with_their_packages():
     assert set(missing_xcb_packages()) <= set(XCB_LIBS.values())
     assert missing_xcb_packages({"libteleop-no-such-lib.so.7": "libteleop-none7",
                                  "libc.so.6": "libc6"}) == ["libteleop-none7"]
+
+
+def test_leader_and_cartesian_modes_from_the_keyboard_show_their_state(qtbot, tmp_path):
+    """Keys 4 / 5 select the leader-arm and Cartesian pad modes in the real window (control process,
+    simulated leader on its own pty); the tab says what the leader does and which frame the pad uses."""
+    w = MainWindow(config(tmp_path, leader="sim"), settings=QSettings(str(tmp_path / "ui.ini"),
+                                                                        QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    try:
+        s = connect(qtbot, w)
+        t = w.teleop
+        assert not t.human_label.isVisible()
+        key(qtbot, w, Qt.Key.Key_4)
+        qtbot.waitUntil(lambda: s.status.mode == Mode.LEADER and s.status.human.get("leader") == "following",
+                        timeout=5000)
+        qtbot.waitUntil(lambda: "following the leader" in t.human_label.text() and t.human_label.isVisible(),
+                        timeout=2000)
+        q = np.array(s.status.qpos, float)
+        q[0] += 0.2
+        s.move_leader(q)
+        qtbot.waitUntil(lambda: abs(s.status.qpos[0] - q[0]) < 0.01, timeout=5000)     # the follower tracks it
+        key(qtbot, w, Qt.Key.Key_5)
+        qtbot.waitUntil(lambda: s.status.mode == Mode.CARTESIAN, timeout=3000)
+        qtbot.waitUntil(lambda: "base</b> frame" in t.human_label.text() and " mm" in t.human_label.text(),
+                        timeout=2000)
+        key(qtbot, w, Qt.Key.Key_0)
+        qtbot.waitUntil(lambda: s.status.mode == Mode.HOLD and not t.human_label.isVisible(), timeout=2000)
+    finally:
+        w.close()

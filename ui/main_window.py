@@ -222,6 +222,8 @@ class MainWindow(QMainWindow):
             "mode_gamepad": lambda: self.teleop.set_mode(Mode.GAMEPAD),
             "mode_kinesthetic": lambda: self.teleop.set_mode(Mode.KINESTHETIC),
             "mode_scripted": lambda: self.teleop.set_mode(Mode.SCRIPTED),
+            "mode_leader": lambda: self.teleop.set_mode(Mode.LEADER),
+            "mode_cartesian": lambda: self.teleop.set_mode(Mode.CARTESIAN),
             "policy_start": self.policy.start, "policy_step": self.policy.step,
             "policy_takeover": self.policy.toggle_takeover,
             "frame_prev": lambda: self.episodes.step_frame(-1), "frame_next": lambda: self.episodes.step_frame(1),

@@ -24,6 +24,8 @@ SHORTCUTS: list[tuple[str, str, str]] = [
     ("1", "mode: gamepad", "mode_gamepad"),
     ("2", "mode: kinesthetic (torque off, move the arm by hand)", "mode_kinesthetic"),
     ("3", "mode: scripted expert (sim)", "mode_scripted"),
+    ("4", "mode: leader arm (the follower tracks it; start with --leader)", "mode_leader"),
+    ("5", "mode: Cartesian gamepad (the pad moves the gripper in x/y/z)", "mode_cartesian"),
     ("P", "start the policy on the robot", "policy_start"),
     (".", "single-step the policy", "policy_step"),
     ("T", "policy: take over / hand back (operator drives through safety)", "policy_takeover"),

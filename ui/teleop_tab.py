@@ -23,7 +23,11 @@ from ui.mapping_editor import MappingEditor
 from ui.util import dark_plot, pyqtgraph_ready, set_style
 
 MODES = [(Mode.HOLD, "Hold", "0"), (Mode.GAMEPAD, "Gamepad", "1"), (Mode.KINESTHETIC, "Kinesthetic", "2"),
-         (Mode.SCRIPTED, "Scripted", "3")]
+         (Mode.SCRIPTED, "Scripted", "3"), (Mode.LEADER, "Leader", "4"), (Mode.CARTESIAN, "Cartesian", "5")]
+LEADER_STATES = {"following": ("#27ae60", "following the leader"),
+                 "ramping": ("#f39c12", "ramping to the leader's pose"),
+                 "refused": ("#c0392b", "refused: the leader is too far from the arm, move it closer"),
+                 "lost": ("#c0392b", "leader lost: the arm is held"), "idle": ("#7f8c8d", "idle")}
 STATE_COLORS = {State.IDLE: "#7f8c8d", State.COUNTDOWN: "#f39c12", State.RECORDING: "#e74c3c",
                 State.REVIEW: "#3498db", State.RESETTING: "#9b59b6", State.DONE: "#27ae60"}
 JOG_FRACTION = 0.3          # jog buttons move a joint at this fraction of its max speed
@@ -99,6 +103,9 @@ class TeleopTab(QWidget):
         self.history: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=int(PLOT_SECONDS * 60))
         lay = QVBoxLayout(self)
         lay.addLayout(self._build_mode_row())
+        self.human_label = QLabel("")          # leader arm state / Cartesian frame and goal (own line)
+        self.human_label.setVisible(False)
+        lay.addWidget(self.human_label)
         lay.addLayout(self._build_instruction_row())
         lay.addWidget(self._build_episode_box())
         lay.addWidget(self._build_lower(), 1)
@@ -442,6 +449,21 @@ class TeleopTab(QWidget):
             self._call("jog", self._jog_vel)
 
     # ------------------------------------------------------------------ status
+    def _show_human(self, st) -> None:
+        h = getattr(st, "human", None) or {}
+        text = ""
+        if st.mode == Mode.LEADER and "leader" in h:
+            color, what = LEADER_STATES.get(h["leader"], ("#7f8c8d", h["leader"]))
+            text = f"leader arm: <b style='color:{color}'>{what}</b>"
+        elif st.mode == Mode.CARTESIAN and "frame" in h:
+            text = f"Cartesian: sticks move the gripper in the <b>{h['frame']}</b> frame"
+            g = h.get("goal_xyz")
+            if g is not None and len(g) == 3:
+                text += f" · goal x {g[0] * 1e3:.0f} y {g[1] * 1e3:.0f} z {g[2] * 1e3:.0f} mm"
+        if self.human_label.text() != text:
+            self.human_label.setText(text)
+            self.human_label.setVisible(bool(text))
+
     def update_status(self, st, visible: bool = True) -> None:
         if self.session is None or not st.connected:
             return
@@ -450,6 +472,7 @@ class TeleopTab(QWidget):
             self.history.append((st.t, st.qpos, st.sent if st.sent is not None else st.qpos))
         self._mode = st.mode
         self._sync_mode()
+        self._show_human(st)
         wf = st.workflow
         color = STATE_COLORS.get(wf, "#7f8c8d")
         txt = "REC" if wf == State.RECORDING else wf.value.upper()     # short: the label must fit at 260 px
