@@ -45,11 +45,12 @@ def test_a_killed_child_falls_back_to_in_process_drawing_with_a_message():
     cam = SimCamera(wc, "front", "front", width=64, height=64, fps=30, realtime=True)
     cam.connect()
     try:
+        assert cam.read_latest() is not None, "a frame at once, before the render process has started"
         assert _wait(lambda: cam.read_latest() is not None and cam.read_latest().index >= 3)
         assert cam._proc is not None and cam._proc.alive
         os.kill(cam._proc.proc.pid, signal.SIGKILL)
         assert _wait(lambda: cam._proc is None), "the dead child is noticed"
-        assert "exited" in (cam.last_error or "") and "in-process" in cam.last_error
+        assert "exited" in (cam.render_note or "") and "in-process" in cam.render_note
         n = cam.read_latest().index
         assert _wait(lambda: cam.read_latest().index > n + 3), "frames keep coming, drawn in-process"
     finally:

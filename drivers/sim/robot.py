@@ -184,7 +184,7 @@ class SimCamera(_Realtime):
             render_process = os.environ.get("TELEOP_SIM_RENDER_PROCESS", "1") != "0"
         self.render_process = bool(render_process) and self.realtime
         self._proc = None
-        self.last_error: str | None = None      # why the render process is not used (said once)
+        self.render_note: str | None = None     # why the render process is not used (logged once)
         self._thread_name = f"sim-cam-{name}"
         self._init_thread()
 
@@ -196,7 +196,15 @@ class SimCamera(_Realtime):
             try:
                 self._proc = RenderProcess(self.width, self.height)
             except OSError as e:
-                self._proc, self.last_error = None, f"no render process ({e}); drawing in-process"
+                self._proc, self.render_note = None, f"no render process ({e}); drawing in-process"
+        if self.realtime:
+            # the first frame now, drawn here: the render process takes ~0.4 s to start, and a
+            # recording begun meanwhile must not start with blank frames
+            renderer, snap, idx = self.workcell.snapshot()
+            with self._lock:
+                self._index += 1
+                self._latest = Frame(image=renderer.render(snap, self.view, self.width, self.height, idx),
+                                     timestamp=time.monotonic(), index=self._index)
         super().connect()
 
     def disconnect(self) -> None:
@@ -215,8 +223,8 @@ class SimCamera(_Realtime):
             img = proc.render(renderer, snap, self.view, idx, guard.window if guard is not None else None)
             if img is not None:
                 return img
-            self.last_error = f"{proc.error}; drawing in-process from now on"
-            logging.getLogger(__name__).warning("sim camera '%s': %s", self.name, self.last_error)
+            self.render_note = f"{proc.error}; drawing in-process from now on"
+            logging.getLogger(__name__).warning("sim camera '%s': %s", self.name, self.render_note)
             self._proc = None
             proc.close()
         return renderer.render(snap, self.view, self.width, self.height, idx)
