@@ -2,7 +2,9 @@
 
 One `ControlPipeline.step(now)` per tick:
     e-stop flag (checked first, latched into the safety layer)
- -> one observation: joints + each camera read ONCE (the frames serve the policy AND the recording)
+ -> one observation: joints + each camera read ONCE (the frames serve the policy AND the recording);
+    no observation (DeviceError: a servo timeout, a lost port) -> hold: the last goal written again, no
+    source, nothing recorded, said once; RobotNotAnswering raised once it lasts fault_s (real clock)
  -> `before(ctx)` hook (the session: queued commands, pad, workflow clock)
  -> source.command(ctx) -> SafetyLayer -> e-stop flag again -> robot.send_action (returns what was written)
  -> the step is handed to the episode writer (never blocks: steps wait in memory until a writer is ready)
