@@ -762,6 +762,21 @@ class Session:
         frames = self.pipeline.frames if self.pipeline is not None else {}
         return {n: (f.image, f.timestamp) for n, f in frames.items()}
 
+    def live_frames(self) -> dict:
+        """{camera: (image, timestamp)}: each camera's newest frame, at the camera's own rate (30 fps while
+        the loop may tick at 10 Hz), for the live view; the tick's frame where a camera gives none."""
+        out = self.latest_frames()
+        for name, cam in (self.devices.cameras.items() if self.devices is not None else ()):
+            if name in self.camera_errors:
+                continue
+            try:
+                f = cam.read_latest() if cam.is_connected else None
+            except Exception:  # noqa: BLE001 - the tick reports camera faults; the view just keeps the tick's
+                f = None
+            if f is not None and (name not in out or f.timestamp >= out[name][1]):
+                out[name] = (f.image, f.timestamp)
+        return out
+
     # ================================================================ recording effects (in the tick)
     def _episode_meta(self, instruction: str):
         from recorder.schema import EpisodeMeta

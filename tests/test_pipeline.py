@@ -209,3 +209,19 @@ def test_a_robot_that_stops_answering_is_held_from_that_tick_and_escalates_once(
     finally:
         arm.disconnect()
         bus.stop()
+
+
+def test_live_view_frames_come_at_the_camera_rate_not_the_loop_rate(tmp_path):
+    """At a 5 Hz loop, the 30 fps sim cameras still give the live view new frames between ticks;
+    latest_frames() stays exactly what the tick read (recorded, shown to the policy)."""
+    wf = WorkflowConfig(countdown_s=0, reset_s=0, episode_s=0, target_episodes=3)
+    with Session(SessionConfig(dataset=str(tmp_path / "ds"), fps=5, use_gamepad=False, workflow=wf)) as s:
+        assert wait_for(lambda: "front" in s.latest_frames())
+        seen_live, seen_tick = set(), set()
+        t_end = time.monotonic() + 1.2
+        while time.monotonic() < t_end:
+            seen_live.add(s.live_frames()["front"][1])
+            seen_tick.add(s.latest_frames()["front"][1])
+            time.sleep(0.01)
+        assert len(seen_tick) <= 8                   # ~6 ticks in 1.2 s
+        assert len(seen_live) >= 2 * len(seen_tick), (len(seen_live), len(seen_tick))

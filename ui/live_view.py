@@ -1,5 +1,6 @@
-"""Live camera grid: a QTimer pulls the frames the control loop read last (`session.latest_frames()`: shared
-memory when the session is remote) and paints each new one with its capture age and the display rate.
+"""Live camera grid: a QTimer pulls each camera's newest frame (`session.live_frames()` in process; shared
+memory, which the control process fills the same way, when the session is remote: `latest_frames()`) and
+paints each new one with its capture age and the display rate.
 Latest-only, never queued: nothing here can slow the control loop.
 """
 from __future__ import annotations
@@ -105,7 +106,7 @@ class LiveView(QWidget):
             return
         now = time.monotonic()
         try:
-            frames = s.latest_frames()
+            frames = (s.live_frames if hasattr(s, "live_frames") else s.latest_frames)()
         except Exception as e:   # a camera or channel problem must not take the window with it
             for v in self.views.values():
                 v.set_note(f"error: {e}", "#e74c3c")

@@ -323,7 +323,8 @@ class ControlServer:
             c.send(reply)
 
     def _frame_loop(self) -> None:
-        """The frames the last tick read, into shared memory (latest-only, off the tick)."""
+        """Each camera's newest frame (Session.live_frames: the camera's own rate, not the loop's) into
+        shared memory (latest-only, off the tick)."""
         last: dict[str, float] = {}
         index: dict[str, int] = {}
         period = 1.0 / FRAME_HZ
@@ -331,7 +332,7 @@ class ControlServer:
         while not self.stop_event.wait(period):
             self.session.loop.wait_quiet(self.stop_event)
             try:
-                frames = self.session.latest_frames()
+                frames = self.session.live_frames()
             except Exception:
                 continue
             for name, (img, ts) in frames.items():
