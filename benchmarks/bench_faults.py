@@ -290,15 +290,28 @@ def disk_campaign(work: Path | None = None) -> dict:
 
         flipped = []
 
+        ds = mnt / "ds"
+
         def flip(i):
+            # `remount,ro` of the filesystem is refused while the writer has files open ("mount point is
+            # busy"), so the folder turns read-only the way a bind mount can: a read-only bind mount of
+            # it over itself. Open files keep writing; every new path operation (create, rename) fails
+            # with EROFS, as on a share exported read-only mid-session.
             if i == 25:
-                r = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
+                r = subprocess.run(["mount", "--bind", str(ds), str(ds)], capture_output=True, text=True)
+                if r.returncode == 0:
+                    r = subprocess.run(["mount", "-o", "remount,bind,ro", str(ds)], capture_output=True, text=True)
                 flipped.append(r.returncode == 0 or r.stderr.strip())
-        handed, p, err = record("read-only", limit_s=5.0, on_step=flip)
-        got = read_episode(p).num_steps if p and p.exists() else 0
-        res["read_only"] = {"message": err, "handed": handed, "saved": got,
-                            "injected": flipped[0] if flipped else "not reached",
-                            "earlier_intact": read_episode(st.path(first.id)).num_steps == 10}
+        handed, p, err = record("read-only", limit_s=3.0, on_step=flip)
+        ro_note = {"message": err, "handed": handed, "injected": flipped[0] if flipped else "not reached",
+                   "published": bool(p and p.exists())}
+        subprocess.run(["umount", str(ds)], capture_output=True)          # the folder is writable again
+        st2 = EpisodeStore.open(ds)                                        # recovers what was left
+        rec = [e for e in st2.episodes() if e.id != first.id]
+        got = read_episode(st2.path(rec[-1].id)).num_steps if rec else 0
+        res["read_only"] = {**ro_note, "saved": got, "lost_s": (handed - got) / HZ,
+                            "recovered": list(st2.last_recovered),
+                            "earlier_intact": read_episode(st2.path(first.id)).num_steps == 10}
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
     return res

@@ -432,8 +432,9 @@ class EpisodeWriter:
             self.error += f" The first {n} steps were saved as {self.path.name} (success unknown)."
         except Exception as e2:  # noqa: BLE001 - leave partial+journal for EpisodeStore.recover()
             log.error("could not finalize %s after the disk error: %s", self.partial_path, e2, exc_info=True)
-            self.error += (f" Steps written so far are kept in {self.path.name}.partial/.journal; free "
-                           f"space, then reopen the episode store to recover them.")
+            fix = ("make the folder writable again" if "read-only" in (self.error or "") else "free space")
+            self.error += (f" Steps written so far are kept in {self.path.name}.partial/.journal; {fix}, "
+                           f"then reopen the episode store to recover them.")
             self._emergency_close()
 
     def _emergency_close(self) -> None:

@@ -242,3 +242,43 @@ def test_disk_full_hard_enospc(small_fs, monkeypatch, jpeg):
     np.testing.assert_array_equal(ep.qpos[:, 0], np.arange(ep.num_steps))
     assert ep.images("top").shape[0] == ep.num_steps
     assert sorted(p.name for p in small_fs.iterdir()) == ["episode_000001.h5"]
+
+
+def test_folder_turning_read_only_mid_recording_loses_nothing(tmp_path):
+    """The dataset folder turns read-only while an episode records (a read-only bind mount over it: open
+    files keep writing, every create/rename fails with EROFS). The episode cannot be published: a message
+    says so and what to do; once the folder is writable again, opening the store recovers every step."""
+    root = tmp_path / "ds"
+    st = EpisodeStore.create(root, robot="sim", fps=50, joint_names=JOINTS, cameras={"top": (48, 64)})
+    w = EpisodeWriter(st.new_episode_path(), EpisodeMeta("before", 50, "sim", JOINTS, "teleop"),
+                      {"top": (48, 64)}, dof=8)
+    for i in range(10):
+        w.add_step(np.full(8, i), np.zeros(8), timestamp=i / 50, images={"top": np.zeros((48, 64, 3), np.uint8)})
+    first = st.add(w.finish(1))
+    w = EpisodeWriter(st.new_episode_path(), EpisodeMeta("turns read-only", 50, "sim", JOINTS, "teleop"),
+                      {"top": (48, 64)}, dof=8)
+
+    def steps(a, b):
+        for i in range(a, b):
+            w.add_step(np.full(8, i), np.zeros(8), timestamp=i / 50, images={"top": np.zeros((48, 64, 3), np.uint8)})
+            time.sleep(0.005)
+    steps(0, 30)
+    if subprocess.run(["mount", "--bind", str(root), str(root)], capture_output=True).returncode != 0:
+        w.finish()
+        pytest.skip("cannot bind-mount here (needs root/CAP_SYS_ADMIN): read-only-mid-recording test skipped")
+    try:
+        assert subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], capture_output=True).returncode == 0
+        steps(30, 60)
+        try:
+            w.finish(1)
+        except RecorderError:
+            pass
+        assert w.error is not None and "read-only" in w.error and "make the folder writable again" in w.error
+    finally:
+        _umount(root)
+    st = EpisodeStore.open(root)
+    assert st.last_recovered == [2]
+    ep = read_episode(st.path(2))
+    assert ep.num_steps == 60 and ep.recovered, ep.num_steps          # nothing lost
+    np.testing.assert_array_equal(ep.qpos[:, 0], np.arange(60))
+    assert read_episode(st.path(first.id)).num_steps == 10
