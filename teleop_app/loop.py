@@ -70,6 +70,7 @@ class GarbageCollector:
     def __init__(self):
         self.owned = False
         self.collections = [0, 0, 0]
+        self._due_since: dict[int, float] = {}        # generation -> when it first had to wait for room
 
     def start(self) -> None:
         if gc.isenabled():
@@ -84,17 +85,29 @@ class GarbageCollector:
             gc.unfreeze()
             gc.enable()
 
+    OVERDUE_S = 60.0                  # a due collection never waits longer than this for room
+
     def maybe_collect(self, slack: float) -> None:
         if not self.owned:
             return
         t0, t1, t2 = gc.get_threshold()
         c0, c1, c2 = gc.get_count()
-        gen = 2 if c2 >= t2 else 1 if c1 >= t1 else 0 if c0 >= t0 else -1
+        want = 2 if c2 >= t2 else 1 if c1 >= t1 else 0 if c0 >= t0 else -1
+        if want < 0:
+            return
+        now = time.monotonic()
+        gen = want
         while gen >= 0 and slack < self.NEED[gen]:
             gen -= 1                  # not enough room now: a younger generation, the rest later
-        if gen >= 0 and (gen > 0 or c0 >= t0):
+        if gen < want:
+            since = self._due_since.setdefault(want, now)
+            if now - since > self.OVERDUE_S:
+                gen = want            # ticks never leave room (a slow policy at 50 Hz): memory first
+        if gen >= 0:
             gc.collect(gen)
             self.collections[gen] += 1
+            for g in range(gen + 1):
+                self._due_since.pop(g, None)
 
 
 @dataclass

@@ -121,3 +121,25 @@ def test_quiet_delay_keeps_helpers_out_of_the_tick_start():
     finally:
         loop.stop()
     assert loop.quiet_delay() == 0.0
+
+
+def test_a_collection_that_never_finds_room_runs_once_overdue():
+    import gc
+    from teleop_app.loop import GarbageCollector
+    g = GarbageCollector()
+    g.owned = True                          # as if a loop owned it (without switching the process's gc off)
+    g.OVERDUE_S = 0.05
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        junk = [[] for _ in range(gc.get_threshold()[0] + 10)]        # generation 0 is due
+        assert gc.get_count()[0] >= gc.get_threshold()[0]
+        g.maybe_collect(slack=0.0)          # no room: postponed
+        assert g.collections == [0, 0, 0]
+        time.sleep(0.06)
+        g.maybe_collect(slack=0.0)          # overdue: collected anyway
+        assert g.collections[0] == 1 and gc.get_count()[0] < gc.get_threshold()[0]
+        del junk
+    finally:
+        if was:
+            gc.enable()
