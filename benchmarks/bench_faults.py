@@ -7,8 +7,9 @@ Faults injected:
   * SIGKILL of a recording process at random moments of start / add steps / stop / keep (add +
     relabel) / delete / undo / trim / export (a loop of them, killed at a random time);
   * the journal of the interrupted episode cut at random byte offsets (torn writes);
-  * disk full on a small tmpfs and the dataset folder turning read-only (needs root for the mount;
-    skipped otherwise).
+  * disk full on a small tmpfs and the dataset folder turning read-only mid-recording (a read-only
+    bind mount over it: `remount,ro` is refused while files are open); needs root for the mounts,
+    skipped otherwise.
 After each: every episode finished before the fault still reads back identically, the store index
 agrees with the files, an export is complete or absent, and the interrupted episode is recovered
 with the loss measured in steps and seconds (target: 0 earlier episodes lost, <= 0.5 s of the
@@ -17,8 +18,9 @@ Motion and camera faults during a real-time scripted recording on robot="sim-ser
 serial driver over a pty, Dynamixel and Feetech), injected through Session.devices.simbus: (a) a
 servo's replies dropped, (b) corrupted CRCs, (c) the bus unplugged then replugged, (d) a latched
 hardware alert (overload), and (e) the camera vanishing and coming back. After each: earlier
-episodes read back intact, the current one kept with <= 0.5 s lost, the arm held (no goal written
-after the fault; the time to the e-stop in the status is measured), one message saying what
+episodes read back intact, the current one kept with <= 0.5 s lost, the arm held from the first
+tick without an answer (no new goal written after the fault, only the last one again; the time from
+the fault to that tick and to the e-stop, 0.25 s later, are measured), one message saying what
 happened.
 """
 from __future__ import annotations
