@@ -9,7 +9,7 @@ the lock) and has it drawn here:
 
     python -m drivers.sim.render_proc SHM_PATH WIDTH HEIGHT
 
-reads requests from stdin (4-byte length + msgpack: view, frame index, the snapshot, and the Style when
+says b"R" once it is ready (imports done), then reads requests from stdin (4-byte length + msgpack: view, frame index, the snapshot, and the Style when
 it changed; arrays as raw bytes, nothing unpickled), draws into the shared-memory image at SHM_PATH
 (HxWx3 uint8) and answers each request with one byte (b"+" drawn, b"-" failed, then a line saying why).
 It exits at EOF on stdin, i.e. when the camera closes it or its parent dies whatever way.
@@ -115,6 +115,29 @@ class RenderProcess:
         finally:
             self._path = path              # unlinked once the child has it open (first answer)
         self._out = self.proc.stdout.fileno()
+        self._ready = False
+        self._t_start = time.monotonic()
+        self.start_timeout = 20.0
+
+    def is_ready(self) -> bool:
+        """The child has started (its b"R" arrived); never blocks. Until then the camera draws
+        in-process (a child takes ~0.4 s to import, more on a loaded machine)."""
+        if self._ready:
+            return True
+        if not self.alive:
+            if self.error is None:
+                self._fail(f"render process exited ({self.proc.poll()})")
+            return False
+        r, _, _ = select.select([self._out], [], [], 0)
+        if r:
+            b = os.read(self._out, 1)
+            if b == b"R":
+                self._ready = True
+            else:
+                self._fail(f"render process did not start ({self.proc.poll() if not b else b!r})")
+        elif time.monotonic() - self._t_start > self.start_timeout:
+            self._fail(f"render process did not start within {self.start_timeout:g} s")
+        return self._ready
 
     @property
     def alive(self) -> bool:
@@ -134,6 +157,13 @@ class RenderProcess:
             if self.error is None:
                 self.error = f"render process exited ({self.proc.poll()})"
             return None
+        if not self._ready:
+            deadline = time.monotonic() + self.start_timeout
+            while not self.is_ready() and self.alive and time.monotonic() < deadline:
+                select.select([self._out], [], [], 0.05)
+            if not self._ready:
+                self._fail(self.error or "render process did not start")
+                return None
         req = {"view": view, "index": int(frame_index), "snap": _snap_dict(snap)}
         if quiet is not None:
             req["quiet"] = list(quiet)
@@ -226,6 +256,8 @@ def _serve(path: str, width: int, height: int) -> int:
     image = np.ndarray((height, width, 3), np.uint8, buffer=mm)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     renderer = Renderer()
+    out.write(b"R")
+    out.flush()
     while True:
         head = inp.read(4)
         if len(head) < 4:

@@ -218,6 +218,8 @@ class SimCamera(_Realtime):
     def _draw(self) -> np.ndarray:
         renderer, snap, idx = self.workcell.snapshot()
         proc = self._proc
+        if proc is not None and not proc.is_ready() and proc.error is None:
+            proc = None                     # still starting: draw this frame here
         if proc is not None:
             guard = getattr(self.workcell, "tick_guard", None)
             img = proc.render(renderer, snap, self.view, idx, guard.window if guard is not None else None)
