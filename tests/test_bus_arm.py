@@ -14,6 +14,7 @@ from drivers.bus.arm import Calibration, CalibrationError, ServoArm, ServoArmCon
 from drivers.bus.errors import BusDisconnected, ChecksumMismatch, ServoTimeout
 from drivers.bus.simbus import IdealServos, SimServoBus
 from drivers.interfaces import DeviceError, Robot
+import waiting  # noqa: E402 (tests/waiting.py)
 
 NAMES = [f"joint{i}" for i in range(1, 8)] + ["gripper"]
 IDS = list(range(1, 9))
@@ -25,12 +26,7 @@ T_OUT = 0.2
 
 
 def wait_for(pred, timeout=3.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
+    return waiting.wait_for(pred, timeout)
 
 
 @pytest.fixture(params=PROTOCOLS)

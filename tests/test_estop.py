@@ -19,15 +19,9 @@ from recorder.store import EpisodeStore
 from teleop_app.session import Mode, Session, SessionConfig
 from teleop_app.sources import BaseSource
 from teleop_app.workflow import WorkflowConfig
+from waiting import wait_for  # noqa: E402 (tests/waiting.py)
 
 
-def wait_for(cond, timeout=10.0, dt=0.01):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return True
-        time.sleep(dt)
-    return False
 
 
 def make(tmp_path, **kw):

@@ -8,15 +8,11 @@ import numpy as np
 
 from teleop_app.human import attach_leader
 from teleop_app.session import Mode, Session, SessionConfig
+import waiting  # noqa: E402 (tests/waiting.py)
 
 
 def _wait(pred, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
+    return waiting.wait_for(pred, timeout, 0.02) or pred()
 
 
 def test_session_leader_mode_follows_sim_leader(tmp_path):

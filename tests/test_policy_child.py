@@ -18,19 +18,14 @@ from teleop_app.policy.base import PolicyMeta
 from teleop_app.policy.child import child_policy
 from teleop_app.policy.runner import PolicyRunner
 from teleop_app.session import Mode, PolicyState, Session, SessionConfig
+import waiting  # noqa: E402 (tests/waiting.py)
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def wait_for(cond, timeout=10.0, dt=0.02):
-    t_end = time.monotonic() + timeout
-    while time.monotonic() < t_end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(dt)
-    return False
+    return waiting.wait_for(cond, timeout, dt)
 
 
 def alive(pid: int) -> bool:

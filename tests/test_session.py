@@ -8,15 +8,11 @@ from recorder.reader import read_episode
 from recorder.store import EpisodeStore
 from teleop_app.session import Mode, Session, SessionConfig, SessionError
 from teleop_app.workflow import WorkflowConfig
+import waiting  # noqa: E402 (tests/waiting.py)
 
 
 def wait_for(cond, timeout=5.0, dt=0.01):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return True
-        time.sleep(dt)
-    return False
+    return waiting.wait_for(cond, timeout, dt)
 
 
 def make(tmp_path, **kw):

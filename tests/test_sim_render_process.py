@@ -11,15 +11,9 @@ import pytest
 from drivers.sim import SimCamera, SimConfig, SimRobot, Workcell
 from drivers.sim.render_proc import RenderProcess, decode, encode, quiet_delay
 from drivers.sim.robot import TickGuard
+from waiting import wait_for as _wait  # noqa: E402 (tests/waiting.py)
 
 
-def _wait(pred, timeout=10.0):
-    t_end = time.monotonic() + timeout
-    while time.monotonic() < t_end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 @pytest.mark.parametrize("physics", [False, True])
