@@ -184,7 +184,7 @@ class EpisodeWriter:
                 if not r or r[-1][1] != value:
                     runs.append((key, value))
         item = (time.monotonic(), float(timestamp), qpos, action, action_raw, qv, dict(images),
-                {c: float(image_timestamps.get(c, timestamp)) for c in images}, runs, self.num_steps)
+                {c: float(image_timestamps.get(c, timestamp)) for c in images}, runs)
         try:
             self._q.put_nowait(item)
             for key, value in runs:
@@ -289,7 +289,7 @@ class EpisodeWriter:
         """Encode images (in parallel) and fill missing camera frames with the previous one."""
         steps = []
         futures = []
-        for (_, ts, qpos, action, raw, qv, images, img_ts, _runs, _index) in items:
+        for (_, ts, qpos, action, raw, qv, images, img_ts, _runs) in items:
             st = Step(ts, qpos, action, raw, qv, {}, {})
             for cam in self.cameras:
                 if cam in images:
@@ -346,9 +346,9 @@ class EpisodeWriter:
                     # journal first: if HDF5 then fails, the journal still has the batch
                     records = [pack_step(self.written_steps + k, st, self._cam_order)
                                for k, st in enumerate(steps)]
-                    for item, rec in zip(items, records):
+                    for k, (item, rec) in enumerate(zip(items, records)):
                         for key, value in item[8]:      # who drives from this step on, then the step
-                            self._journal.append_raw(pack_run(key, item[9], value))
+                            self._journal.append_raw(pack_run(key, self.written_steps + k, value))
                         self._journal.append_raw(rec)
                     self._sink.append(steps, records)
                     self.written_steps += len(steps)
