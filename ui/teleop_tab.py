@@ -103,9 +103,7 @@ class TeleopTab(QWidget):
         self.history: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=int(PLOT_SECONDS * 60))
         lay = QVBoxLayout(self)
         lay.addLayout(self._build_mode_row())
-        self.human_label = QLabel("")          # leader arm state / Cartesian frame and goal (own line)
-        self.human_label.setVisible(False)
-        lay.addWidget(self.human_label)
+        lay.addLayout(self._build_arm_row())
         lay.addLayout(self._build_instruction_row())
         lay.addWidget(self._build_episode_box())
         lay.addWidget(self._build_lower(), 1)
@@ -134,6 +132,16 @@ class TeleopTab(QWidget):
             row.addWidget(b)
         self.mode_label = QLabel("")
         row.addWidget(self.mode_label)
+        row.addStretch(1)
+        return row
+
+    def _build_arm_row(self) -> QHBoxLayout:
+        """Second line: what the human-in-the-loop mode does (leader state, Cartesian frame), then the
+        arm buttons. (On the mode line they made the panel so wide that the live views shrank.)"""
+        row = QHBoxLayout()
+        self.human_label = QLabel("")          # leader arm state / Cartesian frame and goal
+        self.human_label.setVisible(False)
+        row.addWidget(self.human_label)
         row.addStretch(1)
         self.home_btn = QPushButton("Home [H]")
         self.reset_scene_btn = QPushButton("New scene [N]")
