@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from teleop_app.human import TakeoverSource
+from teleop_app.policy.uncertainty import auroc
 from teleop_app.sources import BaseSource, PolicySource, PolicyStopped
 
 TRAIN_SEED0 = 500_000           # correction scenes: far from demo seeds (0..) and eval seeds (1_000_000..)
@@ -110,14 +111,6 @@ class DriftTrigger:
     def release(self, ctx, proposal) -> bool:
         self._driving += 1
         return self._driving > self.correction_steps
-
-
-def _auroc(pos: list[float], neg: list[float]) -> float:
-    """P(a failure's uncertainty > a success's), ties count half; NaN if either side is empty."""
-    if not pos or not neg:
-        return float("nan")
-    p, n = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
-    return float(((p > n).sum() + 0.5 * (p == n).sum()) / (p.size * n.size))
 
 
 class SimBench:
@@ -227,7 +220,7 @@ def evaluate_round(bench: SimBench, ckpt: Path, cfg: DaggerConfig, progress=None
             "uncertainty": {"mean_failed": float(np.mean(fail_u)) if fail_u else float("nan"),
                             "mean_succeeded": float(np.mean(ok_u)) if ok_u else float("nan"),
                             "n_failed": len(fail_u), "n_succeeded": len(ok_u),
-                            "auroc_failure": _auroc(fail_u, ok_u)},
+                            "auroc_failure": auroc(fail_u, ok_u)},
             "episodes": eps}
 
 

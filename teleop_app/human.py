@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from teleop_app.kinematics import SerialChain, rotation_error
+from teleop_app.policy.uncertainty import chunk_disagreement  # noqa: F401 - also imported from here
 from teleop_app.sources import BaseSource, TickContext
 
 
@@ -244,19 +245,6 @@ class CartesianPadSource(BaseSource):
 
 
 # ==================================================================== takeover
-def chunk_disagreement(runner) -> float:
-    """Spread of the overlapping action chunks that cover the runner's last tick: the mean over arm
-    joints of the standard deviation across chunks (rad). NaN with fewer than two chunks.
-    Reads PolicyRunner's chunk buffer (_chunks, _step), which it does not expose otherwise."""
-    chunks = list(getattr(runner, "_chunks", ()) or ())
-    t = int(getattr(runner, "_step", 0)) - 1
-    acts = [c[t - s] for s, c in chunks if s <= t < s + len(c)]
-    if len(acts) < 2:
-        return float("nan")
-    a = np.stack(acts)[:, :-1]
-    return float(a.std(0).mean())
-
-
 class TakeoverSource(BaseSource):
     """An autonomous source (the policy) the operator can take over and hand back.
 

@@ -9,10 +9,11 @@ from recorder.reader import read_episode
 from recorder.schema import EpisodeMeta
 from recorder.store import EpisodeStore
 from recorder.writer import EpisodeWriter
-from teleop_app.dagger import DaggerConfig, SimBench, _auroc
+from teleop_app.dagger import DaggerConfig, SimBench
 from teleop_app.policy.base import PolicyMeta
 from teleop_app.policy.dataset import load_dataset
 from teleop_app.policy.runner import PolicyRunner
+from teleop_app.policy.uncertainty import auroc
 
 
 class HoldPolicy:
@@ -58,6 +59,6 @@ def test_simulated_operator_corrects_a_stuck_policy_and_training_selects_it(tmp_
 
 
 def test_auroc():
-    assert _auroc([0.3, 0.4], [0.1, 0.2]) == 1.0
-    assert _auroc([0.1], [0.1]) == 0.5
-    assert np.isnan(_auroc([], [0.1]))
+    assert auroc([0.3, 0.4], [0.1, 0.2]) == 1.0
+    assert auroc([0.1], [0.1]) == 0.5
+    assert np.isnan(auroc([], [0.1]))
