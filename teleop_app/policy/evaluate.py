@@ -5,6 +5,8 @@
 
 Seeds default to 1_000_000 + i: far from the seeds scripted demos use (0, 1, 2, ...), so every
 scene is unseen. Each rollout can be recorded as an episode (mode "policy") for review or DAgger.
+Each rollout also carries the policy's per-step uncertainty (chunk disagreement, uncertainty.py) in
+notes["uncertainty"]; RolloutResults.uncertainty() says whether it predicts failure.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 from .base import Policy, check_compatible
 from .metrics import fmt_rate, percentiles_ms, wilson
 from .runner import PolicyRunner, RolloutResult
+from .uncertainty import UncertaintyTrace, failure_prediction
 
 EVAL_SEED0 = 1_000_000
 DEFAULT_MAX_STEPS = {"pick_red": 100, "pick_blue": 100, "red_in_bowl": 160}
@@ -78,6 +81,10 @@ class RolloutResults:
                              and r.notes.get("lifted") not in (None, want[t]))
         return out
 
+    def uncertainty(self) -> dict:
+        """Does the per-step uncertainty predict failure? (uncertainty.failure_prediction)"""
+        return failure_prediction(self.rollouts)
+
     def failures(self) -> list[str]:
         return [f"{r.task} seed {r.seed}: {r.reason}" for r in self.rollouts
                 if r.success is False or r.nan_stop]
@@ -94,12 +101,14 @@ class RolloutResults:
         if wrong:
             lines.append(f"  lifted the wrong cube: {wrong}")
         lines.append(f"  safety/interventions {self.interventions()}")
+        lines.append(f"  does uncertainty predict failure? {self.uncertainty()['text']}")
         return "\n".join(lines)
 
     # ---- persistence -----------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"policy": self.policy, "chunk_mode": self.chunk_mode, "config": self.config,
-                "wall_s": self.wall_s, "rollouts": [r.to_dict() for r in self.rollouts]}
+                "wall_s": self.wall_s, "uncertainty": self.uncertainty(),
+                "rollouts": [r.to_dict() for r in self.rollouts]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RolloutResults":
@@ -177,7 +186,8 @@ def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: i
     res = RolloutResults(policy=policy_name or getattr(policy.meta, "kind", ""), chunk_mode=chunk_mode,
                          config={"tasks": list(tasks), "n_per_task": n_per_task, "seed0": seed0, "fps": fps,
                                  "safety": safety, "async": async_, "max_latency": max_latency,
-                                 "profile": prof.name, "image_size": [h, w]})
+                                 "profile": prof.name, "image_size": [h, w],
+                                 "runner_mode": runner.mode})
     total, done = len(tasks) * n_per_task, 0
     t_start = time.monotonic()
     try:
@@ -198,11 +208,12 @@ def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: i
                                               "clock": "sim"})
                     writer = EpisodeWriter(store.new_episode_path(), meta, cameras={n: (h, w) for n in cams},
                                            dof=prof.dof, jpeg=False)
+                trace = UncertaintyTrace(runner)
                 # async inference only means something against a clock: run those loops in real time
                 r = rollout(runner, robot, cams, wc.instruction, layer, max_steps=steps, period=period,
                             success_fn=wc.success, writer=writer, task=task, seed=seed, realtime=async_,
-                            workcell=wc, profile=prof)
-                r.notes = {"lifted": _lifted(wc)}
+                            workcell=wc, profile=prof, on_step=trace)
+                r.notes = {"lifted": _lifted(wc), "uncertainty": trace.summary()}
                 if writer is not None:
                     if r.commands_sent == 0:
                         writer.abort()          # stopped before the first command: nothing to keep

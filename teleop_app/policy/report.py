@@ -5,8 +5,9 @@
 Contents: success rate with a 95% Wilson interval, per-task breakdown, success per generalization
 split (seen / unseen objects / novel instructions / reasoning, per task) next to RT-2's figures when
 the rollouts carry a split (generalization.run_scene_rollouts), inference latency p50/p99,
-safety interventions (clamps, e-stops, watchdog trips, NaN stops), failures, offline error table
-and the predicted-vs-recorded plot. Either `results` or `offline` may be None.
+safety interventions (clamps, e-stops, watchdog trips, NaN stops), whether the policy's uncertainty
+(chunk disagreement) predicts failure (failed vs successful rollouts, AUROC, a verdict with its caveats),
+failures, offline error table and the predicted-vs-recorded plot. Either `results` or `offline` may be None.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from .evaluate import RolloutResults
 from .metrics import fmt_rate
 from .offline import OfflineResults
+from .uncertainty import LAST_TICKS, stats_rows
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}
@@ -76,6 +78,7 @@ def _sections(results: RolloutResults | None, offline: OfflineResults | None, in
         out.append({"h": "Safety interventions",
                     "table": (["intervention", "count"],
                               [[_INTERVENTION_NAMES.get(k, k), str(v)] for k, v in iv.items()])})
+        out.append(_uncertainty_section(results))
         fails = results.failures()
         if fails:
             out.append({"h": f"Failures ({len(fails)})", "list": fails[:50]})
@@ -89,6 +92,26 @@ def _sections(results: RolloutResults | None, offline: OfflineResults | None, in
                     "table": (["joint", "MAE", "RMSE"], rows),
                     "img": offline.plot})
     return out
+
+
+def _uncertainty_section(results: RolloutResults) -> dict:
+    fp = results.uncertainty()
+    mode = results.chunk_mode
+    if results.config.get("runner_mode") and results.config["runner_mode"] != mode:
+        mode = f"{mode} = {results.config['runner_mode']}"
+    sec = {"h": "Does uncertainty predict failure?",
+           "p": f"{fp['text']} Uncertainty = chunk disagreement: the spread (rad, mean over arm joints of the "
+                f"std across chunks) of the overlapping action chunks covering a tick, chunk mode "
+                f"'{mode}'. AUROC = P(a failed rollout's uncertainty > a successful one's): "
+                f"0.5 is chance, 1 a perfect warning; the verdict uses the per-rollout mean. 'last "
+                f"{LAST_TICKS} ticks' is the uncertainty just before a rollout ended (its failure or its "
+                "success). Rollouts: "
+                f"{fp['n_failed']} failed, {fp['n_succeeded']} succeeded with a measured uncertainty"
+                + (f", {fp['n_undefined']} undefined (NaN)" if fp["n_undefined"] else "")
+                + (f", {fp['n_unrecorded']} without a record" if fp["n_unrecorded"] else "") + "."}
+    if fp["n_failed"] or fp["n_succeeded"]:
+        sec["table"] = stats_rows(fp)
+    return sec
 
 
 def _md(title: str, secs: list[dict], img_names: dict) -> str:
