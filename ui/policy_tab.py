@@ -6,6 +6,7 @@ worker: it builds its own sim and never touches the live robot.
 """
 from __future__ import annotations
 
+import html
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -525,6 +526,8 @@ class PolicyTab(QWidget):
         o, per = res.overall(), res.per_task()
         lines = [f"<b>{o['success']}/{o['n']} succeeded</b> (95% CI {o['ci95'][0]:.0%}-{o['ci95'][1]:.0%})"]
         lines += [f"{t}: {d['success']}/{d['n']}" for t, d in per.items()]
+        fp = res.uncertainty()
+        lines.append(f"<b>does uncertainty predict failure?</b> {html.escape(fp['text'])}")
         self.val_result.setText("<br>".join(lines) + f"<br>report: {report}")
         self.message.emit(f"validation done: report {report}")
         self._update_buttons()
