@@ -68,11 +68,15 @@ def auroc(pos: list[float], neg: list[float]) -> float:
 
 
 def auroc_ci95(a: float, n_pos: int, n_neg: int) -> tuple[float, float]:
-    """Approximate 95 % interval of an AUROC (Hanley & McNeil 1982), clipped to [0, 1]."""
+    """Approximate 95 % interval of an AUROC (Hanley & McNeil 1982), clipped to [0, 1]. The standard
+    error is taken at the AUROC pulled half a pair towards 0.5: at exactly 0 or 1 the formula's
+    variance is zero, and a perfect split of a handful of rollouts is not certainty."""
     if not (math.isfinite(a) and n_pos and n_neg):
         return float("nan"), float("nan")
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    pairs = n_pos * n_neg
+    v = (a * pairs + 0.5) / (pairs + 1)
+    q1, q2 = v / (2 - v), 2 * v * v / (1 + v)
+    var = (v * (1 - v) + (n_pos - 1) * (q1 - v * v) + (n_neg - 1) * (q2 - v * v)) / pairs
     se = math.sqrt(max(var, 0.0))
     return max(0.0, a - 1.96 * se), min(1.0, a + 1.96 * se)
 
