@@ -133,3 +133,68 @@ def test_episode_figures_are_recorded_on_reset():
     assert ep["steps"] == 30 and ep["waits"] == 0 and ep["holds"] == 0
     assert 0 < ep["max_step"] <= STEP_LIMIT and ep["max_accel"] > 0
     r.close()
+
+
+class StatePlanner(SlowPlanner):
+    """A policy that plans from the joint state it is given (as the project's VLA does: its actions are
+    offsets from the state) and is less accurate further into its chunk: it believes the arm speeds up
+    by `drift` rad/tick every tick, so action i is off by drift * i (i + 1) / 2."""
+
+    def __init__(self, delay: float, drift: float = 0.002, **kw):
+        super().__init__(delay, **kw)
+        self.drift = drift
+
+    def predict(self, obs):
+        self.calls += 1
+        time.sleep(self.delay)
+        q = np.asarray(obs["qpos"], float)
+        i = np.arange(1, self.k + 1)[:, None]
+        return q[None] + 0.025 * i + self.drift * i * (i - 1) / 2
+
+
+def test_forwarded_state_plays_the_start_of_each_chunk():
+    """forward_state: the request carries the state the arm will have when the answer lands, and the
+    chunk is played from its start; without it, each slow chunk is played from about `d` actions in,
+    where this policy is worse. The commanded speed shows which part of the chunks was played."""
+    speed = {}
+    for fwd in (False, True):
+        pol = StatePlanner(0.25, k=30)
+        with PolicyRunner(pol, "smooth", async_=True, forward_state=fwd) as r:
+            cmds, _ = run(r, 110)
+            assert r.stats.waits == 0
+        seq = np.stack([c for c in cmds[first_action(cmds) + 20:] if c is not None])[:, 0]
+        speed[fwd] = float(np.median(np.diff(seq)))
+    err = {f: abs(s - 0.025) for f, s in speed.items()}
+    # d ~ 8-9 ticks: played from ~d in, the speed error is ~drift * 1.5 d (0.025); from the start ~0.5 d
+    assert err[True] < 0.6 * err[False], speed
+
+
+def test_forward_state_follows_the_policy_meta():
+    pol = StatePlanner(0.0)
+    assert PolicyRunner(pol, "smooth").forward_state is False
+    pol.meta.extra["delay_aug"] = 10            # trained with images older than the state (train.py)
+    assert PolicyRunner(pol, "smooth").forward_state is True
+    assert PolicyRunner(pol, "smooth", forward_state=False).forward_state is False
+
+
+def test_an_answer_asked_for_in_the_previous_episode_is_not_played():
+    """reset() while a slow request is in flight: its chunk (the previous scene) must not start the
+    next episode. The planner writes the episode it was asked in into every action."""
+    class Marked(SlowPlanner):
+        def predict(self, obs):
+            self.calls += 1
+            time.sleep(self.delay)
+            return np.full((self.k, D), float(obs["episode"]))
+
+    pol = Marked(0.2, k=30)
+    with PolicyRunner(pol, "smooth", async_=True) as r:
+        for ep in (1, 2):
+            if ep == 2:
+                assert r._busy_since is not None      # a request of episode 1 is in flight
+                r.reset()
+            out = []
+            for t in range(25):
+                out.append(r.act({"qpos": np.full(D, float(ep)), "episode": ep}, time.monotonic()))
+                time.sleep(PERIOD)
+            played = [a[0] for a in out if a is not None]
+            assert played and set(played) == {float(ep)}, (ep, played[:5])

@@ -59,7 +59,7 @@ class PolicyRunner:
     def __init__(self, policy: Policy, chunk_mode: str = "auto", *, replan_every: int | None = None,
                  ensemble_decay: float = 0.01, async_: bool = False, max_latency: float | None = None,
                  lower=None, upper=None, range_margin: float = 0.5, margin_ticks: int = 2,
-                 stats: RunnerStats | None = None):
+                 forward_state: bool | None = None, stats: RunnerStats | None = None):
         if chunk_mode not in ("ensemble", "replan", "smooth", "auto"):
             raise ValueError(f"chunk_mode must be 'ensemble', 'replan', 'smooth' or 'auto', got {chunk_mode!r}")
         self.policy = policy
@@ -73,6 +73,10 @@ class PolicyRunner:
         self.upper = None if upper is None else np.asarray(upper, float)
         self.range_margin = float(range_margin)
         self.margin_ticks = int(margin_ticks)
+        # forward the joint state over the inference delay only for a policy trained for it (its images
+        # then lag its state); None = as the policy's meta says (extra["delay_aug"], train.py)
+        extra = getattr(policy.meta, "extra", None) or {}
+        self.forward_state = bool(extra.get("delay_aug")) if forward_state is None else bool(forward_state)
         self.stats = stats if stats is not None else RunnerStats()
         self._lat_recent: list[float] = []
         self._lat_ema: float | None = None
@@ -107,9 +111,12 @@ class PolicyRunner:
             self._last_request = -10 ** 9
             self._chunks: list[tuple[int, np.ndarray]] = []     # (tick of the observation, chunk)
             self._step = 0
-            self._pending: tuple[int, dict] | None = None
+            # an answer to a request of an earlier episode is dropped when it lands (a slow policy's
+            # last chunk of the previous scene would otherwise start this one)
+            self._gen = getattr(self, "_gen", 0) + 1
+            self._pending: tuple[int, int, dict, int, bool | None] | None = None   # gen, tick, obs, origin, standing
             self._busy_since: float | None = None
-            self._result: tuple[int, np.ndarray | None, BaseException | None] | None = None
+            self._result: tuple[int, int, int, bool | None, np.ndarray | None, BaseException | None] | None = None
             self._tripped_for: float | None = None
             self.last_hold_watchdog = False
         self.policy.reset()
@@ -192,16 +199,49 @@ class PolicyRunner:
         return int(np.ceil(lat / self.period() - 1e-6))
 
     # ---- smooth mode: one plan, new chunks joined with a ramp ------------------------------
-    def _join(self, s: int, chunk: np.ndarray, t: int) -> None:
-        """Chunk predicted from the observation of tick s, arriving at tick t: join it onto the plan."""
+    def _forward(self, t: int, obs: dict) -> tuple[dict, int, bool]:
+        """Smooth mode: the observation to send for a request at tick t, the tick its chunk's first
+        action is for, and whether the arm will stand still from then until the chunk is there.
+
+        With `forward_state` the joint state sent is not the one measured now but the one the arm
+        will have when the chunk lands, d ticks from now (d = the measured delay): the target the plan
+        commands for tick t + d - 1. The chunk is then indexed from t + d, so what is played after a
+        slow answer is the start of a chunk predicted for the right state, not its middle (the
+        regression-policy counterpart of RTC conditioning the next chunk on the committed actions)."""
+        plan_end = self._plan_start + len(self._plan) if self._plan is not None else -1
+        d = self.delay_ticks() if self.forward_state else 0
+        if self._plan is None or d <= 0 or "qpos" not in obs:
+            return obs, t, plan_end <= t + 1
+        f = t + d
+        q = np.array(obs["qpos"], dtype=float).reshape(-1)
+        i = min(f, plan_end) - 1 - self._plan_start
+        if i < 0 or self._plan.shape[1] != q.shape[0]:
+            return obs, t, plan_end <= t + 1
+        sent = dict(obs)
+        sent["qpos"] = self._plan[i].astype(np.asarray(obs["qpos"]).dtype, copy=True)
+        if plan_end <= f:              # the plan runs out first: the arm waits at its last target
+            return sent, plan_end, True
+        return sent, f, False
+
+    def _request(self, t: int, obs: dict) -> tuple[dict, int, bool | None]:
+        if self.mode == "smooth":
+            return self._forward(t, obs)
+        return obs, t, None
+
+    def _join(self, s: int, chunk: np.ndarray, t: int, standing: bool | None = None) -> None:
+        """Chunk whose first action is for tick s, arriving at tick t: join it onto the plan.
+        `standing`: the arm stands still from tick s until the chunk arrives (so the chunk is played
+        from its start whenever it lands); None = infer it from the plan."""
         self._chunks = [(a, c) for a, c in self._chunks if a + len(c) > t][-3:] + [(s, chunk)]
         plan_end = self._plan_start + len(self._plan) if self._plan is not None else -1
-        if plan_end <= s + 1:
-            # the arm has stood still since this observation (first chunk, or the plan ran out
-            # before it was taken): the chunk starts where the arm is, so play it from its start
-            new = chunk
-        else:
-            new = chunk[t - s:]                    # the actions for ticks already played are past
+        if standing is None:
+            standing = plan_end <= s + 1
+        if standing:
+            # the arm has stood still since this chunk's state (first chunk, or the plan ran out
+            # before it): the chunk starts where the arm is, so play it from its start
+            s = max(s, t)
+        start = max(t, s)
+        new = chunk[start - s:]                    # the actions for ticks already played are past
         if len(new) == 0:
             self.stats.stale += 1
             return
@@ -215,6 +255,9 @@ class PolicyRunner:
         if old is None:
             self._plan, self._plan_start = new.copy(), t
             return
+        keep, old = old[:start - t], old[start - t:]    # played until the new chunk's first tick
+        if len(old) == 0:
+            old = keep[-1:] if len(keep) else (self._last_cmd[None] if self._last_cmd is not None else new[:1])
         # the new chunk's offset from the plan at the join decays linearly over the ramp, so the
         # command is continuous and its rate changes by at most offset/(m+1) per tick
         k = max(1, int(getattr(self.policy.meta, "chunk_size", len(chunk)) or len(chunk)))
@@ -223,7 +266,7 @@ class PolicyRunner:
         w = 1.0 - np.arange(1, m + 1) / (m + 1)
         out = new.copy()
         out[:m] += w[:, None] * e[None, :]
-        self._plan, self._plan_start = out, t
+        self._plan, self._plan_start = np.concatenate([keep, out]) if len(keep) else out, t
 
     def _plan_action(self, t: int) -> np.ndarray | None:
         if self._plan is None:
@@ -275,14 +318,14 @@ class PolicyRunner:
                     self._cv.wait()
                 if self._closed:
                     return
-                step, obs = self._pending
+                gen, step, obs, origin, standing = self._pending
                 self._pending = None
                 self._busy_since = time.monotonic()
             try:
                 out, dt = self._predict(obs)
-                res = (step, out, None)
+                res = (gen, step, origin, standing, out, None)
             except BaseException as e:  # noqa: BLE001 - reported to the control loop
-                res, dt = (step, None, e), None
+                res, dt = (gen, step, origin, standing, None, e), None
             with self._cv:
                 if dt is not None:
                     self.stats.latencies.append(dt)
@@ -292,9 +335,9 @@ class PolicyRunner:
                 self._busy_since = None
 
     # ---- chunk bookkeeping -----------------------------------------------------------
-    def _add_chunk(self, step: int, chunk: np.ndarray, now_step: int) -> None:
+    def _add_chunk(self, step: int, chunk: np.ndarray, now_step: int, standing: bool | None = None) -> None:
         if self.mode == "smooth":
-            self._join(step, chunk, now_step)
+            self._join(step, chunk, now_step, standing)
         elif self.mode == "replan":
             self._chunks = [(step, chunk)]
         else:
@@ -360,19 +403,22 @@ class PolicyRunner:
             res, self._result = self._result, None
             busy_since = self._busy_since
         if res is not None:
-            step, out, err = res
+            gen, step, origin, standing, out, err = res
+            if gen != self._gen:
+                res = None              # asked for in an earlier episode: not this scene's
+        if res is not None:
             if err is not None:
                 raise PolicyError(f"policy inference failed at step {step}: {err}") from err
-            self._add_chunk(step, self._validate(out, step), t)
+            self._add_chunk(origin, self._validate(out, step), t, standing)
             # a replan chunk must be requested again once used up
         self.stats.delay_ticks = self.delay_ticks()
         with self._cv:
             if self._busy_since is None and self._pending is None and self._needs_prediction(t):
-                self._pending = (t, obs)
+                self._pending = (self._gen, t, *self._request(t, obs))
                 self._last_request = t
                 self._cv.notify()
             elif self._pending is not None:
-                self._pending = (t, obs)        # newer observation replaces an unstarted one
+                self._pending = (self._gen, t, *self._request(t, obs))   # newer observation replaces an unstarted one
                 self._last_request = t
         late = (self.max_latency is not None and busy_since is not None
                 and time.monotonic() - busy_since > self.max_latency)
