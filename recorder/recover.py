@@ -1,7 +1,8 @@
 """Rebuild an interrupted recording (<name>.h5.partial + <name>.h5.journal) into <name>.h5.
 
 Source of truth is the journal (CRC-checked records, intact up to the crash point). If the journal
-is missing or its header is broken, fall back to the .partial HDF5 trimmed to its last flush.
+is missing or its header is broken, fall back to the .partial HDF5 trimmed to its last flush (read in
+a child process, recorder.h5check: a damaged file can make the HDF5 library loop forever).
 The result has attrs recovered=True and success=-1.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import h5py
 from . import schema as S
+from .h5check import salvage_partial
 from .h5sink import H5Sink
 from .journal import Step, is_locked, read_journal
 
@@ -58,7 +60,7 @@ def recover_episode(final: Path) -> Path | None:
         n = 0
     if n == 0 and partial.exists():
         try:
-            n = _from_partial(partial, tmp)
+            n = salvage_partial(partial, tmp)
         except (OSError, KeyError, ValueError, RuntimeError) as e:
             log.warning("partial %s unreadable (%s)", partial, e)
             n = 0
@@ -102,7 +104,8 @@ def _from_journal(journal: Path, out: Path) -> int:
     return n
 
 
-def _from_partial(partial: Path, out: Path) -> int:
+def _from_partial(partial: Path, out: Path, progress=None) -> int:
+    """Steps [0, n) of a .partial HDF5 into a new episode out; progress(k) after each batch written."""
     with h5py.File(partial, "r") as f:
         attrs = {k: f.attrs[k] for k in f.attrs.keys()}
         n = int(attrs.get("flushed_steps", 0))
@@ -134,6 +137,8 @@ def _from_partial(partial: Path, out: Path) -> int:
                 batch.append(Step(float(ts[i]), qpos[i], act[i], raw[i],
                                   None if qvel is None else qvel[i], imgs, its))
             sink.append(batch)
+            if progress is not None:
+                progress(b)
         sink.close(success=-1, extra_attrs={"recovered": True})
     return n
 

@@ -11,7 +11,9 @@ Layout:
 The HDF5 files are the truth; the index only makes listing 1,000 episodes instant. Opening
 compares each file's size and mtime with the index and checks its HDF5 superblock (one small
 read): an episode that changed or broke since it was indexed is re-read, and shown as broken
-(EpisodeInfo.broken) if it no longer reads. Every change writes the index atomically (temp file,
+(EpisodeInfo.broken) if it no longer reads. Files not indexed or changed since are read first in a
+child process with a time bound (recorder.h5check): a damaged file that makes the HDF5 library loop
+is listed broken instead of hanging the program. Every change writes the index atomically (temp file,
 fsync, rename, fsync of the folder); edits never modify an episode in place except the two
 scalar attributes success / instruction, and each edit can be undone (undo()).
 """
@@ -28,13 +30,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
 
 from . import schema as S
 from .fsutil import fsync_dir
+from .h5check import iter_readable
 from .reader import quick_check, read_episode, read_summary
 from .recover import pending, recover_episode
 from .validate import cadence_from, cadence_summary
@@ -313,6 +316,7 @@ class EpisodeStore:
         that appeared, drop vanished ones, re-read files whose size/mtime changed, mark broken ones.
         Never deletes or moves a file."""
         changed = False
+        todo: list[tuple[dict, int, Path, EpisodeInfo | None]] = []     # files to (re-)read
         for folder, table in ((self.episodes_dir, self._index), (self.trash_dir, self._trash)):
             on_disk = {}
             try:
@@ -342,8 +346,11 @@ class EpisodeStore:
                         changed = True
                     continue
                 if stale:
-                    table[i] = self._info_for(Path(e.path), old)
-                    changed = True
+                    todo.append((table, i, Path(e.path), old))
+        if todo:
+            for (table, i, _, _), info in zip(todo, self._read_infos([(p, old) for _, _, p, old in todo])):
+                table[i] = info
+            changed = True
         if changed:
             self._save_index()
 
@@ -352,10 +359,46 @@ class EpisodeStore:
         with self._lock:
             self._index, self._trash = {}, {}
             for folder, table in ((self.episodes_dir, self._index), (self.trash_dir, self._trash)):
-                for p in sorted(folder.glob("episode_*.h5")):
-                    if episode_id(p) is not None:
-                        table[episode_id(p)] = self._info_for(p)
+                files = [p for p in sorted(folder.glob("episode_*.h5")) if episode_id(p) is not None]
+                for p, info in zip(files, self._read_infos([(p, None) for p in files])):
+                    table[episode_id(p)] = info
             self._save_index()
+
+    def _read_infos(self, files: list[tuple[Path, EpisodeInfo | None]]) -> list[EpisodeInfo]:
+        """_info_for of files this program did not just write: they are read first in one child process
+        with a time bound (recorder.h5check); one on which the HDF5 library loops is listed broken."""
+        whole = {p for p, _ in files if quick_check(p) is None}       # the others are not read at all
+        checked = iter_readable([p for p, _ in files if p in whole])
+        out = []
+        try:
+            for p, old in files:
+                why = next(checked)[1] if p in whole else ""
+                out.append(self._broken_info(p, why, old) if why else self._info_for(p, old))
+        finally:
+            checked.close()
+        return out
+
+    def verified(self) -> Iterator[EpisodeInfo]:
+        """Every episode in id order, each once its file was read again in a child process with a time
+        bound (size and mtime not trusted: the deep check of `teleop datasets validate`; the child reads
+        the next file while the caller works on this one). One on which the HDF5 library does not
+        finish comes out broken, and is marked broken in the index."""
+        eps = self.episodes()
+        checked = iter_readable([self.root / i.file for i in eps if not i.broken])
+        hung: dict[int, EpisodeInfo] = {}
+        try:
+            for info in eps:
+                if not info.broken:
+                    why = next(checked)[1]
+                    if why:
+                        info = hung[info.id] = self._broken_info(self.root / info.file, why, info)
+                yield info
+        finally:
+            checked.close()
+            if hung:
+                with self.locked():
+                    self._index.update({i: v for i, v in hung.items() if i in self._index})
+                    self._save_index()
 
     def _broken_info(self, path: Path, why: str, old: EpisodeInfo | None) -> EpisodeInfo:
         log.warning("episode %s is broken: %s", path, why)
