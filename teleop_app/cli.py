@@ -245,13 +245,15 @@ def _open_dataset(path: str):
 
 
 def _validate(store) -> int:
-    """Every episode is reported, broken ones included; the exit code says whether any was bad."""
+    """Every episode is reported, broken ones included; the exit code says whether any was bad.
+    Each file is first read in a child process with a time bound (a damaged file can make the HDF5
+    library loop forever): one that does not finish is reported BAD and marked broken, not waited for."""
     from recorder.reader import read_episode
     from recorder.schema import RecorderError
     from recorder.validate import cadence_report, validate_episode
     bad = 0
     eps = store.episodes()
-    for e in eps:
+    for e in store.verified():
         try:
             if e.broken:
                 raise RecorderError(e.broken)

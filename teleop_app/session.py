@@ -597,7 +597,13 @@ class Session:
 
     def start_replay(self, episode_path) -> None:
         """Play a recorded episode's sent actions back at its recorded rate, through safety."""
+        from recorder.h5check import check_readable
         from recorder.reader import read_episode
+        # any file can be given: a damaged one on which the HDF5 library loops would hold this
+        # process's GIL, and so the control loop, forever; it is tried in a child process first
+        why = check_readable([episode_path]).get(Path(episode_path))
+        if why:
+            raise SessionError(f"episode file {episode_path}: {why}")
         ep = read_episode(episode_path)
         if list(ep.meta.joint_names) != self.profile.joint_names:
             raise SessionError(f"episode joints {ep.meta.joint_names} do not match profile "
