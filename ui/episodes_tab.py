@@ -393,6 +393,11 @@ class EpisodesTab(QWidget):
         except Exception as e:
             self.message.emit(str(e))
             return
+        broken = next((i.broken for i in self.store.episodes() if i.id == ep_id), "")
+        if broken:      # not opened: it may be a file the HDF5 library loops on (recorder.h5check)
+            self.frame_label.setText("unreadable")
+            self.message.emit(f"episode {ep_id} is broken: {broken}")
+            return
         self.frame_label.setText("loading...")
 
         def job(w):
