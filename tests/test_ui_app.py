@@ -558,6 +558,20 @@ def test_gui_process_starts_to_live_view_without_torch(tmp_path):
     assert "startup: first live frame" in r.stdout and "torch imported: False" in r.stdout, r.stdout
 
 
+def test_newcomer_runs_the_demo_policy_from_a_fresh_gui_process(tmp_path):
+    """A real `teleop gui` process driven the way a newcomer does it (policy tab, 'demo', Load, Start):
+    the arm moves under the shipped demo policy, well within the minute the issue allows."""
+    import re
+    import subprocess
+    env = {**os.environ, "TELEOP_GUI_MEASURE_POLICY": "demo", "QT_QPA_PLATFORM": "offscreen",
+           "SDL_VIDEODRIVER": "dummy"}
+    r = subprocess.run([sys.executable, "-m", "teleop_app.cli", "gui", "--dataset", str(tmp_path / "ds")],
+                       capture_output=True, text=True, env=env, timeout=200)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    m = re.search(r"arm moving under it ([\d.]+) s", r.stdout)
+    assert m and float(m.group(1)) < 60, r.stdout[-2000:]
+
+
 def test_episodes_tab_edits_trim_instruction_split_merge_undo(qtbot, tmp_path):
     """The episodes tab's edits on a real dataset: each atomic, read back from the files, undoable."""
     from recorder.store import EpisodeStore

@@ -152,6 +152,9 @@ def main(session_config=None, *, measure_startup: bool = False, unattended: int 
     runner = Unattended(win, app, unattended) if unattended else None
     if measure:
         _measure_startup(app, win)
+    first_policy = os.environ.get("TELEOP_GUI_MEASURE_POLICY")
+    if first_policy:
+        _measure_first_policy(app, win, first_policy)
     QTimer.singleShot(0, win.connect_session)
     try:
         return int(app.exec())
@@ -175,6 +178,43 @@ def _end_on_signals(app, win) -> None:
     tick = QTimer(win)
     tick.timeout.connect(lambda: None)
     tick.start(100)
+
+
+def _measure_first_policy(app, win, spec: str, limit_s: float = 180.0) -> None:
+    """What a newcomer does after `./dev app`: the policy tab, `spec` (e.g. "demo") in the source field,
+    Load, then Start once it is ready. Prints when the window showed a frame, when the control process
+    had the policy ready, and when the arm first moved under it (seconds after process start); quits."""
+    from PySide6.QtCore import QTimer
+    marks: dict[str, float] = {}
+    q0: list = []
+
+    def check():
+        st = win.session.status if win.session is not None else None
+        tab = win.policy
+        if "frame" not in marks and win.live.first_frame_time is not None:
+            marks["frame"] = process_age()
+            win.tabs.setCurrentWidget(tab)
+            tab.source.setText(spec)
+            tab.load_btn.click()
+        elif "frame" in marks and "ready" not in marks and st is not None and tab.start_btn.isEnabled():
+            marks["ready"] = process_age()
+            q0.append(None if st.qpos is None else st.qpos.copy())
+            tab.start_btn.click()
+        elif "ready" in marks and st is not None and st.qpos is not None and q0 and q0[0] is not None:
+            import numpy as np
+            if float(np.max(np.abs(st.qpos[:-1] - q0[0][:-1]))) > 0.01:
+                marks["moving"] = process_age()
+                print(f"first policy ({spec}): first live frame {marks['frame']:.2f} s, policy ready "
+                      f"{marks['ready']:.2f} s, arm moving under it {marks['moving']:.2f} s after process start",
+                      flush=True)
+                win.close()
+                app.quit()
+    poll = QTimer(win)
+    poll.timeout.connect(check)
+    poll.start(20)
+    QTimer.singleShot(int(limit_s * 1000), lambda: (print(f"first policy: not moving within {limit_s:.0f} s "
+                                                          f"({marks}); messages:\n" + win.log.toPlainText()[-2000:],
+                                                          flush=True), app.exit(2)))
 
 
 def _measure_startup(app, win) -> None:

@@ -292,6 +292,8 @@ class PolicyTab(QWidget):
             st = session.status
             if not self.instruction.text() and st is not None:
                 self.instruction.setText(st.instruction)
+            if info.is_sim and info.profile == "sim7" and not self.source.text():
+                self.source.setText("demo")      # the shipped demo policy: Load, then Start
             if info.is_sim and self.task_pick.count() == 1:
                 from drivers.sim import TASKS
                 for t in info.tasks:
