@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 EPILOG = """examples:
-  teleop gui                                   open the app on the simulated workcell
+  teleop gui                                   open the app on the simulated workcell (MuJoCo physics)
+  teleop gui --kinematic                       ... on the kinematic fast-mode sim
   teleop record --mode scripted --episodes 20  20 expert demos into data/default (headless, fast)
   teleop record --mode gamepad --episodes 5    teleoperate with the pad, headless, real time
   teleop datasets list data/default            episodes, labels, cadence health
@@ -61,15 +62,43 @@ def _session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mapping", help="gamepad mapping TOML (default: built-in Xbox layout)")
     p.add_argument("--operator", default="", help="operator name stored in each episode")
     p.add_argument("--seed", type=int, default=0, help="sim scene seed")
-    p.add_argument("--task", default="pick_red", help="sim task: pick_red, pick_blue, red_in_bowl")
+    p.add_argument("--task", default="pick_red", help="sim task: pick_red, pick_blue, red_in_bowl (physics sim "
+                   "also red_on_plate, push_red, stack_red_on_blue)")
     p.add_argument("--randomize", action="store_true", help="sim domain randomisation (light, colours, camera, noise)")
-    p.add_argument("--physics", action="store_true",
-                   help="sim: MuJoCo contact physics (friction grasps that can slip; more tasks: red_on_plate, "
-                        "push_red, stack_red_on_blue) instead of the kinematic fast mode")
+    _sim_args(p)
     p.add_argument("--leader", metavar="sim|PORT",
                    help="leader arm for --mode leader and takeovers: 'sim' (simulated, own pty) or its serial port")
     p.add_argument("--leader-profile", help="leader profile (default: <profile>_leader, e.g. koch_leader)")
     p.add_argument("--leader-calibration", help="the leader's calibration JSON (needed for a real leader)")
+
+
+def _sim_args(p: argparse.ArgumentParser) -> None:
+    """--kinematic / --physics: which simulated workcell (the MuJoCo physics one unless told)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--kinematic", dest="physics", action="store_false", default=None,
+                   help="sim: the kinematic fast mode (the arm follows its goal within a tick, a cube moves "
+                        "only when grasped; tasks pick_red, pick_blue, red_in_bowl) instead of the default "
+                        "MuJoCo contact physics")
+    g.add_argument("--physics", dest="physics", action="store_true", default=None,
+                   help="sim: MuJoCo contact physics (the default; friction grasps that can slip; more tasks: "
+                        "red_on_plate, push_red, stack_red_on_blue)")
+
+
+def _sim_tasks(physics: bool | None) -> dict[str, str]:
+    """The sim tasks the chosen backend can set up: task key -> instruction."""
+    from drivers.sim import PHYSICS_TASKS, TASKS
+    from teleop_app.devices import sim_physics
+    return {**TASKS, **PHYSICS_TASKS} if sim_physics(physics) else dict(TASKS)
+
+
+def _unknown_task(task: str, physics: bool | None) -> CliError:
+    from drivers.sim import PHYSICS_TASKS
+    from teleop_app.devices import sim_physics
+    known = _sim_tasks(physics)
+    kin = not sim_physics(physics)
+    return CliError(f"unknown sim task '{task}'" + (" for the kinematic sim" if kin else "")
+                    + f": use one of {', '.join(known)}"
+                    + (f" (without --kinematic also {', '.join(PHYSICS_TASKS)})" if kin else ""))
 
 
 def _session_config(a):
@@ -92,28 +121,33 @@ def cmd_gui(a) -> int:
         raise CliError(f"the GUI needs PySide6 and pyqtgraph ({e}); run ./dev app to install them")
     cfg = _session_config(a)
     if a.unattended:
-        from drivers.sim import TASKS
         if a.unattended < 1:
             raise CliError("--unattended N needs N >= 1 episodes")
-        if a.task not in TASKS:
-            raise CliError(f"unknown sim task {a.task!r}: one of {', '.join(TASKS)}")
+        tasks = _sim_tasks(cfg.physics)
+        if a.task not in tasks:
+            raise _unknown_task(a.task, cfg.physics)
         wf = cfg.workflow
         wf.target_episodes, wf.auto_keep, wf.countdown_s = a.unattended, True, 0.0
         wf.reset_s, wf.episode_s = a.reset_s, a.episode_s
-        wf.instructions = [TASKS[a.task]]
+        wf.instructions = [tasks[a.task]]
     return gui_main(cfg, unattended=a.unattended, grace_s=a.grace, hang_s=a.hang_s)
 
 
 def cmd_record(a) -> int:
     if a.mode == "scripted" and a.fast:
         from drivers.sim import TASKS
+        from teleop_app.devices import sim_physics
         from teleop_app.scripted import record_scripted
         tasks = a.tasks.split(",") if a.tasks else list(TASKS)
+        bad = [t for t in tasks if t not in _sim_tasks(a.physics)]
+        if bad:
+            raise _unknown_task(bad[0], a.physics)
+        physics = sim_physics(a.physics)
         paths = record_scripted(a.dataset, tasks, a.episodes, seed=a.seed, fps=a.fps or 10.0,
                                 cameras=a.cameras.split(",") if a.cameras else ("front",),
                                 image_size=a.image_size, progress=_progress("recording"),
-                                keep_failures=a.keep_failures, randomize=a.randomize)
-        print(f"recorded {len(paths)} episode(s) into {a.dataset}")
+                                keep_failures=a.keep_failures, randomize=a.randomize, physics=physics)
+        print(f"recorded {len(paths)} episode(s) into {a.dataset} on the {'physics' if physics else 'kinematic'} sim")
         return 0
     from teleop_app.session import Mode, Session
     cfg = _session_config(a)
@@ -125,12 +159,9 @@ def cmd_record(a) -> int:
     if a.instruction:
         cfg.workflow.instructions = [s.strip() for s in a.instruction.split(";")]
     elif a.mode == "scripted":
-        from drivers.sim import PHYSICS_TASKS, TASKS
-        known = {**TASKS, **PHYSICS_TASKS} if cfg.physics else TASKS
+        known = _sim_tasks(cfg.physics)
         if cfg.task not in known:
-            raise CliError(f"unknown sim task '{cfg.task}'" + ("" if cfg.physics else " for the kinematic sim")
-                           + f": use one of {', '.join(known)}"
-                           + ("" if cfg.physics else f" (with --physics also {', '.join(PHYSICS_TASKS)})"))
+            raise _unknown_task(cfg.task, cfg.physics)
         cfg.workflow.instructions = [known[cfg.task]]
     stop = _stop_signals()
     s = Session(cfg)
@@ -375,10 +406,10 @@ def cmd_simbus(a) -> int:
     from teleop_app.profiles import load_profile
     from drivers.bus.simbus import SimServoBus
     prof = load_profile(a.profile)
-    wc = make_workcell(prof)
+    wc = make_workcell(prof, physics=a.physics)
     bus = SimServoBus(wc, protocol=a.protocol, ids=[j.servo_id for j in prof.all_joints], step_backend=True)
     path = bus.start()
-    print(f"simulated {a.protocol} bus for '{prof.name}' on {path} (ids "
+    print(f"simulated {a.protocol} bus for '{prof.name}' ({wc.sim} sim) on {path} (ids "
           f"{[j.servo_id for j in prof.all_joints]}); Ctrl-C to stop", flush=True)
     try:
         while True:
@@ -425,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episode-s", type=float, default=30.0, help="max seconds per episode")
     p.add_argument("--fast", action="store_true",
                    help="scripted only: step the sim as fast as possible (sim-clock timestamps)")
-    p.add_argument("--tasks", help="--fast: comma-separated tasks (default: all)")
+    p.add_argument("--tasks", help="--fast: comma-separated tasks (default: pick_red,pick_blue,red_in_bowl)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--keep-failures", action="store_true")
     p.set_defaults(fn=cmd_record)
@@ -488,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simbus", help="serve the simulated arm as a servo bus on a pseudo-terminal")
     p.add_argument("--profile", default="sim7")
     p.add_argument("--protocol", default="dynamixel", choices=["dynamixel", "feetech"])
+    _sim_args(p)
     p.set_defaults(fn=cmd_simbus)
 
     try:

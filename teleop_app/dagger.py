@@ -56,6 +56,8 @@ class DaggerConfig:
     batch_size: int = 32
     lr: float = 5e-4
     seed: int = 0
+    physics: bool = False            # demos, corrections and evaluation on one sim: the kinematic fast mode
+    #                                  (the measured rounds in docs were taken on it); True: MuJoCo
 
 
 class ExpertOperator(BaseSource):
@@ -126,7 +128,7 @@ class SimBench:
         self.prof = load_profile("sim7")
         self.period = 1.0 / cfg.fps
         s = cfg.image_size
-        self.wc = Workcell(SimConfig(seed=cfg.seed, task=cfg.tasks[0], width=s, height=s))
+        self.wc = Workcell(SimConfig(seed=cfg.seed, task=cfg.tasks[0], width=s, height=s, physics=cfg.physics))
         self.robot = SimRobot(self.wc, period=self.period, realtime=False)
         self.robot.connect()
         views = {c.name: c.view for c in self.prof.cameras}
@@ -240,7 +242,8 @@ def collect_round(bench: SimBench, ckpt: Path, store, cfg: DaggerConfig, rnd: in
                 meta = EpisodeMeta(instruction=bench.wc.instruction, fps=cfg.fps, robot=bench.prof.name,
                                    joint_names=bench.prof.joint_names, mode="policy", operator="sim-expert",
                                    software_version=__version__,
-                                   extra={"task": task, "seed": int(seed), "dagger_round": rnd, "clock": "sim"})
+                                   extra={"task": task, "seed": int(seed), "dagger_round": rnd, "clock": "sim",
+                                          "sim": bench.wc.sim})
                 w = EpisodeWriter(store.new_episode_path(), meta, cameras={n: (s, s) for n in bench.cams},
                                   dof=bench.prof.dof, jpeg=False)
                 e = bench.episode(runner, task, seed, operator=True, writer=w)
@@ -274,7 +277,7 @@ def run_dagger(out, cfg: DaggerConfig | None = None, progress: Callable[[str], N
     if not (data / "store.json").exists():
         t0 = time.monotonic()
         record_scripted(data, cfg.tasks, cfg.demos_per_task, seed=cfg.seed, fps=cfg.fps, cameras=cfg.cameras,
-                        image_size=cfg.image_size, jpeg=False)
+                        image_size=cfg.image_size, jpeg=False, physics=cfg.physics)
         say(f"recorded {cfg.demos_per_task} demos per task in {time.monotonic() - t0:.0f} s")
     bench = SimBench(cfg)
     result = {"config": asdict(cfg), "rounds": []}

@@ -37,19 +37,26 @@ class Devices:
                 pass
 
 
+def sim_physics(physics: bool | None = None) -> bool:
+    """Whether a sim built with `physics` (None: drivers.sim's default, SimConfig.physics) is MuJoCo."""
+    if physics is None:
+        from drivers.sim import SimConfig
+        return bool(SimConfig.physics)
+    return bool(physics)
+
+
 def make_workcell(profile: RobotProfile, seed: int = 0, task: str = "pick_red", randomize: bool = False,
                   physics: bool | None = None):
     """The sim world; physics=True: MuJoCo contact physics, False: the kinematic fast mode,
-    None: drivers.sim's default (SimConfig.physics)."""
+    None: drivers.sim's default (SimConfig.physics: physics)."""
     from drivers.sim import Randomization, SimConfig, Workcell
     if profile.dof != 8:
         raise DeviceError(f"profile '{profile.name}' has {profile.dof} joints; the simulated workcell is a "
                           "7-joint arm + gripper: use --profile sim7 with --robot sim/sim-serial")
     cam = profile.cameras[0] if profile.cameras else None
     r = Randomization(light=randomize, colors=randomize, camera_jitter=randomize, noise=randomize)
-    extra = {} if physics is None else {"physics": bool(physics)}
     return Workcell(SimConfig(seed=seed, task=task, width=cam.width if cam else 224,
-                              height=cam.height if cam else 224, randomization=r, **extra))
+                              height=cam.height if cam else 224, randomization=r, physics=sim_physics(physics)))
 
 
 def make_devices(profile: RobotProfile, kind: str = "sim", port: str | None = None, period: float = 0.1,

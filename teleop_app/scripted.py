@@ -22,23 +22,30 @@ from teleop_app.sources import ScriptedSource
 def record_scripted(root, tasks: list[str], episodes_per_task: int, seed: int = 0, fps: float = 10.0,
                     cameras=("front",), image_size: int = 224, progress: Callable[[int, int], None] | None = None,
                     max_steps: int = 200, keep_failures: bool = False, randomize: bool = False,
-                    profile: str = "sim7", jpeg: bool = True) -> list[Path]:
+                    profile: str = "sim7", jpeg: bool = True, physics: bool = False) -> list[Path]:
     """Record `episodes_per_task` expert demos of each task into the dataset at `root`.
 
     Seeds run seed, seed+1, ... across all episodes, so every episode is a new scene. Failed demos are
     dropped unless keep_failures (they are rare: the expert solves >= 98%).
+
+    physics: the MuJoCo workcell (what `teleop record` uses unless --kinematic) or, the default here,
+    the kinematic fast mode: seeded recipes that call this (the demo policy's, DAgger's) were made on
+    it and must stay reproducible. Each episode records its sim in extra["sim"].
     """
-    from drivers.sim import TASKS, Randomization, SimCamera, SimConfig, SimRobot, Workcell
+    from drivers.sim import PHYSICS_TASKS, TASKS, Randomization, SimCamera, SimConfig, SimRobot, Workcell
     from drivers.sim.kinematics import fk
     from recorder.store import EpisodeStore
 
     prof = load_profile(profile)
-    unknown = [t for t in tasks if t not in TASKS]
+    known = {**TASKS, **PHYSICS_TASKS} if physics else TASKS
+    unknown = [t for t in tasks if t not in known]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task(s) {unknown} for the {'physics' if physics else 'kinematic'} sim; "
+                         f"known: {', '.join(known)}")
     period = 1.0 / fps
     rnd = Randomization(light=randomize, colors=randomize, camera_jitter=randomize, noise=randomize)
-    wc = Workcell(SimConfig(seed=seed, task=tasks[0], width=image_size, height=image_size, randomization=rnd))
+    wc = Workcell(SimConfig(seed=seed, task=tasks[0], width=image_size, height=image_size, randomization=rnd,
+                            physics=bool(physics)))
     robot = SimRobot(wc, period=period, realtime=False)
     robot.connect()
     views = {c.name: c.view for c in prof.cameras}
@@ -80,7 +87,7 @@ def _one_episode(pipe, wc, store, task, seed, fps, prof, max_steps, keep_failure
     pipe.ctx.seed = seed
     meta = EpisodeMeta(instruction=wc.instruction, fps=fps, robot=prof.name, joint_names=prof.joint_names,
                        mode="scripted", operator="scripted-expert", software_version=__version__,
-                       extra={"task": task, "seed": int(seed), "clock": "sim"})
+                       extra={"task": task, "seed": int(seed), "clock": "sim", "sim": wc.sim})
     w = EpisodeWriter(store.new_episode_path(), meta, cameras={n: (c.height, c.width) for n, c in pipe.cameras.items()},
                       dof=prof.dof, jpeg=jpeg)
     pipe.recorder.begin(w)

@@ -101,8 +101,8 @@ class SessionConfig:
     seed: int = 0
     task: str = "pick_red"
     randomize: bool = False
-    physics: bool = False              # sim: MuJoCo contact physics (grasps hold by friction) instead of the
-    #                                    kinematic fast mode
+    physics: bool | None = None        # sim: True MuJoCo contact physics (grasps hold by friction), False the
+    #                                    kinematic fast mode, None drivers.sim's default (physics)
     jpeg: bool = True
     watchdog_s: float = 0.5
     home_speed: float = 0.4            # fraction of max joint speed for "go home"
@@ -128,6 +128,7 @@ class SessionInfo:
     fps: float = 0.0
     cameras: dict = field(default_factory=dict)      # name -> (height, width, fps)
     is_sim: bool = False
+    sim: str = ""                      # the sim backend: "physics" | "kinematic" ("" for a real robot)
     robot_kind: str = ""
     dataset: str = ""
     tasks: tuple = ()
@@ -296,7 +297,8 @@ class Session:
         mapping = mapping_to_dict(self.mapping)
         return SessionInfo(profile=p.name, joint_names=tuple(p.joint_names), dof=p.dof, lower=p.lower(),
                            upper=p.upper(), home=p.home(), fps=self.fps, cameras=cams,
-                           is_sim=self.devices.workcell is not None, robot_kind=self.config.robot,
+                           is_sim=self.devices.workcell is not None,
+                           sim=getattr(self.devices.workcell, "sim", ""), robot_kind=self.config.robot,
                            dataset=str(self.config.dataset), tasks=tasks, workflow=wf, mapping=mapping)
 
     def start(self) -> None:
@@ -790,7 +792,7 @@ class Session:
         extra = {"robot_kind": self.config.robot, "control_mode": self.mode.value}
         if self.devices.workcell is not None:
             wc = self.devices.workcell
-            extra.update(task=wc.task, seed=int(wc.seed))
+            extra.update(task=wc.task, seed=int(wc.seed), sim=wc.sim)
         meta = EpisodeMeta(instruction=instruction, fps=self.fps, robot=self.profile.name,
                            joint_names=self.profile.joint_names, mode=mode, operator=self.config.operator,
                            software_version=__version__, extra=extra)

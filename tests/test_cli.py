@@ -96,14 +96,23 @@ def test_devices_lists_each_kind_without_hardware():
 
 
 def test_physics_sim_from_the_cli(tmp_path):
-    """`--physics` puts the MuJoCo workcell behind the real-time session; its extra tasks need it."""
+    """The MuJoCo workcell is the default behind the real-time session; --kinematic is the fast mode,
+    which lacks the physics tasks; --physics is still accepted (the default)."""
+    from teleop_app.cli import build_parser
+    for cmd in ("gui", "record", "replay x.h5", "simbus"):
+        argv = cmd.split()
+        assert build_parser().parse_args(argv).physics is None                       # the default
+        assert build_parser().parse_args([*argv, "--physics"]).physics is True       # the old flag
+        assert build_parser().parse_args([*argv, "--kinematic"]).physics is False
     ds = tmp_path / "ds"
-    r = run("record", "--mode", "scripted", "--task", "push_red", "--episodes", "1", "--dataset", ds, check=False)
-    assert r.returncode != 0 and "--physics" in r.stderr and "push_red" in r.stderr, r.stderr
-    run("record", "--mode", "scripted", "--physics", "--task", "red_on_plate", "--episodes", "1",
+    r = run("record", "--mode", "scripted", "--kinematic", "--task", "push_red", "--episodes", "1",
+            "--dataset", ds, check=False)
+    assert r.returncode != 0 and "kinematic" in r.stderr and "push_red" in r.stderr, r.stderr
+    run("record", "--mode", "scripted", "--task", "red_on_plate", "--episodes", "1",
         "--fps", "20", "--dataset", ds)
     store = EpisodeStore.open(ds)
     (info,) = store.episodes()
     ep = read_episode(store.path(info.id))
     assert ep.meta.instruction == "put the red cube on the plate" and info.success == 1
+    assert ep.meta.extra["sim"] == "physics"
     assert len(ep.action) > 20 and ep.meta.fps == 20

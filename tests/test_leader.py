@@ -124,9 +124,9 @@ def test_unplugged_leader_holds_follower_and_recovers(rig):
     q = prof.home().copy()
     q[0] += 0.1
     sim.move(q)
-    _run(pipe, src, 3)
+    before = _run(pipe, src, 3)
     assert src.state == "following"
-    held = robot.get_observation().position.copy()
+    held = before[-1].sent.copy()                    # the last command: a servo arm holds its goal
     sim.bus.unplug()                                 # the leader's cable is pulled
     q[0] += 0.1
     res = _run(pipe, src, 3, t0=1.0)
@@ -134,7 +134,8 @@ def test_unplugged_leader_holds_follower_and_recovers(rig):
     assert any("unplugged" in m and "holding" in m for m in said), said
     for r in res:
         assert np.allclose(r.sent, held, atol=1e-9)
-    assert np.allclose(robot.get_observation().position, held, atol=1e-6)
+    # the (physics) servos settle on that goal; they do not follow the leader's last move
+    assert np.allclose(robot.get_observation().position, held, atol=2e-3)
     sim.bus.replug()
     sim.move(q)
     _run(pipe, src, 8, t0=2.0)

@@ -38,7 +38,10 @@ def grasp_and_lift(wc, name, hold=1.0):
 
 def test_backend_is_selected_and_shares_the_kinematics():
     wc = phys(seed=2)
-    assert isinstance(wc, PhysicsWorkcell) and wc.physics and not Workcell().physics
+    assert isinstance(wc, PhysicsWorkcell) and wc.physics and wc.sim == "physics"
+    assert isinstance(Workcell(), PhysicsWorkcell) and isinstance(Workcell(SimConfig(seed=3)), PhysicsWorkcell)
+    kin_wc = Workcell(SimConfig(physics=False))             # the kinematic fast mode, asked for
+    assert not kin_wc.physics and kin_wc.sim == "kinematic" and not isinstance(kin_wc, PhysicsWorkcell)
     q = kin.HOME.copy()
     q[:7] += [0.2, -0.3, 0.4, 0.2, -0.3, 0.2, 0.5]
     wc._sim.set_q(q)                       # MuJoCo's link frames == kin.chain (same DH model)
@@ -269,6 +272,13 @@ def test_make_devices_builds_the_physics_sim_for_sim_and_sim_serial():
             dev.robot.disconnect()
             dev.close()
     assert not make_devices(profile, "sim", physics=False, cameras=[]).workcell.physics
+    assert make_devices(profile, "sim", cameras=[]).workcell.physics          # the default
+
+
+def test_the_serial_bus_serves_the_default_physics_arm():
+    """`teleop simbus` / SimServoBus.workcell() with no workcell given: the same (physics) arm as --robot sim."""
+    from drivers.bus.simbus import SimServoBus
+    assert isinstance(SimServoBus.workcell().backend, PhysicsWorkcell)
 
 
 def test_expert_at_50hz_on_physics():

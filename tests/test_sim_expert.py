@@ -1,15 +1,22 @@
-"""Scripted expert: success rate, feasibility of its actions, seeded variation, device use."""
+"""Scripted expert: success rate, feasibility of its actions, seeded variation, device use.
+
+On the kinematic workcell (SimConfig(physics=False): its plans, episode lengths and internals); the
+expert on the default MuJoCo workcell is tested in tests/test_physics.py."""
+from functools import partial
+
 import numpy as np
 import pytest
 
 from drivers.sim import ScriptedExpert, SimConfig, SimRobot, Workcell, run_episode
+
+KinConfig = partial(SimConfig, physics=False)
 
 TASKS = ["pick_red", "pick_blue", "red_in_bowl"]
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_expert_success_rate_10hz(task):
-    wc = Workcell()
+    wc = Workcell(KinConfig())
     ex = ScriptedExpert(wc, dt=0.1)
     results = [run_episode(wc, ex, seed=s, task=task) for s in range(30)]
     rate = np.mean([ok for ok, _ in results])
@@ -20,14 +27,14 @@ def test_expert_success_rate_10hz(task):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_expert_works_at_50hz(task):
-    wc = Workcell()
+    wc = Workcell(KinConfig())
     ex = ScriptedExpert(wc, dt=0.02)
     assert all(run_episode(wc, ex, seed=s, task=task, max_steps=600)[0] for s in range(3))
 
 
 def test_expert_actions_are_feasible_and_within_limits():
     for dt in (0.1, 0.02):
-        wc = Workcell(SimConfig(seed=7, task="red_in_bowl"))
+        wc = Workcell(KinConfig(seed=7, task="red_in_bowl"))
         ex = ScriptedExpert(wc, dt=dt)
         for _ in range(int(12 / dt)):
             q = wc.qpos()
@@ -44,7 +51,7 @@ def test_expert_actions_are_feasible_and_within_limits():
 
 def test_expert_variation_is_seeded():
     def trajectory(seed):
-        wc = Workcell(SimConfig(seed=11, task="pick_blue"))
+        wc = Workcell(KinConfig(seed=11, task="pick_blue"))
         ex = ScriptedExpert(wc, seed=seed)
         out = []
         while not ex.done and len(out) < 100:
@@ -56,7 +63,7 @@ def test_expert_variation_is_seeded():
 
 
 def test_expert_drives_sim_robot():
-    wc = Workcell(SimConfig(seed=2, task="pick_red"))
+    wc = Workcell(KinConfig(seed=2, task="pick_red"))
     robot = SimRobot(wc, period=0.1)
     robot.connect()
     ex = ScriptedExpert(wc, dt=0.1)
@@ -68,7 +75,7 @@ def test_expert_drives_sim_robot():
 
 
 def test_expert_replans_on_new_episode_and_retries_a_missed_grasp():
-    wc = Workcell(SimConfig(seed=5, task="pick_red"))
+    wc = Workcell(KinConfig(seed=5, task="pick_red"))
     ex = ScriptedExpert(wc)
     wc.reset(seed=6, task="pick_blue")          # no explicit ex.reset(): act() notices
     moved = False

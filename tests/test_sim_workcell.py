@@ -1,7 +1,11 @@
 """Simulated workcell: tasks, reset, servo limits, torque/push, grasp model, success, rendering,
-and the SimRobot / SimCamera device interfaces."""
+and the SimRobot / SimCamera device interfaces.
+
+These test the kinematic model (workcell.py: attach-on-close grasps, goal reached within a tick), so
+every workcell here is SimConfig(physics=False); the MuJoCo default is tests/test_physics.py's."""
 import threading
 import time
+from functools import partial
 
 import numpy as np
 import pytest
@@ -12,6 +16,8 @@ from drivers.sim import (TASKS, Randomization, SimCamera, SimConfig, SimRobot, W
 from drivers.sim import kinematics as kin
 from drivers.sim.render import front_camera
 from drivers.sim.workcell import TCP_MIN_Z
+
+KinConfig = partial(SimConfig, physics=False)
 
 
 def move_to(wc: Workcell, pos, grip: float, max_steps: int = 100, dt: float = 0.05):
@@ -45,7 +51,7 @@ def test_task_from_instruction_is_tolerant_and_rejects_unknown():
 
 
 def test_reset_is_seeded_and_places_everything():
-    a, b = Workcell(SimConfig(seed=5)), Workcell()
+    a, b = Workcell(KinConfig(seed=5)), Workcell(KinConfig())
     b.reset(seed=5)
     for k in ("red_cube", "blue_cube", "bowl"):
         assert np.array_equal(a.objects()[k], b.objects()[k])
@@ -64,7 +70,7 @@ def test_reset_is_seeded_and_places_everything():
 
 
 def test_reset_none_advances_seed_and_task_sets_instruction():
-    wc = Workcell(SimConfig(seed=3))
+    wc = Workcell(KinConfig(seed=3))
     wc.reset()
     assert wc.seed == 4
     wc.reset(task="put the red cube in the bowl")
@@ -76,12 +82,12 @@ def test_reset_none_advances_seed_and_task_sets_instruction():
     with pytest.raises(KeyError):
         wc.task = "juggle"
     with pytest.raises(KeyError, match="known"):
-        Workcell(SimConfig(task="nope"))
+        Workcell(KinConfig(task="nope"))
 
 
 # ---- servo model --------------------------------------------------------------------------
 def test_targets_clipped_and_speed_capped_per_step():
-    wc = Workcell()
+    wc = Workcell(KinConfig())
     wc.set_target(wc.upper + 10)
     assert np.array_equal(wc.goal(), wc.upper)
     q0 = wc.qpos()
@@ -100,7 +106,7 @@ def test_targets_clipped_and_speed_capped_per_step():
 
 
 def test_torque_off_is_back_drivable_and_push_ignored_with_torque_on():
-    wc = Workcell()
+    wc = Workcell(KinConfig())
     wc.set_torque(False)
     assert wc.torque is False
     goal = wc.home.copy(); goal[0] += 0.5
@@ -122,7 +128,7 @@ def test_torque_off_is_back_drivable_and_push_ignored_with_torque_on():
 
 
 def test_tcp_never_goes_through_the_table():
-    wc = Workcell()
+    wc = Workcell(KinConfig())
     # a joint goal that would put the TCP 5 cm below the table top
     q_low = kin.ik([0.45, 0.0, 0.10])
     q_low[1] += 0.5
@@ -136,7 +142,7 @@ def test_tcp_never_goes_through_the_table():
 
 # ---- grasp model and success tests ----------------------------------------------------------
 def test_grasp_lift_success_only_for_the_named_cube():
-    red, blue = Workcell(SimConfig(seed=1, task="pick_red")), Workcell(SimConfig(seed=1, task="pick_blue"))
+    red, blue = Workcell(KinConfig(seed=1, task="pick_red")), Workcell(KinConfig(seed=1, task="pick_blue"))
     for wc in (red, blue):
         grasp(wc, "red_cube", lift=0.03)
         assert wc.grasped() == "red_cube"
@@ -150,7 +156,7 @@ def test_grasp_lift_success_only_for_the_named_cube():
 
 
 def test_closing_away_from_a_cube_grasps_nothing_and_closes_fully():
-    wc = Workcell(SimConfig(seed=2))
+    wc = Workcell(KinConfig(seed=2))
     c = wc.objects()["red_cube"]
     move_to(wc, c + [0.06, 0.0, 0.0] if c[0] < 0.55 else c - [0.06, 0, 0], 0.0)
     assert wc.grasped() is None and wc.qpos()[7] == 0.0
@@ -161,7 +167,7 @@ def test_closing_away_from_a_cube_grasps_nothing_and_closes_fully():
 
 
 def test_release_above_bowl_puts_red_in_bowl_and_elsewhere_drops_to_table():
-    wc = Workcell(SimConfig(seed=4, task="red_in_bowl"))
+    wc = Workcell(KinConfig(seed=4, task="red_in_bowl"))
     bowl = wc.objects()["bowl"]
     grasp(wc, "red_cube")
     move_to(wc, bowl + [0, 0, 0.15], 0.0)
@@ -185,7 +191,7 @@ def test_release_above_bowl_puts_red_in_bowl_and_elsewhere_drops_to_table():
 
 
 def test_blue_in_bowl_does_not_solve_red_in_bowl():
-    wc = Workcell(SimConfig(seed=4, task="red_in_bowl"))
+    wc = Workcell(KinConfig(seed=4, task="red_in_bowl"))
     bowl = wc.objects()["bowl"]
     grasp(wc, "blue_cube")
     move_to(wc, bowl + [0, 0, 0.15], 0.0)
@@ -204,7 +210,7 @@ def _color_near(img, uv, rgb_pred, r=4):
 
 
 def test_render_shapes_views_and_visible_objects():
-    wc = Workcell(SimConfig(seed=0))
+    wc = Workcell(KinConfig(seed=0))
     f, w = wc.render("front"), wc.render("wrist")
     assert f.shape == (224, 224, 3) and f.dtype == np.uint8 and w.shape == (224, 224, 3)
     assert wc.render("front", 320, 240).shape == (240, 320, 3)
@@ -219,7 +225,7 @@ def test_render_shapes_views_and_visible_objects():
 
 
 def test_gripper_opening_is_visible_and_render_is_deterministic():
-    wc = Workcell()
+    wc = Workcell(KinConfig())
     a = wc.render("wrist")
     assert np.array_equal(a, wc.render("wrist"))
     wc.set_target(np.r_[wc.home[:7], 0.0])
@@ -229,8 +235,8 @@ def test_gripper_opening_is_visible_and_render_is_deterministic():
 
 
 def test_randomization_changes_images():
-    plain = Workcell(SimConfig(seed=0))
-    rnd = Workcell(SimConfig(seed=0, randomization=Randomization(light=True, colors=True,
+    plain = Workcell(KinConfig(seed=0))
+    rnd = Workcell(KinConfig(seed=0, randomization=Randomization(light=True, colors=True,
                                                                  camera_jitter=True, noise=True)))
     img0 = rnd.render("front")
     assert np.mean(np.abs(img0.astype(int) - plain.render("front").astype(int))) > 5
@@ -239,13 +245,13 @@ def test_randomization_changes_images():
     plain.reset(seed=1)
     assert np.mean(np.abs(rnd.render("front").astype(int) - plain.render("front").astype(int))) > 5
     for flag in ("light", "colors", "camera_jitter"):
-        one = Workcell(SimConfig(seed=3, randomization=Randomization(**{flag: True})))
-        ref = Workcell(SimConfig(seed=3))
+        one = Workcell(KinConfig(seed=3, randomization=Randomization(**{flag: True})))
+        ref = Workcell(KinConfig(seed=3))
         assert not np.array_equal(one.render("front"), ref.render("front")), flag
 
 
 def test_render_from_another_thread_while_stepping():
-    wc = Workcell()
+    wc = Workcell(KinConfig())
     errors, frames = [], []
 
     def cam():
@@ -265,7 +271,7 @@ def test_render_from_another_thread_while_stepping():
 
 # ---- device interfaces --------------------------------------------------------------------
 def test_sim_robot_virtual_time():
-    wc = Workcell()
+    wc = Workcell(KinConfig())
     r = SimRobot(wc, period=0.1)
     assert isinstance(r, Robot) and r.joint_names == wc.joint_names
     with pytest.raises(DeviceNotConnected, match="connect"):
@@ -294,7 +300,7 @@ def test_sim_robot_virtual_time():
 
 
 def test_sim_robot_realtime_moves_with_wall_time():
-    wc = Workcell()
+    wc = Workcell(KinConfig())
     r = SimRobot(wc, realtime=True)
     r.connect()
     try:
@@ -314,7 +320,7 @@ def test_sim_robot_realtime_moves_with_wall_time():
 
 
 def test_sim_camera_sync_and_realtime():
-    wc = Workcell()
+    wc = Workcell(KinConfig())
     c = SimCamera(wc, name="wrist", view="wrist")
     assert isinstance(c, Camera)
     with pytest.raises(DeviceNotConnected, match="wrist"):

@@ -115,7 +115,10 @@ def test_takeover_mid_rollout_is_bumpless_and_recorded(rig):
         assert not reps[k].clamped_step, k
         assert np.max(np.abs(dq[k])) <= max(np.max(np.abs(dq[k - 1])), np.max(np.abs(dq[k + 1]))) + 1e-6, k
     assert dq[5, 0] > 0.02 and dq[15, 0] < -0.02 and dq[25, 0] > 0.02    # policy, human, policy again
-    assert np.allclose(sent[:, 7], sent[0, 7]), "gripper must not move at a handover"
+    # neither hand moves the gripper: it stays open, up to the physics fingers' sway under the arm's
+    # acceleration (the policy echoes the measured opening), and does not step at a handover
+    assert np.all(np.abs(sent[:, 7] - sent[0, 7]) < 0.01), "gripper must not move at a handover"
+    assert all(abs(dq[k, 7]) <= 1e-3 for k in (10, 20)), "gripper must not move at a handover"
     assert any("took over" in m for m in said) and any("handed back" in m for m in said)
 
     ep = read_episode(path)

@@ -372,7 +372,8 @@ class MainWindow(QMainWindow):
         self.policy.set_session(session, self.profile_spec)
         self._set_connected_ui(True)
         info = session.info
-        self.show_message(f"connected: {info.profile} via {info.robot_kind}")
+        self.show_message(f"connected: {info.profile} via {info.robot_kind}"
+                          + (f" ({info.sim} sim)" if info.sim else ""))
         self.connected.emit(session)
 
     def _on_connect_failed(self, err: str) -> None:
@@ -478,7 +479,8 @@ class MainWindow(QMainWindow):
             self.light_robot.set("error", "control loop stopped: reconnect (Ctrl+L)")
         else:
             torque = "" if st.torque else ", torque OFF (move by hand)"
-            self.light_robot.set("ok", f"{info.profile} via {info.robot_kind}, {st.mode.value}{torque}")
+            sim = f" ({info.sim} sim)" if info.sim else ""
+            self.light_robot.set("ok", f"{info.profile} via {info.robot_kind}{sim}, {st.mode.value}{torque}")
         cams = list(info.cameras)
         stale = self.live.stale()
         if not cams:

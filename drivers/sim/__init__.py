@@ -1,9 +1,10 @@
 """Simulated workcell: 7-joint Panda-like arm + parallel gripper, table, objects, bowl, cameras.
 
 Two backends behind one Workcell interface:
-  SimConfig(physics=False)  kinematic fast mode (pure NumPy: a cube moves only when "grasped")
-  SimConfig(physics=True)   MuJoCo contact physics (physics.py): friction grasps that can slip,
-                            pushed/tipping/falling objects; servo-like position actuators
+  SimConfig(physics=True)   the default: MuJoCo contact physics (physics.py): friction grasps that
+                            can slip, pushed/tipping/falling objects; servo-like position actuators
+  SimConfig(physics=False)  kinematic fast mode (pure NumPy: a cube moves only when "grasped"; the
+                            arm follows its goal within a tick)
 Both render with the NumPy/OpenCV renderer (no GL). objects.py holds the object catalogue,
 tasks.py the task kinds, instruction phrasings and the held-out splits (episodes()).
 """

@@ -316,6 +316,7 @@ class PhysicsWorkcell(Workcell):
     reset(seed, scene=Scene) any scene from tasks.py (its instruction becomes `instruction`).
     """
     physics = True
+    sim = "physics"
 
     def reset(self, seed: int | None = None, task: str | None = None, scene: Scene | None = None,
               objects: dict | None = None) -> None:

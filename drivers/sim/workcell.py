@@ -1,5 +1,8 @@
 """The simulated workcell: a 7-joint arm + parallel gripper, a table, a red and a blue cube, a bowl.
 
+Workcell(config) builds the backend the config asks for: MuJoCo contact physics (physics.py, the
+default) or, with SimConfig(physics=False), this module's kinematic fast mode.
+
 Kinematic model (no physics engine): each joint moves toward its goal at <= max_speed; a cube
 attaches when the gripper closes through the cube width with the cube between the fingers,
 and drops (onto the table, another cube or into the bowl) when the gripper opens again. The
@@ -62,7 +65,8 @@ class SimConfig:
     width: int = 224
     height: int = 224
     randomization: Randomization = field(default_factory=Randomization)
-    physics: bool = False        # True: MuJoCo contact physics (physics.PhysicsWorkcell)
+    # True (the default): MuJoCo contact physics (physics.PhysicsWorkcell); False: the kinematic fast mode
+    physics: bool = True
 
 
 @dataclass
@@ -77,11 +81,14 @@ class _Cube:
 class Workcell:
     """Arm + gripper + objects. Gripper unit: fraction open, 0 = closed, 1 = open 8 cm.
 
-    Workcell(SimConfig(physics=True)) builds the MuJoCo backend (physics.PhysicsWorkcell)."""
+    Workcell(config) builds the MuJoCo backend (physics.PhysicsWorkcell) unless config.physics is
+    False; Workcell() is the default config's (physics)."""
     physics = False
+    sim = "kinematic"            # the backend's name in episodes, eval results and the UI ("physics")
 
     def __new__(cls, config: SimConfig | None = None):
-        if cls is Workcell and config is not None and config.physics:
+        # __class__, not the module's name Workcell: a patched or re-bound name must not change the choice
+        if cls is __class__ and (config or SimConfig()).physics:
             from .physics import PhysicsWorkcell     # lazy: mujoco only when asked for
             return super().__new__(PhysicsWorkcell)
         return super().__new__(cls)
