@@ -721,7 +721,8 @@ class Session:
                                     upper=self.profile.upper())
                 self.set_policy(runner, Path(src).name if "://" not in src else src)
                 pid = getattr(pol, "pid", None)
-                self.say(f"policy loaded: {src}" + (f" (inference process {pid})" if pid else ""))
+                self.say(f"policy loaded: {src}" + (f" (inference process {pid})" if pid else "")
+                         + self._sim_mismatch(pol, src))
             except Exception as e:  # noqa: BLE001 - any load failure is a message, not a crash
                 if pol is not None and hasattr(pol, "close"):
                     try:
@@ -731,6 +732,18 @@ class Session:
                 self.policy_state = PolicyState.ERROR
                 self.say(f"cannot load policy {src}: {e}")
         threading.Thread(target=work, name="policy-load", daemon=True).start()
+
+    def _sim_mismatch(self, policy, src: str) -> str:
+        """'; trained on the kinematic sim, this session runs the physics sim' when they differ."""
+        wc = self.devices.workcell if self.devices is not None else None
+        if wc is None:
+            return ""
+        from teleop_app.policy.evaluate import trained_sim
+        said = trained_sim(policy, src)
+        if said is None or said == wc.sim:
+            return ""
+        flag = "--kinematic" if said == "kinematic" else "--physics"
+        return f"; it was trained on the {said} sim, this session runs the {wc.sim} sim ({flag} for its own)"
 
     def step_policy(self, n: int = 1) -> None:
         """Single-step the loaded policy: run it until it has produced `n` actions (the first may wait

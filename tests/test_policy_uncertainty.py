@@ -136,7 +136,9 @@ class ExpertOrLost:
 def test_sim_rollouts_uncertain_exactly_where_they_fail(monkeypatch, tmp_path):
     cells = []
 
-    class Recorded(workcell_mod.Workcell):
+    from drivers.sim.physics import PhysicsWorkcell
+
+    class Recorded(PhysicsWorkcell):             # the default sim: the policy records no other
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             cells.append(self)
@@ -144,7 +146,7 @@ def test_sim_rollouts_uncertain_exactly_where_they_fail(monkeypatch, tmp_path):
     monkeypatch.setattr(workcell_mod, "Workcell", Recorded)
     res = run_sim_rollouts(ExpertOrLost(cells), ["pick_red"], 12, seed0=1_000_000, chunk_mode="ensemble",
                            max_steps=80)
-    assert len(cells) == 1
+    assert len(cells) == 1 and res.config["sim"] == "physics"
     by_seed = {r.seed: r for r in res.rollouts}
     assert all(r.success is (s % 2 == 0) for s, r in by_seed.items()), [(s, r.reason) for s, r in by_seed.items()]
     for r in res.rollouts:

@@ -526,7 +526,8 @@ class PolicyTab(QWidget):
         self.val_progress.setValue(1000)
         self.val_progress.setFormat("done")
         o, per = res.overall(), res.per_task()
-        lines = [f"<b>{o['success']}/{o['n']} succeeded</b> (95% CI {o['ci95'][0]:.0%}-{o['ci95'][1]:.0%})"]
+        lines = [f"<b>{o['success']}/{o['n']} succeeded</b> (95% CI {o['ci95'][0]:.0%}-{o['ci95'][1]:.0%})"
+                 + (f" {html.escape(res.sim_text())}" if res.sim_text() else "")]
         lines += [f"{t}: {d['success']}/{d['n']}" for t, d in per.items()]
         fp = res.uncertainty()
         lines.append(f"<b>does uncertainty predict failure?</b> {html.escape(fp['text'])}")

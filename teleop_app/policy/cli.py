@@ -21,6 +21,8 @@ Training resumes from OUT if it exists (use --no-resume to start over); Ctrl+C s
 
 _EVAL_EPILOG = """examples:
   teleop eval demo --episodes 10                             the demo policy shipped with the app
+                                                             (on the kinematic sim it was trained on)
+  teleop eval runs/vla.pt --physics                          on the MuJoCo sim whatever it was trained on
   teleop eval runs/vla.pt --episodes 20                      closed loop in the sim, all tasks
   teleop eval ws://gpu-box:8000 --layout droid               an openpi policy server (pi0 / pi0.5)
   teleop eval ws://127.0.0.1:8000 --async                    `teleop serve CKPT --protocol openpi`
@@ -140,6 +142,12 @@ def add_commands(subparsers) -> None:
                    "push,stack; default pick)")
     p.add_argument("--domain", default="default", choices=["default", "held_out"],
                    help="with --splits: visual domain (held_out = a look never used in training)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--kinematic", dest="physics", action="store_false", default=None,
+                   help="closed loop on the kinematic fast-mode sim (default: the sim the policy was trained "
+                        "on when its checkpoint records it, e.g. kinematic for 'demo', else MuJoCo physics)")
+    g.add_argument("--physics", dest="physics", action="store_true", default=None,
+                   help="closed loop on the MuJoCo physics sim, whatever the policy was trained on")
     p.add_argument("--out", help="folder for results.json (+ report.html / report.md)")
     p.set_defaults(fn=cmd_eval)
 
@@ -245,6 +253,8 @@ def cmd_eval(a) -> int:
                 print(f"report: {write_report(None, off, out, info={'policy': a.policy, 'dataset': a.offline})}")
             return 0
         if getattr(a, "splits", None):
+            if a.physics is False:
+                return _fail("eval", ValueError("--splits are physics-sim scenes: drop --kinematic"))
             return _eval_splits(a, policy, out)
         from .evaluate import EVAL_SEED0, run_sim_rollouts
         tasks = _csv(a.tasks) or ["pick_red", "pick_blue", "red_in_bowl"]
@@ -255,7 +265,7 @@ def cmd_eval(a) -> int:
         res = run_sim_rollouts(policy, tasks, a.episodes, seed0=EVAL_SEED0 if a.seed is None else a.seed,
                                record_root=a.record, chunk_mode=a.chunk_mode, async_=a.async_,
                                max_latency=a.max_latency_ms / 1000 if a.max_latency_ms else None,
-                               progress=progress, policy_name=str(a.policy))
+                               progress=progress, policy_name=str(a.policy), physics=a.physics)
         print(res.summary())
         if out:
             res.save(out / "rollouts.json")

@@ -7,6 +7,10 @@ Seeds default to 1_000_000 + i: far from the seeds scripted demos use (0, 1, 2, 
 scene is unseen. Each rollout can be recorded as an episode (mode "policy") for review or DAgger.
 Each rollout also carries the policy's per-step uncertainty (chunk disagreement, uncertainty.py) in
 notes["uncertainty"]; RolloutResults.uncertainty() says whether it predicts failure.
+
+The sim: a policy is rolled out on the sim it was trained on when its checkpoint says which
+(trained_sim: the shipped demo policy was trained on the kinematic workcell), else on drivers.sim's
+default (MuJoCo physics); physics=True/False overrides. The results say which (config["sim"]).
 """
 from __future__ import annotations
 
@@ -89,8 +93,16 @@ class RolloutResults:
         return [f"{r.task} seed {r.seed}: {r.reason}" for r in self.rollouts
                 if r.success is False or r.nan_stop]
 
+    def sim_text(self) -> str:
+        """'on the kinematic sim (the one it was trained on)', or '' for results without a recorded sim."""
+        sim = self.config.get("sim")
+        if not sim:
+            return ""
+        why = self.config.get("sim_choice", "")
+        return f"on the {sim} sim" + (f" ({why})" if why else "")
+
     def summary(self) -> str:
-        lines = [f"policy {self.policy} ({self.chunk_mode})"]
+        lines = [f"policy {self.policy} ({self.chunk_mode})" + (f" {self.sim_text()}" if self.sim_text() else "")]
         for t, d in self.per_task().items():
             lines.append(f"  {t:<12} {fmt_rate(d['success'], d['n'])}  '{d['instruction']}'")
         o = self.overall()
@@ -137,18 +149,55 @@ def _lifted(wc) -> str | None:
     return None
 
 
+def trained_sim(policy, source: str | None = None) -> str | None:
+    """The sim `policy` was trained on when it records one: "physics" | "kinematic", else None.
+
+    Read from meta.extra["sim"] or, for the shipped demo checkpoint, train["demo"]["sim"]
+    ("kinematic workcell (drivers/sim/workcell.py)"); a policy loaded as `source` "demo" whose
+    checkpoint info did not travel with it (an inference child) is the demo recipe's."""
+    meta_extra = getattr(getattr(policy, "meta", None), "extra", None) or {}
+    train = getattr(policy, "train_info", None) or {}
+    demo = train.get("demo") if isinstance(train.get("demo"), dict) else {}
+    said_all = [meta_extra.get("sim"), train.get("sim"), demo.get("sim")]
+    if source == "demo":
+        from .demo import RECIPE
+        said_all.append(RECIPE.get("sim"))
+    for said in said_all:
+        if isinstance(said, str):
+            low = said.lower()
+            if "kinematic" in low:
+                return "kinematic"
+            if "physics" in low or "mujoco" in low:
+                return "physics"
+    return None
+
+
+def choose_sim(policy, physics: bool | None = None) -> tuple[bool, str]:
+    """(physics?, why) for evaluating `policy`: as asked, else the sim it was trained on, else the default."""
+    from teleop_app.devices import sim_physics
+    if physics is not None:
+        return bool(physics), "as asked"
+    said = trained_sim(policy)
+    if said is not None:
+        return said == "physics", "the one it was trained on"
+    return sim_physics(None), "the default; the policy does not record which sim it was trained on"
+
+
 def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: int = EVAL_SEED0,
                      fps: float | None = None, record_root=None, max_steps: int | dict | None = None,
                      safety: bool = True, chunk_mode: str = "ensemble", async_: bool = False,
                      max_latency: float | None = None, profile: str = "sim7", camera_size: int | None = None,
                      progress: Callable[[int, int, RolloutResult], None] | None = None,
-                     policy_name: str = "", **runner_kw) -> RolloutResults:
+                     policy_name: str = "", physics: bool | None = None, **runner_kw) -> RolloutResults:
     """Roll the policy out n_per_task times per task on seeds seed0, seed0+1, ... (shared across tasks,
     so each task sees the same scenes). With async_ the loop runs in real time (period sleeps), as
     it would on hardware. Every command goes through the profile's SafetyLayer
-    (`safety=False` only widens it to the joint limits). Success comes from the sim."""
+    (`safety=False` only widens it to the joint limits). Success comes from the sim.
+    physics: True MuJoCo, False the kinematic workcell, None the sim the policy was trained on
+    (choose_sim)."""
     from drivers.sim import kinematics as kin
     from drivers.sim.robot import SimCamera, SimRobot
+    from drivers.sim.tasks import PHYSICS_TASKS
     from drivers.sim.workcell import TASKS, SimConfig, Workcell
     from teleop_app.pipeline import rollout
     from teleop_app.profiles import load_profile
@@ -158,13 +207,16 @@ def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: i
     fps = float(fps or policy.meta.fps or prof.fps)
     period = 1.0 / fps
     check_compatible(policy.meta, prof, fps=fps)
-    unknown = [t for t in tasks if t not in TASKS]
+    physics, why = choose_sim(policy, physics)
+    known = {**TASKS, **PHYSICS_TASKS} if physics else TASKS
+    unknown = [t for t in tasks if t not in known]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task(s) {unknown} for the {'physics' if physics else 'kinematic'} sim; "
+                         f"known: {', '.join(known)}")
     h, w = policy.meta.image_size
     if camera_size:
         h = w = int(camera_size)
-    wc = Workcell(SimConfig(seed=seed0, task=tasks[0], width=w, height=h))
+    wc = Workcell(SimConfig(seed=seed0, task=tasks[0], width=w, height=h, physics=physics))
     robot = SimRobot(wc, period=period, realtime=False)
     robot.connect()
     views = {c.name: c.view for c in prof.cameras}
@@ -187,7 +239,7 @@ def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: i
                          config={"tasks": list(tasks), "n_per_task": n_per_task, "seed0": seed0, "fps": fps,
                                  "safety": safety, "async": async_, "max_latency": max_latency,
                                  "profile": prof.name, "image_size": [h, w],
-                                 "runner_mode": runner.mode})
+                                 "runner_mode": runner.mode, "sim": wc.sim, "sim_choice": why})
     total, done = len(tasks) * n_per_task, 0
     t_start = time.monotonic()
     try:
@@ -205,7 +257,7 @@ def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: i
                     meta = EpisodeMeta(instruction=wc.instruction, fps=fps, robot=prof.name,
                                        joint_names=prof.joint_names, mode="policy", operator="policy",
                                        extra={"task": task, "seed": int(seed), "policy": res.policy,
-                                              "clock": "sim"})
+                                              "clock": "sim", "sim": wc.sim})
                     writer = EpisodeWriter(store.new_episode_path(), meta, cameras={n: (h, w) for n in cams},
                                            dof=prof.dof, jpeg=False)
                 trace = UncertaintyTrace(runner)

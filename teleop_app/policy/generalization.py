@@ -105,7 +105,8 @@ def record_scenes(root, scenes, *, image_size: int = 64, cameras=("front", "wris
             meta = EpisodeMeta(instruction=sc.instruction, fps=fps, robot=prof.name, joint_names=prof.joint_names,
                                mode="scripted", operator="scripted-expert", software_version=__version__,
                                extra={"task": sc.kind, "seed": int(sc.seed), "clock": "sim", "split": sc.split,
-                                      "target": sc.target.name, "randomized": bool(randomize), "physics": True})
+                                      "target": sc.target.name, "randomized": bool(randomize), "physics": True,
+                                      "sim": wc.sim})
             w = EpisodeWriter(store.new_episode_path(), meta, cameras={n: (image_size, image_size) for n in cams},
                               dof=prof.dof, jpeg=jpeg)
             pipe.recorder.begin(w)
@@ -127,6 +128,15 @@ def record_scenes(root, scenes, *, image_size: int = 64, cameras=("front", "wris
     return paths
 
 
+def _sim_choice(policy) -> str:
+    """Why the physics sim: its splits exist only there; says so when the policy was trained elsewhere."""
+    from .evaluate import trained_sim
+    said = trained_sim(policy)
+    if said in (None, "physics"):
+        return "the splits are physics scenes"
+    return f"the splits are physics scenes; the policy was trained on the {said} sim"
+
+
 def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: str = "ensemble",
                        profile: str = "sim7", policy_name: str = "",
                        progress: Callable[[int, int, object], None] | None = None) -> RolloutResults:
@@ -143,7 +153,8 @@ def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: s
     check_compatible(policy.meta, prof, fps=fps)
     runner = PolicyRunner(policy, chunk_mode, lower=prof.lower(), upper=prof.upper())
     res = RolloutResults(policy=policy_name or getattr(policy.meta, "kind", ""), chunk_mode=chunk_mode,
-                         config={"scenes": len(scenes), "domain": domain, "physics": True, "fps": fps,
+                         config={"scenes": len(scenes), "domain": domain, "physics": True, "sim": wc.sim,
+                                 "sim_choice": _sim_choice(policy), "fps": fps,
                                  "profile": prof.name, "image_size": [h, w],
                                  "splits": sorted({s.split for s in scenes})})
     t0 = time.monotonic()

@@ -53,8 +53,9 @@ def _sections(results: RolloutResults | None, offline: OfflineResults | None, in
         rows.append(["overall", "", f"{o['success']}/{o['n']}", f"{100 * o['rate']:.0f}%",
                      f"{100 * o['ci95'][0]:.0f}-{100 * o['ci95'][1]:.0f}%", ""])
         out.append({"h": "Closed-loop success",
-                    "p": f"{fmt_rate(o['success'], o['n'])} over {len(results.tasks())} task(s); "
-                         f"chunk mode '{results.chunk_mode}', config {json.dumps(results.config)}",
+                    "p": f"{fmt_rate(o['success'], o['n'])} over {len(results.tasks())} task(s)"
+                         + (f" {results.sim_text()}" if results.sim_text() else "")
+                         + f"; chunk mode '{results.chunk_mode}', config {json.dumps(results.config)}",
                     "table": (["task", "instruction", "success", "rate", "95% CI (Wilson)", "mean steps"], rows)})
         from .generalization import split_rows
         head, srows = split_rows(results)
