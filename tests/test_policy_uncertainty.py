@@ -171,6 +171,8 @@ def test_demo_checkpoint_rollouts_record_uncertainty_by_chunk_mode():
     for mode in ("ensemble", "smooth", "replan"):
         res = run_sim_rollouts(policy, ["pick_red", "pick_blue"], 1, chunk_mode=mode, max_steps=40)
         assert len(res.rollouts) == 2
+        # evaluated on the sim it was trained on (its checkpoint: train["demo"]["sim"]), and says so
+        assert res.config["sim"] == "kinematic" and "on the kinematic sim (the one it was trained on)" in res.summary()
         fp = res.uncertainty()
         for r in res.rollouts:
             u = r.notes["uncertainty"]

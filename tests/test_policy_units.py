@@ -225,3 +225,20 @@ def test_augment_presets_shape_range_and_strength():
     assert float((yb.max(1).values - yb.min(1).values).max()) < 1e-6
     with pytest.raises(ValueError, match="augment must be one of"):
         augment_images(x, rng, "extreme")
+
+
+def test_a_policy_is_evaluated_on_the_sim_it_was_trained_on():
+    from teleop_app.policy.evaluate import choose_sim, trained_sim
+
+    class Pol:
+        def __init__(self, train_info=None, extra=None):
+            self.meta = PolicyMeta(joint_names=["a"], action_dim=1, fps=10, extra=extra or {})
+            self.train_info = train_info or {}
+    demo = Pol({"demo": {"sim": "kinematic workcell (drivers/sim/workcell.py)"}})
+    assert trained_sim(demo) == "kinematic" and choose_sim(demo) == (False, "the one it was trained on")
+    assert choose_sim(demo, physics=True) == (True, "as asked")
+    assert trained_sim(Pol(extra={"sim": "physics"})) == "physics"
+    unknown = Pol()
+    assert trained_sim(unknown) is None and trained_sim(unknown, "demo") == "kinematic"   # an inference child
+    on, why = choose_sim(unknown)
+    assert on is True and why.startswith("the default")

@@ -93,9 +93,6 @@ class OpenPIPolicy:
                                chunk_size=max(1, chunk), kind=f"openpi:{self.layout.name}",
                                extra={"url": self.url, "layout": self.layout.name, "remote": True,
                                       "server": self.metadata.get("server", "") if isinstance(self.metadata, dict) else ""})
-        served_extra = served.get("extra") if isinstance(served, dict) else None
-        if isinstance(served_extra, dict) and isinstance(served_extra.get("delay_aug"), int):
-            self.meta.extra["delay_aug"] = served_extra["delay_aug"]   # trained for a forwarded state
 
     # ---- connection -------------------------------------------------------------------------
     def _connect(self) -> None:

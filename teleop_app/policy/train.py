@@ -102,22 +102,9 @@ class _Batcher:
             per_ep = list(emb)
         self.tokens = np.concatenate([np.repeat(t[None], len(e.qpos), 0) for t, e in zip(per_ep, ds.episodes)])
         self.n = len(q)
-        starts = np.cumsum([0] + [len(e.qpos) for e in ds.episodes])[:-1]
-        self.ep_start = np.concatenate([np.full(len(e.qpos), s0) for s0, e in zip(starts, ds.episodes)])
 
-    def stale(self, idx: np.ndarray, max_delay: int, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
-        """Image indices for a delay-augmented batch: with probability p a sample's images are from
-        d ~ U{1..max_delay} ticks earlier in its episode (state and targets stay at the sample), which
-        is what a slow policy sees when the runtime forwards the joint state over the inference delay
-        (runner.py, `forward_state`)."""
-        if max_delay <= 0:
-            return idx
-        d = rng.integers(1, max_delay + 1, len(idx)) * (rng.random(len(idx)) < p)
-        return np.maximum(idx - d, self.ep_start[idx])
-
-    def batch(self, idx: np.ndarray, img_idx: np.ndarray | None = None):
-        ii = idx if img_idx is None else img_idx
-        imgs = np.stack([self.images[c][ii] for c in self.cams], 1)      # (B, C, H, W, 3)
+    def batch(self, idx: np.ndarray):
+        imgs = np.stack([self.images[c][idx] for c in self.cams], 1)      # (B, C, H, W, 3)
         return imgs, self.tokens[idx], self.state[idx], self.targets[idx]
 
 
@@ -204,7 +191,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           warmup: int = 200, action_space: str = "delta_arm", aug_shift: int = 2,
           text_encoder: str = "words", augment: str = "basic", init=None, full: bool = False,
           lora_rank: int = LORA_RANK, text_noise: float = 0.05,
-          intervention_weight: float | None = None, delay_aug: int = 0) -> TrainResult:
+          intervention_weight: float | None = None) -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
     The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
@@ -214,8 +201,6 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     dataset; the run's trained/total parameter counts are in the checkpoint's train info.
     intervention_weight=W (HG-DAgger, teleop_app/dagger.py): steps the policy produced on its own are
     not trained on, operator interventions are sampled W times as often as demonstration steps.
-    delay_aug=N: half the samples see images up to N ticks older than their joint state (a slow
-    policy whose runtime forwards the state over the inference delay); recorded in meta.extra.
     """
     import torch
     from .checkpoint import CheckpointError, build_model, read_checkpoint, save_checkpoint
@@ -324,8 +309,6 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                           extra={"instructions": sorted({e.instruction for e in ds.episodes}),
                                  "action_space": action_space})
         info, start_step, elapsed0 = {}, 0, 0.0
-    if delay_aug:
-        meta.extra["delay_aug"] = int(delay_aug)
     net.train()
     n_train, n_total = count_params(net)
     lora = finetune is not None and finetune.get("method") == "lora" and base_blob is not None
@@ -368,7 +351,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                      "trained_params": n_train, "augment": augment, "text_encoder": enc_spec.get("kind"),
                      "batch_size": batch_size, "lr": lr, "dataset": str(dataset_root),
                      "episodes": len(ds.episodes), "samples": tr.n, "held_out": held_out,
-                     "val_fraction": val_fraction, "torch": str(torch.__version__), "delay_aug": int(delay_aug),
+                     "val_fraction": val_fraction, "torch": str(torch.__version__),
                      "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         if lora:      # merge a copy: training continues on the adapters; the file needs no peft
             import copy
@@ -396,7 +379,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         for g in opt.param_groups:
             g["lr"] = lr_at(step, elapsed)
         idx = rng.integers(0, tr.n, batch_size) if pick is None else rng.choice(tr.n, batch_size, p=pick)
-        x, t, s, a = _to_torch(*tr.batch(idx, tr.stale(idx, delay_aug, rng)), aug=augment != "none", rng=rng, pad=aug_shift,
+        x, t, s, a = _to_torch(*tr.batch(idx), aug=augment != "none", rng=rng, pad=aug_shift,
                                augment=augment, text_noise=text_noise)
         loss = (net(x, t, s) - a).abs().mean()
         opt.zero_grad(set_to_none=True)
