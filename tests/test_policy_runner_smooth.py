@@ -169,14 +169,6 @@ def test_forwarded_state_plays_the_start_of_each_chunk():
     assert err[True] < 0.6 * err[False], speed
 
 
-def test_forward_state_follows_the_policy_meta():
-    pol = StatePlanner(0.0)
-    assert PolicyRunner(pol, "smooth").forward_state is False
-    pol.meta.extra["delay_aug"] = 10            # trained with images older than the state (train.py)
-    assert PolicyRunner(pol, "smooth").forward_state is True
-    assert PolicyRunner(pol, "smooth", forward_state=False).forward_state is False
-
-
 def test_an_answer_asked_for_in_the_previous_episode_is_not_played():
     """reset() while a slow request is in flight: its chunk (the previous scene) must not start the
     next episode. The planner writes the episode it was asked in into every action."""

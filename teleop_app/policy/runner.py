@@ -59,7 +59,7 @@ class PolicyRunner:
     def __init__(self, policy: Policy, chunk_mode: str = "auto", *, replan_every: int | None = None,
                  ensemble_decay: float = 0.01, async_: bool = False, max_latency: float | None = None,
                  lower=None, upper=None, range_margin: float = 0.5, margin_ticks: int = 2,
-                 forward_state: bool | None = None, stats: RunnerStats | None = None):
+                 forward_state: bool = False, stats: RunnerStats | None = None):
         if chunk_mode not in ("ensemble", "replan", "smooth", "auto"):
             raise ValueError(f"chunk_mode must be 'ensemble', 'replan', 'smooth' or 'auto', got {chunk_mode!r}")
         self.policy = policy
@@ -73,10 +73,7 @@ class PolicyRunner:
         self.upper = None if upper is None else np.asarray(upper, float)
         self.range_margin = float(range_margin)
         self.margin_ticks = int(margin_ticks)
-        # forward the joint state over the inference delay only for a policy trained for it (its images
-        # then lag its state); None = as the policy's meta says (extra["delay_aug"], train.py)
-        extra = getattr(policy.meta, "extra", None) or {}
-        self.forward_state = bool(extra.get("delay_aug")) if forward_state is None else bool(forward_state)
+        self.forward_state = bool(forward_state)
         self.stats = stats if stats is not None else RunnerStats()
         self._lat_recent: list[float] = []
         self._lat_ema: float | None = None
@@ -207,7 +204,10 @@ class PolicyRunner:
         will have when the chunk lands, d ticks from now (d = the measured delay): the target the plan
         commands for tick t + d - 1. The chunk is then indexed from t + d, so what is played after a
         slow answer is the start of a chunk predicted for the right state, not its middle (the
-        regression-policy counterpart of RTC conditioning the next chunk on the committed actions)."""
+        regression-policy counterpart of RTC conditioning the next chunk on the committed actions).
+        Off by default: it suits a policy that plans from the state it is given; the demo policy at
+        850 ms did no better with it (13/20 vs 15/20, docs/policy_runtime.md), and one trained with
+        images older than its state (to match) did much worse even at 0 ms (5/20 vs 16/20)."""
         plan_end = self._plan_start + len(self._plan) if self._plan is not None else -1
         d = self.delay_ticks() if self.forward_state else 0
         if self._plan is None or d <= 0 or "qpos" not in obs:
