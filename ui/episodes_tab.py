@@ -330,19 +330,8 @@ class EpisodesTab(QWidget):
         if self._refreshing or item.column() != 1 or self.store is None:
             return
         ep_id = int(self.table.item(item.row(), 0).data(Qt.ItemDataRole.UserRole))
-        text = item.text().strip()
-        if not text:
-            self.message.emit("an instruction cannot be empty")
-            QTimer.singleShot(0, self.refresh)
-            return
-        self._release_file(ep_id)
-        try:
-            self.store.rename_instruction(ep_id, text)
-        except Exception as e:
-            self.message.emit(f"rename failed: {e}")
-        else:
-            self.message.emit(f"episode {ep_id}: instruction set to '{text}'")
-        QTimer.singleShot(0, self.refresh)       # not from inside the item's own change signal
+        # not from inside the item's own change signal
+        QTimer.singleShot(0, lambda: self.set_instruction_of([ep_id], item.text()))
 
     def selected_id(self) -> int | None:
         ids = self.selected_ids()
@@ -588,10 +577,15 @@ class EpisodesTab(QWidget):
         self.select_id(ep_id)
 
     def set_instruction_selected(self, text: str) -> None:
-        ids = self.selected_ids()
+        self.set_instruction_of(self.selected_ids(), text)
+
+    def set_instruction_of(self, ids: list[int], text: str) -> None:
+        """The one path for an instruction edit (a cell edited in place, or the selection's dialog)."""
         text = text.strip()
         if not ids or self.store is None or not text:
-            self.message.emit("select episodes and type an instruction")
+            self.message.emit("select episodes and type an instruction" if not text or not ids
+                              else "open a dataset first")
+            self.refresh()                        # an emptied cell shows its instruction again
             return
         for ep_id in ids:
             self._release_file(ep_id)
