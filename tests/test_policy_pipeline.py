@@ -41,7 +41,7 @@ def record(root, episodes=EPISODES, max_steps=45):
         ex = ScriptedExpert(wc, seed=seed, dt=0.1)
         w = EpisodeWriter(store.new_episode_path(),
                           EpisodeMeta(wc.instruction, 10.0, "sim7", kin.JOINT_NAMES, "scripted",
-                                      extra={"task": task, "seed": seed}),
+                                      extra={"task": task, "seed": seed, "sim": wc.sim}),
                           cameras={"front": (SIZE, SIZE)}, dof=8, jpeg=False)
         for k in range(max_steps):
             q = wc.qpos()
@@ -93,6 +93,8 @@ def test_training_lowers_loss_and_checkpoints(trained):
     blob = read_checkpoint(ckpt)
     assert blob["train"]["step"] == 60 and blob["meta"]["joint_names"] == kin.JOINT_NAMES
     assert blob["train"]["held_out"], "a quarter of the episodes is held out"
+    # the sim it learnt on travels with it, so `teleop eval` rolls it out there
+    assert blob["meta"]["extra"]["sim"] == Workcell(SimConfig(width=SIZE, height=SIZE)).sim == "physics"
 
 
 def test_resume_continues_from_checkpoint(trained, tmp_path):

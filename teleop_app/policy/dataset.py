@@ -25,6 +25,7 @@ class EpisodeArrays:
     success: int
     intervention: np.ndarray | None = None   # (T,) bool: the operator overrode the policy (recorded)
     autonomous: np.ndarray | None = None     # (T,) bool: the policy itself produced the action
+    sim: str | None = None                   # "physics" | "kinematic" for sim recordings (extra["sim"])
 
 
 @dataclass
@@ -35,6 +36,11 @@ class Dataset:
     cameras: list[str]
     image_size: tuple[int, int]
     skipped: list[str] = field(default_factory=list)
+
+    @property
+    def sims(self) -> list[str]:
+        """The sims the episodes were recorded on (empty for hardware or older recordings)."""
+        return sorted({e.sim for e in self.episodes if isinstance(e.sim, str)})
 
     @property
     def num_steps(self) -> int:
@@ -143,7 +149,8 @@ def load_dataset(root, cameras: list[str] | None = None, image_size: tuple[int, 
             src = ep.action_source
             eps.append(EpisodeArrays(f.name, ep.meta.instruction, ep.qpos.astype(np.float32),
                                      ep.action.astype(np.float32), imgs, ep.success, ep.intervention,
-                                     None if src is None else np.array([x == "policy" for x in src])))
+                                     None if src is None else np.array([x == "policy" for x in src]),
+                                     (ep.meta.extra or {}).get("sim")))
         if progress:
             progress(i + 1, len(files))
     if not eps:

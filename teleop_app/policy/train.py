@@ -308,6 +308,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                           stats=stats, kind="teleop-vla",
                           extra={"instructions": sorted({e.instruction for e in ds.episodes}),
                                  "action_space": action_space})
+        if len(ds.sims) == 1:     # teleop eval then rolls it out on the sim it learnt (evaluate.choose_sim)
+            meta.extra["sim"] = ds.sims[0]
         info, start_step, elapsed0 = {}, 0, 0.0
     net.train()
     n_train, n_total = count_params(net)

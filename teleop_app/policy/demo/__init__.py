@@ -53,7 +53,7 @@ def train_demo(out=DEMO_PATH, *, work=None, threads: int = 1, steps: int | None 
     t0 = time.monotonic()
     if not (data / "store.json").exists():
         record_scripted(data, list(TASKS), r["episodes_per_task"], seed=r["record_seed"], fps=r["fps"],
-                        cameras=tuple(r["cameras"]), image_size=r["image_size"], jpeg=False,
+                        cameras=tuple(r["cameras"]), image_size=r["image_size"], jpeg=False, physics=False,
                         progress=lambda i, n: log(f"recording demo {i}/{n}") if i % 20 == 0 or i == n else None)
     rec_s = time.monotonic() - t0
     last = [0.0]
