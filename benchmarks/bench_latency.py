@@ -2,6 +2,7 @@
 behind injected inference latency, driven in real time by `teleop eval URL --async`'s runtime.
 
     nice -n 10 .venv/bin/python benchmarks/bench_latency.py                      # demo checkpoint, openpi
+    .venv/bin/python benchmarks/bench_latency.py --sim physics                   # on the default sim
     nice -n 10 .venv/bin/python benchmarks/bench_latency.py --protocol both --modes smooth,ensemble
 
 For each latency (default 0, 100, 333, 850 ms, added by the server: `--inject-latency-ms`) and each
@@ -61,14 +62,22 @@ def client(url: str):
     return load_policy(url, action_mode="joint", timeout=10)
 
 
-def run_one(url: str, tasks, n: int, mode: str, seed0: int) -> dict:
+def trained_on(ckpt: str) -> bool | None:
+    """physics? for the sim the served checkpoint was trained on (None: it does not say)."""
+    from teleop_app.policy.base import load_policy
+    from teleop_app.policy.evaluate import trained_sim
+    said = trained_sim(load_policy(ckpt), ckpt)
+    return None if said is None else said == "physics"
+
+
+def run_one(url: str, tasks, n: int, mode: str, seed0: int, physics: bool | None = None) -> dict:
     from teleop_app.policy.evaluate import run_sim_rollouts
     from teleop_app.policy.runner import RunnerStats
     pol = client(url)
     stats = RunnerStats()
     t0 = time.monotonic()
     res = run_sim_rollouts(pol, list(tasks), n, seed0=seed0, async_=True, chunk_mode=mode, stats=stats,
-                           policy_name=url)
+                           policy_name=url, physics=physics)
     wall = time.monotonic() - t0
     if hasattr(pol, "close"):
         pol.close()
@@ -97,20 +106,28 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=5, help="per task and latency (default 5: 10 per latency)")
     ap.add_argument("--modes", default="smooth", help="chunk modes to compare, e.g. smooth,ensemble")
     ap.add_argument("--seed", type=int, default=1_000_000, help="first scene seed (unseen)")
+    ap.add_argument("--sim", default="trained", choices=["trained", "physics", "kinematic"],
+                    help="sim to roll out on (default: the one the checkpoint was trained on; demo: kinematic)")
     ap.add_argument("--json", help="write all figures here")
     a = ap.parse_args()
     tasks = [t for t in a.tasks.split(",") if t]
     lats = [float(x) for x in a.latencies.split(",")]
     protocols = ["openpi", "http"] if a.protocol == "both" else [a.protocol]
     modes = [m for m in a.modes.split(",") if m]
+    physics = {"physics": True, "kinematic": False}.get(a.sim)
+    if a.sim == "trained":
+        physics = trained_on(a.checkpoint)
+    print(f"sim: {'physics' if physics else 'kinematic' if physics is False else 'default'} "
+          f"({'as asked' if a.sim != 'trained' else 'the one ' + a.checkpoint + ' was trained on'})", flush=True)
     rows = []
     for proto in protocols:
         for lat in lats:
             proc, url = start_server(a.checkpoint, proto, lat)
             try:
                 for mode in modes:
-                    r = run_one(url, tasks, a.episodes, mode, a.seed)
-                    r.update(protocol=proto, latency_ms=lat, mode=mode)
+                    r = run_one(url, tasks, a.episodes, mode, a.seed, physics)
+                    r.update(protocol=proto, latency_ms=lat, mode=mode, sim=a.sim if physics is None
+                             else ("physics" if physics else "kinematic"))
                     rows.append(r)
                     print(f"{proto:<6} {lat:5.0f} ms  {mode:<8} success {r['success']}/{r['n']}  "
                           f"max accel {r['max_accel']:6.2f} rad/s^2  max step {r['max_step']:.3f} rad  "
