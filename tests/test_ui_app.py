@@ -608,7 +608,7 @@ def test_episodes_tab_edits_trim_instruction_split_merge_undo(qtbot, tmp_path):
                                           | tab.table.selectionModel().SelectionFlag.Rows)
     assert tab.selected_ids() == ids[1:]
     tab.set_instruction_selected("lift the red block")
-    assert [info(i).instruction for i in ids] == ["pick up the red cube"] + ["lift the red block"] * 2
+    assert [info(i).instruction for i in ids] == ["pick up the red cube"] + ["lift the red block"] * 2, msgs[-3:]
     # undo: the instruction first, then the trims, newest first
     tab.undo()
     assert info(ids[1]).instruction == "pick up the red cube"

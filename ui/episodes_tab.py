@@ -73,6 +73,7 @@ class EpisodesTab(QWidget):
         self.episode_id: int | None = None
         self._export: Worker | None = None
         self._loading: Worker | None = None
+        self._loads: list[Worker] = []       # every episode load whose file handle may still be open
         self._known_kept = -1
 
         # --- top bar
@@ -398,13 +399,22 @@ class EpisodesTab(QWidget):
                 rep = {"error": str(e)}
             return ep, rep
 
+        me: list[Worker] = []
+
         def done(result, ep_id=ep_id):
             ep, rep = result
+            if me and me[0] in self._loads:
+                self._loads.remove(me[0])
+            if me and me[0] is not self._loading:    # a newer selection's load replaced this one
+                ep.close()
+                return
             self._show_episode(ep_id, ep)
             self.details.setText(cadence_text(ep, rep))
         self._loading = run_in_thread(job, on_done=done,
                                       on_error=lambda e: (self.frame_label.setText("unreadable"),
                                                           self.message.emit(f"episode {ep_id}: {e}")))
+        me.append(self._loading)
+        self._loads.append(self._loading)
 
     def _show_episode(self, ep_id: int, ep) -> None:
         import pyqtgraph as pg
@@ -491,11 +501,13 @@ class EpisodesTab(QWidget):
     def _release_file(self, ep_id: int) -> None:
         """Close our read handle on an episode file before it is modified or moved (HDF5 refuses to open a
         file for writing that this process has open for reading); images reopen it lazily."""
-        w = self._loading
-        if w is not None and w.isRunning():
-            w.wait(10000)               # a load of this file in flight would hold it open
-        if w is not None and w.result is not None:
-            w.result[0].close()
+        for w in list(self._loads):     # every load in flight or not yet shown holds a file open
+            if w.isRunning():
+                w.wait(10000)
+            if w.result is not None:
+                w.result[0].close()
+            elif not w.isRunning():
+                self._loads.remove(w)   # it failed: nothing open
         if self.episode is not None:
             self.episode.close()
 
