@@ -2,6 +2,7 @@
 import os
 import pickle
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -54,6 +55,9 @@ def _write_frames(name: str, n: int) -> None:
     w = FrameBuffer(name)
     for i in range(1, n + 1):
         w.write(np.full((120, 160, 3), i % 256, np.uint8), float(i), i)
+        if i % 200 == 0:
+            time.sleep(0.001)   # back to back otherwise; the pause lets a loaded reader see some
+            #                     frames whole (it saw 6 of 20000 on a busy 2-core CI run)
     w.close()
 
 
