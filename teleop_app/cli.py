@@ -86,9 +86,9 @@ def _sim_args(p: argparse.ArgumentParser) -> None:
 
 def _sim_tasks(physics: bool | None) -> dict[str, str]:
     """The sim tasks the chosen backend can set up: task key -> instruction."""
-    from drivers.sim import PHYSICS_TASKS, TASKS
+    from drivers.sim import sim_tasks
     from teleop_app.devices import sim_physics
-    return {**TASKS, **PHYSICS_TASKS} if sim_physics(physics) else dict(TASKS)
+    return sim_tasks(sim_physics(physics))
 
 
 def _unknown_task(task: str, physics: bool | None) -> CliError:

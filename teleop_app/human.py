@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from teleop_app.kinematics import SerialChain, rotation_error
-from teleop_app.policy.uncertainty import chunk_disagreement  # noqa: F401 - also imported from here
+from teleop_app.policy.uncertainty import chunk_disagreement
 from teleop_app.sources import BaseSource, TickContext
 
 

@@ -32,16 +32,12 @@ def record_scripted(root, tasks: list[str], episodes_per_task: int, seed: int = 
     the kinematic fast mode: seeded recipes that call this (the demo policy's, DAgger's) were made on
     it and must stay reproducible. Each episode records its sim in extra["sim"].
     """
-    from drivers.sim import PHYSICS_TASKS, TASKS, Randomization, SimCamera, SimConfig, SimRobot, Workcell
+    from drivers.sim import Randomization, SimCamera, SimConfig, SimRobot, Workcell, check_tasks
     from drivers.sim.kinematics import fk
     from recorder.store import EpisodeStore
 
     prof = load_profile(profile)
-    known = {**TASKS, **PHYSICS_TASKS} if physics else TASKS
-    unknown = [t for t in tasks if t not in known]
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown} for the {'physics' if physics else 'kinematic'} sim; "
-                         f"known: {', '.join(known)}")
+    check_tasks(tasks, bool(physics))
     period = 1.0 / fps
     rnd = Randomization(light=randomize, colors=randomize, camera_jitter=randomize, noise=randomize)
     wc = Workcell(SimConfig(seed=seed, task=tasks[0], width=image_size, height=image_size, randomization=rnd,

@@ -16,11 +16,12 @@ from recorder.reader import read_episode
 from recorder.schema import EpisodeMeta
 from recorder.store import EpisodeStore
 from recorder.writer import EpisodeWriter
-from teleop_app.human import TakeoverSource, chunk_disagreement
+from teleop_app.human import TakeoverSource
 from teleop_app.mapping import LSTICK, LX, MappingState, default_mapping
 from teleop_app.pipeline import ControlPipeline, finish_writer
 from teleop_app.policy.base import PolicyMeta
 from teleop_app.policy.runner import PolicyRunner
+from teleop_app.policy.uncertainty import chunk_disagreement
 from teleop_app.profiles import load_profile
 from teleop_app.safety import SafetyLayer
 from teleop_app.sources import GamepadSource, PolicySource

@@ -12,10 +12,10 @@ from .expert import ScriptedExpert, run_episode
 from .kinematics import HOME, JOINT_NAMES, LOWER, MAX_SPEED, UPPER, IKError, fk, ik, jacobian
 from .objects import ObjectSpec
 from .robot import SimCamera, SimRobot
-from .tasks import KINDS, PHYSICS_TASKS, SPLITS, Scene, episodes, make_scene
+from .tasks import KINDS, PHYSICS_TASKS, SPLITS, Scene, check_tasks, episodes, make_scene, sim_tasks
 from .workcell import TASKS, Randomization, SimConfig, Workcell, task_from_instruction
 
 __all__ = ["Workcell", "SimConfig", "Randomization", "TASKS", "ScriptedExpert", "SimRobot",
            "SimCamera", "task_from_instruction", "run_episode", "IKError", "fk", "ik", "jacobian",
            "LOWER", "UPPER", "HOME", "MAX_SPEED", "JOINT_NAMES", "ObjectSpec", "Scene", "episodes",
-           "make_scene", "KINDS", "SPLITS", "PHYSICS_TASKS"]
+           "make_scene", "KINDS", "SPLITS", "PHYSICS_TASKS", "sim_tasks", "check_tasks"]

@@ -28,8 +28,8 @@ from . import kinematics as kin
 from .objects import ObjectSpec
 from .render import (BOWL_FOOT, BOWL_H, BOWL_R, PLATE_H, PLATE_R, SPOT_R, TABLE_X, TABLE_Y, Renderer,
                      Snapshot, make_style)
-from .tasks import KINDS, PHYSICS_TASKS, Scene, task_scene
-from .workcell import (BOWL_FLOOR, LIFT_SUCCESS, PLACE_X, PLACE_Y, TASKS, Workcell,
+from .tasks import KINDS, PHYSICS_TASKS, Scene, sim_tasks, task_scene
+from .workcell import (BOWL_FLOOR, LIFT_SUCCESS, PLACE_X, PLACE_Y, Workcell,
                        task_from_instruction)
 
 TIMESTEP = 0.002              # s: 500 Hz physics inside every control tick
@@ -546,5 +546,5 @@ def physics_task(text: str) -> str:
     try:
         return task_from_instruction(text)
     except KeyError:
-        known = ", ".join(f"{k} ({v!r})" for k, v in {**TASKS, **PHYSICS_TASKS}.items())
+        known = ", ".join(f"{k} ({v!r})" for k, v in sim_tasks(True).items())
         raise KeyError(f"unknown task/instruction {text!r}; known: {known}") from None

@@ -111,6 +111,22 @@ PHYSICS_TASKS: dict[str, str] = {
 }
 
 
+def sim_tasks(physics: bool) -> dict[str, str]:
+    """Task key -> instruction for the tasks a workcell can set up: the kinematic one the legacy
+    TASKS, the physics one those and PHYSICS_TASKS."""
+    from .workcell import TASKS
+    return {**TASKS, **PHYSICS_TASKS} if physics else dict(TASKS)
+
+
+def check_tasks(tasks, physics: bool) -> None:
+    """ValueError naming every task key the chosen sim cannot set up, and the ones it can."""
+    known = sim_tasks(physics)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown} for the {'physics' if physics else 'kinematic'} sim; "
+                         f"known: {', '.join(known)}")
+
+
 def task_scene(task: str, seed: int = 0) -> Scene:
     """Scene for a legacy or PHYSICS_TASKS key."""
     red, blue = ObjectSpec("red", "cube"), ObjectSpec("blue", "cube")

@@ -197,8 +197,8 @@ def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: i
     (choose_sim)."""
     from drivers.sim import kinematics as kin
     from drivers.sim.robot import SimCamera, SimRobot
-    from drivers.sim.tasks import PHYSICS_TASKS
-    from drivers.sim.workcell import TASKS, SimConfig, Workcell
+    from drivers.sim.tasks import check_tasks
+    from drivers.sim.workcell import SimConfig, Workcell
     from teleop_app.pipeline import rollout
     from teleop_app.profiles import load_profile
     from teleop_app.safety import SafetyLayer
@@ -208,11 +208,7 @@ def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: i
     period = 1.0 / fps
     check_compatible(policy.meta, prof, fps=fps)
     physics, why = choose_sim(policy, physics)
-    known = {**TASKS, **PHYSICS_TASKS} if physics else TASKS
-    unknown = [t for t in tasks if t not in known]
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown} for the {'physics' if physics else 'kinematic'} sim; "
-                         f"known: {', '.join(known)}")
+    check_tasks(tasks, physics)
     h, w = policy.meta.image_size
     if camera_size:
         h = w = int(camera_size)

@@ -213,9 +213,8 @@ class PolicyRunner:
         if self._plan is None or d <= 0 or "qpos" not in obs:
             return obs, t, plan_end <= t + 1
         f = t + d
-        q = np.array(obs["qpos"], dtype=float).reshape(-1)
         i = min(f, plan_end) - 1 - self._plan_start
-        if i < 0 or self._plan.shape[1] != q.shape[0]:
+        if i < 0 or self._plan.shape[1] != np.size(obs["qpos"]):
             return obs, t, plan_end <= t + 1
         sent = dict(obs)
         sent["qpos"] = self._plan[i].astype(np.asarray(obs["qpos"]).dtype, copy=True)
@@ -257,7 +256,7 @@ class PolicyRunner:
             return
         keep, old = old[:start - t], old[start - t:]    # played until the new chunk's first tick
         if len(old) == 0:
-            old = keep[-1:] if len(keep) else (self._last_cmd[None] if self._last_cmd is not None else new[:1])
+            old = keep[-1:]                 # the plan ends before the chunk starts: ramp from its last target
         # the new chunk's offset from the plan at the join decays linearly over the ramp, so the
         # command is continuous and its rate changes by at most offset/(m+1) per tick
         k = max(1, int(getattr(self.policy.meta, "chunk_size", len(chunk)) or len(chunk)))
@@ -402,11 +401,10 @@ class PolicyRunner:
         with self._cv:
             res, self._result = self._result, None
             busy_since = self._busy_since
+        if res is not None and res[0] != self._gen:
+            res = None                  # asked for in an earlier episode: not this scene's
         if res is not None:
-            gen, step, origin, standing, out, err = res
-            if gen != self._gen:
-                res = None              # asked for in an earlier episode: not this scene's
-        if res is not None:
+            _, step, origin, standing, out, err = res
             if err is not None:
                 raise PolicyError(f"policy inference failed at step {step}: {err}") from err
             self._add_chunk(origin, self._validate(out, step), t, standing)
