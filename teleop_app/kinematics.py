@@ -34,6 +34,14 @@ def rpy_matrix(rpy) -> np.ndarray:
                      [-sp, cp * sr, cp * cr]])
 
 
+def matrix_rpy(r: np.ndarray) -> np.ndarray:
+    """Inverse of rpy_matrix: (roll, pitch, yaw) of a rotation matrix."""
+    pitch = math.asin(max(-1.0, min(1.0, -float(r[2, 0]))))
+    if abs(math.cos(pitch)) < 1e-9:                 # gimbal lock: put it all in yaw
+        return np.array([0.0, pitch, math.atan2(-float(r[0, 1]), float(r[1, 1]))])
+    return np.array([math.atan2(float(r[2, 1]), float(r[2, 2])), pitch, math.atan2(float(r[1, 0]), float(r[0, 0]))])
+
+
 def axis_angle_matrix(axis, angle: float) -> np.ndarray:
     """Rodrigues: rotation by `angle` about the unit vector `axis`."""
     k = np.asarray(axis, float)
@@ -84,8 +92,8 @@ class SerialChain:
         """TCP pose (4x4) in the base frame."""
         return self.frames(q)[1]
 
-    def jacobian(self, q) -> np.ndarray:
-        """Geometric 6 x n Jacobian of the TCP, base frame: rows vx, vy, vz, wx, wy, wz."""
+    def fk_jacobian(self, q) -> tuple[np.ndarray, np.ndarray]:
+        """(TCP pose 4x4, geometric 6 x n Jacobian of the TCP), base frame, from one pass over the chain."""
         fr, tcp = self.frames(q)
         p = tcp[:3, 3]
         jac = np.empty((6, self.n))
@@ -93,19 +101,32 @@ class SerialChain:
             z = f[:3, :3] @ j.axis
             jac[:3, i] = np.cross(z, p - f[:3, 3])
             jac[3:, i] = z
-        return jac
+        return tcp, jac
 
-    def dls_step(self, q, twist, *, damping: float = 0.05, weights=None) -> np.ndarray:
+    def jacobian(self, q) -> np.ndarray:
+        """Geometric 6 x n Jacobian of the TCP, base frame: rows vx, vy, vz, wx, wy, wz."""
+        return self.fk_jacobian(q)[1]
+
+    def dls_step(self, q, twist, *, damping: float = 0.05, weights=None, jac=None) -> np.ndarray:
         """Joint step dq that moves the TCP by `twist` (6: dx dy dz in m, rotation vector in rad,
         base frame) in the damped-least-squares sense. `weights` (6) scale each task row: 0 drops
-        an axis the arm cannot do (a 5-joint arm cannot hold every orientation)."""
-        jac = self.jacobian(q)
+        an axis the arm cannot do (a 5-joint arm cannot hold every orientation). `jac`: the Jacobian
+        at q when the caller has it already."""
+        jac = self.jacobian(q) if jac is None else jac
         e = np.asarray(twist, float)
         if weights is not None:
             w = np.asarray(weights, float)
             jac, e = jac * w[:, None], e * w
         jjt = jac @ jac.T + damping ** 2 * np.eye(6)
         return jac.T @ np.linalg.solve(jjt, e)
+
+
+def chain_to_dict(chain: "SerialChain") -> dict:
+    """A [kinematics] table (plain lists) that chain_from_dict reads back into the same chain."""
+    return {"joints": [{"origin": [float(v) for v in j.origin], "rpy": [float(v) for v in j.rpy],
+                        "axis": [float(v) for v in j.axis]} for j in chain.joints],
+            "tool": [float(v) for v in chain.tool[:3, 3]],
+            "tool_rpy": [float(v) for v in matrix_rpy(chain.tool[:3, :3])]}
 
 
 def rotation_error(r_goal: np.ndarray, r: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import PolicyError, PolicyMeta
+from .ee import EE_DIM
 from .tokenizer import Tokenizer
 
 FORMAT = "teleop-vla"
@@ -114,8 +115,13 @@ class VLAPolicy:
         self._a_mean, self._a_std = np.asarray(ac["mean"], np.float32), np.asarray(ac["std"], np.float32)
         self.text_encoder = text_encoder          # None = word tokenizer; else a SentenceEncoder
         self._tok_cache: dict[str, object] = {}
-        # "delta_arm": the network predicts arm moves relative to the current joints (train.chunk_targets)
+        # "delta_arm": the network predicts arm moves relative to the current joints (train.chunk_targets);
+        # "ee": end-effector moves relative to the current TCP, turned into joints by the chain (ee.py)
         self.action_space = meta.extra.get("action_space", "absolute")
+        self.chain = None
+        if self.action_space == "ee":
+            from .ee import chain_for
+            self.chain = chain_for(meta.extra, len(meta.joint_names) - 1)
 
     def reset(self) -> None:
         pass
@@ -162,6 +168,9 @@ class VLAPolicy:
         a = out.astype(np.float64) * self._a_std + self._a_mean
         if self.action_space == "delta_arm":
             a[:, :-1] += q[:-1]
+        elif self.chain is not None:
+            from .ee import ee_to_joints
+            a = ee_to_joints(self.chain, q.astype(np.float64), a)
         return a
 
 
@@ -172,8 +181,13 @@ def load_checkpoint_policy(path, threads: int | None = 2, **_ignored) -> VLAPoli
         tok = Tokenizer.from_dict(blob["tokenizer"])
         for k in ("state", "action"):
             for s in ("mean", "std"):
-                if len(meta.stats[k][s]) != (meta.action_dim if k == "action" else len(meta.joint_names)):
+                want = len(meta.joint_names) if k == "state" else (
+                    EE_DIM if meta.extra.get("action_space") == "ee" else meta.action_dim)
+                if len(meta.stats[k][s]) != want:
                     raise ValueError(f"stats {k}.{s} has the wrong length")
+        if meta.extra.get("action_space") == "ee":
+            from .ee import chain_for
+            chain_for(meta.extra, len(meta.joint_names) - 1)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: checkpoint metadata is malformed ({e}); retrain") from None
     model = build_model(blob, path)

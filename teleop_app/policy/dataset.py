@@ -36,6 +36,7 @@ class Dataset:
     cameras: list[str]
     image_size: tuple[int, int]
     skipped: list[str] = field(default_factory=list)
+    robot: str = ""                  # the robot profile the episodes were recorded with (meta.robot)
 
     @property
     def sims(self) -> list[str]:
@@ -118,7 +119,7 @@ def load_dataset(root, cameras: list[str] | None = None, image_size: tuple[int, 
     elif split == "val":
         files = [f for f in files if is_held_out(f, val_fraction)]
     eps, skipped = [], []
-    joint_names, fps = None, None
+    joint_names, fps, robot = None, None, ""
     for i, f in enumerate(files):
         try:
             ep = read_episode(f)
@@ -139,6 +140,7 @@ def load_dataset(root, cameras: list[str] | None = None, image_size: tuple[int, 
                 continue
             if joint_names is None:
                 joint_names, fps, cameras = list(ep.meta.joint_names), float(ep.meta.fps), list(cams)
+                robot = str(ep.meta.robot or "")
             elif list(ep.meta.joint_names) != joint_names:
                 raise PolicyError(f"{f}: joint names {ep.meta.joint_names} differ from the rest of the "
                                   f"dataset {joint_names}; train on one robot's data at a time")
@@ -156,4 +158,4 @@ def load_dataset(root, cameras: list[str] | None = None, image_size: tuple[int, 
     if not eps:
         why = "; ".join(skipped[:5])
         raise PolicyError(f"no usable episodes for split '{split}' in {root}" + (f" ({why})" if why else ""))
-    return Dataset(eps, joint_names, fps, list(cameras), tuple(image_size), skipped)
+    return Dataset(eps, joint_names, fps, list(cameras), tuple(image_size), skipped, robot)

@@ -34,6 +34,7 @@ import numpy as np
 
 from .base import PolicyError, PolicyMeta
 from .dataset import Dataset, load_dataset
+from .ee import EE_DIM
 from .tokenizer import Tokenizer
 
 
@@ -52,19 +53,28 @@ class TrainResult:
     total_params: int = 0
 
 
-def chunk_targets(ds: Dataset, chunk: int, action_space: str) -> tuple[np.ndarray, np.ndarray]:
+ACTION_SPACES = ("delta_arm", "absolute", "ee")
+
+
+def chunk_targets(ds: Dataset, chunk: int, action_space: str, chain=None) -> tuple[np.ndarray, np.ndarray]:
     """(N, chunk, D) raw targets and (N, chunk) chunk indices, over all episodes concatenated.
 
     action_space "delta_arm": arm joints as (target[t+k] - qpos[t]), gripper absolute. The model
     then only has to be precise about the small move from where the arm is, not about absolute
     angles (much better use of a small network); the policy adds qpos back, so it still outputs
-    absolute joint targets. "absolute": targets as recorded.
+    absolute joint targets. "absolute": targets as recorded. "ee": the target's end-effector pose
+    relative to the TCP at qpos[t] (D = 7, policy/ee.py; `chain` = the robot's kinematic chain); the
+    policy turns it back into joint targets through the same chain.
     """
     out, start, idx = [], 0, []
     for e in ds.episodes:
         n = len(e.qpos)
         t = np.minimum(np.arange(n)[:, None] + np.arange(chunk)[None], n - 1)
-        a = e.action[t].astype(np.float32)                       # (n, chunk, D)
+        if action_space == "ee":
+            from .ee import ee_targets
+            a = ee_targets(chain, e.qpos, e.action, chunk)
+        else:
+            a = e.action[t].astype(np.float32)                       # (n, chunk, D)
         if action_space == "delta_arm":
             a[..., :-1] -= e.qpos[:, None, :-1]
         out.append(a)
@@ -73,11 +83,29 @@ def chunk_targets(ds: Dataset, chunk: int, action_space: str) -> tuple[np.ndarra
     return np.concatenate(out), np.concatenate(idx)
 
 
-def target_stats(ds: Dataset, chunk: int, action_space: str) -> dict:
-    a = chunk_targets(ds, chunk, action_space)[0].reshape(-1, len(ds.joint_names))
+def target_stats(ds: Dataset, chunk: int, action_space: str, chain=None) -> dict:
+    a = chunk_targets(ds, chunk, action_space, chain)[0]
+    a = a.reshape(-1, a.shape[-1])
     st = ds.stats()
     st["action"] = {"mean": a.mean(0).tolist(), "std": np.maximum(a.std(0), 1e-3).tolist()}
     return st
+
+
+def robot_chain(ds: Dataset):
+    """The kinematic chain of the robot the dataset was recorded with (its profile's [kinematics]), for
+    action_space "ee"; a clear error when the profile has none."""
+    from teleop_app.profiles import ProfileError, load_profile
+    try:
+        prof = load_profile(ds.robot or "sim7")
+    except ProfileError as e:
+        raise PolicyError(f"action_space 'ee' needs the robot's profile: {e}") from None
+    if prof.kinematics is None:
+        raise PolicyError(f"action_space 'ee' needs a [kinematics] chain of the arm joints in the profile "
+                          f"'{prof.name}' (it has none); train with action_space 'delta_arm' instead")
+    if prof.kinematics.n != len(ds.joint_names) - 1:
+        raise PolicyError(f"action_space 'ee': the profile '{prof.name}' chains {prof.kinematics.n} joints, the "
+                          f"dataset has {len(ds.joint_names) - 1} arm joints ({ds.joint_names[:-1]})")
+    return prof.kinematics
 
 
 AUGMENT = ("none", "basic", "strong")
@@ -87,14 +115,15 @@ LORA_RANK = 8
 class _Batcher:
     """Flat arrays over all episodes + normalised chunk targets; text = token ids or sentence embeddings."""
 
-    def __init__(self, ds: Dataset, tok: Tokenizer, chunk: int, stats: dict, action_space: str, encoder=None):
+    def __init__(self, ds: Dataset, tok: Tokenizer, chunk: int, stats: dict, action_space: str, encoder=None,
+                 chain=None):
         self.cams = ds.cameras
         self.images = {c: np.concatenate([e.images[c] for e in ds.episodes]) for c in self.cams}
         q = np.concatenate([e.qpos for e in ds.episodes])
         s_mean, s_std = np.asarray(stats["state"]["mean"], np.float32), np.asarray(stats["state"]["std"], np.float32)
         a_mean, a_std = np.asarray(stats["action"]["mean"], np.float32), np.asarray(stats["action"]["std"], np.float32)
         self.state = (q - s_mean) / s_std
-        self.targets = (chunk_targets(ds, chunk, action_space)[0] - a_mean) / a_std
+        self.targets = (chunk_targets(ds, chunk, action_space, chain)[0] - a_mean) / a_std
         if encoder is None:
             per_ep = [np.asarray(tok.encode(e.instruction), np.int64) for e in ds.episodes]
         else:
@@ -190,7 +219,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           model: dict | None = None, threads: int = 2, weight_decay: float = 1e-4,
           warmup: int = 200, action_space: str = "delta_arm", aug_shift: int = 2,
           text_encoder: str = "words", augment: str = "basic", init=None, full: bool = False,
-          lora_rank: int = LORA_RANK, text_noise: float = 0.05,
+          lora_rank: int = LORA_RANK, text_noise: float = 0.05, state_noise: float = 0.05,
           intervention_weight: float | None = None) -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
@@ -296,11 +325,13 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         finetune = None
         if encoder is not None:
             model = {**(model or {}), "text_encoder": encoder.kind, "text_dim": encoder.dim}
-        if action_space not in ("delta_arm", "absolute"):
-            raise ValueError(f"action_space must be 'delta_arm' or 'absolute', got {action_space!r}")
-        stats = target_stats(ds, chunk, action_space)
+        if action_space not in ACTION_SPACES:
+            raise ValueError(f"action_space must be one of {', '.join(ACTION_SPACES)}, got {action_space!r}")
+        chain = robot_chain(ds) if action_space == "ee" else None
+        stats = target_stats(ds, chunk, action_space, chain)
         cfg = ModelConfig(vocab_size=len(tok), max_len=tok.max_len, state_dim=len(ds.joint_names),
-                          action_dim=len(ds.joint_names), chunk=chunk, cameras=list(ds.cameras),
+                          action_dim=EE_DIM if chain is not None else len(ds.joint_names), chunk=chunk,
+                          cameras=list(ds.cameras),
                           image_size=tuple(image_size), **(model or {}))
         net = VLAModel(cfg)
         meta = PolicyMeta(joint_names=ds.joint_names, action_dim=len(ds.joint_names), fps=ds.fps,
@@ -308,6 +339,9 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                           stats=stats, kind="teleop-vla",
                           extra={"instructions": sorted({e.instruction for e in ds.episodes}),
                                  "action_space": action_space})
+        if chain is not None:           # the policy turns its end-effector targets into joints with it
+            from teleop_app.kinematics import chain_to_dict
+            meta.extra["kinematics"] = chain_to_dict(chain)
         if len(ds.sims) == 1:     # teleop eval then rolls it out on the sim it learnt (evaluate.choose_sim)
             meta.extra["sim"] = ds.sims[0]
         info, start_step, elapsed0 = {}, 0, 0.0
@@ -319,8 +353,13 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     if blob is not None:
         opt.load_state_dict(blob["optimizer"])
     cfg = ModelConfig.from_dict(base_blob["model_config"]) if base_blob is not None else net.cfg
-    tr = _Batcher(ds, tok, cfg.chunk, stats, action_space, encoder)
-    va = _Batcher(val, tok, cfg.chunk, stats, action_space, encoder) if val is not None else None
+    if action_space == "ee":            # resume / fine-tune: the chain the checkpoint was trained with
+        from .ee import chain_for
+        chain = chain_for(meta.extra, len(meta.joint_names) - 1)
+    else:
+        chain = None
+    tr = _Batcher(ds, tok, cfg.chunk, stats, action_space, encoder, chain)
+    va = _Batcher(val, tok, cfg.chunk, stats, action_space, encoder, chain) if val is not None else None
     if finetune is not None and base_blob is not None:
         finetune.update({"trained_params": n_train, "total_params": n_total if not lora else
                          sum(v.numel() for v in base_blob["state_dict"].values())})
@@ -351,6 +390,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     def save(step: int, loss: float, vl: float | None, elapsed: float) -> None:
         info.update({"step": step, "steps": steps, "loss": loss, "val_loss": vl, "elapsed_s": elapsed,
                      "trained_params": n_train, "augment": augment, "text_encoder": enc_spec.get("kind"),
+                     "action_space": action_space, "state_noise": state_noise,
                      "batch_size": batch_size, "lr": lr, "dataset": str(dataset_root),
                      "episodes": len(ds.episodes), "samples": tr.n, "held_out": held_out,
                      "val_fraction": val_fraction, "torch": str(torch.__version__),
@@ -382,7 +422,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
             g["lr"] = lr_at(step, elapsed)
         idx = rng.integers(0, tr.n, batch_size) if pick is None else rng.choice(tr.n, batch_size, p=pick)
         x, t, s, a = _to_torch(*tr.batch(idx), aug=augment != "none", rng=rng, pad=aug_shift,
-                               augment=augment, text_noise=text_noise)
+                               augment=augment, text_noise=text_noise, state_noise=state_noise)
         loss = (net(x, t, s) - a).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
