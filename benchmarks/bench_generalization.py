@@ -75,7 +75,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the whole path in a few minutes")
     ap.add_argument("--kinds", default="pick", help="task kinds of the base training (default pick)")
     ap.add_argument("--demos", type=int, default=120, help="training demos (over all kinds)")
-    ap.add_argument("--minutes", type=float, default=6.0, help="training budget per base model")
+    ap.add_argument("--minutes", type=float, default=7.0, help="training budget per base model")
     ap.add_argument("--eval", type=int, default=50, help="unseen scenes per split")
     ap.add_argument("--domain-eval", type=int, default=30, help="scenes per domain for the gap")
     ap.add_argument("--new-kind", default="place_bowl", help="fine-tuning task kind (not in --kinds)")
@@ -84,8 +84,15 @@ def main() -> int:
     ap.add_argument("--ft-eval", type=int, default=20, help="new-task scenes per curve point")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--cameras", default="front,wrist")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--chunk", type=int, default=30, help="actions predicted per step")
+    ap.add_argument("--state-noise", type=float, default=1.5,
+                    help="noise on the normalised joint state in training (0.05 = the old default, which "
+                         "fitted the demos and failed every closed-loop pick: the policy replayed the demo its "
+                         "joints resembled instead of looking)")
+    ap.add_argument("--action-space", default="delta_arm", choices=["delta_arm", "ee"])
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: words,domain,finetune")
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--instructions-only", action="store_true",
@@ -120,6 +127,7 @@ def main() -> int:
     model = TINY if a.quick else None
     summary: dict = {"command": " ".join(sys.argv), "sim": "physics (MuJoCo) workcell, drivers/sim/tasks.py splits",
                      "kinds": kinds, "demos": a.demos, "minutes": a.minutes, "eval_per_split": a.eval,
+                     "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
                      "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     T0 = time.monotonic()
 
@@ -141,9 +149,10 @@ def main() -> int:
         ckpt = out / f"{name}.pt"
         if ckpt.exists():
             return ckpt, summary.get(f"train_{name}", {})
-        r = train(data, ckpt, steps=10 ** 6, batch_size=a.batch_size, lr=kw.pop("lr", 5e-4), max_minutes=minutes,
+        r = train(data, ckpt, steps=10 ** 6, batch_size=a.batch_size, lr=kw.pop("lr", a.lr), max_minutes=minutes,
                   threads=a.threads, cameras=list(cams), image_size=(a.image_size, a.image_size), resume=False,
-                  model=model if "init" not in kw else None, checkpoint_every=10 ** 6, val_fraction=0.0, **kw)
+                  model=model if "init" not in kw else None, checkpoint_every=10 ** 6, val_fraction=0.0,
+                  chunk=a.chunk, state_noise=a.state_noise, action_space=a.action_space, **kw)
         info = {"steps": r.step, "minutes": round(r.minutes, 2), "loss": round(r.loss, 4),
                 "episodes": r.episodes, "trained_params": r.trained_params, "total_params": r.total_params}
         summary[f"train_{name}"] = info

@@ -117,3 +117,20 @@ def test_ee_needs_a_robot_with_a_chain(tmp_path):
     with pytest.raises(PolicyError, match="kinematics"):
         train(data, tmp_path / "x.pt", steps=2, batch_size=4, image_size=(SIZE, SIZE), chunk=4, val_fraction=0.0,
               model=TINY, threads=1, resume=False, action_space="ee")
+
+
+def test_teleop_train_flags_reach_the_checkpoint(tmp_path, capsys):
+    import argparse
+    from teleop_app.policy.cli import add_commands
+    data = tmp_path / "data"
+    record(data, episodes=(("pick_red", 11), ("pick_blue", 12)))
+    ap = argparse.ArgumentParser(prog="teleop")
+    add_commands(ap.add_subparsers(dest="cmd"))
+    out = tmp_path / "cli.pt"
+    a = ap.parse_args(["train", str(data), str(out), "--steps", "3", "--image-size", str(SIZE), "--chunk", "4",
+                       "--val-fraction", "0", "--threads", "1", "--state-noise", "1.5", "--action-space", "ee"])
+    assert a.fn(a) == 0, capsys.readouterr().err
+    blob = read_checkpoint(out)
+    assert blob["train"]["state_noise"] == 1.5 and blob["meta"]["extra"]["action_space"] == "ee"
+    a = ap.parse_args(["train", str(data), str(tmp_path / "d.pt"), "--steps", "1"])
+    assert a.state_noise == 0.05 and a.action_space == "delta_arm"      # the defaults

@@ -68,6 +68,13 @@ def add_commands(subparsers) -> None:
     p.add_argument("--augment", default="basic", choices=["none", "basic", "strong"],
                    help="image augmentation: basic = +-2 px shift + brightness (default); strong = crop/shift "
                         "+-4 px, colour jitter, noise (pair with data from `teleop record --randomize`)")
+    p.add_argument("--state-noise", type=float, default=0.05, metavar="SIGMA",
+                   help="Gaussian noise on the normalised joint state while training (default 0.05). Large "
+                        "values (1-1.5) make the policy act on what the cameras show rather than replay the "
+                        "demo its joints resemble (measured on the physics sim: docs/policy_results.md)")
+    p.add_argument("--action-space", default="delta_arm", choices=["delta_arm", "absolute", "ee"],
+                   help="what the network predicts: arm joint moves from the present joints (default), "
+                        "absolute joint targets, or end-effector moves through the profile's [kinematics] chain")
     p.add_argument("--init", metavar="BASE.pt", help="fine-tune this base checkpoint: LoRA adapters on the "
                    "fusion transformer, conditioning and action head (its text encoder, cameras, size are kept)")
     p.add_argument("--full", action="store_true", help="with --init: train every weight instead of adapters")
@@ -194,7 +201,8 @@ def cmd_train(a) -> int:
                   image_size=(a.image_size, a.image_size), chunk=a.chunk, val_fraction=a.val_fraction,
                   checkpoint_every=a.checkpoint_every, max_minutes=a.minutes or None, seed=a.seed,
                   threads=a.threads, text_encoder=a.text_encoder, augment=a.augment, init=a.init,
-                  full=a.full, lora_rank=a.lora_rank, intervention_weight=a.intervention_weight)
+                  full=a.full, lora_rank=a.lora_rank, intervention_weight=a.intervention_weight,
+                  state_noise=a.state_noise, action_space=a.action_space)
     except KeyboardInterrupt:
         print("interrupted; the last periodic checkpoint is kept (re-run to resume)", file=sys.stderr)
         return 130
