@@ -487,6 +487,7 @@ def test_kinesthetic_slider_then_countdown_and_discard(qtbot, win, tmp_path):
     t = win.teleop
     t.countdown_spin.setValue(0.8)
     t.reset_spin.setValue(0.8)
+    t.episode_spin.setValue(30.0)
     key(qtbot, win, Qt.Key.Key_Return)
     qtbot.waitUntil(lambda: "COUNTDOWN" in t.state_label.text() and " s" in t.state_label.text(), timeout=1000)
     assert all(v.overlay == "1" for v in win.live.views.values())        # the digits on every camera
@@ -494,6 +495,8 @@ def test_kinesthetic_slider_then_countdown_and_discard(qtbot, win, tmp_path):
     qtbot.waitUntil(lambda: all(v.border is not None and v.overlay == "" for v in win.live.views.values()),
                     timeout=1000)
     qtbot.waitUntil(lambda: s.status.recording_steps >= 3, timeout=2000)
+    # the episode limit counts down and says so (a bare "55.2 s" beside the step count read as elapsed time)
+    qtbot.waitUntil(lambda: "REC" in t.state_label.text() and " s left" in t.state_label.text(), timeout=1000)
     key(qtbot, win, Qt.Key.Key_Escape)
     qtbot.waitUntil(lambda: s.status.workflow == State.REVIEW and t.wf_buttons["discard"].isEnabled(), timeout=2000)
     key(qtbot, win, Qt.Key.Key_D)

@@ -484,8 +484,10 @@ class TeleopTab(QWidget):
         wf = st.workflow
         color = STATE_COLORS.get(wf, "#7f8c8d")
         txt = "REC" if wf == State.RECORDING else wf.value.upper()     # short: the label must fit at 260 px
-        if wf in (State.COUNTDOWN, State.RESETTING) or (wf == State.RECORDING and st.time_left > 0):
+        if wf in (State.COUNTDOWN, State.RESETTING):
             txt += f"  {st.time_left:.1f} s"
+        elif wf == State.RECORDING and st.time_left > 0:      # the episode limit: time LEFT, said so
+            txt += f"  {st.time_left:.0f} s left"
         if wf == State.RECORDING:
             txt += f" · {st.recording_steps} steps"
         self.state_label.setText(f"<span style='font-size:20px; font-weight:bold; color:white'>{txt}</span>")
