@@ -16,6 +16,11 @@ Switches (each measured in benchmarks/bench_generalization.py):
   augment       "none", "basic" (the shift + brightness above, default) or "strong": random crop/shift
                 +-4 px, colour jitter (brightness, contrast, per-channel gain = white balance), saturation
                 and Gaussian pixel noise. Domain randomisation itself is in the data: `teleop record --randomize`.
+  state_noise   Gaussian noise (sigma, on the normalised joint state) while training. The default 0.05 is
+                the old recipe; on the physics sim it fitted the demos and failed every closed-loop pick
+                (the network told the demos apart by their joint paths and never looked); 1.5 learns to look.
+  action_space  "delta_arm" (default), "absolute" or "ee" (end-effector targets through the robot
+                profile's [kinematics] chain, policy/ee.py).
   init          fine-tune from a base checkpoint: LoRA adapters (peft) on the fusion transformer's
                 feed-forward layers, the instruction conditioning (FiLM generator, text projection) and
                 the action head; `full=True` trains every weight instead. The base's normalisation,
@@ -34,7 +39,7 @@ import numpy as np
 
 from .base import PolicyError, PolicyMeta
 from .dataset import Dataset, load_dataset
-from .ee import EE_DIM
+from .ee import EE_DIM, ee_targets
 from .tokenizer import Tokenizer
 
 
@@ -71,7 +76,6 @@ def chunk_targets(ds: Dataset, chunk: int, action_space: str, chain=None) -> tup
         n = len(e.qpos)
         t = np.minimum(np.arange(n)[:, None] + np.arange(chunk)[None], n - 1)
         if action_space == "ee":
-            from .ee import ee_targets
             a = ee_targets(chain, e.qpos, e.action, chunk)
         else:
             a = e.action[t].astype(np.float32)                       # (n, chunk, D)
@@ -95,8 +99,11 @@ def robot_chain(ds: Dataset):
     """The kinematic chain of the robot the dataset was recorded with (its profile's [kinematics]), for
     action_space "ee"; a clear error when the profile has none."""
     from teleop_app.profiles import ProfileError, load_profile
+    if not ds.robot:
+        raise PolicyError("action_space 'ee' needs the robot profile the episodes were recorded with; "
+                          "these episodes name none")
     try:
-        prof = load_profile(ds.robot or "sim7")
+        prof = load_profile(ds.robot)
     except ProfileError as e:
         raise PolicyError(f"action_space 'ee' needs the robot's profile: {e}") from None
     if prof.kinematics is None:
