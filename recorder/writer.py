@@ -142,19 +142,6 @@ class EpisodeWriter:
         workers = max(1, min(len(self.cameras), max(2, (os.cpu_count() or 2) - 1), 4))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jpeg",
                                         initializer=_lower_priority) if self.jpeg and self.cameras else None
-        if self._pool is not None:
-            # Start every encoder thread now, not lazily at the first frames: a caller that gives its
-            # helper threads a scheduling class (the control process: real-time, below its loop) sees
-            # them before recording starts. A worker created mid-episode ran at nice +10 while it held
-            # the GIL, and the control loop waited out other processes' time slices for it (measured:
-            # 14-20 ms late ticks early in an episode, faulthandler showing a jpeg worker).
-            started = threading.Barrier(workers + 1)
-            for _ in range(workers):
-                self._pool.submit(started.wait, 5.0)
-            try:
-                started.wait(5.0)
-            except threading.BrokenBarrierError:
-                pass
         self._thread = threading.Thread(target=self._run, name=f"EpisodeWriter-{self.path.stem}", daemon=True)
         self._thread.start()
 
