@@ -482,7 +482,9 @@ def test_kinesthetic_slider_then_countdown_and_discard(qtbot, win, tmp_path):
     qtbot.waitUntil(lambda: abs(s.status.qpos[0] - (q0 + 0.3)) < 0.02, timeout=3000)
     key(qtbot, win, Qt.Key.Key_0)                     # back to hold: torque on, no jump
     qtbot.waitUntil(lambda: s.status.mode == Mode.HOLD and s.status.torque, timeout=2000)
-    assert abs(s.status.qpos[0] - (q0 + 0.3)) < 0.05
+    # no jump back towards q0 (0.3 rad away); the physics arm may settle a few centiradians as its servos
+    # take over (a clean-clone CI run saw 0.053 rad)
+    assert abs(s.status.qpos[0] - (q0 + 0.3)) < 0.1
     # countdown set from the episode panel, shown while it runs; then discard goes to the reset timer
     t = win.teleop
     t.countdown_spin.setValue(0.8)
