@@ -137,7 +137,8 @@ def test_image_sequence_folder_and_glob(image_dir):
     cam.connect()
     try:
         frames = _drain(cam, 0.5)
-        assert len(frames) >= 5 and frames[-1].index == 9
+        # latest-only: a loaded reader may skip some of the 10 frames (a clean-clone CI run saw 4 distinct)
+        assert len(frames) >= 3 and frames[-1].index == 9
         assert cam.ended and cam.frame_count == 10 and (cam.width, cam.height) == (W, H)
         # files play in name order (lossless PNG: exact values)
         assert [int(f.image[0, 0, 2]) for f in frames] == [4 * f.index for f in frames]
