@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from teleop_app.kinematics import SerialChain, rotation_error
+from teleop_app.kinematics import SerialChain, rotation_error, rotvec_matrix
 from teleop_app.policy.uncertainty import chunk_disagreement
 from teleop_app.sources import BaseSource, TickContext
 
@@ -157,12 +157,6 @@ def default_bounds(profile, chain: SerialChain) -> dict[str, list[float]]:
     return {"x": [-reach, reach], "y": [-reach, reach], "z": [0.0, reach]}
 
 
-def _rotvec_matrix(w: np.ndarray) -> np.ndarray:
-    from teleop_app.kinematics import axis_angle_matrix
-    ang = float(np.linalg.norm(w))
-    return np.eye(3) if ang < 1e-12 else axis_angle_matrix(w / ang, ang)
-
-
 class CartesianPadSource(BaseSource):
     """The sticks steer the end effector. Each tick the pad's twist (mapping.cartesian_twist, in the
     base or the tool frame) moves a desired TCP pose, clamped to the workspace bounds; a few DLS
@@ -227,7 +221,7 @@ class CartesianPadSource(BaseSource):
             return out                           # sticks at rest: hold the arm, gripper may move
         goal = self.goal.copy()
         goal[:3, 3] = self._clamp(goal[:3, 3] + tw[:3] * ctx.period)
-        goal[:3, :3] = _rotvec_matrix(tw[3:] * ctx.period) @ goal[:3, :3]
+        goal[:3, :3] = rotvec_matrix(tw[3:] * ctx.period) @ goal[:3, :3]
         lo, hi = ctx.profile.lower()[:self.n], ctx.profile.upper()[:self.n]
         for _ in range(self.iterations):
             t = self.chain.fk(q)

@@ -50,6 +50,13 @@ def axis_angle_matrix(axis, angle: float) -> np.ndarray:
     return np.eye(3) + math.sin(angle) * km + (1 - math.cos(angle)) * km @ km
 
 
+def rotvec_matrix(v) -> np.ndarray:
+    """Rotation matrix of a rotation vector (axis * angle, rad); the inverse of rotation_error(r, I)."""
+    v = np.asarray(v, float)
+    ang = float(np.linalg.norm(v))
+    return np.eye(3) if ang < 1e-12 else axis_angle_matrix(v / ang, ang)
+
+
 def _transform(rot: np.ndarray, pos) -> np.ndarray:
     t = np.eye(4)
     t[:3, :3] = rot

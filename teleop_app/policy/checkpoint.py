@@ -102,7 +102,7 @@ class VLAPolicy:
     """Runs the project's VLA on one observation; see base.Policy."""
 
     def __init__(self, model, meta: PolicyMeta, tokenizer: Tokenizer, train_info: dict | None = None,
-                 threads: int | None = 2, text_encoder=None):
+                 threads: int | None = 2, text_encoder=None, chain=None):
         import torch
         if threads:
             torch.set_num_threads(threads)
@@ -118,10 +118,9 @@ class VLAPolicy:
         # "delta_arm": the network predicts arm moves relative to the current joints (train.chunk_targets);
         # "ee": end-effector moves relative to the current TCP, turned into joints by the chain (ee.py)
         self.action_space = meta.extra.get("action_space", "absolute")
-        self.chain = None
-        if self.action_space == "ee":
-            from .ee import chain_for
-            self.chain = chain_for(meta.extra, len(meta.joint_names) - 1)
+        self.chain = chain              # "ee": the robot's chain the checkpoint carries (ee.chain_for)
+        if self.action_space == "ee" and chain is None:
+            raise PolicyError("an end-effector policy needs the robot's kinematic chain to output joint targets")
 
     def reset(self) -> None:
         pass
@@ -185,9 +184,10 @@ def load_checkpoint_policy(path, threads: int | None = 2, **_ignored) -> VLAPoli
                     EE_DIM if meta.extra.get("action_space") == "ee" else meta.action_dim)
                 if len(meta.stats[k][s]) != want:
                     raise ValueError(f"stats {k}.{s} has the wrong length")
+        chain = None
         if meta.extra.get("action_space") == "ee":
             from .ee import chain_for
-            chain_for(meta.extra, len(meta.joint_names) - 1)
+            chain = chain_for(meta.extra, len(meta.joint_names) - 1)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: checkpoint metadata is malformed ({e}); retrain") from None
     model = build_model(blob, path)
@@ -195,4 +195,4 @@ def load_checkpoint_policy(path, threads: int | None = 2, **_ignored) -> VLAPoli
     if "text_encoder" in blob:
         from .text_encoder import load_text_encoder
         enc = load_text_encoder(blob["text_encoder"])
-    return VLAPolicy(model, meta, tok, blob.get("train"), threads=threads, text_encoder=enc)
+    return VLAPolicy(model, meta, tok, blob.get("train"), threads=threads, text_encoder=enc, chain=chain)

@@ -1,11 +1,11 @@
 """End-effector action space for the project's VLA: the network predicts where the gripper goes, the
 robot's own chain turns that into joint targets.
 
-RT-2, OpenVLA and most VLAs act in end-effector space. For a small network learning from ~100 demos
-this matters: "move the gripper 4 cm towards the cube the wrist camera sees" is nearly linear in what
-the cameras show, while the same move written as 7 joint deltas depends on the whole arm's pose.
-Measured on the physics workcell (docs/policy_results.md): joint-space targets fitted the demos
-(offline error 0.005 rad) yet missed every closed-loop pick; end-effector targets are the fix.
+RT-2, OpenVLA and most VLAs act in end-effector space: "move the gripper 4 cm towards the cube the
+wrist camera sees" is nearly linear in what the cameras show, while the same move written as 7 joint
+deltas depends on the whole arm's pose. Measured on the physics workcell (docs/policy_results.md, run
+E7 vs E6): at 120 demos and 6 CPU minutes it did no better than joint deltas (7/50 vs 10/50, intervals
+overlapping); what made the policy pick at all was noise on the joint state (train's state_noise).
 
 One target row, relative to the TCP pose at the observation (base frame):
     [dx, dy, dz (m), rx, ry, rz (rotation vector, rad), gripper (absolute, the robot's units)]
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from teleop_app.kinematics import SerialChain, axis_angle_matrix, chain_from_dict, rotation_error
+from teleop_app.kinematics import SerialChain, chain_from_dict, rotation_error, rotvec_matrix
 
 EE_DIM = 7          # dx dy dz rx ry rz gripper
 
@@ -46,11 +46,6 @@ def ee_targets(chain: SerialChain, qpos: np.ndarray, action: np.ndarray, chunk: 
     return out
 
 
-def _rotvec_matrix(v: np.ndarray) -> np.ndarray:
-    ang = float(np.linalg.norm(v))
-    return np.eye(3) if ang < 1e-12 else axis_angle_matrix(v / ang, ang)
-
-
 def ee_to_joints(chain: SerialChain, q: np.ndarray, ee: np.ndarray, *, iters: int = 1,
                  damping: float = 0.02) -> np.ndarray:
     """(k, 7) end-effector targets relative to the TCP at q -> (k, len(q)) absolute joint targets."""
@@ -63,7 +58,7 @@ def ee_to_joints(chain: SerialChain, q: np.ndarray, ee: np.ndarray, *, iters: in
     cur = q[:n].copy()
     for k, row in enumerate(ee):
         goal_p = p0 + row[:3]
-        goal_r = _rotvec_matrix(row[3:6]) @ r0
+        goal_r = rotvec_matrix(row[3:6]) @ r0
         for _ in range(iters):
             t, jac = chain.fk_jacobian(cur)
             e = np.concatenate([goal_p - t[:3, 3], rotation_error(goal_r, t[:3, :3])])
