@@ -16,6 +16,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,8 @@ class EpisodeWriter:
 
     def __init__(self, path: str | os.PathLike, meta: S.EpisodeMeta, cameras: dict[str, tuple[int, int]],
                  dof: int, jpeg: bool = True, jpeg_quality: int = 90, flush_interval_s: float = 0.5,
-                 max_queue_s: float = 3.0, hdf5_process: bool = True):
+                 max_queue_s: float = 3.0, hdf5_process: bool = True,
+                 thread_init: Callable[[], None] | None = None):
         meta.check()
         self.path = Path(path)
         if self.path.suffix != S.SUFFIX:
@@ -89,6 +91,11 @@ class EpisodeWriter:
         self.jpeg = bool(jpeg)
         self.jpeg_quality = int(jpeg_quality)
         self.flush_interval_s = float(flush_interval_s)
+        # Runs first in the writer thread and in every JPEG encoder thread, as each starts (encoders
+        # start lazily, at the first frames). Default: nice +10. A control process passes its helper
+        # scheduling class instead, so no encoder ever holds the GIL at nice +10 next to its loop
+        # (faulthandler caught one, started mid-episode and not yet promoted, beside a 20 ms late tick).
+        self._thread_init = thread_init or _lower_priority
         self.partial_path = self.path.with_name(self.path.name + ".partial")
         self.journal_path = self.path.with_name(self.path.name + ".journal")
 
@@ -141,7 +148,7 @@ class EpisodeWriter:
         self._q: queue.Queue = queue.Queue(maxsize=qsize)
         workers = max(1, min(len(self.cameras), max(2, (os.cpu_count() or 2) - 1), 4))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jpeg",
-                                        initializer=_lower_priority) if self.jpeg and self.cameras else None
+                                        initializer=self._thread_init) if self.jpeg and self.cameras else None
         self._thread = threading.Thread(target=self._run, name=f"EpisodeWriter-{self.path.stem}", daemon=True)
         self._thread.start()
 
@@ -322,7 +329,7 @@ class EpisodeWriter:
         return steps
 
     def _run(self) -> None:
-        _lower_priority()
+        self._thread_init()
         last_flush = time.monotonic()
         stop = False
         try:

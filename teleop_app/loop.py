@@ -36,6 +36,16 @@ HELPER_PREFIXES = ("sim-physics", "sim-cam-", "simbus-", "camera-", "EpisodeWrit
 HELPER_PRIORITY = 5        # below the control thread's 10
 
 
+def realtime_helper() -> None:
+    """Give the calling thread the helpers' real-time class (SCHED_FIFO `HELPER_PRIORITY`, below the
+    loop's) where the OS allows it; without permission nothing changes. An ordinary thread can be
+    preempted by any busy process while it holds the GIL, and the loop thread then waits for it."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(HELPER_PRIORITY))
+    except (AttributeError, PermissionError, OSError):
+        pass
+
+
 def promote_threads(prefixes=HELPER_PREFIXES, priority: int = HELPER_PRIORITY, done: set | None = None) -> int:
     """Give the named helper threads of this process SCHED_FIFO `priority` (where allowed). Returns how
     many were promoted now; `done` ((native id, name) pairs) avoids repeating the system call."""

@@ -28,7 +28,7 @@ import numpy as np
 from drivers.interfaces import DeviceError, GamepadState
 from teleop_app import __version__
 from teleop_app.devices import Devices, fk_for, make_devices
-from teleop_app.loop import LoopStats, RateLoop, promote_threads
+from teleop_app.loop import LoopStats, RateLoop, promote_threads, realtime_helper
 from teleop_app.pipeline import ControlPipeline, Housekeeper, finish_writer
 from teleop_app.profiles import RobotProfile, load_profile
 from teleop_app.safety import SafetyLayer
@@ -816,10 +816,10 @@ class Session:
         """Housekeeping thread: create the episode files (path chosen here, after every earlier job)."""
         from recorder.writer import EpisodeWriter
         cams = {n: (c.height, c.width) for n, c in self._camera_specs().items()}
-        w = EpisodeWriter(self.store.new_episode_path(), meta, cameras=cams, dof=self.profile.dof,
-                          jpeg=self.config.jpeg)
-        self._promote_helpers()             # its writer thread
-        return w
+        rt = self.config.realtime_helpers and self.loop.realtime_priority
+        # its writer and JPEG encoder threads take the helpers' real-time class as each starts
+        return EpisodeWriter(self.store.new_episode_path(), meta, cameras=cams, dof=self.profile.dof,
+                             jpeg=self.config.jpeg, thread_init=realtime_helper if rt else None)
 
     def _prepare_writer(self) -> None:
         """Create the next episode's writer ahead of time (countdown / reset), off the tick."""
@@ -1043,7 +1043,7 @@ class Session:
             self._stats_job = self._hk.submit(self._stats_and_helpers)
 
     def _stats_and_helpers(self) -> LoopStats:
-        self._promote_helpers()            # new writer threads of this episode
+        self._promote_helpers()            # helper threads started since (cameras, sim, bus)
         return self.loop.stats()
 
     def _publish(self, q, raw, sent, pad=None, rep=None) -> None:

@@ -277,3 +277,23 @@ def test_writer_falling_behind_reports_drops_never_blocks(tmp_path):
     assert worst < 0.05, f"add_step blocked for {worst * 1e3:.0f} ms"
     ep = read_episode(w.finish())
     assert ep.num_steps == w.num_steps
+
+
+def test_thread_init_runs_in_the_writer_and_every_encoder_thread_before_their_work(tmp_path):
+    """A control process gives the writer's threads its helpers' scheduling class through thread_init;
+    encoder threads start lazily (at the first frames), so each must apply it itself before encoding.
+    Without it they run at nice +10 (an encoder caught holding the GIL beside a 20 ms late tick)."""
+    import os
+    import threading
+    seen: list[tuple[str, int]] = []
+
+    def init():
+        seen.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+
+    path, _ = record(tmp_path / "episode_000001.h5", n=20, thread_init=init)
+    names = [n for n, _ in seen]
+    assert any(n.startswith("EpisodeWriter-") for n in names), names
+    encoders = [n for n in names if n.startswith("jpeg")]
+    assert len(encoders) == 2 and len(set(encoders)) == 2, names       # one per camera, each once
+    assert all(nice == 0 for _, nice in seen), seen                     # the default nice +10 not applied first
+    assert read_episode(path).num_steps == 20

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from teleop_app.control import wire
+from teleop_app.loop import realtime_helper
 
 log = logging.getLogger("teleop.control")
 
@@ -43,17 +44,6 @@ COMMANDS = frozenset({
 # (measured, 50 Hz loop on a loaded 2-core machine: p99 11 ms with frames published at 60 Hz, 3.6 ms without).
 STATUS_HZ = 30.0
 FRAME_HZ = 30.0
-HELPER_PRIORITY = 5            # SCHED_FIFO priority of the frame and status threads (the loop has 10)
-
-
-def _realtime_helper() -> None:
-    """Real-time scheduling (below the loop's) for a short-burst helper thread of this process, where the
-    OS allows it: an ordinary thread can be preempted by any busy process while it holds the GIL, and the
-    loop thread would then wait for it. Without permission nothing changes."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(HELPER_PRIORITY))
-    except (AttributeError, PermissionError, OSError):
-        pass
 
 
 # ====================================================================== where the socket lives
@@ -128,7 +118,7 @@ class _Client:
         sent_seq = None
         sent_msgs = 0                  # the first status carries the recent messages (a reconnecting GUI shows them)
         period = 1.0 / srv.status_hz
-        _realtime_helper()
+        realtime_helper()          # the frame and status threads: real-time, below the loop
         try:
             while self.alive:
                 self._wake.wait(period)
@@ -328,7 +318,7 @@ class ControlServer:
         last: dict[str, float] = {}
         index: dict[str, int] = {}
         period = 1.0 / FRAME_HZ
-        _realtime_helper()
+        realtime_helper()          # the frame and status threads: real-time, below the loop
         while not self.stop_event.wait(period):
             self.session.loop.wait_quiet(self.stop_event)
             try:
