@@ -311,9 +311,14 @@ class Session:
         self.loop.priority_set.wait(1.0)
         self._promote_helpers()
 
+    @property
+    def _realtime_helpers(self) -> bool:
+        """Helper threads get real-time priority (below the loop's): asked for, and the loop has it."""
+        return bool(self.config.realtime_helpers and self.loop.realtime_priority)
+
     def _promote_helpers(self) -> None:
-        """Real-time priority (below the loop's) for the GIL-taking helper threads, when the loop has it."""
-        if self.config.realtime_helpers and self.loop.realtime_priority:
+        """Real-time priority for the GIL-taking helper threads already running (see _realtime_helpers)."""
+        if self._realtime_helpers:
             promote_threads(done=self._promoted)
 
     def open(self) -> "Session":
@@ -816,10 +821,10 @@ class Session:
         """Housekeeping thread: create the episode files (path chosen here, after every earlier job)."""
         from recorder.writer import EpisodeWriter
         cams = {n: (c.height, c.width) for n, c in self._camera_specs().items()}
-        rt = self.config.realtime_helpers and self.loop.realtime_priority
         # its writer and JPEG encoder threads take the helpers' real-time class as each starts
         return EpisodeWriter(self.store.new_episode_path(), meta, cameras=cams, dof=self.profile.dof,
-                             jpeg=self.config.jpeg, thread_init=realtime_helper if rt else None)
+                             jpeg=self.config.jpeg,
+                             thread_init=realtime_helper if self._realtime_helpers else None)
 
     def _prepare_writer(self) -> None:
         """Create the next episode's writer ahead of time (countdown / reset), off the tick."""
