@@ -43,7 +43,9 @@ sys.path.insert(0, str(ROOT))
 HZ = 50.0
 
 # A recording process that loops over every store operation, logging what is durable (fsynced) so the
-# parent knows what must survive. Steps are logged as they are handed to the writer.
+# parent knows what must survive. Steps are logged as they are handed to the writer; a store edit is
+# logged before it starts ("deleting") and after it returns ("deleted"), so a kill in between leaves
+# the parent knowing that either state is right.
 CHILD = textwrap.dedent("""
     import json, os, sys, time
     import numpy as np
@@ -77,12 +79,15 @@ CHILD = textwrap.dedent("""
         op = rng.integers(0, 4)
         if op == 0 and len(st.episodes()) > 2:
             victim = st.episodes()[0].id
+            say(op="deleting", id=victim)
             st.delete(victim)
             say(op="deleted", id=victim)
             if rng.integers(0, 2):
+                say(op="undeleting", id=victim)
                 st.undo()
                 say(op="undeleted", id=victim)
         elif op == 1 and n > 10:
+            say(op="trimming", id=info.id, steps=n - 4)
             st.trim(info.id, 2, n - 2)
             say(op="trimmed", id=info.id, steps=n - 4)
         elif op == 2:
@@ -145,19 +150,27 @@ def kill_campaign(n: int, seed: int = 0, work: Path | None = None) -> dict:
             elif e["op"] == "undeleted":
                 expect[e["id"]] = gone.pop(e["id"])
         have = {i.id: i for i in st.episodes()}
+        # the edit the kill interrupted (logged before it started, not after it returned): either state is right
+        pending = events[-1] if events and events[-1]["op"] in ("deleting", "undeleting", "trimming") else None
         for eid, steps in expect.items():
             res["earlier_checked"] += 1
             info = have.get(eid)
+            lengths = {steps, steps + 4}              # + 4: trimmed, then the trim undone
+            if pending and pending["id"] == eid and pending["op"] == "trimming":
+                lengths.add(pending["steps"])
             try:
-                # killed after trim() finished but before "trimmed" was logged: the trimmed length is right
-                trim_pending = bool(events) and events[-1]["op"] == "kept" and events[-1]["id"] == eid
-                ok = info is not None and not info.broken and read_episode(st.path(eid)).num_steps in (
-                    (steps, steps + 4, steps - 4) if trim_pending else (steps, steps + 4))
+                ok = info is not None and not info.broken and read_episode(st.path(eid)).num_steps in lengths
             except Exception:  # noqa: BLE001
                 ok = False
+            if not ok and info is None and pending and pending["id"] == eid and pending["op"] == "deleting":
+                ok = True                             # killed inside delete() after the move
             if not ok:
                 res["earlier_lost"] += 1
                 res["problems"].append(f"run {r}: episode {eid} ({steps} steps) not intact: {info}")
+        if pending and pending["op"] == "undeleting" and pending["id"] in have:     # killed inside undo()
+            info = have[pending["id"]]
+            if info.broken or read_episode(st.path(info.id)).num_steps != gone.get(pending["id"], info.num_steps):
+                res["problems"].append(f"run {r}: episode {info.id} undeleted by a killed undo() is not intact")
         # the index agrees with the files
         for info in st.episodes():
             if info.broken:
