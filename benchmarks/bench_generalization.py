@@ -18,6 +18,10 @@ What it runs (sizes are the flags; --quick shrinks all of them):
   4. domain gap: rand and plain on seen scenes in the default look and in the held-out visual domain
   5. fine-tuning curve on a new task kind (--new-kind) from --ft-demos demos: LoRA adapters on the
      rand base vs the same architecture from scratch, same demos and time, with trained parameter counts
+  6. with --dagger-rounds K: HG-DAgger on the physics sim from the main model (the sim's expert takes
+     over when the policy drifts; teleop_app.policy.generalization.collect_corrections), each round
+     adding --dagger-minutes of training; the same splits, next to a control that trains as long on
+     the demos alone
 Prints the tables and writes OUT/summary.json and OUT/report.html (+ .md). Demos and checkpoints
 already in OUT are reused (pass --fresh to start over).
 """
@@ -96,6 +100,11 @@ def main() -> int:
                          "fitted the demos and failed every closed-loop pick: the policy replayed the demo its "
                          "joints resembled instead of looking)")
     ap.add_argument("--action-space", default="delta_arm", choices=["delta_arm", "ee"])
+    ap.add_argument("--dagger-rounds", type=int, default=0,
+                    help="HG-DAgger rounds on the main model (0 = off): corrected rollouts, then resume training")
+    ap.add_argument("--dagger-rollouts", type=int, default=240, help="corrected rollouts per DAgger round")
+    ap.add_argument("--dagger-minutes", type=float, default=4.0, help="training added per DAgger round")
+    ap.add_argument("--intervention-weight", type=float, default=2.0)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: words,domain,finetune")
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--instructions-only", action="store_true",
@@ -110,6 +119,7 @@ def main() -> int:
     if a.quick:
         a.demos, a.minutes, a.eval, a.domain_eval = 6, 0.3, 2, 2
         a.ft_demos, a.ft_minutes, a.ft_eval = "2,4", 0.2, 2
+        a.dagger_rollouts, a.dagger_minutes = 3, 0.2
 
     import torch
     from teleop_app.policy.base import load_policy
@@ -202,6 +212,55 @@ def main() -> int:
                                    for k, v in words_tab.items()}
         log("word tokenizer model\n" + format_split_table(wres))
 
+    # 3b) HG-DAgger on the physics sim: the main model rolls out on fresh training scenes, the sim's expert
+    #     takes over when it drifts (replanning from the scene as it is), the rollouts join the demos and
+    #     training resumes with interventions weighted; a control resumes as long on the demos alone
+    dagger = {}
+    if a.dagger_rounds > 0:
+        import os
+        from teleop_app.policy.generalization import collect_corrections
+
+        def resume(name, src, data, total_minutes, **kw):
+            ckpt = out / f"{name}.pt"
+            if not ckpt.exists():
+                shutil.copyfile(src, ckpt)
+            r = train(data, ckpt, steps=10 ** 6, batch_size=a.batch_size, lr=a.lr, max_minutes=total_minutes,
+                      threads=a.threads, cameras=list(cams), image_size=(a.image_size, a.image_size),
+                      resume=True, checkpoint_every=10 ** 6, val_fraction=0.0, chunk=a.chunk,
+                      state_noise=a.state_noise, action_space=a.action_space, augment="strong", **kw)
+            info = {"steps": r.step, "minutes": round(r.minutes, 2), "loss": round(r.loss, 4),
+                    "episodes": r.episodes, "samples": r.samples}
+            summary[f"train_{name}"] = info
+            log(f"trained {name}: {info}")
+            return ckpt
+        data_dag = out / "data_dagger"
+        if not (data_dag / "store.json").exists():     # the demos, hard-linked (episode files are immutable)
+            shutil.copytree(data_rand, data_dag, copy_function=os.link)
+        cur, total, rounds = m_rand, a.minutes, []
+        for rnd in range(1, a.dagger_rounds + 1):
+            mark = out / f"dagger_collect_{rnd}.json"
+            if not mark.exists():
+                t0 = time.monotonic()
+                col = collect_corrections(load_policy(str(cur), threads=a.threads),
+                                          split_scenes(["train"], a.dagger_rollouts, kinds, seed=500_000 + 10_000 * rnd),
+                                          data_dag, dagger_round=rnd)
+                col["s"] = round(time.monotonic() - t0, 1)
+                mark.write_text(json.dumps(col))
+            col = json.loads(mark.read_text())
+            log(f"DAgger round {rnd}: {col['rollouts']} rollouts, {col['corrected_steps']} of {col['steps']} steps "
+                f"corrected ({col['takeovers']} takeovers), {col['success_with_help']} succeeded with help")
+            total += a.dagger_minutes
+            cur = resume(f"rand_dagger{rnd}", cur, data_dag, total, intervention_weight=a.intervention_weight)
+            rounds.append({"round": rnd, **col, "train": summary.get(f"train_rand_dagger{rnd}")})
+        dres = per_split(evaluate(cur, scenes, tag="dagger_splits"))
+        ctrl = resume("rand_more", m_rand, data_rand, total)
+        cres = per_split(evaluate(ctrl, scenes, tag="more_splits"))
+        keep = ("n", "success", "rate", "ci95")
+        dagger = {"rounds": rounds, "minutes_total": total,
+                  "dagger": {k: {kk: v[kk] for kk in keep} for k, v in dres.items()},
+                  "control": {k: {kk: v[kk] for kk in keep} for k, v in cres.items()}}
+        summary["dagger"] = dagger
+
     # 4) domain gap
     gap = {}
     if m_plain is not None:
@@ -247,6 +306,14 @@ def main() -> int:
         if sp in table:
             w = pct(words_tab[sp]) if words_tab and sp in words_tab else "-"
             lines.append(f"{SPLIT_LABELS[sp]:<20} {pct(table[sp]):<28} {w:<28} {100 * RT2[sp]:.0f}%")
+    if dagger:
+        lines += ["", f"== HG-DAgger on the physics sim ({a.dagger_rounds} rounds of {a.dagger_rollouts} corrected "
+                      f"rollouts, {dagger['minutes_total']:g} min of training in all) ==",
+                  f"{'split':<20} {'base (' + str(a.minutes) + ' min)':<28} {'+ DAgger':<28} {'control: demos only':<28}"]
+        for sp in ("seen", "unseen_objects", "novel_instructions", "reasoning"):
+            if sp in table:
+                lines.append(f"{SPLIT_LABELS[sp]:<20} {pct(table[sp]):<28} {pct(dagger['dagger'][sp]):<28} "
+                             f"{pct(dagger['control'][sp]):<28}")
     if gap:
         lines += ["", "== held-out visual domain (seen objects) ==",
                   f"{'training':<36} {'default look':<24} {'held-out domain':<24} gap"]

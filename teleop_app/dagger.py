@@ -72,6 +72,14 @@ class ExpertOperator(BaseSource):
         self._t: float | None = None
         self._a: np.ndarray | None = None
 
+    def replan(self) -> None:
+        """Plan afresh from the scene as it is now (the object may have been pushed while the policy
+        drove): the physics expert otherwise keeps the plan it made at the episode's start."""
+        steps = self.expert.steps
+        self.expert.reset()
+        self.expert.steps = steps
+        self._t = None
+
     def advise(self, ctx) -> np.ndarray:
         if self._t != ctx.now:
             self._t, self._a = ctx.now, np.asarray(self.expert.act(ctx.q), float)
@@ -86,9 +94,10 @@ class DriftTrigger:
     going the other way) for `patience` ticks; hand back after `correction_steps` ticks."""
 
     def __init__(self, operator: ExpertOperator, fk: Callable, drift_m: float, patience: int,
-                 correction_steps: int):
+                 correction_steps: int, replan: Callable[[], bool] | None = None):
         self.op, self.fk = operator, fk
         self.drift_m, self.patience, self.correction_steps = drift_m, patience, correction_steps
+        self.replan = replan          # -> True: the operator replans from the scene as it is when taking over
         self._over = 0
         self._driving = 0
         self.drifts: list[float] = []
@@ -107,6 +116,8 @@ class DriftTrigger:
         self._over = self._over + 1 if d > self.drift_m else 0
         if self._over >= self.patience:
             self._over, self._driving = 0, 0
+            if self.replan is not None and self.replan():
+                self.op.replan()
             return True
         return False
 
@@ -148,44 +159,61 @@ class SimBench:
 
     def episode(self, runner, task: str, seed: int, *, operator: bool, writer=None) -> dict:
         """One rollout (the policy, optionally watched by the simulated operator) -> summary."""
-        from teleop_app.pipeline import finish_writer, run_sim_episode
-        wc, pipe, cfg = self.wc, self.pipe, self.cfg
-        with wc.lock:
-            wc.reset(seed=seed, task=task)
-        pipe.ctx.instruction = wc.instruction
-        pipe.ctx.seed = seed
-        pipe.rebase(self.robot.get_observation().position)
-        auto = PolicySource(runner, on_error="raise", stall_s=None, strict_cameras=list(self.cams))
-        trig = None
-        if operator:
-            op = ExpertOperator(wc, seed, self.period)
-            trig = DriftTrigger(op, self.fk, cfg.drift_m, cfg.patience, cfg.correction_steps)
-            src = TakeoverSource(auto, op, stick_threshold=None, trigger=trig.trigger, release=trig.release,
-                                 keep_auto_running=True)
-        else:
-            src = TakeoverSource(auto, BaseSource(), stick_threshold=None)
-        if writer is not None:
-            pipe.recorder.begin(writer)
-        flags, unc = [], []
+        with self.wc.lock:
+            self.wc.reset(seed=seed, task=task)
+        cfg = self.cfg
+        r = takeover_episode(self.pipe, self.wc, runner, list(self.cams), self.fk, self.period, seed,
+                             max_steps=MAX_STEPS.get(task, 150), operator=operator, drift_m=cfg.drift_m,
+                             patience=cfg.patience, correction_steps=cfg.correction_steps, writer=writer)
+        return {"task": task, **r}
 
-        def on_step(k, res):
-            flags.append(bool(src.intervention))
-            unc.append(float(src.uncertainty))
-        reason = "timeout"
-        try:
-            steps, reason = run_sim_episode(pipe, src, max_steps=MAX_STEPS.get(task, 150), on_step=on_step,
-                                            done=lambda res: bool(wc.success()))
-        except PolicyStopped as e:
-            steps, reason = len(flags), e.reason
-        path = None
-        if writer is not None:
-            path = finish_writer(*pipe.recorder.end(), success=-1)   # kept whatever the outcome: corrections count
-        ok = bool(wc.success())
-        u = [x for x, f in zip(unc, flags) if not f and math.isfinite(x)]
-        return {"task": task, "seed": seed, "success": ok, "steps": steps, "reason": "success" if ok else reason,
-                "corrected_steps": int(sum(flags)), "takeovers": src.takeovers,
-                "uncertainty_mean": float(np.mean(u)) if u else float("nan"),
-                "uncertainty_max": float(np.max(u)) if u else float("nan"), "episode": str(path) if path else None}
+
+def takeover_episode(pipe, wc, runner, cameras: list[str], fk: Callable, period: float, seed: int, *,
+                     max_steps: int, operator: bool, drift_m: float = 0.02, patience: int = 3,
+                     correction_steps: int = 12, writer=None, replan: bool = False) -> dict:
+    """One rollout of `runner` on the workcell's current scene (reset by the caller) through `pipe`,
+    optionally watched by the simulated operator (the sim's expert through TakeoverSource, as in the
+    GUI); recorded into `writer` (kept whatever the outcome) when given -> summary.
+    replan: on each takeover the expert plans afresh from the scene as it is, unless the target is
+    already in the gripper (physics scenes, where the policy may have pushed the object)."""
+    from teleop_app.pipeline import finish_writer, run_sim_episode
+    pipe.ctx.instruction = wc.instruction
+    pipe.ctx.seed = seed
+    pipe.rebase(pipe.robot.get_observation().position)
+    auto = PolicySource(runner, on_error="raise", stall_s=None, strict_cameras=list(cameras))
+    if operator:
+        op = ExpertOperator(wc, seed, period)
+        again = None
+        if replan:
+            def again() -> bool:
+                return wc.grasped() != wc.scene.target.name
+        trig = DriftTrigger(op, fk, drift_m, patience, correction_steps, replan=again)
+        src = TakeoverSource(auto, op, stick_threshold=None, trigger=trig.trigger, release=trig.release,
+                             keep_auto_running=True)
+    else:
+        src = TakeoverSource(auto, BaseSource(), stick_threshold=None)
+    if writer is not None:
+        pipe.recorder.begin(writer)
+    flags, unc = [], []
+
+    def on_step(k, res):
+        flags.append(bool(src.intervention))
+        unc.append(float(src.uncertainty))
+    reason = "timeout"
+    try:
+        steps, reason = run_sim_episode(pipe, src, max_steps=max_steps, on_step=on_step,
+                                        done=lambda res: bool(wc.success()))
+    except PolicyStopped as e:
+        steps, reason = len(flags), e.reason
+    path = None
+    if writer is not None:
+        path = finish_writer(*pipe.recorder.end(), success=-1)   # kept whatever the outcome: corrections count
+    ok = bool(wc.success())
+    u = [x for x, f in zip(unc, flags) if not f and math.isfinite(x)]
+    return {"seed": seed, "success": ok, "steps": steps, "reason": "success" if ok else reason,
+            "corrected_steps": int(sum(flags)), "takeovers": src.takeovers,
+            "uncertainty_mean": float(np.mean(u)) if u else float("nan"),
+            "uncertainty_max": float(np.max(u)) if u else float("nan"), "episode": str(path) if path else None}
 
 
 def _runner(ckpt: Path, prof, threads: int):

@@ -128,6 +128,55 @@ def record_scenes(root, scenes, *, image_size: int = 64, cameras=("front", "wris
     return paths
 
 
+def collect_corrections(policy, scenes, root, *, randomize: bool = True, drift_m: float = 0.02,
+                        patience: int = 3, correction_steps: int = 12, profile: str = "sim7",
+                        dagger_round: int = 1, progress: Callable[[int, int, dict], None] | None = None) -> dict:
+    """HG-DAgger on physics scenes: roll `policy` out on `scenes` (training-split scenes the demos never
+    used) with the sim's expert as the operator who takes over when the policy drifts (teleop_app.dagger,
+    replanning from the scene as it is), and record every rollout, with its per-step intervention flags,
+    into the dataset at root (its store must exist: the demos'). `teleop train --intervention-weight W`
+    then trains on demos + corrections. -> totals (rollouts, corrected steps, takeovers, success with help)."""
+    from recorder.schema import EpisodeMeta
+    from recorder.store import EpisodeStore
+    from recorder.writer import EpisodeWriter
+    from teleop_app import __version__
+    from teleop_app.dagger import takeover_episode
+    from teleop_app.pipeline import ControlPipeline
+    from .runner import PolicyRunner
+    from drivers.sim.kinematics import fk
+    h = policy.meta.image_size[0]
+    fps = float(policy.meta.fps or 10.0)
+    prof, wc, robot, cams, safety, period = _sim(h, policy.meta.cameras, fps, randomize, profile)
+    store = EpisodeStore.open(Path(root))
+    pipe = ControlPipeline(robot, cams, safety, period, profile=prof, workcell=wc, clock="sim")
+    runner = PolicyRunner(policy, "ensemble", lower=prof.lower(), upper=prof.upper())
+    eps = []
+    try:
+        for i, sc in enumerate(scenes):
+            _reset(wc, sc, "default")
+            meta = EpisodeMeta(instruction=sc.instruction, fps=fps, robot=prof.name, joint_names=prof.joint_names,
+                               mode="policy", operator="sim-expert", software_version=__version__,
+                               extra={"task": sc.kind, "seed": int(sc.seed), "clock": "sim", "split": sc.split,
+                                      "target": sc.target.name, "randomized": bool(randomize), "physics": True,
+                                      "sim": wc.sim, "dagger_round": int(dagger_round)})
+            w = EpisodeWriter(store.new_episode_path(), meta, cameras={n: (h, h) for n in cams},
+                              dof=prof.dof, jpeg=False)
+            e = takeover_episode(pipe, wc, runner, list(cams), lambda q: fk(np.asarray(q)[:7]), period, sc.seed,
+                                 max_steps=MAX_STEPS.get(sc.kind, 160), operator=True, drift_m=drift_m,
+                                 patience=patience, correction_steps=correction_steps, writer=w, replan=True)
+            if e["episode"]:
+                store.add(e["episode"])
+            eps.append(e)
+            if progress:
+                progress(i + 1, len(scenes), e)
+    finally:
+        runner.close()
+        robot.disconnect()
+    return {"rollouts": len(eps), "corrected_steps": sum(e["corrected_steps"] for e in eps),
+            "steps": sum(e["steps"] for e in eps), "takeovers": sum(e["takeovers"] for e in eps),
+            "success_with_help": sum(e["success"] for e in eps)}
+
+
 def _sim_choice(policy) -> str:
     """Why the physics sim: its splits exist only there; says so when the policy was trained elsewhere."""
     from .evaluate import trained_sim
