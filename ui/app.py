@@ -59,6 +59,8 @@ class Unattended:
             self._quit(2, "--unattended needs the simulated workcell (--robot sim or sim-serial)")
             return
         self.timer.stop()
+        print(f"unattended: connected to control process {session.control_pid}, starting "
+              f"(episodes kept so far: {session.status.kept})", flush=True)
         self.win.command("set_workflow", auto_keep=True)
         self.win.teleop.set_mode(Mode.SCRIPTED)
         self.win.command("start_episode")

@@ -354,8 +354,10 @@ class ControlServer:
             self.client = None
             self._orphan_since = time.monotonic()
         c.close()
-        self.session.say(f"client {reason} at tick {self.session.status.seq}: holding the arm, waiting "
-                         f"{self.grace_s:g} s for it to reconnect")
+        msg = (f"client {reason} at tick {self.session.status.seq}: holding the arm, waiting "
+               f"{self.grace_s:g} s for it to reconnect")
+        log.warning(msg)             # on stderr too: the GUI that lost us may not show it
+        self.session.say(msg)
         hold_for_lost_client(self.session)
 
 
