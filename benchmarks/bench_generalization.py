@@ -158,16 +158,23 @@ def main() -> int:
                 f"in {time.monotonic() - t0:.0f} s")
         return root
 
-    def fit(name, data, minutes, **kw):
+    def fit(name, data, minutes, start=None, **kw):
+        """Train OUT/name.pt for `minutes`; with start=CKPT, resume from that checkpoint's weights and
+        optimizer (copied) up to `minutes` of training in all."""
         ckpt = out / f"{name}.pt"
-        if ckpt.exists():
+        if start is not None:
+            if not ckpt.exists():
+                shutil.copyfile(start, ckpt)
+        elif ckpt.exists():
             return ckpt, summary.get(f"train_{name}", {})
         r = train(data, ckpt, steps=10 ** 6, batch_size=a.batch_size, lr=kw.pop("lr", a.lr), max_minutes=minutes,
-                  threads=a.threads, cameras=list(cams), image_size=(a.image_size, a.image_size), resume=False,
-                  model=model if "init" not in kw else None, checkpoint_every=10 ** 6, val_fraction=0.0,
+                  threads=a.threads, cameras=list(cams), image_size=(a.image_size, a.image_size),
+                  resume=start is not None, model=model if "init" not in kw else None,
+                  checkpoint_every=10 ** 6, val_fraction=0.0,
                   chunk=a.chunk, state_noise=a.state_noise, action_space=a.action_space, **kw)
         info = {"steps": r.step, "minutes": round(r.minutes, 2), "loss": round(r.loss, 4),
-                "episodes": r.episodes, "trained_params": r.trained_params, "total_params": r.total_params}
+                "episodes": r.episodes, "samples": r.samples, "trained_params": r.trained_params,
+                "total_params": r.total_params}
         summary[f"train_{name}"] = info
         log(f"trained {name}: {info}")
         return ckpt, info
@@ -220,19 +227,6 @@ def main() -> int:
         import os
         from teleop_app.policy.generalization import collect_corrections
 
-        def resume(name, src, data, total_minutes, **kw):
-            ckpt = out / f"{name}.pt"
-            if not ckpt.exists():
-                shutil.copyfile(src, ckpt)
-            r = train(data, ckpt, steps=10 ** 6, batch_size=a.batch_size, lr=a.lr, max_minutes=total_minutes,
-                      threads=a.threads, cameras=list(cams), image_size=(a.image_size, a.image_size),
-                      resume=True, checkpoint_every=10 ** 6, val_fraction=0.0, chunk=a.chunk,
-                      state_noise=a.state_noise, action_space=a.action_space, augment="strong", **kw)
-            info = {"steps": r.step, "minutes": round(r.minutes, 2), "loss": round(r.loss, 4),
-                    "episodes": r.episodes, "samples": r.samples}
-            summary[f"train_{name}"] = info
-            log(f"trained {name}: {info}")
-            return ckpt
         data_dag = out / "data_dagger"
         if not (data_dag / "store.json").exists():     # the demos, hard-linked (episode files are immutable)
             shutil.copytree(data_rand, data_dag, copy_function=os.link)
@@ -250,10 +244,11 @@ def main() -> int:
             log(f"DAgger round {rnd}: {col['rollouts']} rollouts, {col['corrected_steps']} of {col['steps']} steps "
                 f"corrected ({col['takeovers']} takeovers), {col['success_with_help']} succeeded with help")
             total += a.dagger_minutes
-            cur = resume(f"rand_dagger{rnd}", cur, data_dag, total, intervention_weight=a.intervention_weight)
+            cur = fit(f"rand_dagger{rnd}", data_dag, total, start=cur, augment="strong",
+                      intervention_weight=a.intervention_weight)[0]
             rounds.append({"round": rnd, **col, "train": summary.get(f"train_rand_dagger{rnd}")})
         dres = per_split(evaluate(cur, scenes, tag="dagger_splits"))
-        ctrl = resume("rand_more", m_rand, data_rand, total)
+        ctrl = fit("rand_more", data_rand, total, start=m_rand, augment="strong")[0]
         cres = per_split(evaluate(ctrl, scenes, tag="more_splits"))
         keep = ("n", "success", "rate", "ci95")
         dagger = {"rounds": rounds, "minutes_total": total,

@@ -283,6 +283,11 @@ def collect_round(bench: SimBench, ckpt: Path, store, cfg: DaggerConfig, rnd: in
                              f"{e['corrected_steps']} corrected steps, {e['takeovers']} takeovers")
     finally:
         runner.close()
+    return correction_totals(eps)
+
+
+def correction_totals(eps: list[dict]) -> dict:
+    """Totals of corrected rollouts (takeover_episode summaries)."""
     return {"rollouts": len(eps), "corrected_steps": sum(e["corrected_steps"] for e in eps),
             "takeovers": sum(e["takeovers"] for e in eps),
             "steps": sum(e["steps"] for e in eps),

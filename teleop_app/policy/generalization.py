@@ -140,7 +140,7 @@ def collect_corrections(policy, scenes, root, *, randomize: bool = True, drift_m
     from recorder.store import EpisodeStore
     from recorder.writer import EpisodeWriter
     from teleop_app import __version__
-    from teleop_app.dagger import takeover_episode
+    from teleop_app.dagger import correction_totals, takeover_episode
     from teleop_app.pipeline import ControlPipeline
     from .runner import PolicyRunner
     from drivers.sim.kinematics import fk
@@ -172,9 +172,7 @@ def collect_corrections(policy, scenes, root, *, randomize: bool = True, drift_m
     finally:
         runner.close()
         robot.disconnect()
-    return {"rollouts": len(eps), "corrected_steps": sum(e["corrected_steps"] for e in eps),
-            "steps": sum(e["steps"] for e in eps), "takeovers": sum(e["takeovers"] for e in eps),
-            "success_with_help": sum(e["success"] for e in eps)}
+    return correction_totals(eps)
 
 
 def _sim_choice(policy) -> str:
