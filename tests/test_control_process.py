@@ -4,6 +4,7 @@ or stops the GUI with real signals and reads the recorded HDF5 files back."""
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -264,3 +265,47 @@ def test_estop_over_the_socket_at_the_next_tick_and_channel_is_private(tmp_path,
     finally:
         rs.close()
     assert rs.process.returncode == 0 and not socket_path(cfg.dataset).exists()
+
+
+def test_a_client_that_reconnects_at_once_is_not_undone_by_the_hold_for_the_lost_one(tmp_path, runtime,
+                                                                                     monkeypatch):
+    """A GUI dropped after a hang reconnects and starts its unattended cycle again while the control side is
+    still holding for the lost connection. The hold (auto-keep off, stop, hold mode, keep) must come first
+    and the new client's commands after it: interleaved, the hold's 'auto-keep off' and 'hold' land after
+    the client's 'on' and 'scripted', and the cycle stalls with nobody told (a CI run saw exactly that). The
+    hold is slowed down here so the reconnect always lands inside it."""
+    from teleop_app.control import server as srv
+    from teleop_app.session import Session
+    real_hold = srv.hold_for_lost_client
+
+    def slow_hold(session, **kw):
+        time.sleep(0.5)                       # a loaded machine: the new client gets in before the hold
+        real_hold(session, **kw)
+    monkeypatch.setattr(srv, "hold_for_lost_client", slow_hold)
+    cfg = SessionConfig(robot="sim", dataset=str(tmp_path / "ds"), fps=FPS,
+                        workflow=WorkflowConfig(countdown_s=0.0, reset_s=0.2, episode_s=30.0,
+                                                instructions=["pick up the red cube"]))
+    session = Session(cfg)
+    session.start()
+    server = srv.ControlServer(session, socket_path(cfg.dataset)).open()
+
+    def start_cycle(c):
+        c.set_workflow(auto_keep=True)
+        c.set_mode(Mode.SCRIPTED)
+        c.start_episode()
+    try:
+        a = RemoteSession(server.path)
+        start_cycle(a)
+        wait(lambda: a.status.workflow == State.RECORDING and a.status.recording_steps >= 5, 20, "recording")
+        a._sock.shutdown(socket.SHUT_RDWR)      # the connection ends as a killed GUI's does
+        wait(lambda: server.client is None, 5, "the control side to see the client gone")
+        b = RemoteSession(server.path)          # back at once, inside the hold
+        start_cycle(b)
+        wait(lambda: any("client disconnected" in m for m in b.messages), 5, "the hold reported")
+        # the lost client's episode was kept; the new client's cycle runs (scripted, recording again)
+        wait(lambda: b.status.kept >= 1 and b.status.workflow == State.RECORDING
+             and b.status.mode == Mode.SCRIPTED, 10, "the reconnected client's episode under way")
+        assert session.workflow.config.auto_keep
+        b.close()
+    finally:
+        server.close()

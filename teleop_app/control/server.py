@@ -166,6 +166,10 @@ class ControlServer:
         self._client_lock = threading.Lock()
         self._orphan_since = time.monotonic()
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        # Set while no lost client is being held: a client that reconnects at once (a GUI dropped after a
+        # hang) has its commands wait for the hold, so its "start again" cannot run before the hold's "stop".
+        self._settled = threading.Event()
+        self._settled.set()
         self.frames = {}
         self.config_dict = dataclasses.asdict(session.config)
         self._sock: socket.socket | None = None
@@ -295,7 +299,12 @@ class ControlServer:
                 c, msg = self._calls.get(timeout=0.2)
             except queue.Empty:
                 continue
+            self._settled.wait()
             name, mid = msg.get("method"), msg.get("id")
+            if c is not self.client:          # queued by a client dropped since: it no longer commands
+                c.send({"op": "reply", "id": mid, "ok": False, "kind": "ControlLost",
+                        "error": f"{name}: this client was disconnected before the command ran"})
+                continue
             try:
                 fn = getattr(self.session, name, None) if name in COMMANDS else None
                 if fn is None:
@@ -353,12 +362,16 @@ class ControlServer:
                 return                   # already replaced by a newer client: nothing to hold
             self.client = None
             self._orphan_since = time.monotonic()
-        c.close()
-        msg = (f"client {reason} at tick {self.session.status.seq}: holding the arm, waiting "
-               f"{self.grace_s:g} s for it to reconnect")
-        log.warning(msg)             # on stderr too: the GUI that lost us may not show it
-        self.session.say(msg)
-        hold_for_lost_client(self.session)
+            self._settled.clear()
+        try:
+            c.close()
+            msg = (f"client {reason} at tick {self.session.status.seq}: holding the arm, waiting "
+                   f"{self.grace_s:g} s for it to reconnect")
+            log.warning(msg)             # on stderr too: the GUI that lost us may not show it
+            self.session.say(msg)
+            hold_for_lost_client(self.session)
+        finally:
+            self._settled.set()
 
 
 def hold_for_lost_client(session, timeout_s: float = 1.0) -> None:
