@@ -101,14 +101,35 @@ def observe(dataset: Path, pids: list, timeout: float = 60.0) -> Observer:
     pytest.fail(f"no control process for {dataset} within {timeout} s")
 
 
-def wait(cond, timeout: float, what: str, dt: float = 0.005):
+def wait(cond, timeout: float, what: str, dt: float = 0.005, why=None):
+    """Poll `cond` until true; on a timeout, fail with `what` and the text `why()` returns (the GUI's log and
+    what the control side said: a rare CI failure must carry its own explanation)."""
     t_end = time.monotonic() + timeout
     while time.monotonic() < t_end:
         v = cond()
         if v:
             return v
         time.sleep(dt)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+    extra = ""
+    if why is not None:
+        try:
+            extra = "\n" + why()
+        except Exception as e:            # the explanation must not hide the failure
+            extra = f"\n(could not gather the story: {e!r})"
+    pytest.fail(f"timed out after {timeout} s waiting for {what}{extra}")
+
+
+def story(p: subprocess.Popen | None, obs: RemoteSession | None) -> str:
+    """The GUI's output (its control process's stderr included) and the control side's messages."""
+    out = []
+    if p is not None:
+        p.log.flush()
+        out.append(f"GUI exit code: {p.poll()}; GUI log:\n" + Path(p.log.name).read_text()[-4000:])
+    if obs is not None:
+        st = obs.status
+        out.append(f"status: {st.workflow} {st.mode} kept={st.kept} steps={st.recording_steps} seq={st.seq}")
+        out.append("control messages:\n" + "\n".join(list(obs.messages)[-30:]))
+    return "\n".join(out)
 
 
 def stop_gui(p: subprocess.Popen) -> None:
@@ -124,7 +145,7 @@ def test_gui_sigkilled_mid_episode_control_holds_and_keeps_the_episode(tmp_path,
     try:
         obs = observe(ds, runtime[1])
         wait(lambda: obs.status.workflow == State.RECORDING and obs.status.recording_steps >= 30
-             and obs.status.mode == Mode.SCRIPTED, 60, "a scripted episode under way")
+             and obs.status.mode == Mode.SCRIPTED, 60, "a scripted episode under way", why=lambda: story(p, obs))
         st = obs.status
         seq_kill, steps_kill = st.seq, st.recording_steps
         n_before = len(obs.received)
@@ -167,7 +188,7 @@ def test_gui_stopped_5s_loop_rate_unchanged_episode_closed(tmp_path, runtime):
     try:
         obs = observe(ds, runtime[1])
         wait(lambda: obs.status.workflow == State.RECORDING and obs.status.recording_steps >= 10, 60,
-             "a scripted episode under way")
+             "a scripted episode under way", why=lambda: story(p, obs))
         wait(lambda: obs.status.loop is not None and obs.status.loop.ticks > 100, 20, "loop statistics")
         before = obs.status
         os.kill(p.pid, signal.SIGSTOP)
