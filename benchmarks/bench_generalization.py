@@ -88,7 +88,7 @@ def main() -> int:
     ap.add_argument("--ft-demos", default="10,20", help="numbers of new-task demos for the curve")
     ap.add_argument("--ft-minutes", type=float, default=2.0, help="training budget per fine-tuning run")
     ap.add_argument("--ft-eval", type=int, default=20, help="new-task scenes per curve point")
-    ap.add_argument("--image-size", type=int, default=96,
+    ap.add_argument("--image-size", type=int, default=128,
                     help="camera images (square); 96 doubled seen-object success over 64 at the same budget")
     ap.add_argument("--cameras", default="front,wrist")
     ap.add_argument("--threads", type=int, default=2)
@@ -124,8 +124,9 @@ def main() -> int:
     import torch
     from teleop_app.policy.base import load_policy
     from teleop_app.policy.evaluate import RolloutResults
-    from teleop_app.policy.generalization import (RT2, SPLIT_LABELS, format_split_table, per_split,
-                                                  record_scenes, run_scene_rollouts, split_scenes)
+    from teleop_app.policy.generalization import (RT2, SPLIT_LABELS, format_outcome_table, format_split_table,
+                                                  outcome_rows, per_split, record_scenes, run_scene_rollouts,
+                                                  split_scenes)
     from teleop_app.policy.report import write_report
     from teleop_app.policy.train import train
 
@@ -210,6 +211,9 @@ def main() -> int:
     table = per_split(res)
     summary["splits"] = {k: {kk: v[kk] for kk in ("n", "success", "rate", "ci95")} for k, v in table.items()}
     log("generalization (rand model)\n" + format_split_table(res))
+    head, rows = outcome_rows(res)
+    summary["outcomes"] = {r[0]: dict(zip(head[1:], map(int, r[1:]))) for r in rows}
+    log("how the rollouts ended (rand model)\n" + format_outcome_table(res))
     words_tab = None
     if m_words is not None:
         ws = split_scenes(["seen", "novel_instructions"], a.eval, kinds)
@@ -301,6 +305,7 @@ def main() -> int:
         if sp in table:
             w = pct(words_tab[sp]) if words_tab and sp in words_tab else "-"
             lines.append(f"{SPLIT_LABELS[sp]:<20} {pct(table[sp]):<28} {w:<28} {100 * RT2[sp]:.0f}%")
+    lines += ["", "== how the main model's rollouts ended (read off the physics) ==", format_outcome_table(res)]
     if dagger:
         lines += ["", f"== HG-DAgger on the physics sim ({a.dagger_rounds} rounds of {a.dagger_rollouts} corrected "
                       f"rollouts, {dagger['minutes_total']:g} min of training in all) ==",

@@ -10,8 +10,9 @@ pytest.importorskip("mujoco")
 from recorder.reader import read_episode  # noqa: E402
 from teleop_app.policy.base import PolicyMeta  # noqa: E402
 from teleop_app.policy.evaluate import RolloutResults  # noqa: E402
-from teleop_app.policy.generalization import (RT2, format_split_table, per_split, record_scenes,  # noqa: E402
-                                              run_scene_rollouts, split_rows, split_scenes)
+from teleop_app.policy.generalization import (RT2, format_outcome_table, format_split_table,  # noqa: E402
+                                              per_split, record_scenes, run_scene_rollouts, split_rows,
+                                              split_scenes)
 from teleop_app.policy.report import write_report  # noqa: E402
 from teleop_app.policy.runner import RolloutResult  # noqa: E402
 from teleop_app.profiles import load_profile  # noqa: E402
@@ -62,6 +63,8 @@ def test_rollouts_per_split_and_held_out_domain():
     assert [r.notes["split"] for r in res.rollouts] == ["seen", "novel_instructions"]
     assert pol.seen[0] == scenes[0].instruction and scenes[1].instruction in pol.seen  # the split's phrasing
     assert all(r.success is False for r in res.rollouts)                              # holding never lifts
+    assert [r.notes["outcome"] for r in res.rollouts] == ["no attempt", "no attempt"]
+    assert "no attempt" in format_outcome_table(res)
     default_colour = pol.frames[0]
     pol2 = HoldPolicy()
     run_scene_rollouts(pol2, scenes[:1], domain="held_out")
@@ -73,7 +76,8 @@ def test_rollouts_per_split_and_held_out_domain():
 def test_split_table_wilson_rt2_and_report(tmp_path):
     rs = []
     for i in range(10):
-        rs.append(RolloutResult("pick", "pick up the red cube", i, i < 9, 30, "x", notes={"split": "seen"}))
+        rs.append(RolloutResult("pick", "pick up the red cube", i, i < 9, 30, "x",
+                                notes={"split": "seen", "outcome": "success" if i < 9 else "dropped"}))
         rs.append(RolloutResult("pick" if i < 5 else "place_bowl", "lift it", i, i < 4, 30, "x",
                                 notes={"split": "unseen_objects"}))
     res = RolloutResults(rs, policy="p", chunk_mode="ensemble")
@@ -88,6 +92,7 @@ def test_split_table_wilson_rt2_and_report(tmp_path):
     write_report(res, None, tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Generalization (per split)" in md and "| seen objects | all | 9/10 = 90% | 60-98% | 97% |" in md
+    assert "## How the rollouts ended" in md and "| seen objects | 10 | 9 | 1 |" in md   # success, dropped
     # a plain sim run (no splits) gets no generalization section
     write_report(RolloutResults([RolloutResult("pick_red", "p", 1, True, 3, "x")]), None, tmp_path / "rep2")
     assert "Generalization" not in (tmp_path / "rep2" / "report.md").read_text()

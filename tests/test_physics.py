@@ -18,21 +18,23 @@ def phys(**kw) -> PhysicsWorkcell:
     return Workcell(SimConfig(physics=True, **kw))
 
 
-def move_to(wc, pos, grip, t=1.5, yaw=0.0, dt=0.05):
+def move_to(wc, pos, grip, t=1.5, yaw=0.0, dt=0.05, trace=None):
     q7 = kin.ik(pos, kin.rot_down(yaw), q_init=wc.qpos()[:7])
     wc.set_target(np.r_[q7, grip])
     for _ in range(int(t / dt)):
         wc.step(dt)
+        if trace is not None:
+            trace.observe()
     return wc.ee_pose()[:3, 3]
 
 
-def grasp_and_lift(wc, name, hold=1.0):
+def grasp_and_lift(wc, name, hold=1.0, trace=None):
     c, yaw = wc.objects()[name], wc.object_yaws()[name]
-    move_to(wc, c + [0, 0, 0.1], 1.0, yaw=yaw)
-    move_to(wc, c, 1.0, yaw=yaw)
-    move_to(wc, c, 0.0, t=0.6, yaw=yaw)
+    move_to(wc, c + [0, 0, 0.1], 1.0, yaw=yaw, trace=trace)
+    move_to(wc, c, 1.0, yaw=yaw, trace=trace)
+    move_to(wc, c, 0.0, t=0.6, yaw=yaw, trace=trace)
     squeezed = wc.grasped()
-    move_to(wc, c + [0, 0, 0.12], 0.0, yaw=yaw, t=1.0 + hold)
+    move_to(wc, c + [0, 0, 0.12], 0.0, yaw=yaw, t=1.0 + hold, trace=trace)
     return squeezed
 
 
@@ -87,6 +89,46 @@ def test_released_cube_tips_into_bowl_or_falls_where_it_is_dropped():
         wc.step(0.05)
     assert wc.objects()["red_cube"][2] == pytest.approx(0.02, abs=3e-3)   # fell back onto the table
     assert not wc.success()
+
+
+def test_outcome_of_an_episode_is_read_off_the_physics():
+    """How an episode ended, from the sim's state: the failure breakdown of the generalization report."""
+    wc = phys(seed=1)                                   # pick up the red cube; a blue one beside it
+    tr = wc.trace()
+    grasp_and_lift(wc, "red_cube", trace=tr)
+    assert tr.verdict(wc.success()) == "success"
+
+    wc.reset(seed=1)
+    tr = wc.trace()
+    grasp_and_lift(wc, "blue_cube", trace=tr)           # the other cube, lifted cleanly
+    assert not wc.success() and tr.verdict(False) == "wrong object"
+
+    wc.reset(seed=1, objects={"red_cube": ObjectSpec("red", "cube", friction=0.05)})
+    tr = wc.trace()
+    grasp_and_lift(wc, "red_cube", trace=tr)           # squeezed, slips out on the way up
+    assert tr.verdict(wc.success()) == "dropped"
+
+    wc.reset(seed=1)
+    tr = wc.trace()
+    c, yaw = wc.objects()["red_cube"], wc.object_yaws()["red_cube"]
+    move_to(wc, c + [0, 0, 0.1], 1.0, yaw=yaw, trace=tr)
+    move_to(wc, c + [0, 0, 0.01], 1.0, yaw=yaw, trace=tr)   # down at the target, never closes
+    move_to(wc, c + [0, 0, 0.1], 1.0, yaw=yaw, trace=tr)
+    assert tr.verdict(wc.success()) == "missed grasp"
+
+    wc.reset(seed=1)
+    tr = wc.trace()
+    move_to(wc, wc.objects()["red_cube"] + [0, 0, 0.15], 1.0, trace=tr)   # hovers high: never went for it
+    assert tr.verdict(wc.success()) == "no attempt"
+
+    wc.reset(seed=4, task="red_in_bowl")
+    tr = wc.trace()
+    grasp_and_lift(wc, "red_cube", hold=0.0, trace=tr)
+    move_to(wc, wc.objects()["red_cube"] + [0.0, 0.0, 0.03], 1.0, yaw=wc.object_yaws()["red_cube"], trace=tr)
+    for _ in range(20):
+        wc.step(0.05)
+        tr.observe()
+    assert not wc.success() and tr.verdict(False) == "not placed"     # let go beside the bowl
 
 
 def test_arm_is_a_position_servo_with_speed_profile_and_contacts():

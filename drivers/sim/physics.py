@@ -383,6 +383,10 @@ class PhysicsWorkcell(Workcell):
     def scene(self) -> Scene:
         return self._scene
 
+    def trace(self) -> "OutcomeTrace":
+        """A tracker for the episode that starts now (see OutcomeTrace): call after reset()."""
+        return OutcomeTrace(self)
+
     @property
     def instruction(self) -> str:
         return self._scene.instruction
@@ -535,6 +539,74 @@ class PhysicsWorkcell(Workcell):
     def render(self, view: str = "front", width: int | None = None, height: int | None = None) -> np.ndarray:
         renderer, snap, idx = self.snapshot()
         return renderer.render(snap, view, width or self.config.width, height or self.config.height, idx)
+
+
+# How a failed episode failed, read off the sim's state the way a researcher reads a rollout's video.
+OUTCOMES = ("success", "wrong object", "missed grasp", "dropped", "held, not lifted enough", "not placed",
+            "knocked off the table", "no attempt")
+ATTEMPT_Z = 0.03            # m above the tallest object's top: lower than that, the gripper went for something
+MOVED = 0.015               # m: an object this far from where it started was touched
+
+
+class OutcomeTrace:
+    """Follows one episode on a PhysicsWorkcell step by step (`observe()` after each step) and names how it
+    ended (`verdict(success)`), one of OUTCOMES:
+
+    - wrong object: another object was grasped, or the gripper came down nearest another object
+    - missed grasp: the gripper came down at the target and never held it (it may have pushed it)
+    - dropped: the target was held and lifted, and is not held at the end (it slipped or fell)
+    - held, not lifted enough: pick ended holding the target below the success height
+    - not placed: the target was lifted and did not end where the task wanted it (place, stack, push)
+    - knocked off the table: the target fell off
+    - no attempt: the gripper never came down to object height
+    """
+
+    def __init__(self, wc: "PhysicsWorkcell"):
+        self.wc = wc
+        sc = wc.scene
+        self.kind, self.target = sc.kind, sc.target.name
+        with wc.lock:
+            sim = wc._sim
+            self.start = {n: sim.pose(n)[0] for n in sim.specs}
+            self.attempt_z = max(2 * o.half_height for o in sim.specs.values()) + ATTEMPT_Z
+        self.held: set[str] = set()
+        self.max_lift = 0.0
+        self.low: tuple[float, np.ndarray] | None = None       # (lowest TCP z, TCP xy there)
+
+    def observe(self) -> None:
+        wc = self.wc
+        with wc.lock:
+            sim = wc._sim
+            tcp = sim.tcp()[:3, 3]
+            self.held.update(n for n, pads in sim.touching().items() if len(pads) == 2)
+            self.max_lift = max(self.max_lift, sim.pose(self.target)[0][2] - sim.rest_z[self.target])
+        if self.low is None or tcp[2] < self.low[0]:
+            self.low = (float(tcp[2]), tcp[:2].copy())
+
+    def verdict(self, success: bool | None) -> str:
+        if success:
+            return "success"
+        wc, t = self.wc, self.target
+        with wc.lock:
+            sim = wc._sim
+            now = {n: sim.pose(n)[0] for n in sim.specs}
+        held_now = wc.grasped()
+        if now[t][2] < -0.05:
+            return "knocked off the table"
+        if t in self.held:
+            carried = self.kind != "pick" and self.max_lift >= 0.02       # on its way somewhere
+            if held_now == t:
+                return "not placed" if carried else "held, not lifted enough"
+            return "not placed" if carried else "dropped"
+        if self.held - {t}:
+            return "wrong object"
+        if self.kind == "push" and float(np.linalg.norm(now[t][:2] - self.start[t][:2])) >= MOVED:
+            return "not placed"
+        if self.low is None or self.low[0] > self.attempt_z:
+            return "no attempt"
+        xy = self.low[1]
+        nearest = min(self.start, key=lambda n: float(np.linalg.norm(self.start[n][:2] - xy)))
+        return "missed grasp" if nearest == t else "wrong object"
 
 
 def physics_task(text: str) -> str:

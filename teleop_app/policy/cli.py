@@ -286,7 +286,7 @@ def cmd_eval(a) -> int:
 
 def _eval_splits(a, policy, out) -> int:
     """`teleop eval --splits ...`: generalization rollouts on the physics sim's held-out splits."""
-    from .generalization import format_split_table, run_scene_rollouts, split_scenes
+    from .generalization import format_outcome_table, format_split_table, run_scene_rollouts, split_scenes
     from drivers.sim.tasks import SPLITS
     splits, kinds = _csv(a.splits), tuple(_csv(a.kinds) or ["pick"])
     bad = [s for s in splits if s not in SPLITS or s == "train"]
@@ -299,10 +299,12 @@ def _eval_splits(a, policy, out) -> int:
 
     def progress(i, n, r):
         print(f"[{i}/{n}] {'ok  ' if r.success else 'FAIL'} {r.notes['split']:<18} {r.task:<11} "
-              f"'{r.instruction}'  {r.steps} steps  {r.reason}", flush=True)
+              f"'{r.instruction}'  {r.steps} steps  {r.reason}"
+              + ("" if r.success else f"  ({r.notes['outcome']})"), flush=True)
     res = run_scene_rollouts(policy, scenes, domain=a.domain, chunk_mode=a.chunk_mode, progress=progress,
                              policy_name=str(a.policy))
     print(format_split_table(res))
+    print("\nhow the rollouts ended\n" + format_outcome_table(res))
     if out:
         res.save(out / "rollouts.json")
         from .report import write_report

@@ -208,10 +208,12 @@ def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: s
     try:
         for i, sc in enumerate(scenes):
             _reset(wc, sc, domain)
+            trace = wc.trace()
             r = rollout(runner, robot, cams, sc.instruction, safety, max_steps=MAX_STEPS.get(sc.kind, 160),
                         period=period, success_fn=wc.success, task=sc.kind, seed=sc.seed, workcell=wc,
-                        profile=prof)
-            r.notes = {"split": sc.split, "target": sc.target.name, "domain": domain}
+                        profile=prof, on_step=lambda _k, _sent: trace.observe())
+            r.notes = {"split": sc.split, "target": sc.target.name, "domain": domain,
+                       "outcome": trace.verdict(r.success)}
             res.rollouts.append(r)
             if progress:
                 progress(i + 1, len(scenes), r)
@@ -264,10 +266,31 @@ def split_rows(results: RolloutResults) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def outcome_rows(results: RolloutResults) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): how the rollouts of each split ended (drivers.sim.physics.OUTCOMES), counts per
+    split; only the outcomes that occurred get a column."""
+    from drivers.sim.physics import OUTCOMES
+    rs = [r for r in results.rollouts if (r.notes or {}).get("outcome")]
+    seen = {r.notes["outcome"] for r in rs}
+    cols = [o for o in OUTCOMES if o in seen]
+    rows = []
+    for sp in dict.fromkeys(r.notes.get("split") for r in rs):
+        mine = [r.notes["outcome"] for r in rs if r.notes.get("split") == sp]
+        rows.append([SPLIT_LABELS.get(sp, sp or "-"), str(len(mine)), *(str(mine.count(o)) for o in cols)])
+    return ["split", "episodes", *cols], rows
+
+
+def format_outcome_table(results: RolloutResults) -> str:
+    head, rows = outcome_rows(results)
+    return _text_table(head, rows) if rows else "(no rollouts with an outcome)"
+
+
 def format_split_table(results: RolloutResults) -> str:
     head, rows = split_rows(results)
-    if not rows:
-        return "(no rollouts with a split)"
+    return _text_table(head, rows) if rows else "(no rollouts with a split)"
+
+
+def _text_table(head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])

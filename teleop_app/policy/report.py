@@ -66,6 +66,15 @@ def _sections(results: RolloutResults | None, offline: OfflineResults | None, in
                              f"visual domain '{dom}'. RT-2 column: RT-2's real-robot figures as quoted in "
                              "issue 13 (97 / 62 / 81 / 74 %), for scale, not a like-for-like comparison.",
                         "table": (head, srows)})
+        from .generalization import outcome_rows
+        head, orows = outcome_rows(results)
+        if orows:
+            out.append({"h": "How the rollouts ended",
+                        "p": "Read off the physics sim's state after each rollout (drivers/sim/physics.py, "
+                             "OutcomeTrace): wrong object = another object grasped or gone for; missed grasp = "
+                             "came down at the target, never held it; dropped = held, then lost; not placed = "
+                             "carried, not put where asked; no attempt = never came down to object height.",
+                        "table": (head, orows)})
         wrong = results.wrong_object()
         if wrong:
             out.append({"h": "Does the instruction matter?",
