@@ -13,7 +13,8 @@ What it runs (sizes are the flags; --quick shrinks all of them):
        rand  = MiniLM text encoder, randomised demos, strong augmentation   (the main model)
        plain = MiniLM text encoder, plain demos, basic augmentation
        words = the word tokenizer, randomised demos, strong augmentation    (paraphrase check)
-  3. rand on --eval unseen scenes per split: seen, unseen objects, novel instructions, reasoning;
+  3. rand on --eval unseen scenes per split: seen, unseen objects, novel instructions, reasoning, and how
+     its rollouts ended (wrong object, missed grasp, dropped, ...: drivers/sim/physics.py OutcomeTrace);
      words on seen + novel instructions (does the pre-trained encoder fix paraphrases?)
   4. domain gap: rand and plain on seen scenes in the default look and in the held-out visual domain
   5. fine-tuning curve on a new task kind (--new-kind) from --ft-demos demos: LoRA adapters on the
@@ -88,8 +89,9 @@ def main() -> int:
     ap.add_argument("--ft-demos", default="10,20", help="numbers of new-task demos for the curve")
     ap.add_argument("--ft-minutes", type=float, default=2.0, help="training budget per fine-tuning run")
     ap.add_argument("--ft-eval", type=int, default=20, help="new-task scenes per curve point")
-    ap.add_argument("--image-size", type=int, default=128,
-                    help="camera images (square); 96 doubled seen-object success over 64 at the same budget")
+    ap.add_argument("--image-size", type=int, default=96,
+                    help="camera images (square); 96 doubled seen-object success over 64 at the same budget; "
+                         "two runs at 128 were no better than two at 96, pooled")
     ap.add_argument("--cameras", default="front,wrist")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
