@@ -269,8 +269,10 @@ def split_rows(results: RolloutResults) -> tuple[list[str], list[list[str]]]:
 def outcome_rows(results: RolloutResults) -> tuple[list[str], list[list[str]]]:
     """(header, rows): how the rollouts of each split ended (drivers.sim.physics.OUTCOMES), counts per
     split; only the outcomes that occurred get a column."""
-    from drivers.sim.physics import OUTCOMES
     rs = [r for r in results.rollouts if (r.notes or {}).get("outcome")]
+    if not rs:
+        return ["split", "episodes"], []
+    from drivers.sim.physics import OUTCOMES
     seen = {r.notes["outcome"] for r in rs}
     cols = [o for o in OUTCOMES if o in seen]
     rows = []
