@@ -127,7 +127,7 @@ def main() -> int:
     from teleop_app.policy.base import load_policy
     from teleop_app.policy.evaluate import RolloutResults
     from teleop_app.policy.generalization import (RT2, SPLIT_LABELS, format_outcome_table, format_split_table,
-                                                  outcome_rows, per_split, record_scenes, run_scene_rollouts,
+                                                  outcome_counts, per_split, record_scenes, run_scene_rollouts,
                                                   split_scenes)
     from teleop_app.policy.report import write_report
     from teleop_app.policy.train import train
@@ -213,8 +213,7 @@ def main() -> int:
     table = per_split(res)
     summary["splits"] = {k: {kk: v[kk] for kk in ("n", "success", "rate", "ci95")} for k, v in table.items()}
     log("generalization (rand model)\n" + format_split_table(res))
-    head, rows = outcome_rows(res)
-    summary["outcomes"] = {r[0]: dict(zip(head[1:], map(int, r[1:]))) for r in rows}
+    summary["outcomes"] = outcome_counts(res)
     log("how the rollouts ended (rand model)\n" + format_outcome_table(res))
     words_tab = None
     if m_words is not None:

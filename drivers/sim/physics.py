@@ -542,24 +542,23 @@ class PhysicsWorkcell(Workcell):
 
 
 # How a failed episode failed, read off the sim's state the way a researcher reads a rollout's video.
-OUTCOMES = ("success", "wrong object", "missed grasp", "dropped", "held, not lifted enough", "not placed",
-            "knocked off the table", "no attempt")
+OUTCOMES = {
+    "success": "the task's success test passed",
+    "wrong object": "another object was grasped, or the gripper came down nearest another object",
+    "missed grasp": "the gripper came down at the target and never held it (it may have pushed it)",
+    "dropped": "the target was held, and is not held at the end (it slipped or fell)",
+    "held, not lifted enough": "the episode ended holding the target below the success height",
+    "not placed": "the target was carried and did not end where the task wanted it (place, stack, push)",
+    "knocked off the table": "the target fell off the table",
+    "no attempt": "the gripper never came down to object height",
+}
 ATTEMPT_Z = 0.03            # m above the tallest object's top: lower than that, the gripper went for something
 MOVED = 0.015               # m: an object this far from where it started was touched
 
 
 class OutcomeTrace:
     """Follows one episode on a PhysicsWorkcell step by step (`observe()` after each step) and names how it
-    ended (`verdict(success)`), one of OUTCOMES:
-
-    - wrong object: another object was grasped, or the gripper came down nearest another object
-    - missed grasp: the gripper came down at the target and never held it (it may have pushed it)
-    - dropped: the target was held and lifted, and is not held at the end (it slipped or fell)
-    - held, not lifted enough: pick ended holding the target below the success height
-    - not placed: the target was lifted and did not end where the task wanted it (place, stack, push)
-    - knocked off the table: the target fell off
-    - no attempt: the gripper never came down to object height
-    """
+    ended (`verdict(success)`): one of OUTCOMES, whose values say what each means."""
 
     def __init__(self, wc: "PhysicsWorkcell"):
         self.wc = wc
@@ -578,7 +577,9 @@ class OutcomeTrace:
         with wc.lock:
             sim = wc._sim
             tcp = sim.tcp()[:3, 3]
-            self.held.update(n for n, pads in sim.touching().items() if len(pads) == 2)
+            held = wc.grasped()
+            if held is not None:
+                self.held.add(held)
             self.max_lift = max(self.max_lift, sim.pose(self.target)[0][2] - sim.rest_z[self.target])
         if self.low is None or tcp[2] < self.low[0]:
             self.low = (float(tcp[2]), tcp[:2].copy())

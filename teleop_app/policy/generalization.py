@@ -266,20 +266,26 @@ def split_rows(results: RolloutResults) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def outcome_rows(results: RolloutResults) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): how the rollouts of each split ended (drivers.sim.physics.OUTCOMES), counts per
-    split; only the outcomes that occurred get a column."""
+def outcome_counts(results: RolloutResults) -> dict[str, dict[str, int]]:
+    """split label -> {outcome: count} (drivers.sim.physics.OUTCOMES, in that order, the ones that occurred),
+    for the rollouts that carry an outcome."""
     rs = [r for r in results.rollouts if (r.notes or {}).get("outcome")]
     if not rs:
-        return ["split", "episodes"], []
+        return {}
     from drivers.sim.physics import OUTCOMES
-    seen = {r.notes["outcome"] for r in rs}
-    cols = [o for o in OUTCOMES if o in seen]
-    rows = []
+    cols = [o for o in OUTCOMES if any(r.notes["outcome"] == o for r in rs)]
+    out = {}
     for sp in dict.fromkeys(r.notes.get("split") for r in rs):
         mine = [r.notes["outcome"] for r in rs if r.notes.get("split") == sp]
-        rows.append([SPLIT_LABELS.get(sp, sp or "-"), str(len(mine)), *(str(mine.count(o)) for o in cols)])
-    return ["split", "episodes", *cols], rows
+        out[SPLIT_LABELS.get(sp, sp or "-")] = {"episodes": len(mine), **{o: mine.count(o) for o in cols}}
+    return out
+
+
+def outcome_rows(results: RolloutResults) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of outcome_counts: one row per split."""
+    counts = outcome_counts(results)
+    head = ["split", *next(iter(counts.values()), {"episodes": 0})]
+    return head, [[sp, *(str(n) for n in c.values())] for sp, c in counts.items()]
 
 
 def format_outcome_table(results: RolloutResults) -> str:

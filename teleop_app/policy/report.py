@@ -69,11 +69,11 @@ def _sections(results: RolloutResults | None, offline: OfflineResults | None, in
         from .generalization import outcome_rows
         head, orows = outcome_rows(results)
         if orows:
+            from drivers.sim.physics import OUTCOMES
             out.append({"h": "How the rollouts ended",
                         "p": "Read off the physics sim's state after each rollout (drivers/sim/physics.py, "
-                             "OutcomeTrace): wrong object = another object grasped or gone for; missed grasp = "
-                             "came down at the target, never held it; dropped = held, then lost; not placed = "
-                             "carried, not put where asked; no attempt = never came down to object height.",
+                             "OutcomeTrace): " + "; ".join(f"{o} = {OUTCOMES[o]}" for o in head[2:]
+                                                            if o != "success") + ".",
                         "table": (head, orows)})
         wrong = results.wrong_object()
         if wrong:
