@@ -102,6 +102,8 @@ def main() -> int:
                          "fitted the demos and failed every closed-loop pick: the policy replayed the demo its "
                          "joints resembled instead of looking)")
     ap.add_argument("--action-space", default="delta_arm", choices=["delta_arm", "ee"])
+    ap.add_argument("--keypose-weight", type=float, default=0.0,
+                    help="weight of the auxiliary next-keypose loss of the main models (train.keypose_targets)")
     ap.add_argument("--dagger-rounds", type=int, default=0,
                     help="HG-DAgger rounds on the main model (0 = off): corrected rollouts, then resume training")
     ap.add_argument("--dagger-rollouts", type=int, default=240, help="corrected rollouts per DAgger round")
@@ -127,8 +129,8 @@ def main() -> int:
     from teleop_app.policy.base import load_policy
     from teleop_app.policy.evaluate import RolloutResults
     from teleop_app.policy.generalization import (RT2, SPLIT_LABELS, format_outcome_table, format_split_table,
-                                                  outcome_counts, per_split, record_scenes, run_scene_rollouts,
-                                                  split_scenes)
+                                                  keypose_check, outcome_counts, per_split, record_scenes,
+                                                  run_scene_rollouts, split_scenes)
     from teleop_app.policy.report import write_report
     from teleop_app.policy.train import train
 
@@ -144,6 +146,7 @@ def main() -> int:
     summary: dict = {"command": " ".join(sys.argv), "sim": "physics (MuJoCo) workcell, drivers/sim/tasks.py splits",
                      "kinds": kinds, "demos": a.demos, "minutes": a.minutes, "eval_per_split": a.eval,
                      "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
+                     "keypose_weight": a.keypose_weight,
                      "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     T0 = time.monotonic()
 
@@ -201,10 +204,13 @@ def main() -> int:
     data_rand = record("data_rand", train_scenes, True)
 
     # 2) models
-    m_rand, _ = fit("rand", data_rand, a.minutes, text_encoder="minilm", augment="strong")
-    m_plain = fit("plain", data_plain, a.minutes, text_encoder="minilm", augment="basic")[0] \
+    m_rand, _ = fit("rand", data_rand, a.minutes, text_encoder="minilm", augment="strong",
+                    keypose_weight=a.keypose_weight)
+    m_plain = fit("plain", data_plain, a.minutes, text_encoder="minilm", augment="basic",
+                  keypose_weight=a.keypose_weight)[0] \
         if data_plain is not None else None
-    m_words = fit("words", data_rand, a.minutes, text_encoder="words", augment="strong")[0] \
+    m_words = fit("words", data_rand, a.minutes, text_encoder="words", augment="strong",
+                  keypose_weight=a.keypose_weight)[0] \
         if "words" not in skip else None
 
     # 3) generalization table
@@ -215,6 +221,9 @@ def main() -> int:
     log("generalization (rand model)\n" + format_split_table(res))
     summary["outcomes"] = outcome_counts(res)
     log("how the rollouts ended (rand model)\n" + format_outcome_table(res))
+    if a.keypose_weight > 0:        # where the model thinks the grasp is, from the first frame
+        summary["keypose_check"] = keypose_check(load_policy(str(m_rand), threads=a.threads), scenes)
+        log("keypose head from the first frame (rand model): " + json.dumps(summary["keypose_check"]))
     words_tab = None
     if m_words is not None:
         ws = split_scenes(["seen", "novel_instructions"], a.eval, kinds)

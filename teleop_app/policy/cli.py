@@ -72,6 +72,9 @@ def add_commands(subparsers) -> None:
                    help="Gaussian noise on the normalised joint state while training (default 0.05). Large "
                         "values (1-1.5) make the policy act on what the cameras show rather than replay the "
                         "demo its joints resemble (measured on the physics sim: docs/policy_results.md)")
+    p.add_argument("--keypose-weight", type=float, default=0.0, metavar="W",
+                   help="auxiliary loss: predict where the arm will be at the demo's next grasp/release "
+                        "(needs the robot profile's [kinematics]); 0 = off")
     p.add_argument("--action-space", default="delta_arm", choices=["delta_arm", "absolute", "ee"],
                    help="what the network predicts: arm joint moves from the present joints (default), "
                         "absolute joint targets, or end-effector moves through the profile's [kinematics] chain")
@@ -202,7 +205,7 @@ def cmd_train(a) -> int:
                   checkpoint_every=a.checkpoint_every, max_minutes=a.minutes or None, seed=a.seed,
                   threads=a.threads, text_encoder=a.text_encoder, augment=a.augment, init=a.init,
                   full=a.full, lora_rank=a.lora_rank, intervention_weight=a.intervention_weight,
-                  state_noise=a.state_noise, action_space=a.action_space)
+                  state_noise=a.state_noise, action_space=a.action_space, keypose_weight=a.keypose_weight)
     except KeyboardInterrupt:
         print("interrupted; the last periodic checkpoint is kept (re-run to resume)", file=sys.stderr)
         return 130

@@ -224,6 +224,38 @@ def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: s
     return res
 
 
+def keypose_check(policy, scenes, *, domain: str = "default", profile: str = "sim7") -> dict[str, dict]:
+    """Where a policy with a keypose head (`teleop train --keypose-weight`) thinks the grasp is, from each
+    scene's first frame, against where the target really is: split -> {n, nearest_right (the object nearest
+    the predicted point is the target), median_mm / within_15mm / within_30mm (horizontal distance to the
+    target's centre)}. Separates "looked at the wrong object" from "found it, then failed to grasp it"."""
+    h = policy.meta.image_size[0]
+    _prof, wc, robot, cams, _safety, _period = _sim(h, policy.meta.cameras, 10.0, False, profile)
+    per: dict[str, list[tuple[bool, float]]] = {}
+    try:
+        for sc in scenes:
+            _reset(wc, sc, domain)
+            obs = {"images": {n: c.read_latest().image for n, c in cams.items()}, "qpos": wc.qpos(),
+                   "instruction": sc.instruction}
+            p = policy.predict_keypose(obs)
+            if p is None:
+                raise ValueError("this policy has no keypose head (train it with --keypose-weight)")
+            obj = wc.objects()
+            names = list(wc.object_specs())
+            nearest = min(names, key=lambda n: float(np.linalg.norm(obj[n][:2] - p[:2])))
+            err = float(np.linalg.norm(obj[sc.target.name][:2] - p[:2]))
+            per.setdefault(sc.split, []).append((nearest == sc.target.name, err))
+    finally:
+        robot.disconnect()
+    out = {}
+    for sp, rows in per.items():
+        e = np.array([r[1] for r in rows])
+        out[sp] = {"n": len(rows), "nearest_right": sum(r[0] for r in rows),
+                   "median_mm": round(1000 * float(np.median(e)), 1),
+                   "within_15mm": int((e <= 0.015).sum()), "within_30mm": int((e <= 0.03).sum())}
+    return out
+
+
 def _rate(rs) -> dict:
     labelled = [r for r in rs if r.success is not None]
     s = sum(1 for r in labelled if r.success)

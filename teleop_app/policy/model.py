@@ -42,6 +42,7 @@ class ModelConfig:
     keypoints: int = 32              # spatial-softmax keypoints per camera (0 = off)
     text_encoder: str = "words"      # "words" (token ids) or "minilm" (a sentence embedding)
     text_dim: int = 384              # sentence embedding size (text_encoder != "words")
+    keypose: bool = False            # an extra token + head predicting the next keypose (train.keypose_targets)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -136,6 +137,11 @@ class VLAModel(nn.Module):
         self.transformer = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.action_dim)
+        if cfg.keypose:
+            # auxiliary: where the TCP will be at the next grasp/release, from this observation (training only
+            # reads the head; the token takes part in the fusion, so inference runs it too)
+            self.keypose_query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+            self.keypose_head = nn.Linear(d, 3)
 
     def text_tokens(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (tokens (B, L, d), padding mask (B, L) True = pad, pooled (B, d) for FiLM)."""
@@ -147,10 +153,12 @@ class VLAModel(nn.Module):
         t = self.text_proj(text.float())
         return t[:, None], torch.zeros(t.shape[0], 1, dtype=torch.bool, device=t.device), t
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, text: torch.Tensor, state: torch.Tensor,
+                with_keypose: bool = False):
         """images (B, n_cam, 3, H, W) float in [0,1]; text (B, L) long token ids ("words") or
         (B, text_dim) float sentence embeddings; state (B, D) normalised.
-        Returns (B, chunk, action_dim) normalised actions."""
+        Returns (B, chunk, action_dim) normalised actions; with_keypose (a model built with
+        keypose=True): (actions, (B, 3) normalised next-keypose position)."""
         b = text.shape[0]
         w, text_pad, pooled = self.text_tokens(text)
         film = self.film(pooled)
@@ -166,10 +174,15 @@ class VLAModel(nn.Module):
         x_w = w + self.type_emb[1]
         x_s = self.state_proj(state)[:, None] + self.type_emb[2]
         x_q = self.queries.expand(b, -1, -1) + self.type_emb[3]
-        x = torch.cat([x_img, x_w, x_s, x_q], 1)
+        extra = [self.keypose_query.expand(b, -1, -1)] if self.cfg.keypose else []
+        x = torch.cat([x_img, x_w, x_s, *extra, x_q], 1)
         n_before = x_img.shape[1]
         pad = torch.zeros(b, x.shape[1], dtype=torch.bool, device=x.device)
         pad[:, n_before:n_before + w.shape[1]] = text_pad
         x = self.transformer(x, src_key_padding_mask=pad)
         q = self.norm(x[:, -self.cfg.chunk:])
+        if with_keypose:
+            if not self.cfg.keypose:
+                raise ValueError("this model has no keypose head (built with keypose=False)")
+            return self.head(q), self.keypose_head(self.norm(x[:, -self.cfg.chunk - 1]))
         return self.head(q)

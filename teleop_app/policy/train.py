@@ -21,6 +21,11 @@ Switches (each measured in benchmarks/bench_generalization.py):
                 (the network told the demos apart by their joint paths and never looked); 1.5 learns to look.
   action_space  "delta_arm" (default), "absolute" or "ee" (end-effector targets through the robot
                 profile's [kinematics] chain, policy/ee.py).
+  keypose_weight  > 0: an auxiliary head predicts, from each observation, where the TCP will be at the demo's
+                next grasp or release (keypose_targets: hindsight labels read off the demo itself, through
+                the profile's [kinematics] chain; nothing privileged from the sim), weighted into the loss.
+                It asks the vision + instruction path to say *where* the named object is, the part the
+                action loss supervises only through 30 future joint moves.
   init          fine-tune from a base checkpoint: LoRA adapters (peft) on the fusion transformer's
                 feed-forward layers, the instruction conditioning (FiLM generator, text projection) and
                 the action head; `full=True` trains every weight instead. The base's normalisation,
@@ -95,22 +100,39 @@ def target_stats(ds: Dataset, chunk: int, action_space: str, chain=None) -> dict
     return st
 
 
-def robot_chain(ds: Dataset):
+def keypose_targets(ds: Dataset, chain) -> np.ndarray:
+    """(N, 3) over all episodes concatenated: for each step, the TCP position (through `chain`, at the
+    measured joints) at the episode's next gripper event at or after it (the commanded gripper crossing half
+    open: a grasp or a release), or at its last step when none follows. For a pick that is where the
+    object is; for a place, where it goes once grasped."""
+    out = []
+    for e in ds.episodes:
+        n = len(e.qpos)
+        closed = np.asarray(e.action[:, -1]) < 0.5
+        nxt = np.full(n, n - 1)
+        for k in (np.flatnonzero(closed[1:] != closed[:-1]) + 1)[::-1]:
+            nxt[:k + 1] = k
+        tcp = np.array([chain.fk(q)[:3, 3] for q in np.asarray(e.qpos, float)])
+        out.append(tcp[nxt].astype(np.float32))
+    return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
+
+
+def robot_chain(ds: Dataset, why: str = "action_space 'ee'"):
     """The kinematic chain of the robot the dataset was recorded with (its profile's [kinematics]), for
     action_space "ee"; a clear error when the profile has none."""
     from teleop_app.profiles import ProfileError, load_profile
     if not ds.robot:
-        raise PolicyError("action_space 'ee' needs the robot profile the episodes were recorded with; "
+        raise PolicyError(f"{why} needs the robot profile the episodes were recorded with; "
                           "these episodes name none")
     try:
         prof = load_profile(ds.robot)
     except ProfileError as e:
-        raise PolicyError(f"action_space 'ee' needs the robot's profile: {e}") from None
+        raise PolicyError(f"{why} needs the robot's profile: {e}") from None
     if prof.kinematics is None:
-        raise PolicyError(f"action_space 'ee' needs a [kinematics] chain of the arm joints in the profile "
-                          f"'{prof.name}' (it has none); train with action_space 'delta_arm' instead")
+        raise PolicyError(f"{why} needs a [kinematics] chain of the arm joints in the profile "
+                          f"'{prof.name}' (it has none); train without it")
     if prof.kinematics.n != len(ds.joint_names) - 1:
-        raise PolicyError(f"action_space 'ee': the profile '{prof.name}' chains {prof.kinematics.n} joints, the "
+        raise PolicyError(f"{why}: the profile '{prof.name}' chains {prof.kinematics.n} joints, the "
                           f"dataset has {len(ds.joint_names) - 1} arm joints ({ds.joint_names[:-1]})")
     return prof.kinematics
 
@@ -123,7 +145,7 @@ class _Batcher:
     """Flat arrays over all episodes + normalised chunk targets; text = token ids or sentence embeddings."""
 
     def __init__(self, ds: Dataset, tok: Tokenizer, chunk: int, stats: dict, action_space: str, encoder=None,
-                 chain=None):
+                 chain=None, keypose_chain=None):
         self.cams = ds.cameras
         self.images = {c: np.concatenate([e.images[c] for e in ds.episodes]) for c in self.cams}
         q = np.concatenate([e.qpos for e in ds.episodes])
@@ -138,6 +160,11 @@ class _Batcher:
             per_ep = list(emb)
         self.tokens = np.concatenate([np.repeat(t[None], len(e.qpos), 0) for t, e in zip(per_ep, ds.episodes)])
         self.n = len(q)
+        self.keypose = None
+        if keypose_chain is not None:
+            k = stats["keypose"]
+            self.keypose = ((keypose_targets(ds, keypose_chain) - np.asarray(k["mean"], np.float32))
+                            / np.asarray(k["std"], np.float32))
 
     def batch(self, idx: np.ndarray):
         imgs = np.stack([self.images[c][idx] for c in self.cams], 1)      # (B, C, H, W, 3)
@@ -227,7 +254,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           warmup: int = 200, action_space: str = "delta_arm", aug_shift: int = 2,
           text_encoder: str = "words", augment: str = "basic", init=None, full: bool = False,
           lora_rank: int = LORA_RANK, text_noise: float = 0.05, state_noise: float = 0.05,
-          intervention_weight: float | None = None) -> TrainResult:
+          intervention_weight: float | None = None, keypose_weight: float = 0.0) -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
     The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
@@ -336,6 +363,10 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
             raise ValueError(f"action_space must be one of {', '.join(ACTION_SPACES)}, got {action_space!r}")
         chain = robot_chain(ds) if action_space == "ee" else None
         stats = target_stats(ds, chunk, action_space, chain)
+        if keypose_weight > 0:
+            kp = keypose_targets(ds, robot_chain(ds, "keypose_weight > 0"))
+            stats["keypose"] = {"mean": kp.mean(0).tolist(), "std": np.maximum(kp.std(0), 1e-3).tolist()}
+            model = {**(model or {}), "keypose": True}
         cfg = ModelConfig(vocab_size=len(tok), max_len=tok.max_len, state_dim=len(ds.joint_names),
                           action_dim=EE_DIM if chain is not None else len(ds.joint_names), chunk=chunk,
                           cameras=list(ds.cameras),
@@ -365,7 +396,11 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         chain = chain_for(meta.extra, len(meta.joint_names) - 1)
     else:
         chain = None
-    tr = _Batcher(ds, tok, cfg.chunk, stats, action_space, encoder, chain)
+    # the keypose loss runs when asked for and the model has the head (a fine-tune of a base without one
+    # trains actions only)
+    kp_chain = robot_chain(ds, "keypose_weight > 0") if keypose_weight > 0 and cfg.keypose \
+        and "keypose" in stats else None
+    tr = _Batcher(ds, tok, cfg.chunk, stats, action_space, encoder, chain, kp_chain)
     va = _Batcher(val, tok, cfg.chunk, stats, action_space, encoder, chain) if val is not None else None
     if finetune is not None and base_blob is not None:
         finetune.update({"trained_params": n_train, "total_params": n_total if not lora else
@@ -398,6 +433,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         info.update({"step": step, "steps": steps, "loss": loss, "val_loss": vl, "elapsed_s": elapsed,
                      "trained_params": n_train, "augment": augment, "text_encoder": enc_spec.get("kind"),
                      "action_space": action_space, "state_noise": state_noise,
+                     "keypose_weight": keypose_weight if kp_chain is not None else 0.0, "keypose_loss": kp_ema,
                      "batch_size": batch_size, "lr": lr, "dataset": str(dataset_root),
                      "episodes": len(ds.episodes), "samples": tr.n, "held_out": held_out,
                      "val_fraction": val_fraction, "torch": str(torch.__version__),
@@ -417,6 +453,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         pick = pick / pick.sum()
     t0 = time.monotonic()
     step, loss_ema, history, cancelled = start_step, None, [], False
+    kp_ema = None
     vl = None
     while step < steps:
         elapsed = elapsed0 + time.monotonic() - t0
@@ -430,9 +467,17 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         idx = rng.integers(0, tr.n, batch_size) if pick is None else rng.choice(tr.n, batch_size, p=pick)
         x, t, s, a = _to_torch(*tr.batch(idx), aug=augment != "none", rng=rng, pad=aug_shift,
                                augment=augment, text_noise=text_noise, state_noise=state_noise)
-        loss = (net(x, t, s) - a).abs().mean()
+        if kp_chain is not None:
+            pred, kp = net(x, t, s, with_keypose=True)
+            loss = (pred - a).abs().mean()
+            kp_loss = (kp - torch.from_numpy(tr.keypose[idx])).abs().mean()
+            total = loss + keypose_weight * kp_loss
+            kv = kp_loss.item()
+            kp_ema = kv if kp_ema is None else 0.95 * kp_ema + 0.05 * kv
+        else:
+            loss = total = (net(x, t, s) - a).abs().mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
         opt.step()
         step += 1
@@ -452,6 +497,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
             if max_minutes:
                 eta = min(eta, max(0.0, 60 * max_minutes - el))
             progress({"phase": "training", "step": step, "steps": steps, "loss": loss_ema, "val_loss": vl,
+                      "keypose_loss": kp_ema,
                       "elapsed_s": el, "eta_s": eta, "lr": opt.param_groups[0]["lr"]})
     elapsed = elapsed0 + time.monotonic() - t0
     vl = val_loss()
