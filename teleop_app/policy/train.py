@@ -119,7 +119,8 @@ def keypose_targets(ds: Dataset, chain) -> np.ndarray:
 
 def robot_chain(ds: Dataset, why: str = "action_space 'ee'"):
     """The kinematic chain of the robot the dataset was recorded with (its profile's [kinematics]), for
-    action_space "ee"; a clear error when the profile has none."""
+    action_space "ee" and the keypose labels (`why` names the one asking); a clear error when the profile
+    has none."""
     from teleop_app.profiles import ProfileError, load_profile
     if not ds.robot:
         raise PolicyError(f"{why} needs the robot profile the episodes were recorded with; "
@@ -145,7 +146,7 @@ class _Batcher:
     """Flat arrays over all episodes + normalised chunk targets; text = token ids or sentence embeddings."""
 
     def __init__(self, ds: Dataset, tok: Tokenizer, chunk: int, stats: dict, action_space: str, encoder=None,
-                 chain=None, keypose_chain=None):
+                 chain=None, keypose=None):
         self.cams = ds.cameras
         self.images = {c: np.concatenate([e.images[c] for e in ds.episodes]) for c in self.cams}
         q = np.concatenate([e.qpos for e in ds.episodes])
@@ -160,11 +161,10 @@ class _Batcher:
             per_ep = list(emb)
         self.tokens = np.concatenate([np.repeat(t[None], len(e.qpos), 0) for t, e in zip(per_ep, ds.episodes)])
         self.n = len(q)
-        self.keypose = None
-        if keypose_chain is not None:
+        self.keypose = None           # (N, 3) normalised keypose_targets, when the keypose loss runs
+        if keypose is not None:
             k = stats["keypose"]
-            self.keypose = ((keypose_targets(ds, keypose_chain) - np.asarray(k["mean"], np.float32))
-                            / np.asarray(k["std"], np.float32))
+            self.keypose = (keypose - np.asarray(k["mean"], np.float32)) / np.asarray(k["std"], np.float32)
 
     def batch(self, idx: np.ndarray):
         imgs = np.stack([self.images[c][idx] for c in self.cams], 1)      # (B, C, H, W, 3)
@@ -295,6 +295,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     load_s = time.monotonic() - t_load
 
     blob = None
+    kp_labels = None          # keypose_targets of the training set, when the keypose loss runs
     if resume and out_path.exists() and init is not None:
         raise PolicyError(f"{out_path} exists; a fine-tuning run (--init) always starts from the base: "
                           "pass --no-resume to overwrite it, or choose another output path")
@@ -364,8 +365,9 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         chain = robot_chain(ds) if action_space == "ee" else None
         stats = target_stats(ds, chunk, action_space, chain)
         if keypose_weight > 0:
-            kp = keypose_targets(ds, robot_chain(ds, "keypose_weight > 0"))
-            stats["keypose"] = {"mean": kp.mean(0).tolist(), "std": np.maximum(kp.std(0), 1e-3).tolist()}
+            kp_labels = keypose_targets(ds, robot_chain(ds, "keypose_weight > 0"))
+            stats["keypose"] = {"mean": kp_labels.mean(0).tolist(),
+                                "std": np.maximum(kp_labels.std(0), 1e-3).tolist()}
             model = {**(model or {}), "keypose": True}
         cfg = ModelConfig(vocab_size=len(tok), max_len=tok.max_len, state_dim=len(ds.joint_names),
                           action_dim=EE_DIM if chain is not None else len(ds.joint_names), chunk=chunk,
@@ -398,9 +400,10 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         chain = None
     # the keypose loss runs when asked for and the model has the head (a fine-tune of a base without one
     # trains actions only)
-    kp_chain = robot_chain(ds, "keypose_weight > 0") if keypose_weight > 0 and cfg.keypose \
-        and "keypose" in stats else None
-    tr = _Batcher(ds, tok, cfg.chunk, stats, action_space, encoder, chain, kp_chain)
+    keypose_on = keypose_weight > 0 and cfg.keypose and "keypose" in stats
+    if keypose_on and kp_labels is None:
+        kp_labels = keypose_targets(ds, robot_chain(ds, "keypose_weight > 0"))
+    tr = _Batcher(ds, tok, cfg.chunk, stats, action_space, encoder, chain, kp_labels if keypose_on else None)
     va = _Batcher(val, tok, cfg.chunk, stats, action_space, encoder, chain) if val is not None else None
     if finetune is not None and base_blob is not None:
         finetune.update({"trained_params": n_train, "total_params": n_total if not lora else
@@ -433,7 +436,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         info.update({"step": step, "steps": steps, "loss": loss, "val_loss": vl, "elapsed_s": elapsed,
                      "trained_params": n_train, "augment": augment, "text_encoder": enc_spec.get("kind"),
                      "action_space": action_space, "state_noise": state_noise,
-                     "keypose_weight": keypose_weight if kp_chain is not None else 0.0, "keypose_loss": kp_ema,
+                     "keypose_weight": keypose_weight if keypose_on else 0.0, "keypose_loss": kp_ema,
                      "batch_size": batch_size, "lr": lr, "dataset": str(dataset_root),
                      "episodes": len(ds.episodes), "samples": tr.n, "held_out": held_out,
                      "val_fraction": val_fraction, "torch": str(torch.__version__),
@@ -467,7 +470,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         idx = rng.integers(0, tr.n, batch_size) if pick is None else rng.choice(tr.n, batch_size, p=pick)
         x, t, s, a = _to_torch(*tr.batch(idx), aug=augment != "none", rng=rng, pad=aug_shift,
                                augment=augment, text_noise=text_noise, state_noise=state_noise)
-        if kp_chain is not None:
+        if keypose_on:
             pred, kp = net(x, t, s, with_keypose=True)
             loss = (pred - a).abs().mean()
             kp_loss = (kp - torch.from_numpy(tr.keypose[idx])).abs().mean()
