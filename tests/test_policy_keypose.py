@@ -100,6 +100,7 @@ def test_teleop_train_keypose_flag_reaches_the_checkpoint(tmp_path, capsys):
     a = ap.parse_args(["train", str(data), str(out), "--steps", "3", "--image-size", str(SIZE), "--chunk", "4",
                        "--val-fraction", "0", "--threads", "1", "--keypose-weight", "0.5"])
     assert a.fn(a) == 0, capsys.readouterr().err
+    assert "keypose " in capsys.readouterr().out          # the progress line shows the head's loss
     blob = read_checkpoint(out)
     assert blob["train"]["keypose_weight"] == 0.5 and blob["model_config"]["keypose"] is True
 

@@ -196,6 +196,7 @@ def cmd_train(a) -> int:
         elif now - last[0] > 5 or p["step"] == p["steps"]:
             last[0] = now
             vl = f", val {p['val_loss']:.4f}" if p.get("val_loss") is not None else ""
+            vl += f", keypose {p['keypose_loss']:.4f}" if p.get("keypose_loss") is not None else ""
             print(f"step {p['step']}/{p['steps']}  loss {p['loss']:.4f}{vl}  lr {p['lr']:.2e}  "
                   f"{p['elapsed_s'] / 60:.1f} min, ~{p['eta_s'] / 60:.1f} min left", flush=True)
     try:
