@@ -110,6 +110,9 @@ def missing_xcb_packages(libs: dict[str, str] = XCB_LIBS) -> list[str]:
 def main(session_config=None, *, measure_startup: bool = False, unattended: int = 0,
          grace_s: float = 60.0, hang_s: float = 5.0) -> int:
     """Run the GUI on `session_config` (a teleop_app.session.SessionConfig). Returns the exit code."""
+    import faulthandler
+    # a crash inside Qt (a segfault) prints every thread's Python stack to stderr: the GUI log then says where
+    faulthandler.enable()
     # This process opens no joystick (the control process does); SDL must still never own our signals.
     os.environ["SDL_NO_SIGNAL_HANDLERS"] = "1"
     from PySide6.QtCore import QTimer
