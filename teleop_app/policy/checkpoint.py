@@ -153,32 +153,34 @@ class VLAPolicy:
                 self._tok_cache[instruction] = torch.from_numpy(self.text_encoder.embed(instruction))[None]
         return self._tok_cache[instruction]
 
-    def predict_keypose(self, obs: dict) -> np.ndarray | None:
-        """Where the model expects the TCP at the next grasp/release (x, y, z in the robot's base frame, m),
-        from its auxiliary head (`teleop train --keypose-weight`); None for a model trained without it."""
-        import torch
-        if not getattr(self.model.cfg, "keypose", False) or "keypose" not in self.meta.stats:
-            return None
-        imgs = self.preprocess_images(obs["images"])
-        q = np.asarray(obs["qpos"], np.float32)
-        s = (q - self._s_mean) / self._s_std
-        with torch.inference_mode():
-            kp = self.model(torch.from_numpy(imgs)[None], self.text_input(obs.get("instruction", "")),
-                            torch.from_numpy(s)[None], with_keypose=True)[1][0].numpy()
-        k = self.meta.stats["keypose"]
-        return kp.astype(np.float64) * np.asarray(k["std"]) + np.asarray(k["mean"])
-
-    def predict(self, obs: dict) -> np.ndarray:
+    def _inputs(self, obs: dict):
+        """(measured joints q, the model's (images, text, state) tensors for one observation)."""
         import torch
         imgs = self.preprocess_images(obs["images"])
         q = np.asarray(obs["qpos"], np.float32)
         if q.shape != self._s_mean.shape:
             raise PolicyError(f"qpos has shape {q.shape}, policy expects {self._s_mean.shape}")
         s = (q - self._s_mean) / self._s_std
+        return q, (torch.from_numpy(imgs)[None], self.text_input(obs.get("instruction", "")),
+                   torch.from_numpy(s)[None])
+
+    def predict_keypose(self, obs: dict) -> np.ndarray | None:
+        """Where the model expects the TCP at the next grasp/release (x, y, z in the robot's base frame, m),
+        from its auxiliary head (`teleop train --keypose-weight`); None for a model trained without it."""
+        import torch
+        if not getattr(self.model.cfg, "keypose", False) or "keypose" not in self.meta.stats:
+            return None
+        _q, x = self._inputs(obs)
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(imgs)[None],
-                             self.text_input(obs.get("instruction", "")),
-                             torch.from_numpy(s)[None])[0].numpy()
+            kp = self.model(*x, with_keypose=True)[1][0].numpy()
+        k = self.meta.stats["keypose"]
+        return kp.astype(np.float64) * np.asarray(k["std"]) + np.asarray(k["mean"])
+
+    def predict(self, obs: dict) -> np.ndarray:
+        import torch
+        q, x = self._inputs(obs)
+        with torch.inference_mode():
+            out = self.model(*x)[0].numpy()
         a = out.astype(np.float64) * self._a_std + self._a_mean
         if self.action_space == "delta_arm":
             a[:, :-1] += q[:-1]
