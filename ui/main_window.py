@@ -452,7 +452,7 @@ class MainWindow(QMainWindow):
         if st is None:
             return
         if self.live.first_frame_time is not None or not self.live.views:
-            preload_pyqtgraph()          # plots need it; loading it now cannot delay the first frame
+            preload_pyqtgraph()          # plots need it; loading it after the first frame cannot delay that frame
         self._update_lights(s.info, st)
         self._update_bar(st)
         self.live.set_state(st.workflow, st.time_left, st.estopped)

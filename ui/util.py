@@ -5,7 +5,6 @@ Nothing here knows about the session; it is plain Qt plumbing.
 from __future__ import annotations
 
 import sys
-import threading
 import time
 import traceback
 from typing import Any, Callable
@@ -159,22 +158,24 @@ def run_in_thread(fn: Callable, *args, on_done=None, on_error=None, on_progress=
     return w
 
 
-_pg_thread: threading.Thread | None = None
+_pg_scheduled = False
 
 
 def preload_pyqtgraph() -> None:
-    """Import pyqtgraph in a background thread (0.5-1.5 s on a loaded machine). Done once the live view
-    is up, so neither app start nor the live cameras wait for it. Importing Qt modules off the main thread
-    is fine; only widgets must be created on it (the tabs do that once `pyqtgraph_ready()`)."""
-    global _pg_thread
-    if _pg_thread is None and "pyqtgraph" not in sys.modules:
-        _pg_thread = threading.Thread(target=lambda: __import__("pyqtgraph"), name="preload-pyqtgraph",
-                                      daemon=True)
-        _pg_thread.start()
+    """Import pyqtgraph once the live view is up (0.15-1 s, once), so app start and the first camera
+    frame never wait for it. The import runs on the GUI thread, from the event loop: pyqtgraph's import
+    copies every PySide6 attribute, and doing that on a background thread while the GUI thread runs Qt
+    segfaulted the app (CI, PySide6 6.11). The control loop lives in the control process; this pause
+    is far below the window's hang limit."""
+    global _pg_scheduled
+    if not _pg_scheduled and "pyqtgraph" not in sys.modules:
+        _pg_scheduled = True
+        from PySide6.QtCore import QTimer
+        QTimer.singleShot(0, lambda: __import__("pyqtgraph"))
 
 
 def pyqtgraph_ready() -> bool:
-    return "pyqtgraph" in sys.modules and (_pg_thread is None or not _pg_thread.is_alive())
+    return "pyqtgraph" in sys.modules
 
 
 def to_qimage(img: np.ndarray) -> QImage:
