@@ -133,6 +133,26 @@ def test_connect_shows_live_cameras_lights_and_estop(qtbot, win):
     qtbot.waitUntil(lambda: all(v.has_image() for v in win.live.views.values()), timeout=5000)
 
 
+def test_window_fits_a_1280x720_screen_with_the_estop_on_it(qtbot, win):
+    """A laptop-sized screen: the window's minimum size fits 1280x720, the e-stop bar stays inside the window,
+    and a tab page wider than its area scrolls instead of pushing the window off the screen."""
+    from PySide6.QtCore import QPoint
+    from PySide6.QtWidgets import QScrollArea
+    hint = win.minimumSizeHint()
+    assert hint.width() <= 1280 and hint.height() <= 720, hint
+    win.resize(1280, 720)
+    qtbot.waitUntil(lambda: win.width() == 1280, timeout=3000)
+    for b in (win.estop_btn, win.reset_btn):
+        right = b.mapTo(win, QPoint(b.width(), b.height()))
+        assert b.isVisible() and right.x() <= win.width() and right.y() <= win.height(), (b.text(), right)
+    area = win.tabs.currentWidget().parentWidget().parentWidget()
+    assert isinstance(area, QScrollArea) and area.widget() is win.teleop
+    assert win.teleop.minimumSizeHint().width() > area.viewport().width()   # the page is wider: it scrolls
+    assert area.horizontalScrollBar().maximum() > 0
+    win.tabs.setCurrentWidget(win.policy)
+    assert win.tabs.currentWidget() is win.policy and win.tabs.currentIndex() == 2
+
+
 def test_connect_error_is_shown_not_raised(qtbot, win):
     win.kind.setCurrentText("real")
     win.profile.setCurrentText("so101")

@@ -17,7 +17,7 @@ from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QListWidget, QListWidgetItem, QMainWindow, QPlainTextEdit, QProgressBar, QPushButton,
-                               QSplitter, QTabWidget, QVBoxLayout, QWidget)
+                               QSplitter, QVBoxLayout, QWidget)
 
 from teleop_app.control.client import RemoteSession, connect
 from teleop_app.session import Mode
@@ -27,7 +27,7 @@ from ui.live_view import LiveView
 from ui.policy_tab import POLICY_MODES, PolicyTab
 from ui.shortcuts import SHORTCUTS, HelpDialog
 from ui.teleop_tab import TeleopTab
-from ui.util import StatusLight, Worker, preload_pyqtgraph, run_in_thread, set_style
+from ui.util import ScrollTabs, StatusLight, Worker, preload_pyqtgraph, run_in_thread, set_style
 
 STATUS_HZ = 30
 ROBOT_KINDS = ("sim", "sim-serial", "real")
@@ -161,7 +161,7 @@ class MainWindow(QMainWindow):
         self.teleop = TeleopTab()
         self.episodes = EpisodesTab()
         self.policy = PolicyTab()
-        self.tabs = QTabWidget()
+        self.tabs = ScrollTabs()
         self.tabs.addTab(self.teleop, "Teleop / record")
         self.tabs.addTab(self.episodes, "Episodes")
         self.tabs.addTab(self.policy, "Policy")
@@ -264,8 +264,9 @@ class MainWindow(QMainWindow):
         geo = s.value("geometry")
         if geo is not None:
             self.restoreGeometry(geo)
-        else:
-            self.resize(1600, 960)
+        else:                            # 1600x960, or the screen's free area if that is smaller
+            avail = self.screen().availableGeometry() if self.screen() is not None else None
+            self.resize(min(1600, avail.width()) if avail else 1600, min(960, avail.height()) if avail else 960)
         split = s.value("splitter")
         if split is not None:
             self.split.restoreState(split)

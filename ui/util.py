@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 from PySide6.QtCore import QRectF, QSize, Qt, QThread, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
-from PySide6.QtWidgets import QLabel, QSizePolicy, QWidget
+from PySide6.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QTabWidget, QWidget
 
 
 def qt_binding_problem() -> str | None:
@@ -159,6 +159,32 @@ def run_in_thread(fn: Callable, *args, on_done=None, on_error=None, on_progress=
 
 
 _pg_scheduled = False
+
+
+class ScrollTabs(QTabWidget):
+    """A QTabWidget whose pages scroll when the window is narrower (or lower) than a page's layout,
+    so the window fits a 1280x720 screen and the e-stop bar above it stays on screen. It speaks in
+    pages: currentWidget() / setCurrentWidget() / widget(i) are the pages, not their scroll areas."""
+
+    def addTab(self, page: QWidget, label: str) -> int:
+        area = QScrollArea()
+        area.setWidget(page)
+        area.setWidgetResizable(True)            # the page fills the area when it fits, scrolls when not
+        area.setFrameShape(QFrame.Shape.NoFrame)
+        return super().addTab(area, label)
+
+    def widget(self, index: int) -> QWidget | None:
+        area = super().widget(index)
+        return area.widget() if isinstance(area, QScrollArea) else area
+
+    def currentWidget(self) -> QWidget | None:
+        return self.widget(self.currentIndex())
+
+    def setCurrentWidget(self, page: QWidget) -> None:
+        for i in range(self.count()):
+            if self.widget(i) is page:
+                self.setCurrentIndex(i)
+                return
 
 
 def preload_pyqtgraph() -> None:
