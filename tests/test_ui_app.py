@@ -583,6 +583,37 @@ def test_gui_process_starts_to_live_view_without_torch(tmp_path):
     assert "startup: first live frame" in r.stdout and "torch imported: False" in r.stdout, r.stdout
 
 
+def test_pyqtgraph_is_imported_on_the_gui_thread():
+    """Its import copies every PySide6 attribute; done on a background thread while the GUI thread ran Qt,
+    it segfaulted the GUI (exit code -11 in CI). A fresh process records which thread imports it."""
+    import subprocess
+    code = """
+import sys, threading
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+from ui.util import preload_pyqtgraph, pyqtgraph_ready
+seen = []
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "pyqtgraph":
+            seen.append(threading.current_thread() is threading.main_thread())
+sys.meta_path.insert(0, Spy())
+app = QApplication([])
+assert not pyqtgraph_ready()
+preload_pyqtgraph()
+preload_pyqtgraph()                      # once only
+QTimer.singleShot(3000, app.quit)
+t = QTimer(); t.timeout.connect(lambda: pyqtgraph_ready() and app.quit()); t.start(10)
+app.exec()
+print("imports on the main thread:", seen, "ready:", pyqtgraph_ready())
+"""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "imports on the main thread: [True] ready: True" in r.stdout, r.stdout + r.stderr
+
+
 def test_newcomer_runs_the_demo_policy_from_a_fresh_gui_process(tmp_path):
     """A real `teleop gui` process driven the way a newcomer does it (policy tab, 'demo', Load, Start):
     the arm moves under the shipped demo policy, well within the minute the issue allows."""
