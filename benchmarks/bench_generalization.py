@@ -2,7 +2,7 @@
 record expert demos -> train on the CPU -> success per held-out split, domain gap, fine-tuning curve.
 
     .venv/bin/python benchmarks/bench_generalization.py --out /tmp/gen --quick          # smoke test, minutes
-    .venv/bin/python benchmarks/bench_generalization.py --out /tmp/gen96 --skip words   # the table, ~100 min on 2 cores
+    .venv/bin/python benchmarks/bench_generalization.py --out /tmp/gen96 --skip words   # the table, ~91 min on 2 cores (measured)
 
 Defaults: 1,440 demos, 96x96 images, 30 minutes of training per model on 2 threads (docs/policy_results.md:
 three times the demos and 30 instead of 20 minutes took the table from 58/28/38/24 % to 70/30/68/22 %).
