@@ -561,6 +561,28 @@ def test_settings_persist_between_windows(qtbot, tmp_path):
     w3.close()
 
 
+def test_window_remembered_on_a_larger_screen_opens_filling_this_one(qtbot, tmp_path):
+    """Saved at 1555x867 (a bigger monitor), reopened on this screen: the window takes the screen's free area
+    (Qt alone shrinks it to 2/3 of the screen), and on a screen that holds it, it keeps its size."""
+    ini = str(tmp_path / "ui.ini")
+    w = MainWindow(SessionConfig(), settings=QSettings(ini, QSettings.Format.IniFormat))
+    qtbot.addWidget(w)
+    w.show()
+    avail = w.screen().availableGeometry()
+    w.resize(avail.width() + 300, avail.height() + 200)
+    qtbot.waitUntil(lambda: w.width() == avail.width() + 300, timeout=3000)
+    w.close()
+    w2 = MainWindow(SessionConfig(), settings=QSettings(ini, QSettings.Format.IniFormat))
+    qtbot.addWidget(w2)
+    assert (w2.width(), w2.height()) == (avail.width(), avail.height())
+    w2.resize(avail.width() - 100, avail.height() - 100)
+    w2.close()
+    w3 = MainWindow(SessionConfig(), settings=QSettings(ini, QSettings.Format.IniFormat))
+    qtbot.addWidget(w3)
+    assert (w3.width(), w3.height()) == (avail.width() - 100, avail.height() - 100)
+    w3.close()
+
+
 def test_closing_while_connecting_leaves_nothing_running(qtbot, tmp_path):
     w = MainWindow(config(tmp_path), settings=QSettings(str(tmp_path / "ui.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(w)

@@ -262,11 +262,17 @@ class MainWindow(QMainWindow):
         self.dataset.setText(str(pick("dataset", c.dataset, d.dataset)))
         self.teleop.set_instruction_history(self._instructions())
         geo = s.value("geometry")
-        if geo is not None:
-            self.restoreGeometry(geo)
-        else:                            # 1600x960, or the screen's free area if that is smaller
-            avail = self.screen().availableGeometry() if self.screen() is not None else None
-            self.resize(min(1600, avail.width()) if avail else 1600, min(960, avail.height()) if avail else 960)
+        want = s.value("window_size")    # the size the window had, before Qt fits it to this screen
+        want = (int(want[0]), int(want[1])) if isinstance(want, (list, tuple)) and len(want) == 2 else (1600, 960)
+        avail = self.screen().availableGeometry() if self.screen() is not None else None
+        if geo is None or not self.restoreGeometry(geo):
+            self.resize(min(want[0], avail.width()) if avail else want[0],
+                        min(want[1], avail.height()) if avail else want[1])
+        elif avail is not None and (self.width() < min(want[0], avail.width())
+                                    or self.height() < min(want[1], avail.height())):
+            # remembered on a larger screen: Qt shrinks it to 2/3 of this one; use the free area instead
+            self.resize(min(want[0], avail.width()), min(want[1], avail.height()))
+            self.move(avail.topLeft())
         split = s.value("splitter")
         if split is not None:
             self.split.restoreState(split)
@@ -290,6 +296,7 @@ class MainWindow(QMainWindow):
         s.setValue("port", self.port.text())
         s.setValue("dataset", self.dataset.text())
         s.setValue("geometry", self.saveGeometry())
+        s.setValue("window_size", [self.width(), self.height()])
         s.setValue("splitter", self.split.saveState())
         s.sync()
 
