@@ -265,13 +265,12 @@ class MainWindow(QMainWindow):
         want = s.value("window_size")    # the size the window had, before Qt fits it to this screen
         want = (int(want[0]), int(want[1])) if isinstance(want, (list, tuple)) and len(want) == 2 else (1600, 960)
         avail = self.screen().availableGeometry() if self.screen() is not None else None
+        fit = (min(want[0], avail.width()), min(want[1], avail.height())) if avail is not None else want
         if geo is None or not self.restoreGeometry(geo):
-            self.resize(min(want[0], avail.width()) if avail else want[0],
-                        min(want[1], avail.height()) if avail else want[1])
-        elif avail is not None and (self.width() < min(want[0], avail.width())
-                                    or self.height() < min(want[1], avail.height())):
+            self.resize(*fit)
+        elif avail is not None and (self.width() < fit[0] or self.height() < fit[1]):
             # remembered on a larger screen: Qt shrinks it to 2/3 of this one; use the free area instead
-            self.resize(min(want[0], avail.width()), min(want[1], avail.height()))
+            self.resize(*fit)
             self.move(avail.topLeft())
         split = s.value("splitter")
         if split is not None:

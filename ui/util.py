@@ -10,7 +10,7 @@ import traceback
 from typing import Any, Callable
 
 import numpy as np
-from PySide6.QtCore import QRectF, QSize, Qt, QThread, Signal
+from PySide6.QtCore import QRectF, QSize, Qt, QThread, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
 from PySide6.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QTabWidget, QWidget
 
@@ -158,9 +158,6 @@ def run_in_thread(fn: Callable, *args, on_done=None, on_error=None, on_progress=
     return w
 
 
-_pg_scheduled = False
-
-
 class ScrollTabs(QTabWidget):
     """A QTabWidget whose pages scroll when the window is narrower (or lower) than a page's layout,
     so the window fits a 1280x720 screen and the e-stop bar above it stays on screen. It speaks in
@@ -187,6 +184,9 @@ class ScrollTabs(QTabWidget):
                 return
 
 
+_pg_scheduled = False
+
+
 def preload_pyqtgraph() -> None:
     """Import pyqtgraph once the live view is up (0.15-1 s, once), so app start and the first camera
     frame never wait for it. The import runs on the GUI thread, from the event loop: pyqtgraph's import
@@ -196,7 +196,6 @@ def preload_pyqtgraph() -> None:
     global _pg_scheduled
     if not _pg_scheduled and "pyqtgraph" not in sys.modules:
         _pg_scheduled = True
-        from PySide6.QtCore import QTimer
         QTimer.singleShot(0, lambda: __import__("pyqtgraph"))
 
 
