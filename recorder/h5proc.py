@@ -114,7 +114,7 @@ def main() -> int:
                     batch = []
                 elif kind == b"F":
                     fin = json.loads(payload)
-                    if stop or (fin.get("extra") or {}).get("truncated"):
+                    if stop or ((fin.get("extra") or {}).get("truncated") and fin.get("skip_queued", True)):
                         if cfg.get("reserve"):
                             Path(cfg["reserve"]).unlink(missing_ok=True)
                         batch = []
@@ -255,8 +255,11 @@ class SinkProcess:
     def trim(self) -> None:
         """The child trims itself when closing."""
 
-    def close(self, success: int | None = None, extra_attrs: dict | None = None) -> int:
-        """Ask the child to close the file; returns the number of steps in it."""
+    def close(self, success: int | None = None, extra_attrs: dict | None = None,
+              skip_queued: bool = True) -> int:
+        """Ask the child to close the file; returns the number of steps in it. A truncated close (a disk
+        error) skips the steps still queued in the pipe, unless skip_queued=False (the writer stopped
+        early and had kept room for every step it sent)."""
         truncated = bool((extra_attrs or {}).get("truncated"))
         if truncated and not self.dead:
             try:
@@ -264,13 +267,14 @@ class SinkProcess:
             except OSError:
                 pass
         if not self.dead:
-            if truncated and self.ready:
+            if truncated and skip_queued and self.ready:
                 try:   # skip the steps still queued in the pipe (they would eat the freed space)
                     import signal
                     self.proc.send_signal(signal.SIGUSR1)
                 except (ImportError, AttributeError, OSError):
                     pass
-            fin = {"success": -1 if success is None else int(success), "extra": extra_attrs or {}}
+            fin = {"success": -1 if success is None else int(success), "extra": extra_attrs or {},
+                   "skip_queued": bool(skip_queued)}
             self._send(_record(b"F", json.dumps(fin).encode()))
             self._finish_reply(self._reply())
         if self.closed_n is not None and self.closed_n >= 0:

@@ -352,13 +352,19 @@ class EpisodeWriter:
                     # journal first: if HDF5 then fails, the journal still has the batch
                     records = [pack_step(self.written_steps + k, st, self._cam_order)
                                for k, st in enumerate(steps)]
+                    # a writer that fell behind takes a big batch: write the steps that fit, then stop
+                    # (all-or-nothing would lose the whole batch to a disk that had room for part of it)
+                    fit = self._steps_that_fit(records)
+                    full = fit < len(records)
+                    items, steps, records = items[:fit], steps[:fit], records[:fit]
                     for k, (item, rec) in enumerate(zip(items, records)):
                         for key, value in item[8]:      # who drives from this step on, then the step
                             self._journal.append_raw(pack_run(key, self.written_steps + k, value))
                         self._journal.append_raw(rec)
-                    self._sink.append(steps, records)
+                    if steps:
+                        self._sink.append(steps, records)
                     self.written_steps += len(steps)
-                    self._check_space()
+                    self._check_space(full)
                 if time.monotonic() - last_flush >= self.flush_interval_s and not stop:
                     self._sink.flush()
                     self._journal.sync()
@@ -373,7 +379,9 @@ class EpisodeWriter:
             else:
                 self.error = f"recorder failed while writing {self.path.name}: {e!r}"
             log.error(self.error)
-            self._salvage()     # publish every complete step (or leave the files for recover())
+            # publish every complete step (or leave the files for recover()); after the writer's own early
+            # stop the disk has room for every step already sent, so none is skipped
+            self._salvage(budgeted=isinstance(e, _OutOfSpace))
             # keep draining so add_step never sees a full queue after the failure
             while True:
                 try:
@@ -409,26 +417,45 @@ class EpisodeWriter:
         threading.Thread(target=done.unlink, kwargs={"missing_ok": True}, daemon=True,
                          name="journal-unlink").start()
 
-    def _check_space(self) -> None:
+    _CLOSE_MARGIN = 2 << 20     # bytes kept free to close an episode cleanly (besides the reserve file)
+
+    def _steps_that_fit(self, records: list[bytes]) -> int:
+        """How many of this batch's steps fit on the disk, each written twice (journal + HDF5), keeping
+        the closing margin free."""
+        room = shutil.disk_usage(self.path.parent).free - self._CLOSE_MARGIN
+        for k, rec in enumerate(records):
+            room -= 2 * len(rec)
+            if room < 0:
+                return k
+        return len(records)
+
+    def _check_space(self, full: bool = False) -> None:
         """Stop *before* the disk is full: keep room for one more batch (<= 0.5 s) of recording (journal + HDF5) plus 2 MB free, so
-        the episode can always be closed cleanly. Raises OSError(ENOSPC) to end the episode."""
+        the episode can always be closed cleanly. Raises OSError(ENOSPC) to end the episode; `full`: the
+        last batch did not fit whole (its first steps were written)."""
         per_step = self._journal.bytes_written / max(1, self.written_steps)
-        margin = (2 << 20) + int(2 * per_step * min(64.0, 0.5 * float(self.meta.fps)))
+        margin = self._CLOSE_MARGIN + int(2 * per_step * min(64.0, 0.5 * float(self.meta.fps)))
         free = shutil.disk_usage(self.path.parent).free
-        if free < margin:
-            raise OSError(errno.ENOSPC, f"No space left on device (only {free / 1e6:.1f} MB free, "
+        if full or free < margin:
+            raise _OutOfSpace(errno.ENOSPC, f"No space left on device (only {free / 1e6:.1f} MB free, "
                                         f"keeping {margin / 1e6:.1f} MB to close the episode)")
 
-    def _salvage(self) -> None:
+    def _salvage(self, budgeted: bool = False) -> None:
         """After a disk error: free the reserve, close the HDF5 cleanly with every step that reached
-        the journal, publish it as <name>.h5 (attr truncated=True) and drop the journal."""
+        the journal, publish it as <name>.h5 (attr truncated=True) and drop the journal. budgeted: the
+        writer stopped itself with room left for every step it sent (a writer child still writes the
+        steps queued in its pipe; after a real write error it skips them)."""
         if not isinstance(self._sink, SinkProcess):
             self.reserve_path.unlink(missing_ok=True)
         # (a writer child process frees the reserve itself, once nobody is writing any more)
         try:
             # steps only in the journal are not appended: that would eat the space just freed
             self._sink.trim()
-            n = self._sink.close(success=-1, extra_attrs={"truncated": True, **S.runs_attrs(self._runs)})
+            attrs = {"truncated": True, **S.runs_attrs(self._runs)}
+            if isinstance(self._sink, SinkProcess):
+                n = self._sink.close(success=-1, extra_attrs=attrs, skip_queued=not budgeted)
+            else:
+                n = self._sink.close(success=-1, extra_attrs=attrs)
             os.replace(self.partial_path, self.path)
             self._journal.close()
             self.journal_path.unlink(missing_ok=True)
@@ -464,6 +491,10 @@ class EpisodeWriter:
                 p.unlink(missing_ok=True)
             except OSError:
                 pass
+
+
+class _OutOfSpace(OSError):
+    """The writer stops itself before the disk is full (_check_space): the steps it sent have room."""
 
 
 def _lower_priority() -> None:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -174,6 +175,43 @@ def small_fs(tmp_path):
     _umount(mnt)
 
 
+@pytest.fixture
+def tiny_fs(tmp_path):
+    mnt = tmp_path / f"tiny-{uuid.uuid4().hex[:6]}"
+    if not _mount_tmpfs(mnt, "size=16m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root/CAP_SYS_ADMIN): disk-full test skipped")
+    yield mnt
+    _umount(mnt)
+
+
+@pytest.mark.parametrize("hdf5_process", [True, False], ids=["writer-process", "in-thread"])
+def test_disk_full_behind_a_late_writer_keeps_the_steps_that_fit(tiny_fs, hdf5_process):
+    """A writer that fell behind (a loaded machine; here held at its start) takes its queue as one
+    big batch. When that batch is bigger than the free space, the steps that fit are saved and the
+    rest are reported, where writing all-or-nothing published an empty episode (seen in a loaded run)."""
+    st = EpisodeStore.create(tiny_fs / "ds", robot="sim", fps=50, joint_names=JOINTS, cameras={"top": (240, 320)})
+    gate = threading.Event()
+    w = EpisodeWriter(st.new_episode_path(), EpisodeMeta("late writer", 50, "sim", JOINTS, "teleop"),
+                      {"top": (240, 320)}, dof=8, jpeg=False, thread_init=gate.wait, hdf5_process=hdf5_process)
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 255, (240, 320, 3), dtype=np.uint8) for _ in range(64)]
+    for i, f in enumerate(frames):     # 64 x 230 KB, written twice (journal + HDF5): 29 MB vs a 16 MB disk
+        w.add_step(np.full(8, i, np.float32), np.zeros(8), timestamp=i / 50, images={"top": f})
+    assert w.num_steps == 64 and w.dropped == 0
+    gate.set()
+    t0 = time.monotonic()
+    while w.error is None and time.monotonic() - t0 < 20:
+        time.sleep(0.01)
+    assert w.error is not None and "disk full" in w.error, w.error
+    assert w.finish() == st.episodes_dir / "episode_000001.h5"
+    ep = read_episode(w.path)
+    assert ep.attrs["truncated"] and 10 <= ep.num_steps < 64, ep.num_steps     # ~27 fit
+    assert f"The first {ep.num_steps} steps were saved" in w.error
+    k = ep.num_steps - 1                                   # the last saved step is the one that was sent
+    assert ep.qpos[k, 0] == k and np.array_equal(ep.images("top")[k], frames[k])
+    assert [p.name for p in st.episodes_dir.iterdir() if not p.name.endswith(".h5")] == []
+
+
 def test_disk_full_stops_cleanly(small_fs):
     st = EpisodeStore.create(small_fs / "ds", robot="sim", fps=50, joint_names=JOINTS, cameras={"top": (240, 320)})
     w = EpisodeWriter(st.new_episode_path(), EpisodeMeta("ok", 50, "sim", JOINTS, "teleop"),
@@ -220,7 +258,8 @@ def test_read_only_destination_fails_at_start(tmp_path):
 @pytest.mark.parametrize("jpeg", [False, True], ids=["raw", "jpeg"])
 def test_disk_full_hard_enospc(small_fs, monkeypatch, jpeg, tmp_path):
     """Without the early stop, the real ENOSPC from os.write/HDF5 still ends the episode cleanly."""
-    monkeypatch.setattr(EpisodeWriter, "_check_space", lambda self: None)
+    monkeypatch.setattr(EpisodeWriter, "_check_space", lambda self, full=False: None)
+    monkeypatch.setattr(EpisodeWriter, "_steps_that_fit", lambda self, records: len(records))
     cams = {"top": (240, 320), "wrist": (240, 320)}
     w = EpisodeWriter(small_fs / "episode_000001.h5", EpisodeMeta("x", 50, "sim", JOINTS, "teleop"), cams,
                       dof=8, jpeg=jpeg)
