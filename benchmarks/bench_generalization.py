@@ -105,6 +105,8 @@ def main() -> int:
     ap.add_argument("--action-space", default="delta_arm", choices=["delta_arm", "ee"])
     ap.add_argument("--keypose-weight", type=float, default=0.0,
                     help="weight of the auxiliary next-keypose loss of the main models (train.keypose_targets)")
+    ap.add_argument("--instruction-augment", action="store_true",
+                    help="the main models train on colour-synonym wordings of each instruction (instruction_aug.py)")
     ap.add_argument("--dagger-rounds", type=int, default=0,
                     help="HG-DAgger rounds on the main model (0 = off): corrected rollouts, then resume training")
     ap.add_argument("--dagger-rollouts", type=int, default=240, help="corrected rollouts per DAgger round")
@@ -147,7 +149,7 @@ def main() -> int:
     summary: dict = {"command": " ".join(sys.argv), "sim": "physics (MuJoCo) workcell, drivers/sim/tasks.py splits",
                      "kinds": kinds, "demos": a.demos, "minutes": a.minutes, "eval_per_split": a.eval,
                      "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
-                     "keypose_weight": a.keypose_weight,
+                     "keypose_weight": a.keypose_weight, "instruction_augment": a.instruction_augment,
                      "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     T0 = time.monotonic()
 
@@ -217,12 +219,12 @@ def main() -> int:
 
     # 2) models
     m_rand, _ = fit("rand", data_rand, a.minutes, text_encoder="minilm", augment="strong",
-                    keypose_weight=a.keypose_weight)
+                    keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment)
     m_plain = fit("plain", data_plain, a.minutes, text_encoder="minilm", augment="basic",
-                  keypose_weight=a.keypose_weight)[0] \
+                  keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment)[0] \
         if data_plain is not None else None
     m_words = fit("words", data_rand, a.minutes, text_encoder="words", augment="strong",
-                  keypose_weight=a.keypose_weight)[0] \
+                  keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment)[0] \
         if "words" not in skip else None
 
     # 3) generalization table

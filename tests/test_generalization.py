@@ -107,3 +107,58 @@ def test_eval_cli_splits(tmp_path, capsys):
     assert a.splits == "seen,bogus" and a.kinds == "pick" and a.domain == "default"
     a = ap.parse_args(["train", "d", "o.pt", "--full"])
     assert a.fn(a) == 1 and "--full fine-tunes every weight of a base" in capsys.readouterr().err
+
+
+def test_instruction_augmentation_never_reaches_an_evaluation_split():
+    from drivers.sim.objects import SEEN_COLOURS, UNSEEN_COLOURS
+    from drivers.sim.tasks import COLOUR_RIDDLES, NOVEL_PHRASES, SPLITS, episodes
+    from teleop_app.policy.instruction_aug import COLOUR_SYNONYMS, instruction_variants
+
+    assert set(SEEN_COLOURS) <= set(COLOUR_SYNONYMS)          # every training colour has other words
+    v = instruction_variants("pick up the red cube")
+    assert v == ["pick up the red cube", "pick up the crimson cube", "pick up the scarlet cube"]
+    assert instruction_variants("open the drawer") == ["open the drawer"]
+    assert instruction_variants("put the pink cube on the black cylinder")[1:] == [
+        "put the rose cube on the black cylinder", "put the blush cube on the black cylinder",
+        "put the pink cube on the ebony cylinder", "put the pink cube on the jet black cylinder"]
+    riddle_words = {w for things in COLOUR_RIDDLES.values() for t in things for w in t.split()} - {"a", "the"}
+    held_out = set(UNSEEN_COLOURS) | {"violet", "lilac", "amber", "ivory", "magenta"} | riddle_words
+    syn_words = {w for ss in COLOUR_SYNONYMS.values() for s in ss for w in s.split()}
+    assert not syn_words & held_out, syn_words & held_out
+    evaluation = {sc.instruction for split in SPLITS[1:] for sc in episodes(split, 300)}
+    train = {sc.instruction for sc in episodes("train", 600)}
+    wordings = {w for t in train for w in instruction_variants(t)}
+    assert len(wordings) >= 2.5 * len(train)
+    novel_templates = {t.split("{obj}")[0] for ts in NOVEL_PHRASES.values() for t in ts}
+    for w in wordings - train:
+        assert w not in evaluation, w
+        assert not any(w.startswith(t) for t in novel_templates), w
+
+
+def test_training_with_instruction_augmentation_draws_wordings(tmp_path):
+    import torch  # noqa: F401
+    from teleop_app.policy.checkpoint import read_checkpoint
+    from teleop_app.policy.dataset import load_dataset
+    from teleop_app.policy.tokenizer import Tokenizer
+    from teleop_app.policy.train import _Batcher, target_stats, train
+
+    scenes = split_scenes(["train"], 1, ("pick",))
+    data = tmp_path / "d"
+    record_scenes(data, scenes, image_size=32, cameras=("front",))
+    r = train(data, tmp_path / "a.pt", steps=4, batch_size=4, image_size=(32, 32), cameras=["front"], chunk=2,
+              val_fraction=0.0, model=dict(channels=(8, 16, 16), d_model=32, n_layers=1, n_heads=2),
+              warmup=1, resume=False, instruction_augment=True)
+    blob = read_checkpoint(r.path)
+    assert blob["train"]["instruction_augment"] is True
+    from teleop_app.policy.instruction_aug import instruction_variants
+    wordings = instruction_variants(scenes[0].instruction)
+    assert len(wordings) == 3
+    tok = Tokenizer.from_dict(blob["tokenizer"])          # every wording's words are in the vocabulary
+    assert not [w for t in wordings for w in tok.unknown_words(t)]
+    ds = load_dataset(data, ["front"], (32, 32), "train", 0.0)
+    b = _Batcher(ds, tok, 2, target_stats(ds, 2, "delta_arm"), "delta_arm",
+                 variants=[wordings])
+    idx = np.zeros(300, int)
+    drawn = {tuple(row) for row in b.batch(idx, np.random.default_rng(0))[1]}
+    assert drawn == {tuple(tok.encode(t)) for t in wordings}            # every wording is drawn
+    assert {tuple(row) for row in b.batch(idx)[1]} == {tuple(tok.encode(wordings[0]))}   # none: the recorded one

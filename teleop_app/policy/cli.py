@@ -75,6 +75,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--keypose-weight", type=float, default=0.0, metavar="W",
                    help="auxiliary loss: predict where the arm will be at the demo's next grasp/release "
                         "(needs the robot profile's [kinematics]); 0 = off")
+    p.add_argument("--instruction-augment", action="store_true",
+                   help="train on several wordings of each instruction (colour synonyms: red -> crimson, "
+                        "scarlet; teleop_app/policy/instruction_aug.py)")
     p.add_argument("--action-space", default="delta_arm", choices=["delta_arm", "absolute", "ee"],
                    help="what the network predicts: arm joint moves from the present joints (default), "
                         "absolute joint targets, or end-effector moves through the profile's [kinematics] chain")
@@ -206,7 +209,8 @@ def cmd_train(a) -> int:
                   checkpoint_every=a.checkpoint_every, max_minutes=a.minutes or None, seed=a.seed,
                   threads=a.threads, text_encoder=a.text_encoder, augment=a.augment, init=a.init,
                   full=a.full, lora_rank=a.lora_rank, intervention_weight=a.intervention_weight,
-                  state_noise=a.state_noise, action_space=a.action_space, keypose_weight=a.keypose_weight)
+                  state_noise=a.state_noise, action_space=a.action_space, keypose_weight=a.keypose_weight,
+                  instruction_augment=a.instruction_augment)
     except KeyboardInterrupt:
         print("interrupted; the last periodic checkpoint is kept (re-run to resume)", file=sys.stderr)
         return 130

@@ -146,7 +146,7 @@ class _Batcher:
     """Flat arrays over all episodes + normalised chunk targets; text = token ids or sentence embeddings."""
 
     def __init__(self, ds: Dataset, tok: Tokenizer, chunk: int, stats: dict, action_space: str, encoder=None,
-                 chain=None, keypose=None):
+                 chain=None, keypose=None, variants: list[list[str]] | None = None):
         self.cams = ds.cameras
         self.images = {c: np.concatenate([e.images[c] for e in ds.episodes]) for c in self.cams}
         q = np.concatenate([e.qpos for e in ds.episodes])
@@ -154,21 +154,30 @@ class _Batcher:
         a_mean, a_std = np.asarray(stats["action"]["mean"], np.float32), np.asarray(stats["action"]["std"], np.float32)
         self.state = (q - s_mean) / s_std
         self.targets = (chunk_targets(ds, chunk, action_space, chain)[0] - a_mean) / a_std
+        # text rows per episode: (n_episodes, K, ...) wordings, row 0 = the recorded instruction
+        # (instruction augmentation gives K > 1: batch(idx, rng) draws one per sample)
+        variants = variants or [[e.instruction] for e in ds.episodes]
+        k_max = max(len(v) for v in variants)
+        flat = [v[k % len(v)] for v in variants for k in range(k_max)]
         if encoder is None:
-            per_ep = [np.asarray(tok.encode(e.instruction), np.int64) for e in ds.episodes]
+            rows = np.asarray([tok.encode(t) for t in flat], np.int64)
         else:
-            emb = encoder.embed_many([e.instruction for e in ds.episodes])
-            per_ep = list(emb)
-        self.tokens = np.concatenate([np.repeat(t[None], len(e.qpos), 0) for t, e in zip(per_ep, ds.episodes)])
+            rows = np.asarray(encoder.embed_many(flat))
+        self.text = rows.reshape(len(variants), k_max, *rows.shape[1:])
+        self.n_variants = np.asarray([len(v) for v in variants])
+        self.episode = np.concatenate([np.full(len(e.qpos), i) for i, e in enumerate(ds.episodes)])
         self.n = len(q)
         self.keypose = None           # (N, 3) normalised keypose_targets, when the keypose loss runs
         if keypose is not None:
             k = stats["keypose"]
             self.keypose = (keypose - np.asarray(k["mean"], np.float32)) / np.asarray(k["std"], np.float32)
 
-    def batch(self, idx: np.ndarray):
+    def batch(self, idx: np.ndarray, rng: np.random.Generator | None = None):
+        """rng: draw one wording of each sample's instruction (instruction augmentation); None: the recorded one."""
         imgs = np.stack([self.images[c][idx] for c in self.cams], 1)      # (B, C, H, W, 3)
-        return imgs, self.tokens[idx], self.state[idx], self.targets[idx]
+        ep = self.episode[idx]
+        k = (rng.integers(0, 1 << 30, len(idx)) % self.n_variants[ep]) if rng is not None else 0
+        return imgs, self.text[ep, k], self.state[idx], self.targets[idx]
 
 
 def augment_images(x, rng: np.random.Generator, mode: str = "basic", pad: int = 2):
@@ -254,7 +263,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           warmup: int = 200, action_space: str = "delta_arm", aug_shift: int = 2,
           text_encoder: str = "words", augment: str = "basic", init=None, full: bool = False,
           lora_rank: int = LORA_RANK, text_noise: float = 0.05, state_noise: float = 0.05,
-          intervention_weight: float | None = None, keypose_weight: float = 0.0) -> TrainResult:
+          intervention_weight: float | None = None, keypose_weight: float = 0.0,
+          instruction_augment: bool = False) -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
     The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
@@ -264,6 +274,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     dataset; the run's trained/total parameter counts are in the checkpoint's train info.
     intervention_weight=W (HG-DAgger, teleop_app/dagger.py): steps the policy produced on its own are
     not trained on, operator interventions are sampled W times as often as demonstration steps.
+    instruction_augment: each step draws one wording of its demo's instruction (instruction_aug.py:
+    colour synonyms), so the instruction's meaning, not one sentence, is tied to the behaviour.
     """
     import torch
     from .checkpoint import CheckpointError, build_model, read_checkpoint, save_checkpoint
@@ -288,6 +300,10 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     if progress:
         progress({"phase": "loading", "step": 0, "steps": steps})
     ds = load_dataset(dataset_root, cameras, tuple(image_size), "train", val_fraction)
+    variants = None
+    if instruction_augment:
+        from .instruction_aug import instruction_variants
+        variants = [instruction_variants(e.instruction) for e in ds.episodes]
     try:
         val = load_dataset(dataset_root, ds.cameras, tuple(image_size), "val", val_fraction)
     except PolicyError:
@@ -354,7 +370,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
             finetune.update({"lora_rank": lora_rank, "lora_alpha": 2 * lora_rank, "targets": targets,
                              "saved_as": "adapters merged into the base weights"})
     else:
-        tok = Tokenizer.build([e.instruction for e in ds.episodes])
+        tok = Tokenizer.build([t for v in variants for t in v] if variants else [e.instruction for e in ds.episodes])
         encoder = load_text_encoder(text_encoder)
         enc_spec = encoder.spec() if encoder is not None else {"kind": "words"}
         finetune = None
@@ -403,7 +419,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     keypose_on = keypose_weight > 0 and cfg.keypose and "keypose" in stats
     if keypose_on and kp_labels is None:
         kp_labels = keypose_targets(ds, robot_chain(ds, "keypose_weight > 0"))
-    tr = _Batcher(ds, tok, cfg.chunk, stats, action_space, encoder, chain, kp_labels if keypose_on else None)
+    tr = _Batcher(ds, tok, cfg.chunk, stats, action_space, encoder, chain, kp_labels if keypose_on else None,
+                  variants)
     va = _Batcher(val, tok, cfg.chunk, stats, action_space, encoder, chain) if val is not None else None
     if finetune is not None and base_blob is not None:
         finetune.update({"trained_params": n_train, "total_params": n_total if not lora else
@@ -437,6 +454,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                      "trained_params": n_train, "augment": augment, "text_encoder": enc_spec.get("kind"),
                      "action_space": action_space, "state_noise": state_noise,
                      "keypose_weight": keypose_weight if keypose_on else 0.0, "keypose_loss": kp_ema,
+                     "instruction_augment": bool(variants),
                      "batch_size": batch_size, "lr": lr, "dataset": str(dataset_root),
                      "episodes": len(ds.episodes), "samples": tr.n, "held_out": held_out,
                      "val_fraction": val_fraction, "torch": str(torch.__version__),
@@ -468,7 +486,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         for g in opt.param_groups:
             g["lr"] = lr_at(step, elapsed)
         idx = rng.integers(0, tr.n, batch_size) if pick is None else rng.choice(tr.n, batch_size, p=pick)
-        x, t, s, a = _to_torch(*tr.batch(idx), aug=augment != "none", rng=rng, pad=aug_shift,
+        x, t, s, a = _to_torch(*tr.batch(idx, rng if variants else None), aug=augment != "none", rng=rng,
+                               pad=aug_shift,
                                augment=augment, text_noise=text_noise, state_noise=state_noise)
         if keypose_on:
             pred, kp = net(x, t, s, with_keypose=True)
