@@ -166,22 +166,22 @@ def _umount(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    mnt = tmp_path / f"small-{uuid.uuid4().hex[:6]}"
-    if not _mount_tmpfs(mnt, "size=32m"):
+def _tmpfs(tmp_path, size: str):
+    mnt = tmp_path / f"fs{size}-{uuid.uuid4().hex[:6]}"
+    if not _mount_tmpfs(mnt, f"size={size}"):
         pytest.skip("cannot mount a small tmpfs here (needs root/CAP_SYS_ADMIN): disk-full test skipped")
     yield mnt
     _umount(mnt)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    yield from _tmpfs(tmp_path, "32m")
 
 
 @pytest.fixture
 def tiny_fs(tmp_path):
-    mnt = tmp_path / f"tiny-{uuid.uuid4().hex[:6]}"
-    if not _mount_tmpfs(mnt, "size=16m"):
-        pytest.skip("cannot mount a small tmpfs here (needs root/CAP_SYS_ADMIN): disk-full test skipped")
-    yield mnt
-    _umount(mnt)
+    yield from _tmpfs(tmp_path, "16m")
 
 
 @pytest.mark.parametrize("hdf5_process", [True, False], ids=["writer-process", "in-thread"])
