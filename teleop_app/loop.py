@@ -82,8 +82,14 @@ class GarbageCollector:
         self.collections = [0, 0, 0]
         self._due_since: dict[int, float] = {}        # generation -> when it first had to wait for room
 
+    # True while a GUI in this process collects on its own thread (ui.util.GuiGarbageCollector): Qt
+    # objects finalized on a loop thread deadlock PySide (~QObject waits for the GIL while the GUI
+    # thread, holding it, waits for Qt's connection mutex: a hung test run, stacks read with gdb),
+    # so loops then never collect and leave automatic collection to that thread.
+    external = False
+
     def start(self) -> None:
-        if gc.isenabled():
+        if gc.isenabled() and not GarbageCollector.external:
             gc.collect()
             gc.freeze()
             gc.disable()
@@ -93,12 +99,13 @@ class GarbageCollector:
         if self.owned:
             self.owned = False
             gc.unfreeze()
-            gc.enable()
+            if not GarbageCollector.external:
+                gc.enable()
 
     OVERDUE_S = 60.0                  # a due collection never waits longer than this for room
 
     def maybe_collect(self, slack: float) -> None:
-        if not self.owned:
+        if not self.owned or GarbageCollector.external:
             return
         t0, t1, t2 = gc.get_threshold()
         c0, c1, c2 = gc.get_count()

@@ -744,3 +744,48 @@ def test_leader_and_cartesian_modes_from_the_keyboard_show_their_state(qtbot, tm
         qtbot.waitUntil(lambda: s.status.mode == Mode.HOLD and not t.human_label.isVisible(), timeout=2000)
     finally:
         w.close()
+
+
+def test_garbage_is_collected_on_the_gui_thread_only(win, qtbot, tmp_path):
+    """With a window open, Python's cyclic collector runs on the GUI thread (a timer), never in a loop
+    thread: an in-process control loop collecting there finalized a dead window's QObjects while the GUI
+    thread built widgets, and PySide deadlocked (a hung clean-clone CI run, both stacks read with gdb)."""
+    import gc
+    import threading
+    import weakref
+    from PySide6.QtCore import QObject
+    from teleop_app.loop import GarbageCollector
+    from ui.util import GuiGarbageCollector
+
+    assert not gc.isenabled() and GarbageCollector.external
+    s = attach_in_process(qtbot, win, tmp_path)
+    assert not s.loop.gc.owned                      # the control loop leaves collection alone
+    finalized_on = []
+
+    class Cyclic(QObject):
+        pass
+
+    o = Cyclic()
+    o.me = o                                        # a reference cycle: only the collector frees it
+    weakref.finalize(o, lambda: finalized_on.append(threading.current_thread() is threading.main_thread()))
+    del o
+    for _ in range(2000):                            # garbage enough to trigger a collection
+        x = []
+        x.append(x)
+    del x
+    qtbot.waitUntil(lambda: bool(finalized_on), timeout=5000)
+    assert finalized_on == [True] and sum(GuiGarbageCollector._instance.collections) > 0
+    second = MainWindow(config(tmp_path))           # windows share it; the last to close restores it
+    second.close()
+    assert not gc.isenabled() and GarbageCollector.external
+
+
+def test_closing_the_last_window_restores_automatic_collection(qtbot, tmp_path):
+    import gc
+    from teleop_app.loop import GarbageCollector
+    assert gc.isenabled() and not GarbageCollector.external
+    w = MainWindow(config(tmp_path))
+    assert not gc.isenabled() and GarbageCollector.external
+    w.close()
+    w.deleteLater()
+    assert gc.isenabled() and not GarbageCollector.external

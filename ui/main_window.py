@@ -57,6 +57,8 @@ class MainWindow(QMainWindow):
         self._msg_seq = 0
         self._bar_t = self._fps_t = 0.0
         self._closing = False
+        from .util import GuiGarbageCollector
+        self._gc = GuiGarbageCollector.acquire()     # no Qt object is ever finalized off the GUI thread
         self.setWindowTitle("teleop")
         self._build_connection_panel()
         self._build_estop_bar()
@@ -597,4 +599,8 @@ class MainWindow(QMainWindow):
         Worker.shutdown_all(timeout_s=10.0)
         if connecting is not None and connecting.result is not None and connecting.result is not s:
             connecting.result.close()
+        if self._gc is not None:
+            self._gc = None
+            from .util import GuiGarbageCollector
+            GuiGarbageCollector.release()
         super().closeEvent(ev)

@@ -4,13 +4,14 @@ Nothing here knows about the session; it is plain Qt plumbing.
 """
 from __future__ import annotations
 
+import gc
 import sys
 import time
 import traceback
 from typing import Any, Callable
 
 import numpy as np
-from PySide6.QtCore import QRectF, QSize, Qt, QThread, QTimer, Signal
+from PySide6.QtCore import QObject, QRectF, QSize, Qt, QThread, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen
 from PySide6.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QTabWidget, QWidget
 
@@ -379,3 +380,58 @@ def dark_plot(bottom: str, left: str | None = None):
     if left:
         plot.setLabel("left", left)
     return plot
+
+
+class GuiGarbageCollector(QObject):
+    """Python's cyclic garbage collector on the GUI thread only, while a window is open.
+
+    Automatic collection runs in whichever thread allocates: a camera, policy or in-process control
+    loop thread could then finalize Qt objects, and PySide deadlocks there (~QObject waits for the GIL
+    while the GUI thread holds it and waits for Qt's connection mutex; seen as a hung test run). So,
+    as pyqtgraph's GarbageCollector does, automatic collection is off and this timer collects the
+    generation CPython would have chosen; control loops in this process leave it alone
+    (teleop_app.loop.GarbageCollector.external). Windows share one; the last to close restores things."""
+
+    _users = 0
+    _instance: "GuiGarbageCollector | None" = None
+    _was_enabled = True
+
+    def __init__(self, interval_ms: int = 200):
+        super().__init__()
+        self.collections = [0, 0, 0]
+        self.timer = QTimer(self)
+        self.timer.timeout.connect(self.check)
+        self.timer.start(interval_ms)
+
+    @classmethod
+    def acquire(cls) -> "GuiGarbageCollector":
+        from teleop_app.loop import GarbageCollector
+        if cls._users == 0:
+            cls._was_enabled = gc.isenabled()
+            GarbageCollector.external = True
+            gc.disable()
+            cls._instance = cls()
+        cls._users += 1
+        return cls._instance
+
+    @classmethod
+    def release(cls) -> None:
+        from teleop_app.loop import GarbageCollector
+        if cls._users == 0:
+            return
+        cls._users -= 1
+        if cls._users == 0:
+            cls._instance.timer.stop()
+            cls._instance.check()
+            cls._instance = None
+            GarbageCollector.external = False
+            if cls._was_enabled:
+                gc.enable()
+
+    def check(self) -> None:
+        t0, t1, t2 = gc.get_threshold()
+        c0, c1, c2 = gc.get_count()
+        gen = 2 if c2 >= t2 else 1 if c1 >= t1 else 0 if c0 >= t0 else -1
+        if gen >= 0:
+            gc.collect(gen)
+            self.collections[gen] += 1
