@@ -65,6 +65,13 @@ def promote_threads(prefixes=HELPER_PREFIXES, priority: int = HELPER_PRIORITY, d
     return n
 
 
+def due_generation() -> int:
+    """The generation CPython's automatic collector would collect now (-1: none is due)."""
+    t0, t1, t2 = gc.get_threshold()
+    c0, c1, c2 = gc.get_count()
+    return 2 if c2 >= t2 else 1 if c1 >= t1 else 0 if c0 >= t0 else -1
+
+
 class GarbageCollector:
     """Runs Python's cyclic garbage collector in the loop's slack instead of wherever it triggers.
 
@@ -87,6 +94,7 @@ class GarbageCollector:
     # thread, holding it, waits for Qt's connection mutex: a hung test run, stacks read with gdb),
     # so loops then never collect and leave automatic collection to that thread.
     external = False
+    owners = 0                        # loops that own collection now (automatic collection off for them)
 
     def start(self) -> None:
         if gc.isenabled() and not GarbageCollector.external:
@@ -94,10 +102,12 @@ class GarbageCollector:
             gc.freeze()
             gc.disable()
             self.owned = True
+            GarbageCollector.owners += 1
 
     def stop(self) -> None:
         if self.owned:
             self.owned = False
+            GarbageCollector.owners -= 1
             gc.unfreeze()
             if not GarbageCollector.external:
                 gc.enable()
@@ -107,9 +117,7 @@ class GarbageCollector:
     def maybe_collect(self, slack: float) -> None:
         if not self.owned or GarbageCollector.external:
             return
-        t0, t1, t2 = gc.get_threshold()
-        c0, c1, c2 = gc.get_count()
-        want = 2 if c2 >= t2 else 1 if c1 >= t1 else 0 if c0 >= t0 else -1
+        want = due_generation()
         if want < 0:
             return
         now = time.monotonic()

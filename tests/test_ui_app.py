@@ -789,3 +789,28 @@ def test_closing_the_last_window_restores_automatic_collection(qtbot, tmp_path):
     w.close()
     w.deleteLater()
     assert gc.isenabled() and not GarbageCollector.external
+
+
+def test_a_loop_started_before_the_window_hands_collection_back(qtbot, tmp_path):
+    """A control loop owned collection before the window opened and stops while it is open: closing the
+    window turns automatic collection back on (nobody is left to collect)."""
+    import gc
+    import time
+    from teleop_app.loop import GarbageCollector, RateLoop
+    loop = RateLoop(50.0, lambda *_: None, name="test-loop")
+    loop.start()
+    qtbot.waitUntil(lambda: loop.gc.owned, timeout=3000)
+    assert not gc.isenabled() and GarbageCollector.owners == 1
+    w = MainWindow(config(tmp_path))
+    before = list(loop.gc.collections)
+    for _ in range(3000):                          # a collection is due: only the window's timer may run it
+        x = []
+        x.append(x)
+    del x
+    time.sleep(0.3)                                # 15 ticks of the loop, no Qt events
+    assert loop.gc.collections == before and GarbageCollector.external
+    loop.stop()
+    assert not gc.isenabled() and GarbageCollector.owners == 0            # the window still owns it
+    w.close()
+    w.deleteLater()
+    assert gc.isenabled() and not GarbageCollector.external

@@ -27,7 +27,8 @@ from ui.live_view import LiveView
 from ui.policy_tab import POLICY_MODES, PolicyTab
 from ui.shortcuts import SHORTCUTS, HelpDialog
 from ui.teleop_tab import TeleopTab
-from ui.util import ScrollTabs, StatusLight, Worker, preload_pyqtgraph, run_in_thread, set_style
+from ui.util import (GuiGarbageCollector, ScrollTabs, StatusLight, Worker, preload_pyqtgraph, run_in_thread,
+                     set_style)
 
 STATUS_HZ = 30
 ROBOT_KINDS = ("sim", "sim-serial", "real")
@@ -57,7 +58,6 @@ class MainWindow(QMainWindow):
         self._msg_seq = 0
         self._bar_t = self._fps_t = 0.0
         self._closing = False
-        from .util import GuiGarbageCollector
         self._gc = GuiGarbageCollector.acquire()     # no Qt object is ever finalized off the GUI thread
         self.setWindowTitle("teleop")
         self._build_connection_panel()
@@ -601,6 +601,5 @@ class MainWindow(QMainWindow):
             connecting.result.close()
         if self._gc is not None:
             self._gc = None
-            from .util import GuiGarbageCollector
             GuiGarbageCollector.release()
         super().closeEvent(ev)

@@ -407,7 +407,9 @@ class GuiGarbageCollector(QObject):
     def acquire(cls) -> "GuiGarbageCollector":
         from teleop_app.loop import GarbageCollector
         if cls._users == 0:
-            cls._was_enabled = gc.isenabled()
+            # a running control loop that had turned automatic collection off counts as "on": once it and
+            # every window have stopped, automatic collection comes back
+            cls._was_enabled = gc.isenabled() or GarbageCollector.owners > 0
             GarbageCollector.external = True
             gc.disable()
             cls._instance = cls()
@@ -425,13 +427,12 @@ class GuiGarbageCollector(QObject):
             cls._instance.check()
             cls._instance = None
             GarbageCollector.external = False
-            if cls._was_enabled:
+            if cls._was_enabled and GarbageCollector.owners == 0:    # (a loop still running keeps owning it)
                 gc.enable()
 
     def check(self) -> None:
-        t0, t1, t2 = gc.get_threshold()
-        c0, c1, c2 = gc.get_count()
-        gen = 2 if c2 >= t2 else 1 if c1 >= t1 else 0 if c0 >= t0 else -1
+        from teleop_app.loop import due_generation
+        gen = due_generation()
         if gen >= 0:
             gc.collect(gen)
             self.collections[gen] += 1
