@@ -105,6 +105,8 @@ def main() -> int:
     ap.add_argument("--action-space", default="delta_arm", choices=["delta_arm", "ee"])
     ap.add_argument("--keypose-weight", type=float, default=0.0,
                     help="weight of the auxiliary next-keypose loss of the main models (train.keypose_targets)")
+    ap.add_argument("--target-weight", type=float, default=0.0,
+                    help="target keypoint loss weight (train's target_weight; 0 = off)")
     ap.add_argument("--instruction-augment", action="store_true",
                     help="the main models train on colour-synonym wordings of each instruction (instruction_aug.py)")
     ap.add_argument("--dagger-rounds", type=int, default=0,
@@ -133,7 +135,7 @@ def main() -> int:
     from teleop_app.policy.evaluate import RolloutResults
     from teleop_app.policy.generalization import (RT2, SPLIT_LABELS, format_outcome_table, format_split_table,
                                                   keypose_check, outcome_counts, per_split, record_scenes,
-                                                  run_scene_rollouts, split_scenes)
+                                                  run_scene_rollouts, split_scenes, target_check)
     from teleop_app.policy.report import write_report
     from teleop_app.policy.train import train
 
@@ -150,6 +152,7 @@ def main() -> int:
                      "kinds": kinds, "demos": a.demos, "minutes": a.minutes, "eval_per_split": a.eval,
                      "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
                      "keypose_weight": a.keypose_weight, "instruction_augment": a.instruction_augment,
+                     "target_weight": a.target_weight,
                      "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     T0 = time.monotonic()
 
@@ -219,12 +222,15 @@ def main() -> int:
 
     # 2) models
     m_rand, _ = fit("rand", data_rand, a.minutes, text_encoder="minilm", augment="strong",
-                    keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment)
+                    keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
+                    target_weight=a.target_weight)
     m_plain = fit("plain", data_plain, a.minutes, text_encoder="minilm", augment="basic",
-                  keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment)[0] \
+                  keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
+                  target_weight=a.target_weight)[0] \
         if data_plain is not None else None
     m_words = fit("words", data_rand, a.minutes, text_encoder="words", augment="strong",
-                  keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment)[0] \
+                  keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
+                  target_weight=a.target_weight)[0] \
         if "words" not in skip else None
 
     # 3) generalization table
@@ -238,6 +244,9 @@ def main() -> int:
     if a.keypose_weight > 0:        # where the model thinks the grasp is, from the first frame
         summary["keypose_check"] = keypose_check(load_policy(str(m_rand), threads=a.threads), scenes)
         log("keypose head from the first frame (rand model): " + json.dumps(summary["keypose_check"]))
+    if a.target_weight > 0:         # where the model sees the named object, from the first frame
+        summary["target_check"] = target_check(load_policy(str(m_rand), threads=a.threads), scenes)
+        log("target keypoint from the first frame (rand model): " + json.dumps(summary["target_check"]))
     words_tab = None
     if m_words is not None:
         ws = split_scenes(["seen", "novel_instructions"], a.eval, kinds)
@@ -312,7 +321,7 @@ def main() -> int:
             for method, kw in (("LoRA on base", {"init": m_rand}), ("from scratch", {"text_encoder": "minilm",
                                                                                     "augment": "strong"})):
                 ck, info = fit(f"ft_{'lora' if 'init' in kw else 'scratch'}_{n}", data_n, a.ft_minutes,
-                               **({"lr": 1e-3} if "init" in kw else {}), **kw)
+                               **({"lr": 1e-3} if "init" in kw else {}), target_weight=a.target_weight, **kw)
                 d = per_split(evaluate(ck, ft_eval, tag=ck.stem))["seen"]
                 curve.append({"demos": n, "method": method, "success": d["success"], "n": d["n"],
                               "rate": d["rate"], "ci95": d["ci95"], "trained_params": info.get("trained_params"),

@@ -27,7 +27,7 @@ import numpy as np
 from . import kinematics as kin
 from .objects import ObjectSpec
 from .render import (BOWL_FOOT, BOWL_H, BOWL_R, PLATE_H, PLATE_R, SPOT_R, TABLE_X, TABLE_Y, Renderer,
-                     Snapshot, make_style)
+                     Snapshot, make_style, style_rng)
 from .tasks import KINDS, PHYSICS_TASKS, Scene, sim_tasks, task_scene
 from .workcell import (BOWL_FLOOR, LIFT_SUCCESS, PLACE_X, PLACE_Y, Workcell,
                        task_from_instruction)
@@ -349,7 +349,7 @@ class PhysicsWorkcell(Workcell):
             self.torque = True
             self.time = 0.0
             r = self.config.randomization
-            srng = np.random.default_rng([self.seed, 7])
+            srng = style_rng(self.seed)
             style = make_style(srng, r.light, r.colors, r.camera_jitter, r.noise)
             self.renderer = Renderer(style)
             self._colors = {}

@@ -51,6 +51,12 @@ def _unit(v) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def style_rng(seed: int) -> np.random.Generator:
+    """The random stream a workcell draws scene `seed`'s Style from (make_style), in both backends; the
+    same call rebuilds a recorded episode's look, camera jitter included, from its seed."""
+    return np.random.default_rng([int(seed), 7])
+
+
 def make_style(rng: np.random.Generator, light: bool, colors: bool, camera_jitter: bool,
                noise: bool) -> Style:
     """Draw a randomised Style; switches off -> the default look."""
@@ -128,6 +134,15 @@ def wrist_camera(tcp: np.ndarray, width: int, height: int) -> PinholeCamera:
     eye = p + r @ np.array([-0.07, 0.0, -0.15])
     target = p + r @ np.array([0.0, 0.0, 0.10])
     return PinholeCamera(eye, target, -r[:, 0], 70.0, width, height)
+
+
+def view_camera(view: str, style: Style, tcp: np.ndarray, width: int, height: int) -> PinholeCamera:
+    """The camera of a view ('front' fixed in the cell, 'wrist' on the hand at the TCP pose `tcp`, 4x4)."""
+    if view == "front":
+        return front_camera(style, width, height)
+    if view == "wrist":
+        return wrist_camera(tcp, width, height)
+    raise ValueError(f"unknown camera view {view!r}; use 'front' or 'wrist'")
 
 
 _BASE_TEX: np.ndarray | None = None
@@ -254,14 +269,8 @@ class Renderer:
 
     def render(self, snap: Snapshot, view: str, width: int, height: int, frame_index: int = 0) -> np.ndarray:
         tcp = snap.frames[-1]
-        if view == "front":
-            cam = front_camera(self.style, width, height)
-            img = self._background(cam, static=True)
-        elif view == "wrist":
-            cam = wrist_camera(tcp, width, height)
-            img = self._background(cam, static=False)
-        else:
-            raise ValueError(f"unknown camera view {view!r}; use 'front' or 'wrist'")
+        cam = view_camera(view, self.style, tcp, width, height)
+        img = self._background(cam, static=view == "front")
         prims: list = []   # (depth, draw-callable-args)
         s = self.style
 

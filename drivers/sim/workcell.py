@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kinematics as kin
-from .render import BOWL_H, BOWL_R, CUBE, Renderer, Snapshot, make_style
+from .render import BOWL_H, BOWL_R, CUBE, Renderer, Snapshot, make_style, style_rng
 
 TASKS: dict[str, str] = {
     "pick_red": "pick up the red cube",
@@ -143,7 +143,7 @@ class Workcell:
             self.torque = True
             self.time = 0.0
             r = self.config.randomization
-            style = make_style(np.random.default_rng([self.seed, 7]), r.light, r.colors,
+            style = make_style(style_rng(self.seed), r.light, r.colors,
                                r.camera_jitter, r.noise)
             # a fresh renderer (not set_style): a camera thread still drawing the previous
             # scene keeps its own renderer and caches, so it never sees half-cleared caches

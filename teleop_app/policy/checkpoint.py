@@ -176,6 +176,18 @@ class VLAPolicy:
         k = self.meta.stats["keypose"]
         return kp.astype(np.float64) * np.asarray(k["std"]) + np.asarray(k["mean"])
 
+    def predict_target(self, obs: dict) -> dict[str, np.ndarray] | None:
+        """Where the model sees the named object: camera -> (u, v) pixel at the model's image size, from the
+        keypoint trained on it (`teleop train --target-weight`); None for a model trained without it."""
+        import torch
+        from .model import keypoint_to_pixel
+        if not self.train_info.get("target_weight") or not self.model.cfg.keypoints:
+            return None
+        _q, x = self._inputs(obs)
+        with torch.inference_mode():
+            p = self.model.forward_all(*x)["target"][0].numpy()
+        return dict(zip(self.meta.cameras, keypoint_to_pixel(p, self.model.cfg)))
+
     def predict(self, obs: dict) -> np.ndarray:
         import torch
         q, x = self._inputs(obs)

@@ -75,6 +75,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--keypose-weight", type=float, default=0.0, metavar="W",
                    help="auxiliary loss: predict where the arm will be at the demo's next grasp/release "
                         "(needs the robot profile's [kinematics]); 0 = off")
+    p.add_argument("--target-weight", type=float, default=0.0, metavar="W",
+                   help="auxiliary loss: one keypoint of each camera learns to sit on the named object (where "
+                        "the demo grasps it, projected through the simulated workcell's cameras); 0 = off")
     p.add_argument("--instruction-augment", action="store_true",
                    help="train on several wordings of each instruction (colour synonyms: red -> crimson, "
                         "scarlet; teleop_app/policy/instruction_aug.py)")
@@ -200,6 +203,7 @@ def cmd_train(a) -> int:
             last[0] = now
             vl = f", val {p['val_loss']:.4f}" if p.get("val_loss") is not None else ""
             vl += f", keypose {p['keypose_loss']:.4f}" if p.get("keypose_loss") is not None else ""
+            vl += f", target {p['target_loss']:.4f}" if p.get("target_loss") is not None else ""
             print(f"step {p['step']}/{p['steps']}  loss {p['loss']:.4f}{vl}  lr {p['lr']:.2e}  "
                   f"{p['elapsed_s'] / 60:.1f} min, ~{p['eta_s'] / 60:.1f} min left", flush=True)
     try:
@@ -210,7 +214,7 @@ def cmd_train(a) -> int:
                   threads=a.threads, text_encoder=a.text_encoder, augment=a.augment, init=a.init,
                   full=a.full, lora_rank=a.lora_rank, intervention_weight=a.intervention_weight,
                   state_noise=a.state_noise, action_space=a.action_space, keypose_weight=a.keypose_weight,
-                  instruction_augment=a.instruction_augment)
+                  instruction_augment=a.instruction_augment, target_weight=a.target_weight)
     except KeyboardInterrupt:
         print("interrupted; the last periodic checkpoint is kept (re-run to resume)", file=sys.stderr)
         return 130

@@ -26,6 +26,7 @@ class EpisodeArrays:
     intervention: np.ndarray | None = None   # (T,) bool: the operator overrode the policy (recorded)
     autonomous: np.ndarray | None = None     # (T,) bool: the policy itself produced the action
     sim: str | None = None                   # "physics" | "kinematic" for sim recordings (extra["sim"])
+    extra: dict = field(default_factory=dict)   # the episode's free-form metadata (task, seed, randomized, ...)
 
 
 @dataclass
@@ -152,7 +153,7 @@ def load_dataset(root, cameras: list[str] | None = None, image_size: tuple[int, 
             eps.append(EpisodeArrays(f.name, ep.meta.instruction, ep.qpos.astype(np.float32),
                                      ep.action.astype(np.float32), imgs, ep.success, ep.intervention,
                                      None if src is None else np.array([x == "policy" for x in src]),
-                                     (ep.meta.extra or {}).get("sim")))
+                                     (ep.meta.extra or {}).get("sim"), dict(ep.meta.extra or {})))
         if progress:
             progress(i + 1, len(files))
     if not eps:

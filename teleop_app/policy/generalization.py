@@ -256,6 +256,40 @@ def keypose_check(policy, scenes, *, domain: str = "default", profile: str = "si
     return out
 
 
+def target_check(policy, scenes, *, domain: str = "default", profile: str = "sim7") -> dict[str, dict]:
+    """Where a policy trained with the target loss (`teleop train --target-weight`) sees the named object in
+    the front camera, from each scene's first frame, against where it is: split -> {n, nearest_right (the
+    object whose image position is nearest the predicted point is the target), median_px / within_2px
+    (image distance to the target's centre at the model's image size)}."""
+    from drivers.sim.render import front_camera
+    h = policy.meta.image_size[0]
+    if "front" not in policy.meta.cameras:
+        raise ValueError("target_check reads the front camera; this policy has none")
+    _prof, wc, robot, cams, _safety, _period = _sim(h, policy.meta.cameras, 10.0, False, profile)
+    per: dict[str, list[tuple[bool, float]]] = {}
+    try:
+        for sc in scenes:
+            _reset(wc, sc, domain)
+            obs = {"images": {n: c.read_latest().image for n, c in cams.items()}, "qpos": wc.qpos(),
+                   "instruction": sc.instruction}
+            seen = policy.predict_target(obs)
+            if seen is None:
+                raise ValueError("this policy has no target keypoint (train it with --target-weight)")
+            cam = front_camera(wc.renderer.style, h, h)
+            names = list(wc.object_specs())
+            uv = dict(zip(names, cam.project(np.array([wc.objects()[n][:3] for n in names]))[0]))
+            d = {n: float(np.linalg.norm(uv[n] - seen["front"])) for n in names}
+            per.setdefault(sc.split, []).append((min(d, key=d.get) == sc.target.name, d[sc.target.name]))
+    finally:
+        robot.disconnect()
+    out = {}
+    for sp, rows in per.items():
+        e = np.array([r[1] for r in rows])
+        out[sp] = {"n": len(rows), "nearest_right": sum(r[0] for r in rows),
+                   "median_px": round(float(np.median(e)), 2), "within_2px": int((e <= 2.0).sum())}
+    return out
+
+
 def _rate(rs) -> dict:
     labelled = [r for r in rs if r.success is not None]
     s = sum(1 for r in labelled if r.success)

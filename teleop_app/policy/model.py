@@ -9,9 +9,10 @@
     -> each query token -> one future action (normalised absolute joint targets)
 
 FiLM lets the instruction steer *what* the vision encoder looks for (red vs blue cube), which
-a late-fusion transformer alone learns slowly on small datasets. CoordConv channels help
-the CNN report *where* things are. With a sentence encoder the model never sees the encoder itself,
-only its cached embedding (text_encoder.py), so a step costs the same as with words.
+a late-fusion transformer alone learns slowly on small datasets. CoordConv channels and spatial-softmax
+keypoints help the CNN report *where* things are; training can supervise keypoint 0 of each camera to sit on
+the named object (train's target_weight, forward_all's "target"). With a sentence encoder the model never
+sees the encoder itself, only its cached embedding (text_encoder.py), so a step costs the same as with words.
 Import this module only where torch is wanted.
 """
 from __future__ import annotations
@@ -59,6 +60,34 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def feature_shape(cfg: ModelConfig) -> tuple[int, int]:
+    """(h, w) of each camera's last feature map, the one the keypoints are read on: the stem and every
+    block halve the image (rounding up)."""
+    h, w = cfg.image_size
+    for _ in cfg.channels:
+        h, w = -(-h // 2), -(-w // 2)
+    return h, w
+
+
+def pixel_to_keypoint(uv, cfg: ModelConfig):
+    """Image pixels (..., 2) (u right, v down, 0..width) -> keypoint coordinates: -1..1 from the centre of
+    the first feature cell to that of the last (VisionEncoder's spatial softmax grid)."""
+    import numpy as np
+    (fh, fw), (h, w) = feature_shape(cfg), cfg.image_size
+    uv = np.asarray(uv, np.float64)
+    return np.stack([2 * (uv[..., 0] * fw / w - 0.5) / max(fw - 1, 1) - 1,
+                     2 * (uv[..., 1] * fh / h - 0.5) / max(fh - 1, 1) - 1], -1)
+
+
+def keypoint_to_pixel(p, cfg: ModelConfig):
+    """The inverse of pixel_to_keypoint."""
+    import numpy as np
+    (fh, fw), (h, w) = feature_shape(cfg), cfg.image_size
+    p = np.asarray(p, np.float64)
+    return np.stack([((p[..., 0] + 1) / 2 * max(fw - 1, 1) + 0.5) * w / fw,
+                     ((p[..., 1] + 1) / 2 * max(fh - 1, 1) + 0.5) * h / fh], -1)
+
+
 class FiLMConvBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
@@ -93,22 +122,25 @@ class VisionEncoder(nn.Module):
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
         self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
 
-    def forward(self, img, films):
+    def forward(self, img, films, with_points: bool = False):
+        """-> tokens; with_points: (tokens, (B, K, 2) keypoint positions, -1..1 from the first to the last
+        feature cell (feature_shape), x right, y down; None without keypoints)."""
         b = img.shape[0]
         x = torch.cat([img * 2 - 1, self.coords.expand(b, -1, -1, -1)], 1)
         x = self.stem(x)
         for blk, (g, bt) in zip(self.blocks, films):
             x = blk(x, g, bt)
         tokens = F.adaptive_avg_pool2d(self.proj(x), self.grid).flatten(2).transpose(1, 2)
+        points = None
         if self.n_kp:
             m = self.kp_conv(x)
             hh, ww = m.shape[-2:]
             att = torch.softmax(m.flatten(2), -1)                       # (B, K, h*w)
             ys, xs = torch.meshgrid(torch.linspace(-1, 1, hh), torch.linspace(-1, 1, ww), indexing="ij")
             pos = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).to(att)   # (h*w, 2)
-            kp = (att @ pos).flatten(1)                                    # (B, 2K)
-            tokens = torch.cat([tokens, self.kp_mlp(kp)[:, None]], 1)
-        return tokens
+            points = att @ pos                                             # (B, K, 2)
+            tokens = torch.cat([tokens, self.kp_mlp(points.flatten(1))[:, None]], 1)
+        return (tokens, points) if with_points else tokens
 
 
 class VLAModel(nn.Module):
@@ -159,17 +191,27 @@ class VLAModel(nn.Module):
         (B, text_dim) float sentence embeddings; state (B, D) normalised.
         Returns (B, chunk, action_dim) normalised actions; with_keypose (a model built with
         keypose=True): (actions, (B, 3) normalised next-keypose position)."""
+        out = self.forward_all(images, text, state, keypose=with_keypose)
+        return (out["actions"], out["keypose"]) if with_keypose else out["actions"]
+
+    def forward_all(self, images: torch.Tensor, text: torch.Tensor, state: torch.Tensor,
+                    keypose: bool = False) -> dict:
+        """forward's inputs -> {"actions": (B, chunk, action_dim), "target": (B, n_cam, 2) where keypoint 0
+        of each camera fires (VisionEncoder's coordinates; None for a model without keypoints: train's
+        target_weight supervises it to be the named object), "keypose": (B, 3) or None}."""
         b = text.shape[0]
         w, text_pad, pooled = self.text_tokens(text)
         film = self.film(pooled)
         sizes = self.encoders[0].film_sizes
-        img_tokens, off = [], 0
+        img_tokens, points, off = [], [], 0
         for ci, enc in enumerate(self.encoders):
             films = []
             for s in sizes:
                 films.append((film[:, off:off + s], film[:, off + s:off + 2 * s]))
                 off += 2 * s
-            img_tokens.append(enc(images[:, ci], films))
+            tok, pts = enc(images[:, ci], films, with_points=True)
+            img_tokens.append(tok)
+            points.append(pts)
         x_img = torch.cat(img_tokens, 1) + self.img_pos + self.type_emb[0]
         x_w = w + self.type_emb[1]
         x_s = self.state_proj(state)[:, None] + self.type_emb[2]
@@ -181,8 +223,10 @@ class VLAModel(nn.Module):
         pad[:, n_before:n_before + w.shape[1]] = text_pad
         x = self.transformer(x, src_key_padding_mask=pad)
         q = self.norm(x[:, -self.cfg.chunk:])
-        if with_keypose:
+        out = {"actions": self.head(q), "keypose": None,
+               "target": torch.stack([p[:, 0] for p in points], 1) if self.cfg.keypoints else None}
+        if keypose:
             if not self.cfg.keypose:
                 raise ValueError("this model has no keypose head (built with keypose=False)")
-            return self.head(q), self.keypose_head(self.norm(x[:, -self.cfg.chunk - 1]))
-        return self.head(q)
+            out["keypose"] = self.keypose_head(self.norm(x[:, -self.cfg.chunk - 1]))
+        return out

@@ -26,6 +26,10 @@ Switches (each measured in benchmarks/bench_generalization.py):
                 the profile's [kinematics] chain; nothing privileged from the sim), weighted into the loss.
                 It asks the vision + instruction path to say *where* the named object is, the part the
                 action loss supervises only through 30 future joint moves.
+  target_weight > 0: keypoint 0 of each camera's spatial softmax is trained to sit on the object the
+                instruction names (target_labels: where the demo grasps it, projected through the simulated
+                workcell's cameras). A convolutional detector of "the named object" is translation-equivariant,
+                so it carries to new placements, where a regression from the fused tokens (keypose) did not.
   init          fine-tune from a base checkpoint: LoRA adapters (peft) on the fusion transformer's
                 feed-forward layers, the instruction conditioning (FiLM generator, text projection) and
                 the action head; `full=True` trains every weight instead. The base's normalisation,
@@ -117,6 +121,52 @@ def keypose_targets(ds: Dataset, chain) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
 
 
+def target_labels(ds: Dataset, chain, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Where the demo's target object is in each camera's image, for the target loss (train's target_weight):
+    (N, n_cam, 2) positions in the keypoint coordinates of a model of config `cfg` (model.pixel_to_keypoint)
+    and an (N, n_cam) mask of those in view.
+
+    The object's 3D position is a hindsight label read off the demo, as keypose_targets: until the first
+    grasp it is the TCP where the gripper closes, while held the TCP itself, after a release the TCP there.
+    Projecting it needs each camera's geometry: the simulated workcell's (drivers/sim/render.view_camera),
+    with the episode's own camera jitter rebuilt from its seed; recordings of real cameras carry none yet."""
+    from drivers.sim.render import Style, make_style, style_rng, view_camera
+    from teleop_app.profiles import load_profile
+    from .model import pixel_to_keypoint
+    views = {c.name: c.view for c in load_profile(ds.robot).cameras}
+    h, w = ds.image_size
+    pts, ok = [], []
+    for e in ds.episodes:
+        if e.sim is None or "seed" not in e.extra:
+            raise PolicyError(f"target_weight needs the cameras' geometry: {e.file} is not a simulated-workcell "
+                              "recording with its scene seed; train without it (target_weight 0)")
+        r = bool(e.extra.get("randomized"))
+        style = make_style(style_rng(e.extra["seed"]), r, r, r, r) if r else Style()
+        q = np.asarray(e.qpos, float)
+        tcp = [chain.fk(x) for x in q]
+        closed = np.asarray(e.action[:, -1]) < 0.5
+        events = np.flatnonzero(closed[1:] != closed[:-1]) + 1
+        obj = np.array([t[:3, 3] for t in tcp])                  # held (and no event): at the TCP
+        if len(events):
+            obj[:events[0]] = obj[events[0]]                     # before the first grasp: where it closes
+            for k, nxt in zip(events, list(events[1:]) + [len(q)]):
+                if not closed[k]:
+                    obj[k:nxt] = obj[k]                          # released: stays where it was let go
+        uv = np.zeros((len(q), len(ds.cameras), 2))
+        m = np.zeros((len(q), len(ds.cameras)), bool)
+        for ci, cam in enumerate(ds.cameras):
+            for t in range(len(q)):
+                c = view_camera(views.get(cam, cam), style, tcp[t], w, h)
+                px, z = c.project(obj[t][None])
+                uv[t, ci] = px[0]
+                m[t, ci] = z[0] > 0.02 and 0 <= px[0, 0] < w and 0 <= px[0, 1] < h
+        pts.append(pixel_to_keypoint(uv, cfg).astype(np.float32))
+        ok.append(m)
+    n = len(ds.cameras)
+    return (np.concatenate(pts) if pts else np.zeros((0, n, 2), np.float32),
+            np.concatenate(ok) if ok else np.zeros((0, n), bool))
+
+
 def robot_chain(ds: Dataset, why: str = "action_space 'ee'"):
     """The kinematic chain of the robot the dataset was recorded with (its profile's [kinematics]), for
     action_space "ee" and the keypose labels (`why` names the one asking); a clear error when the profile
@@ -180,17 +230,19 @@ class _Batcher:
         return imgs, self.text[ep, k], self.state[idx], self.targets[idx]
 
 
-def augment_images(x, rng: np.random.Generator, mode: str = "basic", pad: int = 2):
+def augment_images(x, rng: np.random.Generator, mode: str = "basic", pad: int = 2, return_shift: bool = False):
     """(B, C, 3, H, W) float in [0,1] -> augmented copy. "basic": shift +-pad px + brightness 0.85-1.15;
     "strong": shift +-max(pad, 4) px, brightness 0.7-1.3, contrast 0.7-1.3, per-channel gain 0.85-1.15,
-    saturation 0.7-1.3, Gaussian noise sigma 0-0.03. "none": unchanged."""
+    saturation 0.7-1.3, Gaussian noise sigma 0-0.03. "none": unchanged.
+    return_shift: (copy, (B, C, 2) pixels each image's content moved by, x then y)."""
     import torch
     import torch.nn.functional as F
+    b, c, ch, h, w = x.shape
+    moved = np.zeros((b, c, 2), np.float32)
     if mode == "none":
-        return x
+        return (x, moved) if return_shift else x
     if mode not in AUGMENT:
         raise ValueError(f"augment must be one of {AUGMENT}, got {mode!r}")
-    b, c, ch, h, w = x.shape
     n = b * c
     flat = x.reshape(n, ch, h, w)
     p = max(pad, 4) if mode == "strong" else pad
@@ -198,6 +250,7 @@ def augment_images(x, rng: np.random.Generator, mode: str = "basic", pad: int = 
         padded = F.pad(flat, (p, p, p, p), mode="replicate")
         dx, dy = rng.integers(0, 2 * p + 1, n), rng.integers(0, 2 * p + 1, n)
         flat = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+        moved = np.stack([p - dx, p - dy], 1).astype(np.float32).reshape(b, c, 2)
     u = lambda lo, hi, shape: torch.from_numpy(rng.uniform(lo, hi, shape).astype(np.float32))
     if mode == "basic":
         flat = flat * u(0.85, 1.15, (n, 1, 1, 1))
@@ -208,20 +261,25 @@ def augment_images(x, rng: np.random.Generator, mode: str = "basic", pad: int = 
         grey = flat.mean(1, keepdim=True)
         flat = (flat - grey) * u(0.7, 1.3, (n, 1, 1, 1)) + grey
         flat = flat + torch.randn_like(flat) * u(0.0, 0.03, (n, 1, 1, 1))
-    return flat.clamp_(0, 1).reshape(b, c, ch, h, w)
+    out = flat.clamp_(0, 1).reshape(b, c, ch, h, w)
+    return (out, moved) if return_shift else out
 
 
 def _to_torch(imgs, toks, state, act, aug: bool, rng: np.random.Generator, pad: int = 4,
-              state_noise: float = 0.05, augment: str = "basic", text_noise: float = 0.0):
+              state_noise: float = 0.05, augment: str = "basic", text_noise: float = 0.0, moved: list | None = None):
+    """moved: a list to append the augmentation's (B, C, 2) pixel shifts to (the target loss moves its labels)."""
     import torch
     x = torch.from_numpy(imgs).permute(0, 1, 4, 2, 3).float().div_(255.0)   # (B, C, 3, H, W)
     s = torch.from_numpy(state)
     t = torch.from_numpy(toks)
+    shift = np.zeros((*x.shape[:2], 2), np.float32)
     if aug:
-        x = augment_images(x, rng, augment, pad)
+        x, shift = augment_images(x, rng, augment, pad, return_shift=True)
         s = s + state_noise * torch.randn_like(s)
         if text_noise and t.is_floating_point():
             t = t + text_noise * torch.randn_like(t)
+    if moved is not None:
+        moved.append(shift)
     return x, t, s, torch.from_numpy(act)
 
 
@@ -264,7 +322,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           text_encoder: str = "words", augment: str = "basic", init=None, full: bool = False,
           lora_rank: int = LORA_RANK, text_noise: float = 0.05, state_noise: float = 0.05,
           intervention_weight: float | None = None, keypose_weight: float = 0.0,
-          instruction_augment: bool = False) -> TrainResult:
+          instruction_augment: bool = False, target_weight: float = 0.0) -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
     The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
@@ -276,6 +334,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     not trained on, operator interventions are sampled W times as often as demonstration steps.
     instruction_augment: each step draws one wording of its demo's instruction (instruction_aug.py:
     colour synonyms), so the instruction's meaning, not one sentence, is tied to the behaviour.
+    target_weight=W > 0: keypoint 0 of each camera learns to sit on the named object (target_labels), an L1
+    loss in keypoint coordinates weighted W into the action loss.
     """
     import torch
     from .checkpoint import CheckpointError, build_model, read_checkpoint, save_checkpoint
@@ -421,6 +481,13 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         kp_labels = keypose_targets(ds, robot_chain(ds, "keypose_weight > 0"))
     tr = _Batcher(ds, tok, cfg.chunk, stats, action_space, encoder, chain, kp_labels if keypose_on else None,
                   variants)
+    target_on = target_weight > 0
+    if target_on:
+        if not cfg.keypoints:
+            raise PolicyError("target_weight needs a model with keypoints (model keypoints > 0)")
+        from .model import pixel_to_keypoint
+        tgt, tgt_ok = target_labels(ds, robot_chain(ds, "target_weight > 0"), cfg)
+        px_unit = (pixel_to_keypoint([1.0, 1.0], cfg) - pixel_to_keypoint([0.0, 0.0], cfg)).astype(np.float32)
     va = _Batcher(val, tok, cfg.chunk, stats, action_space, encoder, chain) if val is not None else None
     if finetune is not None and base_blob is not None:
         finetune.update({"trained_params": n_train, "total_params": n_total if not lora else
@@ -454,6 +521,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                      "trained_params": n_train, "augment": augment, "text_encoder": enc_spec.get("kind"),
                      "action_space": action_space, "state_noise": state_noise,
                      "keypose_weight": keypose_weight if keypose_on else 0.0, "keypose_loss": kp_ema,
+                     "target_weight": target_weight, "target_loss": tg_ema,
                      "instruction_augment": bool(variants),
                      "batch_size": batch_size, "lr": lr, "dataset": str(dataset_root),
                      "episodes": len(ds.episodes), "samples": tr.n, "held_out": held_out,
@@ -474,7 +542,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         pick = pick / pick.sum()
     t0 = time.monotonic()
     step, loss_ema, history, cancelled = start_step, None, [], False
-    kp_ema = None
+    kp_ema = tg_ema = None
     vl = None
     while step < steps:
         elapsed = elapsed0 + time.monotonic() - t0
@@ -486,16 +554,27 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         for g in opt.param_groups:
             g["lr"] = lr_at(step, elapsed)
         idx = rng.integers(0, tr.n, batch_size) if pick is None else rng.choice(tr.n, batch_size, p=pick)
+        moved: list = []
         x, t, s, a = _to_torch(*tr.batch(idx, rng if variants else None), aug=augment != "none", rng=rng,
-                               pad=aug_shift,
-                               augment=augment, text_noise=text_noise, state_noise=state_noise)
-        if keypose_on:
-            pred, kp = net(x, t, s, with_keypose=True)
-            loss = (pred - a).abs().mean()
-            kp_loss = (kp - torch.from_numpy(tr.keypose[idx])).abs().mean()
-            total = loss + keypose_weight * kp_loss
-            kv = kp_loss.item()
-            kp_ema = kv if kp_ema is None else 0.95 * kp_ema + 0.05 * kv
+                               pad=aug_shift, augment=augment, text_noise=text_noise, state_noise=state_noise,
+                               moved=moved)
+        if keypose_on or target_on:
+            out = net.forward_all(x, t, s, keypose=keypose_on)
+            loss = (out["actions"] - a).abs().mean()
+            total = loss
+            if keypose_on:
+                kp_loss = (out["keypose"] - torch.from_numpy(tr.keypose[idx])).abs().mean()
+                total = total + keypose_weight * kp_loss
+                kv = kp_loss.item()
+                kp_ema = kv if kp_ema is None else 0.95 * kp_ema + 0.05 * kv
+            if target_on:
+                lab = torch.from_numpy(tgt[idx] + moved[0] * px_unit)        # the labels move with the image
+                ok = torch.from_numpy(tgt_ok[idx]).float()
+                err = (out["target"] - lab).abs().sum(-1)
+                tg_loss = (err * ok).sum() / ok.sum().clamp(min=1)
+                total = total + target_weight * tg_loss
+                tv = tg_loss.item()
+                tg_ema = tv if tg_ema is None else 0.95 * tg_ema + 0.05 * tv
         else:
             loss = total = (net(x, t, s) - a).abs().mean()
         opt.zero_grad(set_to_none=True)
@@ -519,7 +598,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
             if max_minutes:
                 eta = min(eta, max(0.0, 60 * max_minutes - el))
             progress({"phase": "training", "step": step, "steps": steps, "loss": loss_ema, "val_loss": vl,
-                      "keypose_loss": kp_ema,
+                      "keypose_loss": kp_ema, "target_loss": tg_ema,
                       "elapsed_s": el, "eta_s": eta, "lr": opt.param_groups[0]["lr"]})
     elapsed = elapsed0 + time.monotonic() - t0
     vl = val_loss()
