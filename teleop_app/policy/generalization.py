@@ -224,11 +224,9 @@ def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: s
     return res
 
 
-def keypose_check(policy, scenes, *, domain: str = "default", profile: str = "sim7") -> dict[str, dict]:
-    """Where a policy with a keypose head (`teleop train --keypose-weight`) thinks the grasp is, from each
-    scene's first frame, against where the target really is: split -> {n, nearest_right (the object nearest
-    the predicted point is the target), median_mm / within_15mm / within_30mm (horizontal distance to the
-    target's centre)}. Separates "looked at the wrong object" from "found it, then failed to grasp it"."""
+def _first_frame_check(policy, scenes, locate, domain: str, profile: str) -> dict[str, list[tuple[bool, float]]]:
+    """split -> [(the object nearest where the policy points is the target, its distance from the target)]
+    over each scene's first frame; locate(wc, obs) -> {object name: distance} for the scene as reset."""
     h = policy.meta.image_size[0]
     _prof, wc, robot, cams, _safety, _period = _sim(h, policy.meta.cameras, 10.0, False, profile)
     per: dict[str, list[tuple[bool, float]]] = {}
@@ -237,18 +235,27 @@ def keypose_check(policy, scenes, *, domain: str = "default", profile: str = "si
             _reset(wc, sc, domain)
             obs = {"images": {n: c.read_latest().image for n, c in cams.items()}, "qpos": wc.qpos(),
                    "instruction": sc.instruction}
-            p = policy.predict_keypose(obs)
-            if p is None:
-                raise ValueError("this policy has no keypose head (train it with --keypose-weight)")
-            obj = wc.objects()
-            names = list(wc.object_specs())
-            nearest = min(names, key=lambda n: float(np.linalg.norm(obj[n][:2] - p[:2])))
-            err = float(np.linalg.norm(obj[sc.target.name][:2] - p[:2]))
-            per.setdefault(sc.split, []).append((nearest == sc.target.name, err))
+            d = locate(wc, obs)
+            per.setdefault(sc.split, []).append((min(d, key=d.get) == sc.target.name, d[sc.target.name]))
     finally:
         robot.disconnect()
+    return per
+
+
+def keypose_check(policy, scenes, *, domain: str = "default", profile: str = "sim7") -> dict[str, dict]:
+    """Where a policy with a keypose head (`teleop train --keypose-weight`) thinks the grasp is, from each
+    scene's first frame, against where the target really is: split -> {n, nearest_right (the object nearest
+    the predicted point is the target), median_mm / within_15mm / within_30mm (horizontal distance to the
+    target's centre)}. Separates "looked at the wrong object" from "found it, then failed to grasp it"."""
+    def locate(wc, obs):
+        p = policy.predict_keypose(obs)
+        if p is None:
+            raise ValueError("this policy has no keypose head (train it with --keypose-weight)")
+        obj = wc.objects()
+        return {n: float(np.linalg.norm(obj[n][:2] - p[:2])) for n in wc.object_specs()}
+
     out = {}
-    for sp, rows in per.items():
+    for sp, rows in _first_frame_check(policy, scenes, locate, domain, profile).items():
         e = np.array([r[1] for r in rows])
         out[sp] = {"n": len(rows), "nearest_right": sum(r[0] for r in rows),
                    "median_mm": round(1000 * float(np.median(e)), 1),
@@ -262,28 +269,20 @@ def target_check(policy, scenes, *, domain: str = "default", profile: str = "sim
     object whose image position is nearest the predicted point is the target), median_px / within_2px
     (image distance to the target's centre at the model's image size)}."""
     from drivers.sim.render import front_camera
-    h = policy.meta.image_size[0]
     if "front" not in policy.meta.cameras:
         raise ValueError("target_check reads the front camera; this policy has none")
-    _prof, wc, robot, cams, _safety, _period = _sim(h, policy.meta.cameras, 10.0, False, profile)
-    per: dict[str, list[tuple[bool, float]]] = {}
-    try:
-        for sc in scenes:
-            _reset(wc, sc, domain)
-            obs = {"images": {n: c.read_latest().image for n, c in cams.items()}, "qpos": wc.qpos(),
-                   "instruction": sc.instruction}
-            seen = policy.predict_target(obs)
-            if seen is None:
-                raise ValueError("this policy has no target keypoint (train it with --target-weight)")
-            cam = front_camera(wc.renderer.style, h, h)
-            names = list(wc.object_specs())
-            uv = dict(zip(names, cam.project(np.array([wc.objects()[n][:3] for n in names]))[0]))
-            d = {n: float(np.linalg.norm(uv[n] - seen["front"])) for n in names}
-            per.setdefault(sc.split, []).append((min(d, key=d.get) == sc.target.name, d[sc.target.name]))
-    finally:
-        robot.disconnect()
+    h = policy.meta.image_size[0]
+
+    def locate(wc, obs):
+        seen = policy.predict_target(obs)
+        if seen is None:
+            raise ValueError("this policy has no target keypoint (train it with --target-weight)")
+        names = list(wc.object_specs())
+        uv = front_camera(wc.renderer.style, h, h).project(np.array([wc.objects()[n][:3] for n in names]))[0]
+        return {n: float(np.linalg.norm(p - seen["front"])) for n, p in zip(names, uv)}
+
     out = {}
-    for sp, rows in per.items():
+    for sp, rows in _first_frame_check(policy, scenes, locate, domain, profile).items():
         e = np.array([r[1] for r in rows])
         out[sp] = {"n": len(rows), "nearest_right": sum(r[0] for r in rows),
                    "median_px": round(float(np.median(e)), 2), "within_2px": int((e <= 2.0).sum())}
