@@ -77,6 +77,41 @@ def instruction_check(n: int = 100) -> dict:
     return out
 
 
+def target_figure(policy, scenes, path: Path, per_split: int = 2) -> Path:
+    """A picture of where the model sees the named object: each scene's first front frame (upscaled) with the
+    target's true centre (green ring) and the target keypoint (magenta cross), its split and instruction."""
+    import cv2
+    import numpy as np
+    from drivers.sim import SimConfig, Workcell
+    from drivers.sim.render import front_camera
+    h = policy.meta.image_size[0]
+    tiles, count = [], {}
+    for sc in scenes:
+        if count.get(sc.split, 0) >= per_split:
+            continue
+        count[sc.split] = count.get(sc.split, 0) + 1
+        wc = Workcell(SimConfig(physics=True, width=h, height=h))
+        wc.reset(scene=sc)
+        seen = policy.predict_target({"images": {c: wc.render(c, h, h) for c in policy.meta.cameras},
+                                      "qpos": wc.qpos(), "instruction": sc.instruction})
+        true = front_camera(wc.renderer.style, h, h).project(np.array([wc.objects()[sc.target.name][:3]]))[0][0]
+        k = 320 / h
+        img = cv2.resize(wc.render("front", h, h), (320, 320), interpolation=cv2.INTER_NEAREST).copy()
+        cv2.circle(img, tuple(int(v * k) for v in true), 11, (40, 255, 40), 2, cv2.LINE_AA)
+        cv2.drawMarker(img, tuple(int(v * k) for v in seen["front"]), (255, 0, 255), cv2.MARKER_CROSS, 18, 2)
+        cv2.rectangle(img, (0, 0), (319, 36), (0, 0, 0), -1)
+        err = float(np.linalg.norm(seen["front"] - true))
+        cv2.putText(img, f"{sc.split}: {err:.1f} px off at {h} px", (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (255, 255, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, sc.instruction[:52], (4, 29), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        tiles.append(img)
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % 4)
+    grid = np.vstack([np.hstack(tiles[i:i + 4]) for i in range(0, len(tiles), 4)])
+    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/bench_generalization")
@@ -247,6 +282,7 @@ def main() -> int:
     if a.target_weight > 0:         # where the model sees the named object, from the first frame
         summary["target_check"] = target_check(load_policy(str(m_rand), threads=a.threads), scenes)
         log("target keypoint from the first frame (rand model): " + json.dumps(summary["target_check"]))
+        log(f"target keypoint picture: {target_figure(load_policy(str(m_rand), threads=a.threads), scenes, out / 'target_keypoint.png')}")
     words_tab = None
     if m_words is not None:
         ws = split_scenes(["seen", "novel_instructions"], a.eval, kinds)
