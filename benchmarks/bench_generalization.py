@@ -283,9 +283,10 @@ def main() -> int:
         summary["keypose_check"] = keypose_check(load_policy(str(m_rand), threads=a.threads), scenes)
         log("keypose head from the first frame (rand model): " + json.dumps(summary["keypose_check"]))
     if a.target_weight > 0:         # where the model sees the named object, from the first frame
-        summary["target_check"] = target_check(load_policy(str(m_rand), threads=a.threads), scenes)
+        pol = load_policy(str(m_rand), threads=a.threads)
+        summary["target_check"] = target_check(pol, scenes)
         log("target keypoint from the first frame (rand model): " + json.dumps(summary["target_check"]))
-        log(f"target keypoint picture: {target_figure(load_policy(str(m_rand), threads=a.threads), scenes, out / 'target_keypoint.png')}")
+        log(f"target keypoint picture: {target_figure(pol, scenes, out / 'target_keypoint.png')}")
     words_tab = None
     if m_words is not None:
         ws = split_scenes(["seen", "novel_instructions"], a.eval, kinds)

@@ -104,6 +104,13 @@ def target_stats(ds: Dataset, chunk: int, action_space: str, chain=None) -> dict
     return st
 
 
+def gripper_events(action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(closed (T,) bool: the commanded gripper is under half open, the steps where it changes: a grasp or a
+    release) of one episode's actions."""
+    closed = np.asarray(action[:, -1]) < 0.5
+    return closed, np.flatnonzero(closed[1:] != closed[:-1]) + 1
+
+
 def keypose_targets(ds: Dataset, chain) -> np.ndarray:
     """(N, 3) over all episodes concatenated: for each step, the TCP position (through `chain`, at the
     measured joints) at the episode's next gripper event at or after it (the commanded gripper crossing half
@@ -112,9 +119,9 @@ def keypose_targets(ds: Dataset, chain) -> np.ndarray:
     out = []
     for e in ds.episodes:
         n = len(e.qpos)
-        closed = np.asarray(e.action[:, -1]) < 0.5
+        _closed, events = gripper_events(e.action)
         nxt = np.full(n, n - 1)
-        for k in (np.flatnonzero(closed[1:] != closed[:-1]) + 1)[::-1]:
+        for k in events[::-1]:
             nxt[:k + 1] = k
         tcp = np.array([chain.fk(q)[:3, 3] for q in np.asarray(e.qpos, float)])
         out.append(tcp[nxt].astype(np.float32))
@@ -144,8 +151,7 @@ def target_labels(ds: Dataset, chain, cfg) -> tuple[np.ndarray, np.ndarray]:
         style = make_style(style_rng(e.extra["seed"]), r, r, r, r) if r else Style()
         q = np.asarray(e.qpos, float)
         tcp = [chain.fk(x) for x in q]
-        closed = np.asarray(e.action[:, -1]) < 0.5
-        events = np.flatnonzero(closed[1:] != closed[:-1]) + 1
+        closed, events = gripper_events(e.action)
         obj = np.array([t[:3, 3] for t in tcp])                  # held (and no event): at the TCP
         if len(events):
             obj[:events[0]] = obj[events[0]]                     # before the first grasp: where it closes
@@ -266,8 +272,9 @@ def augment_images(x, rng: np.random.Generator, mode: str = "basic", pad: int = 
 
 
 def _to_torch(imgs, toks, state, act, aug: bool, rng: np.random.Generator, pad: int = 4,
-              state_noise: float = 0.05, augment: str = "basic", text_noise: float = 0.0, moved: list | None = None):
-    """moved: a list to append the augmentation's (B, C, 2) pixel shifts to (the target loss moves its labels)."""
+              state_noise: float = 0.05, augment: str = "basic", text_noise: float = 0.0):
+    """-> (images, text, state, actions, (B, C, 2) pixels the augmentation moved each image by: the target loss
+    moves its labels with them)."""
     import torch
     x = torch.from_numpy(imgs).permute(0, 1, 4, 2, 3).float().div_(255.0)   # (B, C, 3, H, W)
     s = torch.from_numpy(state)
@@ -278,9 +285,7 @@ def _to_torch(imgs, toks, state, act, aug: bool, rng: np.random.Generator, pad: 
         s = s + state_noise * torch.randn_like(s)
         if text_noise and t.is_floating_point():
             t = t + text_noise * torch.randn_like(t)
-    if moved is not None:
-        moved.append(shift)
-    return x, t, s, torch.from_numpy(act)
+    return x, t, s, torch.from_numpy(act), shift
 
 
 def finetune_targets(net) -> list[str]:
@@ -511,7 +516,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         net.eval()
         idx = np.random.default_rng(1).choice(va.n, min(va.n, 256), replace=False)
         with torch.inference_mode():
-            x, t, s, a = _to_torch(*va.batch(idx), aug=False, rng=rng)
+            x, t, s, a, _ = _to_torch(*va.batch(idx), aug=False, rng=rng)
             v = float((net(x, t, s) - a).abs().mean())
         net.train()
         return v
@@ -554,10 +559,9 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         for g in opt.param_groups:
             g["lr"] = lr_at(step, elapsed)
         idx = rng.integers(0, tr.n, batch_size) if pick is None else rng.choice(tr.n, batch_size, p=pick)
-        moved: list = []
-        x, t, s, a = _to_torch(*tr.batch(idx, rng if variants else None), aug=augment != "none", rng=rng,
-                               pad=aug_shift, augment=augment, text_noise=text_noise, state_noise=state_noise,
-                               moved=moved)
+        x, t, s, a, moved = _to_torch(*tr.batch(idx, rng if variants else None), aug=augment != "none", rng=rng,
+                                      pad=aug_shift, augment=augment, text_noise=text_noise,
+                                      state_noise=state_noise)
         if keypose_on or target_on:
             out = net.forward_all(x, t, s, keypose=keypose_on)
             loss = (out["actions"] - a).abs().mean()
@@ -568,7 +572,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                 kv = kp_loss.item()
                 kp_ema = kv if kp_ema is None else 0.95 * kp_ema + 0.05 * kv
             if target_on:
-                lab = torch.from_numpy(tgt[idx] + moved[0] * px_unit)        # the labels move with the image
+                lab = torch.from_numpy(tgt[idx] + moved * px_unit)           # the labels move with the image
                 ok = torch.from_numpy(tgt_ok[idx]).float()
                 err = (out["target"] - lab).abs().sum(-1)
                 tg_loss = (err * ok).sum() / ok.sum().clamp(min=1)
