@@ -115,6 +115,42 @@ def target_figure(policy, scenes, path: Path, per_split: int = 2) -> Path:
     return path
 
 
+def grounding_figure(scenes, path: Path, size: int = 96, per_split: int = 2) -> Path:
+    """A picture of the colour grounding channel (grounding.py): for scenes of each split, the first front frame
+    and, beside it, the channel for its instruction, in the default look and in the held-out look."""
+    import cv2
+    import numpy as np
+    import torch
+    from drivers.sim import SimConfig, Workcell
+    from teleop_app.policy.generalization import held_out_style
+    from teleop_app.policy.grounding import affinity, colour_features, find_colour
+    rows, count = [], {}
+    for sc in scenes:
+        if count.get(sc.split, 0) >= per_split:
+            continue
+        count[sc.split] = count.get(sc.split, 0) + 1
+        tiles = []
+        for look in ("default", "held_out"):
+            wc = Workcell(SimConfig(physics=True, width=size, height=size))
+            wc.reset(seed=sc.seed, scene=sc)
+            if look == "held_out":
+                wc.renderer.set_style(held_out_style())
+            img = wc.render("front", size, size)
+            x = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255
+            a = affinity(x, torch.from_numpy(colour_features([sc.instruction])))[0, 0].numpy()
+            tiles += [img, np.repeat((a * 255).astype(np.uint8)[..., None], 3, -1)]
+        row = cv2.resize(np.hstack(tiles), (4 * 200, 200), interpolation=cv2.INTER_NEAREST)
+        hit = find_colour(sc.instruction)
+        bar = np.zeros((34, row.shape[1], 3), np.uint8)
+        cv2.putText(bar, f"{sc.split}: {sc.instruction}", (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(bar, f"lexicon: {hit[0] if hit else 'no colour term'}   (frame | channel, default look | "
+                         "held-out look)", (4, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 0), 1, cv2.LINE_AA)
+        rows.append(np.vstack([bar, row]))
+    cv2.imwrite(str(path), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
+    return path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/bench_generalization")
@@ -145,6 +181,8 @@ def main() -> int:
                     help="weight of the auxiliary next-keypose loss of the main models (train.keypose_targets)")
     ap.add_argument("--target-weight", type=float, default=3.0,
                     help="target keypoint loss weight (train's target_weight; 0 = off, the recipe before Dec 3 evening)")
+    ap.add_argument("--grounding", default="none", choices=["none", "colour"],
+                    help="the main models' colour grounding channel (train's grounding; grounding.py)")
     ap.add_argument("--instruction-augment", action="store_true",
                     help="the main models train on colour-synonym wordings of each instruction (instruction_aug.py)")
     ap.add_argument("--dagger-rounds", type=int, default=0,
@@ -190,7 +228,7 @@ def main() -> int:
                      "kinds": kinds, "demos": a.demos, "minutes": a.minutes, "eval_per_split": a.eval,
                      "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
                      "keypose_weight": a.keypose_weight, "instruction_augment": a.instruction_augment,
-                     "target_weight": a.target_weight,
+                     "target_weight": a.target_weight, "grounding": a.grounding,
                      "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     T0 = time.monotonic()
 
@@ -261,10 +299,10 @@ def main() -> int:
     # 2) models
     m_rand, _ = fit("rand", data_rand, a.minutes, text_encoder="minilm", augment="strong",
                     keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
-                    target_weight=a.target_weight)
+                    target_weight=a.target_weight, grounding=a.grounding)
     m_plain = fit("plain", data_plain, a.minutes, text_encoder="minilm", augment="basic",
                   keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
-                  target_weight=a.target_weight)[0] \
+                  target_weight=a.target_weight, grounding=a.grounding)[0] \
         if data_plain is not None else None
     m_words = fit("words", data_rand, a.minutes, text_encoder="words", augment="strong",
                   keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
@@ -287,6 +325,8 @@ def main() -> int:
         summary["target_check"] = target_check(pol, scenes)
         log("target keypoint from the first frame (rand model): " + json.dumps(summary["target_check"]))
         log(f"target keypoint picture: {target_figure(pol, scenes, out / 'target_keypoint.png')}")
+    if a.grounding != "none":
+        log(f"grounding channel picture: {grounding_figure(scenes, out / 'grounding_channel.png')}")
     words_tab = None
     if m_words is not None:
         ws = split_scenes(["seen", "novel_instructions"], a.eval, kinds)
@@ -359,7 +399,8 @@ def main() -> int:
         for n in ns:
             data_n = record(f"data_new_{n}", split_scenes(["train"], n, (a.new_kind,), seed=20000), True)
             for method, kw in (("LoRA on base", {"init": m_rand}), ("from scratch", {"text_encoder": "minilm",
-                                                                                    "augment": "strong"})):
+                                                                                    "augment": "strong",
+                                                                                    "grounding": a.grounding})):
                 ck, info = fit(f"ft_{'lora' if 'init' in kw else 'scratch'}_{n}", data_n, a.ft_minutes,
                                **({"lr": 1e-3} if "init" in kw else {}), target_weight=a.target_weight, **kw)
                 d = per_split(evaluate(ck, ft_eval, tag=ck.stem))["seen"]

@@ -150,7 +150,11 @@ class VLAPolicy:
             if self.text_encoder is None:
                 self._tok_cache[instruction] = torch.tensor([self.tokenizer.encode(instruction)])
             else:
-                self._tok_cache[instruction] = torch.from_numpy(self.text_encoder.embed(instruction))[None]
+                v = self.text_encoder.embed(instruction)
+                if getattr(self.model.cfg, "grounding", "none") != "none":    # + the colour it names (grounding.py)
+                    from .grounding import colour_features
+                    v = np.concatenate([v, colour_features([instruction])[0]])
+                self._tok_cache[instruction] = torch.from_numpy(v)[None]
         return self._tok_cache[instruction]
 
     def _inputs(self, obs: dict):

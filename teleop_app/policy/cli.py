@@ -78,6 +78,10 @@ def add_commands(subparsers) -> None:
     p.add_argument("--target-weight", type=float, default=0.0, metavar="W",
                    help="auxiliary loss: one keypoint of each camera learns to sit on the named object (where "
                         "the demo grasps it, projected through the simulated workcell's cameras); 0 = off")
+    p.add_argument("--grounding", choices=["none", "colour"], default="none",
+                   help="colour: each camera gets an input channel marking where the colour the instruction names "
+                        "is, from a colour lexicon (XKCD colour names, matplotlib), so a colour never in the demos "
+                        "can be found; needs --text-encoder minilm (teleop_app/policy/grounding.py)")
     p.add_argument("--instruction-augment", action="store_true",
                    help="train on several wordings of each instruction (colour synonyms: red -> crimson, "
                         "scarlet; teleop_app/policy/instruction_aug.py)")
@@ -214,7 +218,8 @@ def cmd_train(a) -> int:
                   threads=a.threads, text_encoder=a.text_encoder, augment=a.augment, init=a.init,
                   full=a.full, lora_rank=a.lora_rank, intervention_weight=a.intervention_weight,
                   state_noise=a.state_noise, action_space=a.action_space, keypose_weight=a.keypose_weight,
-                  instruction_augment=a.instruction_augment, target_weight=a.target_weight)
+                  instruction_augment=a.instruction_augment, target_weight=a.target_weight,
+                  grounding=a.grounding)
     except KeyboardInterrupt:
         print("interrupted; the last periodic checkpoint is kept (re-run to resume)", file=sys.stderr)
         return 130

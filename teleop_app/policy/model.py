@@ -44,6 +44,8 @@ class ModelConfig:
     text_encoder: str = "words"      # "words" (token ids) or "minilm" (a sentence embedding)
     text_dim: int = 384              # sentence embedding size (text_encoder != "words")
     keypose: bool = False            # an extra token + head predicting the next keypose (train.keypose_targets)
+    grounding: str = "none"          # "colour": the text input ends with grounding.FEATURES colour values and
+                                     # each camera gets an extra input channel: where that colour is (grounding.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -106,7 +108,8 @@ class VisionEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         c = cfg.channels
-        self.stem = nn.Sequential(nn.Conv2d(5, c[0], 5, 2, 2), nn.GroupNorm(8, c[0]), nn.ReLU())
+        extra = 1 if cfg.grounding != "none" else 0          # the colour-affinity channel
+        self.stem = nn.Sequential(nn.Conv2d(5 + extra, c[0], 5, 2, 2), nn.GroupNorm(8, c[0]), nn.ReLU())
         self.blocks = nn.ModuleList(FiLMConvBlock(a, b, 2) for a, b in zip(c[:-1], c[1:]))
         self.proj = nn.Conv2d(c[-1], cfg.d_model, 1)
         self.grid = cfg.grid
@@ -122,11 +125,12 @@ class VisionEncoder(nn.Module):
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
         self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
 
-    def forward(self, img, films, with_points: bool = False):
+    def forward(self, img, films, with_points: bool = False, extra=None):
         """-> tokens; with_points: (tokens, (B, K, 2) keypoint positions, -1..1 from the first to the last
-        feature cell (feature_shape), x right, y down; None without keypoints)."""
+        feature cell (feature_shape), x right, y down; None without keypoints). extra: (B, 1, H, W) more input
+        channels (the grounding channel)."""
         b = img.shape[0]
-        x = torch.cat([img * 2 - 1, self.coords.expand(b, -1, -1, -1)], 1)
+        x = torch.cat([img * 2 - 1, self.coords.expand(b, -1, -1, -1)] + ([extra] if extra is not None else []), 1)
         x = self.stem(x)
         for blk, (g, bt) in zip(self.blocks, films):
             x = blk(x, g, bt)
@@ -188,7 +192,8 @@ class VLAModel(nn.Module):
     def forward(self, images: torch.Tensor, text: torch.Tensor, state: torch.Tensor,
                 with_keypose: bool = False):
         """images (B, n_cam, 3, H, W) float in [0,1]; text (B, L) long token ids ("words") or
-        (B, text_dim) float sentence embeddings; state (B, D) normalised.
+        (B, text_dim) float sentence embeddings (+ grounding.FEATURES colour values with grounding "colour");
+        state (B, D) normalised.
         Returns (B, chunk, action_dim) normalised actions; with_keypose (a model built with
         keypose=True): (actions, (B, 3) normalised next-keypose position)."""
         out = self.forward_all(images, text, state, keypose=with_keypose)
@@ -200,6 +205,10 @@ class VLAModel(nn.Module):
         of each camera fires (VisionEncoder's coordinates; None for a model without keypoints: train's
         target_weight supervises it to be the named object), "keypose": (B, 3) or None}."""
         b = text.shape[0]
+        colour = None
+        if self.cfg.grounding != "none":          # the text input's tail is the named colour (grounding.py)
+            from .grounding import FEATURES
+            text, colour = text[:, :-FEATURES], text[:, -FEATURES:].float()
         w, text_pad, pooled = self.text_tokens(text)
         film = self.film(pooled)
         sizes = self.encoders[0].film_sizes
@@ -209,7 +218,11 @@ class VLAModel(nn.Module):
             for s in sizes:
                 films.append((film[:, off:off + s], film[:, off + s:off + 2 * s]))
                 off += 2 * s
-            tok, pts = enc(images[:, ci], films, with_points=True)
+            extra = None
+            if colour is not None:
+                from .grounding import affinity
+                extra = affinity(images[:, ci], colour) * 2 - 1
+            tok, pts = enc(images[:, ci], films, with_points=True, extra=extra)
             img_tokens.append(tok)
             points.append(pts)
         x_img = torch.cat(img_tokens, 1) + self.img_pos + self.type_emb[0]

@@ -202,7 +202,7 @@ class _Batcher:
     """Flat arrays over all episodes + normalised chunk targets; text = token ids or sentence embeddings."""
 
     def __init__(self, ds: Dataset, tok: Tokenizer, chunk: int, stats: dict, action_space: str, encoder=None,
-                 chain=None, keypose=None, variants: list[list[str]] | None = None):
+                 chain=None, keypose=None, variants: list[list[str]] | None = None, grounding: str = "none"):
         self.cams = ds.cameras
         self.images = {c: np.concatenate([e.images[c] for e in ds.episodes]) for c in self.cams}
         q = np.concatenate([e.qpos for e in ds.episodes])
@@ -219,6 +219,9 @@ class _Batcher:
             rows = np.asarray([tok.encode(t) for t in flat], np.int64)
         else:
             rows = np.asarray(encoder.embed_many(flat))
+            if grounding != "none":        # + the colour each wording names (grounding.py; the model reads the tail)
+                from .grounding import colour_features
+                rows = np.concatenate([rows, colour_features(flat)], 1)
         self.text = rows.reshape(len(variants), k_max, *rows.shape[1:])
         self.n_variants = np.asarray([len(v) for v in variants])
         self.episode = np.concatenate([np.full(len(e.qpos), i) for i, e in enumerate(ds.episodes)])
@@ -272,9 +275,10 @@ def augment_images(x, rng: np.random.Generator, mode: str = "basic", pad: int = 
 
 
 def _to_torch(imgs, toks, state, act, aug: bool, rng: np.random.Generator, pad: int = 4,
-              state_noise: float = 0.05, augment: str = "basic", text_noise: float = 0.0):
+              state_noise: float = 0.05, augment: str = "basic", text_noise: float = 0.0, noise_dims: int | None = None):
     """-> (images, text, state, actions, (B, C, 2) pixels the augmentation moved each image by: the target loss
-    moves its labels with them)."""
+    moves its labels with them). text_noise goes on the first noise_dims text values (the sentence embedding,
+    not the grounding colour after it; None = all)."""
     import torch
     x = torch.from_numpy(imgs).permute(0, 1, 4, 2, 3).float().div_(255.0)   # (B, C, 3, H, W)
     s = torch.from_numpy(state)
@@ -284,7 +288,8 @@ def _to_torch(imgs, toks, state, act, aug: bool, rng: np.random.Generator, pad: 
         x, shift = augment_images(x, rng, augment, pad, return_shift=True)
         s = s + state_noise * torch.randn_like(s)
         if text_noise and t.is_floating_point():
-            t = t + text_noise * torch.randn_like(t)
+            t = t.clone()
+            t[:, :noise_dims] += text_noise * torch.randn_like(t[:, :noise_dims])
     return x, t, s, torch.from_numpy(act), shift
 
 
@@ -327,7 +332,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           text_encoder: str = "words", augment: str = "basic", init=None, full: bool = False,
           lora_rank: int = LORA_RANK, text_noise: float = 0.05, state_noise: float = 0.05,
           intervention_weight: float | None = None, keypose_weight: float = 0.0,
-          instruction_augment: bool = False, target_weight: float = 0.0) -> TrainResult:
+          instruction_augment: bool = False, target_weight: float = 0.0, grounding: str = "none") -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
     The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
@@ -341,6 +346,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     colour synonyms), so the instruction's meaning, not one sentence, is tied to the behaviour.
     target_weight=W > 0: keypoint 0 of each camera learns to sit on the named object (target_labels), an L1
     loss in keypoint coordinates weighted W into the action loss.
+    grounding="colour" (a new model with a sentence encoder): each camera gets a colour-affinity input channel
+    for the colour the instruction names (grounding.py: a colour lexicon, not learnt from the demos).
     """
     import torch
     from .checkpoint import CheckpointError, build_model, read_checkpoint, save_checkpoint
@@ -349,6 +356,9 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
 
     if augment not in AUGMENT:
         raise PolicyError(f"augment must be one of {', '.join(AUGMENT)}, got {augment!r}")
+    from .grounding import KINDS as GROUNDING
+    if grounding not in GROUNDING:
+        raise PolicyError(f"grounding must be one of {', '.join(GROUNDING)}, got {grounding!r}")
     base_blob = None
     if init is not None:
         try:
@@ -441,6 +451,11 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         finetune = None
         if encoder is not None:
             model = {**(model or {}), "text_encoder": encoder.kind, "text_dim": encoder.dim}
+        if grounding != "none":
+            if encoder is None:
+                raise PolicyError("grounding needs a sentence text encoder (--text-encoder minilm), not the word "
+                                  "tokenizer")
+            model = {**(model or {}), "grounding": grounding}
         if action_space not in ACTION_SPACES:
             raise ValueError(f"action_space must be one of {', '.join(ACTION_SPACES)}, got {action_space!r}")
         chain = robot_chain(ds) if action_space == "ee" else None
@@ -485,7 +500,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     if keypose_on and kp_labels is None:
         kp_labels = keypose_targets(ds, robot_chain(ds, "keypose_weight > 0"))
     tr = _Batcher(ds, tok, cfg.chunk, stats, action_space, encoder, chain, kp_labels if keypose_on else None,
-                  variants)
+                  variants, cfg.grounding)
     target_on = target_weight > 0
     if target_on:
         if not cfg.keypoints:
@@ -493,7 +508,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         from .model import pixel_to_keypoint
         tgt, tgt_ok = target_labels(ds, robot_chain(ds, "target_weight > 0"), cfg)
         px_unit = (pixel_to_keypoint([1.0, 1.0], cfg) - pixel_to_keypoint([0.0, 0.0], cfg)).astype(np.float32)
-    va = _Batcher(val, tok, cfg.chunk, stats, action_space, encoder, chain) if val is not None else None
+    va = _Batcher(val, tok, cfg.chunk, stats, action_space, encoder, chain, grounding=cfg.grounding) \
+        if val is not None else None
     if finetune is not None and base_blob is not None:
         finetune.update({"trained_params": n_train, "total_params": n_total if not lora else
                          sum(v.numel() for v in base_blob["state_dict"].values())})
@@ -527,7 +543,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                      "action_space": action_space, "state_noise": state_noise,
                      "keypose_weight": keypose_weight if keypose_on else 0.0, "keypose_loss": kp_ema,
                      "target_weight": target_weight, "target_loss": tg_ema,
-                     "instruction_augment": bool(variants),
+                     "instruction_augment": bool(variants), "grounding": cfg.grounding,
                      "batch_size": batch_size, "lr": lr, "dataset": str(dataset_root),
                      "episodes": len(ds.episodes), "samples": tr.n, "held_out": held_out,
                      "val_fraction": val_fraction, "torch": str(torch.__version__),
@@ -561,7 +577,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         idx = rng.integers(0, tr.n, batch_size) if pick is None else rng.choice(tr.n, batch_size, p=pick)
         x, t, s, a, moved = _to_torch(*tr.batch(idx, rng if variants else None), aug=augment != "none", rng=rng,
                                       pad=aug_shift, augment=augment, text_noise=text_noise,
-                                      state_noise=state_noise)
+                                      state_noise=state_noise, noise_dims=cfg.text_dim)
         if keypose_on or target_on:
             out = net.forward_all(x, t, s, keypose=keypose_on)
             loss = (out["actions"] - a).abs().mean()
