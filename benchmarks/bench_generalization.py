@@ -181,8 +181,9 @@ def main() -> int:
                     help="weight of the auxiliary next-keypose loss of the main models (train.keypose_targets)")
     ap.add_argument("--target-weight", type=float, default=3.0,
                     help="target keypoint loss weight (train's target_weight; 0 = off, the recipe before Dec 3 evening)")
-    ap.add_argument("--grounding", default="none", choices=["none", "colour"],
-                    help="the main models' colour grounding channel (train's grounding; grounding.py)")
+    ap.add_argument("--grounding", default="colour", choices=["none", "colour"],
+                    help="the models' colour grounding channel (train's grounding; grounding.py); none = the "
+                         "recipe before Dec 4")
     ap.add_argument("--instruction-augment", action="store_true",
                     help="the main models train on colour-synonym wordings of each instruction (instruction_aug.py)")
     ap.add_argument("--dagger-rounds", type=int, default=0,
