@@ -1,6 +1,7 @@
 """The project's own small Vision-Language-Action model (torch, runs on the CPU).
 
     camera images --CNN (FiLM-conditioned on the instruction)--> spatial tokens per camera
+                  (+ with grounding "colour": one more input channel, where the named colour is; grounding.py)
     instruction   --word embedding------------------------------> word tokens   (text_encoder "words")
                   or frozen sentence embedding (384-d MiniLM) --MLP--> one text token ("minilm")
     joint state   --linear--------------------------------------> one proprio token
