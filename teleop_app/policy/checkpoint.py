@@ -146,15 +146,10 @@ class VLAPolicy:
         """The model's text input for one instruction (token ids or embedding), as a (1, ...) tensor;
         cached per string, so the sentence encoder runs once per new instruction, not per step."""
         import torch
+        from .text_encoder import text_rows
         if instruction not in self._tok_cache:
-            if self.text_encoder is None:
-                self._tok_cache[instruction] = torch.tensor([self.tokenizer.encode(instruction)])
-            else:
-                v = self.text_encoder.embed(instruction)
-                if getattr(self.model.cfg, "grounding", "none") != "none":    # + the colour it names (grounding.py)
-                    from .grounding import colour_features
-                    v = np.concatenate([v, colour_features([instruction])[0]])
-                self._tok_cache[instruction] = torch.from_numpy(v)[None]
+            self._tok_cache[instruction] = torch.from_numpy(
+                text_rows([instruction], self.tokenizer, self.text_encoder, self.model.cfg.grounding))
         return self._tok_cache[instruction]
 
     def _inputs(self, obs: dict):

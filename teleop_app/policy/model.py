@@ -24,6 +24,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .grounding import FEATURES as GROUNDING_FEATURES, affinity
+
 
 @dataclass
 class ModelConfig:
@@ -208,8 +210,7 @@ class VLAModel(nn.Module):
         b = text.shape[0]
         colour = None
         if self.cfg.grounding != "none":          # the text input's tail is the named colour (grounding.py)
-            from .grounding import FEATURES
-            text, colour = text[:, :-FEATURES], text[:, -FEATURES:].float()
+            text, colour = text[:, :-GROUNDING_FEATURES], text[:, -GROUNDING_FEATURES:].float()
         w, text_pad, pooled = self.text_tokens(text)
         film = self.film(pooled)
         sizes = self.encoders[0].film_sizes
@@ -219,10 +220,7 @@ class VLAModel(nn.Module):
             for s in sizes:
                 films.append((film[:, off:off + s], film[:, off + s:off + 2 * s]))
                 off += 2 * s
-            extra = None
-            if colour is not None:
-                from .grounding import affinity
-                extra = affinity(images[:, ci], colour) * 2 - 1
+            extra = affinity(images[:, ci], colour) * 2 - 1 if colour is not None else None
             tok, pts = enc(images[:, ci], films, with_points=True, extra=extra)
             img_tokens.append(tok)
             points.append(pts)

@@ -128,6 +128,20 @@ class SentenceEncoder:
                                        f"({spec.get('name')}): probe embeddings agree only to cos {cos:.3f}")
 
 
+def text_rows(texts, tokenizer, encoder=None, grounding: str = "none") -> np.ndarray:
+    """The model's text input for each instruction, one row each: token ids (encoder None: the word tokenizer)
+    or the sentence embedding, followed with grounding "colour" by the colour it names (grounding.py; the
+    model reads it off the tail). Training and the policy runtime both build their inputs here."""
+    texts = [str(t) for t in texts]
+    if encoder is None:
+        return np.asarray([tokenizer.encode(t) for t in texts], np.int64)
+    rows = np.asarray(encoder.embed_many(texts))
+    if grounding != "none":
+        from .grounding import colour_features
+        rows = np.concatenate([rows, colour_features(texts)], 1)
+    return rows
+
+
 def load_text_encoder(kind_or_spec) -> SentenceEncoder | None:
     """'words' -> None (the model uses the checkpoint's word tokenizer); 'minilm' / folder / spec dict
     -> a SentenceEncoder (checked against the spec's probe when given a spec)."""

@@ -215,13 +215,8 @@ class _Batcher:
         variants = variants or [[e.instruction] for e in ds.episodes]
         k_max = max(len(v) for v in variants)
         flat = [v[k % len(v)] for v in variants for k in range(k_max)]
-        if encoder is None:
-            rows = np.asarray([tok.encode(t) for t in flat], np.int64)
-        else:
-            rows = np.asarray(encoder.embed_many(flat))
-            if grounding != "none":        # + the colour each wording names (grounding.py; the model reads the tail)
-                from .grounding import colour_features
-                rows = np.concatenate([rows, colour_features(flat)], 1)
+        from .text_encoder import text_rows
+        rows = text_rows(flat, tok, encoder, grounding)
         self.text = rows.reshape(len(variants), k_max, *rows.shape[1:])
         self.n_variants = np.asarray([len(v) for v in variants])
         self.episode = np.concatenate([np.full(len(e.qpos), i) for i, e in enumerate(ds.episodes)])
