@@ -201,7 +201,8 @@ def test_gui_stopped_5s_loop_rate_unchanged_episode_closed(tmp_path, runtime):
         elapsed = time.monotonic() - t0
         ticks = during.seq - before.seq
         assert ticks >= 0.95 * FPS * elapsed - 2, (ticks, elapsed)          # the loop kept its rate
-        assert during.loop.missed == before.loop.missed, (before.loop, during.loop)
+        # a loop that waited for the stopped GUI would miss ~100 ticks; a busy machine may cost one or two
+        assert during.loop.missed - before.loop.missed <= 2, (before.loop, during.loop)
         assert abs(during.loop.achieved_hz - FPS) < 0.05 * FPS
         # the hung GUI counted as lost after the client timeout: arm held, the episode closed and kept
         assert during.mode == Mode.HOLD and during.workflow != State.RECORDING

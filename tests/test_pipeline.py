@@ -145,7 +145,7 @@ def test_slow_store_add_does_not_delay_ticks(tmp_path):
         ticks0, missed0, t0 = s.loop.ticks, s.loop.missed, time.monotonic()
         time.sleep(0.3)
         dt = time.monotonic() - t0
-        assert s.loop.missed == missed0
+        assert s.loop.missed - missed0 <= 2      # a loop waiting for the 0.3 s add would miss 6; noise <= 2
         assert s.loop.ticks - ticks0 >= int(dt * 20) - 2       # the loop kept ticking meanwhile
     (info,) = EpisodeStore.open(tmp_path / "ds").episodes()
     assert info.success == 1
