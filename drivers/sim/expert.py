@@ -190,9 +190,18 @@ class ScriptedExpert:
         return out
 
 
+GRASP_CLEAR = 0.012     # m between an open fingertip and anything else for a grasp yaw to be usable
+
+
 def _grasp_yaw(spec, yaw: float, p: np.ndarray, obstacles: list[tuple[np.ndarray, float]]) -> float:
-    """Tool yaw that closes the fingers across the object's flats (narrow side of a block); of
-    the symmetric choices, the one whose open fingers keep farthest from other things."""
+    """Tool yaw that closes the fingers across the object's flats (narrow side of a block): of the
+    symmetric choices whose open fingers keep GRASP_CLEAR from other things, the one with the least
+    wrist rotation (none clear: the one that keeps farthest).
+
+    Least rotation first makes the yaw a function of what the cameras see (the object's own yaw, near 0
+    for a cylinder) rather than of which neighbour happens to be nearest: demos whose yaw jumps between
+    symmetric choices (+90 and -90 are the same grasp but far apart in joint space) teach a regression
+    policy their average, a wrist yaw and arm pose between the modes that misses the object by 2-7 cm."""
     if spec.kind == "cylinder":
         period, base = np.pi / 8, 0.0
     elif spec.kind == "prism":
@@ -201,16 +210,16 @@ def _grasp_yaw(spec, yaw: float, p: np.ndarray, obstacles: list[tuple[np.ndarray
         period, base = np.pi / 2, yaw
     else:
         period, base = np.pi, yaw + (np.pi / 2 if spec.size[0] < spec.size[1] else 0.0)
-    best, best_clear = 0.0, -np.inf
+    cands = []
     for k in range(int(round(np.pi / period))):
         y = float((base + k * period + np.pi / 2) % np.pi - np.pi / 2)
         axis = np.array([np.sin(y), -np.cos(y)])      # tool y: the fingers' closing axis
         tips = [p[:2] + axis * 0.058, p[:2] - axis * 0.058]
-        clear = min([np.linalg.norm(t - c) - r for t in tips for c, r in obstacles] + [1.0])
-        clear -= 0.01 * abs(y)                       # tie-break: less wrist rotation
-        if clear > best_clear:
-            best, best_clear = y, clear
-    return best
+        cands.append((y, min([np.linalg.norm(t - c) - r for t in tips for c, r in obstacles] + [1.0])))
+    clear = [c for c in cands if c[1] >= GRASP_CLEAR]
+    if clear:
+        return min(clear, key=lambda c: abs(c[0]))[0]
+    return max(cands, key=lambda c: c[1] - 0.01 * abs(c[0]))[0]
 
 
 def _extent_along(spec, yaw: float, d: np.ndarray) -> float:
