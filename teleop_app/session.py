@@ -695,7 +695,7 @@ class Session:
         spec["in_process"] = True loads a checkpoint in this process (the old way; benchmarks)."""
         spec = dict(spec)
         src = str(spec.pop("source", ""))
-        chunk_mode = spec.pop("chunk_mode", "ensemble")
+        chunk_mode = spec.pop("chunk_mode", "auto")     # remote: smooth; the project's VLA: ensemble
         remote_action = spec.pop("remote_action", None)
         in_process = bool(spec.pop("in_process", False))
         self.policy_state = PolicyState.LOADING

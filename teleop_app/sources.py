@@ -274,7 +274,7 @@ def make_async(runner, period: float, horizon_s: float = 2.0):
     k = int(getattr(inner.policy.meta, "chunk_size", 1) or 1)
     if k == 1 and not isinstance(inner.policy, _RepeatLast):
         inner.policy = _RepeatLast(inner.policy, max(2, int(np.ceil(horizon_s / period))))
-        if inner.chunk_mode in ("ensemble", "replan"):      # averaging repeats of old actions would lag
+        if inner.chunk_mode in ("ensemble", "replan", "auto"):   # averaging repeats of old actions would lag
             inner.chunk_mode, inner.replan_every = "replan", 1
     return runner
 

@@ -268,3 +268,37 @@ def test_through_the_control_process_policy_loads_in_a_child_steps_and_ends_with
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(d, ignore_errors=True)
+
+
+
+def test_auto_chunk_mode_ensembles_the_projects_vla_and_smooths_a_remote_one(tmp_path):
+    """The default chunk mode ("auto"): the project's VLA (inference within a tick) is ensembled every
+    tick, in the session's child and under `teleop eval --async` alike, as measured best on the physics
+    sim; a remote VLA (100-900 ms) is run in smooth mode. Before, `eval --async` ran the project's VLA
+    smooth and the session ensembled remote policies (0.55 rad one-tick jumps at 850 ms)."""
+    import threading
+    from teleop_app.policy.base import load_policy
+    from teleop_app.policy.server import make_server
+    with make(tmp_path) as s:
+        s.load_policy({"source": "demo"})
+        assert wait_for(lambda: s.status.policy_state in (PolicyState.READY, PolicyState.ERROR), 150)
+        assert s.status.policy_state == PolicyState.READY, list(s.messages)[-3:]
+        assert s.policy_runner.policy.meta.kind == "teleop-vla"     # the child serves the checkpoint's meta
+        assert s.policy_runner.mode == "ensemble"
+        s.clear_policy()
+        assert wait_for(lambda: s.status.policy_state == PolicyState.NONE, 10)
+        srv = make_server(load_policy("demo"), "127.0.0.1", 0)       # a remote chunking VLA (/act, /health)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            s.load_policy({"source": f"http://127.0.0.1:{srv.server_address[1]}", "remote_action": "joint"})
+            assert wait_for(lambda: s.status.policy_state in (PolicyState.READY, PolicyState.ERROR), 30)
+            assert s.status.policy_state == PolicyState.READY, list(s.messages)[-3:]
+            assert s.policy_runner.policy.meta.chunk_size > 1
+            assert s.policy_runner.policy.meta.kind.startswith("remote") and s.policy_runner.mode == "smooth"
+            s.clear_policy()
+        finally:
+            srv.shutdown()
+            srv.server_close()
+    local = load_policy("demo")
+    assert PolicyRunner(local, "auto", async_=True).mode == "ensemble"     # teleop eval --async
+    assert PolicyRunner(local, "auto").mode == "ensemble"

@@ -139,7 +139,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--chunk-mode", default="auto", choices=["auto", "ensemble", "replan", "smooth"],
                    help="ensemble = predict every tick and average overlapping chunks; replan = play a chunk; "
                         "smooth = the next chunk inferred while one plays, joined with a ramp (slow policies); "
-                        "auto (default) = smooth with --async, else ensemble")
+                        "auto (default) = ensemble, smooth with --async for a remote policy")
     p.add_argument("--async", dest="async_", action="store_true",
                    help="run inference in a worker thread, the loop in real time (remote / slow policies)")
     p.add_argument("--max-latency-ms", type=float, default=None, help="watchdog: hold if inference is slower")

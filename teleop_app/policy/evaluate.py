@@ -231,7 +231,7 @@ def run_sim_rollouts(policy: Policy, tasks: list[str], n_per_task: int, seed0: i
         from recorder.store import EpisodeStore
         store = EpisodeStore.create(record_root, prof.name, fps, prof.joint_names,
                                     {n: (h, w) for n in cams})
-    res = RolloutResults(policy=policy_name or getattr(policy.meta, "kind", ""), chunk_mode=chunk_mode,
+    res = RolloutResults(policy=policy_name or getattr(policy.meta, "kind", ""), chunk_mode=runner.mode,
                          config={"tasks": list(tasks), "n_per_task": n_per_task, "seed0": seed0, "fps": fps,
                                  "safety": safety, "async": async_, "max_latency": max_latency,
                                  "profile": prof.name, "image_size": [h, w],
