@@ -270,7 +270,6 @@ def test_through_the_control_process_policy_loads_in_a_child_steps_and_ends_with
         shutil.rmtree(d, ignore_errors=True)
 
 
-
 def test_auto_chunk_mode_ensembles_the_projects_vla_and_smooths_a_remote_one(tmp_path):
     """The default chunk mode ("auto"): the project's VLA (inference within a tick) is ensembled every
     tick, in the session's child and under `teleop eval --async` alike, as measured best on the physics
@@ -279,6 +278,9 @@ def test_auto_chunk_mode_ensembles_the_projects_vla_and_smooths_a_remote_one(tmp
     import threading
     from teleop_app.policy.base import load_policy
     from teleop_app.policy.server import make_server
+    local = load_policy("demo")
+    assert PolicyRunner(local, "auto", async_=True).mode == "ensemble"     # teleop eval --async
+    assert PolicyRunner(local, "auto").mode == "ensemble"
     with make(tmp_path) as s:
         s.load_policy({"source": "demo"})
         assert wait_for(lambda: s.status.policy_state in (PolicyState.READY, PolicyState.ERROR), 150)
@@ -287,7 +289,7 @@ def test_auto_chunk_mode_ensembles_the_projects_vla_and_smooths_a_remote_one(tmp
         assert s.policy_runner.mode == "ensemble"
         s.clear_policy()
         assert wait_for(lambda: s.status.policy_state == PolicyState.NONE, 10)
-        srv = make_server(load_policy("demo"), "127.0.0.1", 0)       # a remote chunking VLA (/act, /health)
+        srv = make_server(local, "127.0.0.1", 0)          # the same VLA served remotely (/act, /health)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         try:
             s.load_policy({"source": f"http://127.0.0.1:{srv.server_address[1]}", "remote_action": "joint"})
@@ -299,6 +301,3 @@ def test_auto_chunk_mode_ensembles_the_projects_vla_and_smooths_a_remote_one(tmp
         finally:
             srv.shutdown()
             srv.server_close()
-    local = load_policy("demo")
-    assert PolicyRunner(local, "auto", async_=True).mode == "ensemble"     # teleop eval --async
-    assert PolicyRunner(local, "auto").mode == "ensemble"

@@ -38,6 +38,7 @@ from typing import Callable
 import numpy as np
 
 from .base import Policy, PolicyError
+from .checkpoint import FORMAT as OWN_VLA_KIND
 
 
 class PolicyOutputError(PolicyError):
@@ -94,7 +95,7 @@ class PolicyRunner:
         """The chunk mode in use ("auto" resolved: async with a slow (non-local) policy -> smooth,
         else ensemble)."""
         if self.chunk_mode == "auto":
-            local = getattr(self.policy.meta, "kind", "") == "teleop-vla"   # checkpoint.FORMAT
+            local = getattr(self.policy.meta, "kind", "") == OWN_VLA_KIND
             return "smooth" if self.async_ and not local else "ensemble"
         return self.chunk_mode
 

@@ -345,7 +345,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     for the colour the instruction names (grounding.py: a colour lexicon, not learnt from the demos).
     """
     import torch
-    from .checkpoint import CheckpointError, build_model, read_checkpoint, save_checkpoint
+    from .checkpoint import FORMAT, CheckpointError, build_model, read_checkpoint, save_checkpoint
     from .model import ModelConfig, VLAModel
     from .text_encoder import load_text_encoder
 
@@ -467,7 +467,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         net = VLAModel(cfg)
         meta = PolicyMeta(joint_names=ds.joint_names, action_dim=len(ds.joint_names), fps=ds.fps,
                           image_size=tuple(image_size), cameras=list(ds.cameras), chunk_size=chunk,
-                          stats=stats, kind="teleop-vla",
+                          stats=stats, kind=FORMAT,
                           extra={"instructions": sorted({e.instruction for e in ds.episodes}),
                                  "action_space": action_space})
         if chain is not None:           # the policy turns its end-effector targets into joints with it
