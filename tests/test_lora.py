@@ -70,3 +70,58 @@ def test_targets_cover_fusion_head_and_conditioning():
     t = finetune_targets(net)
     assert {"head", "film.0", "film.2", "text_proj.0", "text_proj.2", "transformer.layers.1.linear2"} <= set(t)
     assert not any(x.startswith("encoders") for x in t)
+
+
+def test_lora_vision_adapts_the_camera_encoders_and_merges_exactly(base, tmp_path):
+    """--lora-vision: adapters on every convolution / linear layer of the vision encoders as well; merging
+    them back gives the adapted model's output, and the saved file's encoder weights changed."""
+    root, rb = base
+    import copy
+    from peft import LoraConfig, get_peft_model
+    from teleop_app.policy.model import ModelConfig, VLAModel
+    torch.manual_seed(0)
+    net = VLAModel(ModelConfig(vocab_size=10, image_size=(SIZE, SIZE), **TINY))
+    t = finetune_targets(net, vision=True)
+    assert set(finetune_targets(net)) < set(t)
+    assert {"encoders.0.stem.0", "encoders.0.blocks.0.conv", "encoders.0.proj", "encoders.0.kp_conv",
+            "encoders.0.kp_mlp.0"} <= set(t)
+    pm = get_peft_model(net, LoraConfig(r=4, lora_alpha=8, target_modules=t))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)           # adapters that do something (peft starts B at zero)
+        x = (torch.rand(2, 1, 3, SIZE, SIZE), torch.randint(1, 10, (2, 12)), torch.randn(2, 8))
+        # the adapted model as training runs it (in eval mode torch's fused encoder-layer path reads the
+        # feed-forward weights directly and skips their adapters; merging puts them into those weights)
+        pm.train()
+        adapted = pm(*x)
+        merged = copy.deepcopy(pm).merge_and_unload().eval()
+        with pm.disable_adapter():
+            assert not torch.allclose(adapted, pm(*x), atol=1e-3)
+        torch.testing.assert_close(merged(*x), adapted, atol=1e-5, rtol=1e-4)
+    before = torch.load(root / "base.pt", weights_only=True)["state_dict"]
+    r_plain = train(root / "new_data", tmp_path / "lora.pt", steps=20, batch_size=8, init=root / "base.pt",
+                    threads=1, checkpoint_every=1000, val_fraction=0.0, lr=5e-3)
+    r = train(root / "new_data", tmp_path / "lora_vision.pt", steps=20, batch_size=8, init=root / "base.pt",
+              threads=1, checkpoint_every=1000, val_fraction=0.0, lr=5e-3, lora_vision=True)
+    assert r_plain.trained_params < r.trained_params < 0.5 * r.total_params
+    blob = torch.load(tmp_path / "lora_vision.pt", weights_only=True)
+    assert blob["finetune"]["lora_vision"] is True and "encoders.0.stem.0" in blob["finetune"]["targets"]
+    sd = blob["state_dict"]
+    assert set(sd) == set(before)
+    changed = {k for k in sd if not torch.equal(sd[k], before[k])}
+    assert any(k.startswith("encoders.0.stem.0") for k in changed)
+    assert any(k.startswith("encoders.0.kp_conv") for k in changed)
+    # nothing but adapted layers moved (GroupNorm, positional parameters and queries stay the base's)
+    assert not any(".norm." in k or k.endswith(("img_pos", "queries", "type_emb")) for k in changed), changed
+    pol = load_policy(str(tmp_path / "lora_vision.pt"))
+    obs = {"images": {"front": np.full((SIZE, SIZE, 3), 90, np.uint8)},
+           "qpos": np.asarray(pol.meta.stats["state"]["mean"]), "instruction": "pick up the blue cube"}
+    assert np.all(np.isfinite(pol.predict(obs)))
+
+
+def test_cli_refuses_lora_vision_without_a_base(tmp_path, capsys):
+    from teleop_app.cli import main
+    rc = main(["train", str(tmp_path / "data"), str(tmp_path / "x.pt"), "--lora-vision"])
+    assert rc != 0
+    assert "--lora-vision" in capsys.readouterr().err

@@ -31,7 +31,10 @@ class CheckpointError(PolicyError):
 
 def save_checkpoint(path, model, meta: PolicyMeta, tokenizer: Tokenizer, train_info: dict | None = None,
                     optimizer_state: dict | None = None, text_encoder: dict | None = None,
-                    finetune: dict | None = None, state_dict: dict | None = None) -> Path:
+                    finetune: dict | None = None, state_dict: dict | None = None,
+                    train_state_dict: dict | None = None) -> Path:
+    """train_state_dict: the weights training continues from when they are not the ones the policy runs
+    (an EMA of the weights is saved as state_dict, the optimizer's own weights here, for resuming)."""
     import torch
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,6 +51,8 @@ def save_checkpoint(path, model, meta: PolicyMeta, tokenizer: Tokenizer, train_i
     }
     if optimizer_state is not None:
         blob["optimizer"] = optimizer_state
+    if train_state_dict is not None:
+        blob["train_state_dict"] = {k: v.detach().cpu().clone() for k, v in train_state_dict.items()}
     if text_encoder is not None and text_encoder.get("kind", "words") != "words":
         blob["text_encoder"] = json.loads(json.dumps(text_encoder))
     if finetune is not None:

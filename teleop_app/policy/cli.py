@@ -75,6 +75,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--keypose-weight", type=float, default=0.0, metavar="W",
                    help="auxiliary loss: predict where the arm will be at the demo's next grasp/release "
                         "(needs the robot profile's [kinematics]); 0 = off")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="save an exponential moving average of the weights (e.g. 0.999 per step); 0 = off")
     p.add_argument("--target-weight", type=float, default=0.0, metavar="W",
                    help="auxiliary loss: one keypoint of each camera learns to sit on the named object (where "
                         "the demo grasps it, projected through the simulated workcell's cameras); 0 = off")
@@ -92,6 +94,9 @@ def add_commands(subparsers) -> None:
                    "fusion transformer, conditioning and action head (its text encoder, cameras, size are kept)")
     p.add_argument("--full", action="store_true", help="with --init: train every weight instead of adapters")
     p.add_argument("--lora-rank", type=int, default=8, help="with --init: adapter rank (default 8)")
+    p.add_argument("--lora-vision", action="store_true",
+                   help="with --init: adapters on the cameras' vision encoders too (a new task that must find "
+                        "something the base never looked for)")
     p.set_defaults(fn=cmd_train)
 
     p = subparsers.add_parser(
@@ -194,6 +199,9 @@ def cmd_train(a) -> int:
     last = [0.0]
     if a.full and not a.init:
         return _fail("train", ValueError("--full fine-tunes every weight of a base: give --init BASE.pt"))
+    if a.lora_vision and (a.full or not a.init):
+        return _fail("train", ValueError("--lora-vision adds adapters to a base's vision encoders: give --init "
+                                         "BASE.pt, without --full (which trains every weight anyway)"))
 
     def progress(p: dict) -> None:
         now = time.monotonic()
@@ -216,10 +224,11 @@ def cmd_train(a) -> int:
                   image_size=(a.image_size, a.image_size), chunk=a.chunk, val_fraction=a.val_fraction,
                   checkpoint_every=a.checkpoint_every, max_minutes=a.minutes or None, seed=a.seed,
                   threads=a.threads, text_encoder=a.text_encoder, augment=a.augment, init=a.init,
-                  full=a.full, lora_rank=a.lora_rank, intervention_weight=a.intervention_weight,
+                  full=a.full, lora_rank=a.lora_rank, lora_vision=a.lora_vision,
+                  intervention_weight=a.intervention_weight,
                   state_noise=a.state_noise, action_space=a.action_space, keypose_weight=a.keypose_weight,
                   instruction_augment=a.instruction_augment, target_weight=a.target_weight,
-                  grounding=a.grounding)
+                  grounding=a.grounding, ema=a.ema)
     except KeyboardInterrupt:
         print("interrupted; the last periodic checkpoint is kept (re-run to resume)", file=sys.stderr)
         return 130

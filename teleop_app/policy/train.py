@@ -32,8 +32,11 @@ Switches (each measured in benchmarks/bench_generalization.py):
                 so it carries to new placements, where a regression from the fused tokens (keypose) did not.
   init          fine-tune from a base checkpoint: LoRA adapters (peft) on the fusion transformer's
                 feed-forward layers, the instruction conditioning (FiLM generator, text projection) and
-                the action head; `full=True` trains every weight instead. The base's normalisation,
-                cameras, image size and text encoder are kept. See finetune_targets for what is adapted.
+                the action head (lora_vision: the cameras' encoders too); `full=True` trains every
+                weight instead. The base's normalisation, cameras, image size and text encoder are kept.
+                See finetune_targets for what is adapted.
+  ema > 0       the saved weights are an exponential moving average of the trained ones (decay `ema` per
+                step, as diffusion policy and ACT-style recipes keep); training resumes from the raw weights.
 """
 from __future__ import annotations
 
@@ -288,16 +291,21 @@ def _to_torch(imgs, toks, state, act, aug: bool, rng: np.random.Generator, pad: 
     return x, t, s, torch.from_numpy(act), shift
 
 
-def finetune_targets(net) -> list[str]:
+def finetune_targets(net, vision: bool = False) -> list[str]:
     """Modules LoRA adapts: the fusion transformer's feed-forward layers, the action head and the
     instruction conditioning (FiLM generator, sentence-embedding projection). Not the attention
     projections: torch's MultiheadAttention reads its weights directly (an adapter on out_proj would
-    never run), and peft's experimental MultiheadAttention adapter did not merge back exactly."""
+    never run), and peft's experimental MultiheadAttention adapter did not merge back exactly.
+    vision: also every convolution and linear layer of the cameras' encoders (stem, FiLM blocks, token
+    projection, keypoint maps and their MLP), so a new task can look for what the base never had to find."""
+    from torch import nn
     names = []
     for n, m in net.named_modules():
         leaf = n.rsplit(".", 1)[-1]
         if (n.startswith("transformer.") and leaf in ("linear1", "linear2")) or n == "head" \
                 or n in ("film.0", "film.2", "text_proj.0", "text_proj.2"):
+            names.append(n)
+        elif vision and n.startswith("encoders.") and isinstance(m, (nn.Conv2d, nn.Linear)):
             names.append(n)
     return names
 
@@ -325,9 +333,11 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           model: dict | None = None, threads: int = 2, weight_decay: float = 1e-4,
           warmup: int = 200, action_space: str = "delta_arm", aug_shift: int = 2,
           text_encoder: str = "words", augment: str = "basic", init=None, full: bool = False,
-          lora_rank: int = LORA_RANK, text_noise: float = 0.05, state_noise: float = 0.05,
+          lora_rank: int = LORA_RANK, lora_vision: bool = False, text_noise: float = 0.05,
+          state_noise: float = 0.05,
           intervention_weight: float | None = None, keypose_weight: float = 0.0,
-          instruction_augment: bool = False, target_weight: float = 0.0, grounding: str = "none") -> TrainResult:
+          instruction_augment: bool = False, target_weight: float = 0.0, grounding: str = "none",
+          ema: float = 0.0) -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
     The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
@@ -434,10 +444,11 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                 print(f"note: the base uses the word tokenizer; new words map to <unk>: {unknown}")
         if not full:
             from peft import LoraConfig, get_peft_model
-            targets = finetune_targets(net)
+            targets = finetune_targets(net, vision=lora_vision)
             net = get_peft_model(net, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
                                                  target_modules=targets))
             finetune.update({"lora_rank": lora_rank, "lora_alpha": 2 * lora_rank, "targets": targets,
+                             "lora_vision": bool(lora_vision),
                              "saved_as": "adapters merged into the base weights"})
     else:
         tok = Tokenizer.build([t for v in variants for t in v] if variants else [e.instruction for e in ds.episodes])
@@ -476,6 +487,23 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         if len(ds.sims) == 1:     # teleop eval then rolls it out on the sim it learnt (evaluate.choose_sim)
             meta.extra["sim"] = ds.sims[0]
         info, start_step, elapsed0 = {}, 0, 0.0
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must be a decay in [0, 1), got {ema}")
+    if ema and finetune is not None and finetune.get("method") == "lora":
+        raise PolicyError("ema averages every weight; LoRA fine-tuning trains adapters only (use it without ema, "
+                          "or with full=True)")
+    ema_net = None
+    if ema:
+        # the checkpoint's weights (what the policy runs) are an exponential moving average of the optimizer's;
+        # those are kept as train_state_dict to resume from
+        if blob is not None and "train_state_dict" in blob:
+            ema_sd = {k: v.clone() for k, v in net.state_dict().items()}
+            net.load_state_dict(blob["train_state_dict"])
+        ema_net = torch.optim.swa_utils.AveragedModel(
+            net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema), use_buffers=True)
+        if blob is not None and "train_state_dict" in blob:
+            ema_net.module.load_state_dict(ema_sd)
+            ema_net.n_averaged.fill_(1)
     net.train()
     n_train, n_total = count_params(net)
     lora = finetune is not None and finetune.get("method") == "lora" and base_blob is not None
@@ -541,12 +569,15 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                      "instruction_augment": bool(variants), "grounding": cfg.grounding,
                      "batch_size": batch_size, "lr": lr, "dataset": str(dataset_root),
                      "episodes": len(ds.episodes), "samples": tr.n, "held_out": held_out,
-                     "val_fraction": val_fraction, "torch": str(torch.__version__),
+                     "val_fraction": val_fraction, "torch": str(torch.__version__), "ema": ema,
                      "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         if lora:      # merge a copy: training continues on the adapters; the file needs no peft
             import copy
             merged = copy.deepcopy(net).merge_and_unload()
             save_checkpoint(out_path, merged, meta, tok, info, None, enc_spec, finetune)
+        elif ema_net is not None:
+            save_checkpoint(out_path, net, meta, tok, info, opt.state_dict(), enc_spec, finetune,
+                            state_dict=ema_net.module.state_dict(), train_state_dict=net.state_dict())
         else:
             save_checkpoint(out_path, net, meta, tok, info, opt.state_dict(), enc_spec, finetune)
 
@@ -596,6 +627,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         total.backward()
         torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0)
         opt.step()
+        if ema_net is not None:
+            ema_net.update_parameters(net)
         step += 1
         lv = loss.item()
         if not math.isfinite(lv):
