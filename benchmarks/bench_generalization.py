@@ -42,6 +42,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TINY = dict(channels=(8, 16, 32), d_model=64, n_layers=1, n_heads=2)
+# fine-tuning methods of the curve: label, train() keywords (a base is added as init, except for scratch)
+FT_METHODS = {
+    "lora": ("LoRA on base", {"lr": 1e-3}),
+    "lora_vision": ("LoRA + vision on base", {"lr": 1e-3, "lora_vision": True}),
+    "full": ("full fine-tune of base", {"lr": 3e-4, "full": True}),
+    "scratch": ("from scratch", {"text_encoder": "minilm", "augment": "strong"}),
+}
 
 
 def instruction_check(n: int = 100) -> dict:
@@ -164,6 +171,13 @@ def main() -> int:
     ap.add_argument("--ft-demos", default="10,20", help="numbers of new-task demos for the curve")
     ap.add_argument("--ft-minutes", type=float, default=2.0, help="training budget per fine-tuning run")
     ap.add_argument("--ft-eval", type=int, default=20, help="new-task scenes per curve point")
+    ap.add_argument("--ft-base-kinds", default="pick,place_plate,stack",
+                    help="task kinds of the base the fine-tuning curve starts from (its own --minutes of training "
+                         "on --ft-base-demos demos); 'main' = the main model (pick only by default)")
+    ap.add_argument("--ft-base-demos", type=int, default=720, help="demos of the fine-tuning base (over its kinds)")
+    ap.add_argument("--ft-methods", default="lora,lora_vision,full,scratch",
+                    help="fine-tuning methods for the curve: lora (fusion, conditioning, head), lora_vision (+ "
+                         "the vision encoders), full (every weight), scratch (no base)")
     ap.add_argument("--image-size", type=int, default=96,
                     help="camera images (square); 96 doubled seen-object success over 64 at the same budget; "
                          "two runs at 128 were no better than two at 96, pooled")
@@ -184,6 +198,8 @@ def main() -> int:
     ap.add_argument("--grounding", default="colour", choices=["none", "colour"],
                     help="the models' colour grounding channel (train's grounding; grounding.py); none = the "
                          "recipe before Dec 4")
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="the base models save an exponential moving average of their weights (decay per step)")
     ap.add_argument("--instruction-augment", action="store_true",
                     help="the main models train on colour-synonym wordings of each instruction (instruction_aug.py)")
     ap.add_argument("--dagger-rounds", type=int, default=0,
@@ -191,7 +207,8 @@ def main() -> int:
     ap.add_argument("--dagger-rollouts", type=int, default=240, help="corrected rollouts per DAgger round")
     ap.add_argument("--dagger-minutes", type=float, default=4.0, help="training added per DAgger round")
     ap.add_argument("--intervention-weight", type=float, default=2.0)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: words,domain,finetune")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: words,domain,finetune, or splits "
+                                                "(the whole main model: its demos, training, table, domain gap)")
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--instructions-only", action="store_true",
                     help="only the instruction-level check (word tokenizer vs MiniLM, no policy; ~1 min)")
@@ -204,7 +221,7 @@ def main() -> int:
         return 0
     if a.quick:
         a.demos, a.minutes, a.eval, a.domain_eval = 6, 0.3, 2, 2
-        a.ft_demos, a.ft_minutes, a.ft_eval = "2,4", 0.2, 2
+        a.ft_demos, a.ft_minutes, a.ft_eval, a.ft_base_demos = "2,4", 0.2, 2, 6
         a.dagger_rollouts, a.dagger_minutes = 3, 0.2
 
     import torch
@@ -229,7 +246,7 @@ def main() -> int:
                      "kinds": kinds, "demos": a.demos, "minutes": a.minutes, "eval_per_split": a.eval,
                      "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
                      "keypose_weight": a.keypose_weight, "instruction_augment": a.instruction_augment,
-                     "target_weight": a.target_weight, "grounding": a.grounding,
+                     "target_weight": a.target_weight, "grounding": a.grounding, "ema": a.ema,
                      "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     T0 = time.monotonic()
 
@@ -292,135 +309,166 @@ def main() -> int:
             f"inference p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms")
         return res
 
-    # 1) demos of the training split
-    train_scenes = split_scenes(["train"], a.demos, kinds)
-    jobs = [("data_rand", train_scenes, True)] + ([("data_plain", train_scenes, False)] if "domain" not in skip else [])
-    data_rand, data_plain = (record_all(jobs) + [None])[:2]
+    # 1-4) the main model: demos, training, the split table, the domain gap (--skip splits: none of it)
+    m_rand = res = words_tab = None
+    table, dagger, gap = {}, {}, {}
+    if "splits" not in skip:
+        # 1) demos of the training split
+        train_scenes = split_scenes(["train"], a.demos, kinds)
+        jobs = [("data_rand", train_scenes, True)] + ([("data_plain", train_scenes, False)] if "domain" not in skip else [])
+        data_rand, data_plain = (record_all(jobs) + [None])[:2]
 
-    # 2) models
-    m_rand, _ = fit("rand", data_rand, a.minutes, text_encoder="minilm", augment="strong",
-                    keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
-                    target_weight=a.target_weight, grounding=a.grounding)
-    m_plain = fit("plain", data_plain, a.minutes, text_encoder="minilm", augment="basic",
-                  keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
-                  target_weight=a.target_weight, grounding=a.grounding)[0] \
-        if data_plain is not None else None
-    m_words = fit("words", data_rand, a.minutes, text_encoder="words", augment="strong",
-                  keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
-                  target_weight=a.target_weight)[0] \
-        if "words" not in skip else None
+        # 2) models
+        m_rand, _ = fit("rand", data_rand, a.minutes, text_encoder="minilm", augment="strong",
+                        keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
+                        target_weight=a.target_weight, grounding=a.grounding, ema=a.ema)
+        m_plain = fit("plain", data_plain, a.minutes, text_encoder="minilm", augment="basic",
+                      keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
+                      target_weight=a.target_weight, grounding=a.grounding, ema=a.ema)[0] \
+            if data_plain is not None else None
+        m_words = fit("words", data_rand, a.minutes, text_encoder="words", augment="strong",
+                      keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
+                      target_weight=a.target_weight, ema=a.ema)[0] \
+            if "words" not in skip else None
 
-    # 3) generalization table
-    scenes = split_scenes(["seen", "unseen_objects", "novel_instructions", "reasoning"], a.eval, kinds)
-    res = evaluate(m_rand, scenes, tag="rand_splits")
-    table = per_split(res)
-    summary["splits"] = {k: {kk: v[kk] for kk in ("n", "success", "rate", "ci95")} for k, v in table.items()}
-    log("generalization (rand model)\n" + format_split_table(res))
-    summary["outcomes"] = outcome_counts(res)
-    log("how the rollouts ended (rand model)\n" + format_outcome_table(res))
-    if a.keypose_weight > 0:        # where the model thinks the grasp is, from the first frame
-        summary["keypose_check"] = keypose_check(load_policy(str(m_rand), threads=a.threads), scenes)
-        log("keypose head from the first frame (rand model): " + json.dumps(summary["keypose_check"]))
-    if a.target_weight > 0:         # where the model sees the named object, from the first frame
-        pol = load_policy(str(m_rand), threads=a.threads)
-        summary["target_check"] = target_check(pol, scenes)
-        log("target keypoint from the first frame (rand model): " + json.dumps(summary["target_check"]))
-        log(f"target keypoint picture: {target_figure(pol, scenes, out / 'target_keypoint.png')}")
-    if a.grounding != "none":
-        log(f"grounding channel picture: {grounding_figure(scenes, out / 'grounding_channel.png')}")
-    words_tab = None
-    if m_words is not None:
-        ws = split_scenes(["seen", "novel_instructions"], a.eval, kinds)
-        wres = evaluate(m_words, ws, tag="words_splits")
-        words_tab = per_split(wres)
-        summary["words_splits"] = {k: {kk: v[kk] for kk in ("n", "success", "rate", "ci95")}
-                                   for k, v in words_tab.items()}
-        log("word tokenizer model\n" + format_split_table(wres))
+        # 3) generalization table
+        scenes = split_scenes(["seen", "unseen_objects", "novel_instructions", "reasoning"], a.eval, kinds)
+        res = evaluate(m_rand, scenes, tag="rand_splits")
+        table = per_split(res)
+        summary["splits"] = {k: {kk: v[kk] for kk in ("n", "success", "rate", "ci95")} for k, v in table.items()}
+        log("generalization (rand model)\n" + format_split_table(res))
+        summary["outcomes"] = outcome_counts(res)
+        log("how the rollouts ended (rand model)\n" + format_outcome_table(res))
+        if a.keypose_weight > 0:        # where the model thinks the grasp is, from the first frame
+            summary["keypose_check"] = keypose_check(load_policy(str(m_rand), threads=a.threads), scenes)
+            log("keypose head from the first frame (rand model): " + json.dumps(summary["keypose_check"]))
+        if a.target_weight > 0:         # where the model sees the named object, from the first frame
+            pol = load_policy(str(m_rand), threads=a.threads)
+            summary["target_check"] = target_check(pol, scenes)
+            log("target keypoint from the first frame (rand model): " + json.dumps(summary["target_check"]))
+            log(f"target keypoint picture: {target_figure(pol, scenes, out / 'target_keypoint.png')}")
+        if a.grounding != "none":
+            log(f"grounding channel picture: {grounding_figure(scenes, out / 'grounding_channel.png')}")
+        words_tab = None
+        if m_words is not None:
+            ws = split_scenes(["seen", "novel_instructions"], a.eval, kinds)
+            wres = evaluate(m_words, ws, tag="words_splits")
+            words_tab = per_split(wres)
+            summary["words_splits"] = {k: {kk: v[kk] for kk in ("n", "success", "rate", "ci95")}
+                                       for k, v in words_tab.items()}
+            log("word tokenizer model\n" + format_split_table(wres))
 
-    # 3b) HG-DAgger on the physics sim: the main model rolls out on fresh training scenes, the sim's expert
-    #     takes over when it drifts (replanning from the scene as it is), the rollouts join the demos and
-    #     training resumes with interventions weighted; a control resumes as long on the demos alone
-    dagger = {}
-    if a.dagger_rounds > 0:
-        import os
-        from teleop_app.policy.generalization import collect_corrections
+        # 3b) HG-DAgger on the physics sim: the main model rolls out on fresh training scenes, the sim's expert
+        #     takes over when it drifts (replanning from the scene as it is), the rollouts join the demos and
+        #     training resumes with interventions weighted; a control resumes as long on the demos alone
+        dagger = {}
+        if a.dagger_rounds > 0:
+            import os
+            from teleop_app.policy.generalization import collect_corrections
 
-        data_dag = out / "data_dagger"
-        if not (data_dag / "store.json").exists():     # the demos, hard-linked (episode files are immutable)
-            shutil.copytree(data_rand, data_dag, copy_function=os.link)
-        cur, total, rounds = m_rand, a.minutes, []
-        for rnd in range(1, a.dagger_rounds + 1):
-            mark = out / f"dagger_collect_{rnd}.json"
-            if not mark.exists():
-                t0 = time.monotonic()
-                col = collect_corrections(load_policy(str(cur), threads=a.threads),
-                                          split_scenes(["train"], a.dagger_rollouts, kinds, seed=500_000 + 10_000 * rnd),
-                                          data_dag, dagger_round=rnd)
-                col["s"] = round(time.monotonic() - t0, 1)
-                mark.write_text(json.dumps(col))
-            col = json.loads(mark.read_text())
-            log(f"DAgger round {rnd}: {col['rollouts']} rollouts, {col['corrected_steps']} of {col['steps']} steps "
-                f"corrected ({col['takeovers']} takeovers), {col['success_with_help']} succeeded with help")
-            total += a.dagger_minutes
-            cur = fit(f"rand_dagger{rnd}", data_dag, total, start=cur, augment="strong",
-                      intervention_weight=a.intervention_weight)[0]
-            rounds.append({"round": rnd, **col, "train": summary.get(f"train_rand_dagger{rnd}")})
-        dres = per_split(evaluate(cur, scenes, tag="dagger_splits"))
-        ctrl = fit("rand_more", data_rand, total, start=m_rand, augment="strong")[0]
-        cres = per_split(evaluate(ctrl, scenes, tag="more_splits"))
-        keep = ("n", "success", "rate", "ci95")
-        dagger = {"rounds": rounds, "minutes_total": total,
-                  "dagger": {k: {kk: v[kk] for kk in keep} for k, v in dres.items()},
-                  "control": {k: {kk: v[kk] for kk in keep} for k, v in cres.items()}}
-        summary["dagger"] = dagger
+            data_dag = out / "data_dagger"
+            if not (data_dag / "store.json").exists():     # the demos, hard-linked (episode files are immutable)
+                shutil.copytree(data_rand, data_dag, copy_function=os.link)
+            cur, total, rounds = m_rand, a.minutes, []
+            for rnd in range(1, a.dagger_rounds + 1):
+                mark = out / f"dagger_collect_{rnd}.json"
+                if not mark.exists():
+                    t0 = time.monotonic()
+                    col = collect_corrections(load_policy(str(cur), threads=a.threads),
+                                              split_scenes(["train"], a.dagger_rollouts, kinds, seed=500_000 + 10_000 * rnd),
+                                              data_dag, dagger_round=rnd)
+                    col["s"] = round(time.monotonic() - t0, 1)
+                    mark.write_text(json.dumps(col))
+                col = json.loads(mark.read_text())
+                log(f"DAgger round {rnd}: {col['rollouts']} rollouts, {col['corrected_steps']} of {col['steps']} steps "
+                    f"corrected ({col['takeovers']} takeovers), {col['success_with_help']} succeeded with help")
+                total += a.dagger_minutes
+                cur = fit(f"rand_dagger{rnd}", data_dag, total, start=cur, augment="strong",
+                          intervention_weight=a.intervention_weight)[0]
+                rounds.append({"round": rnd, **col, "train": summary.get(f"train_rand_dagger{rnd}")})
+            dres = per_split(evaluate(cur, scenes, tag="dagger_splits"))
+            ctrl = fit("rand_more", data_rand, total, start=m_rand, augment="strong")[0]
+            cres = per_split(evaluate(ctrl, scenes, tag="more_splits"))
+            keep = ("n", "success", "rate", "ci95")
+            dagger = {"rounds": rounds, "minutes_total": total,
+                      "dagger": {k: {kk: v[kk] for kk in keep} for k, v in dres.items()},
+                      "control": {k: {kk: v[kk] for kk in keep} for k, v in cres.items()}}
+            summary["dagger"] = dagger
 
-    # 4) domain gap
-    gap = {}
-    if m_plain is not None:
-        ds = split_scenes(["seen"], a.domain_eval, kinds, seed=5000)
-        for name, ck in (("with randomisation + strong aug", m_rand), ("without (plain demos, basic aug)", m_plain)):
-            row = {}
-            for dom in ("default", "held_out"):
-                d = per_split(evaluate(ck, ds, domain=dom, tag=f"{ck.stem}_gap"))["seen"]
-                row[dom] = {kk: d[kk] for kk in ("n", "success", "rate", "ci95")}
-            row["gap"] = row["default"]["rate"] - row["held_out"]["rate"]
-            gap[name] = row
-            log(f"domain {name}: default {row['default']['success']}/{row['default']['n']}, "
-                f"held-out {row['held_out']['success']}/{row['held_out']['n']}")
-        summary["domain_gap"] = gap
+        # 4) domain gap
+        gap = {}
+        if m_plain is not None:
+            ds = split_scenes(["seen"], a.domain_eval, kinds, seed=5000)
+            for name, ck in (("with randomisation + strong aug", m_rand), ("without (plain demos, basic aug)", m_plain)):
+                row = {}
+                for dom in ("default", "held_out"):
+                    d = per_split(evaluate(ck, ds, domain=dom, tag=f"{ck.stem}_gap"))["seen"]
+                    row[dom] = {kk: d[kk] for kk in ("n", "success", "rate", "ci95")}
+                row["gap"] = row["default"]["rate"] - row["held_out"]["rate"]
+                gap[name] = row
+                log(f"domain {name}: default {row['default']['success']}/{row['default']['n']}, "
+                    f"held-out {row['held_out']['success']}/{row['held_out']['n']}")
+            summary["domain_gap"] = gap
 
-    # 5) fine-tuning curve on a new task kind
-    curve = []
+    # 5) fine-tuning curve on a new task kind, from a base trained on other kinds
+    curve, ft_base_info = [], {}
     if "finetune" not in skip:
         ns = sorted(int(x) for x in a.ft_demos.split(","))
+        methods = [m.strip() for m in a.ft_methods.split(",") if m.strip()]
+        unknown = sorted(set(methods) - set(FT_METHODS))
+        if unknown:
+            raise SystemExit(f"unknown --ft-methods {unknown}; use {', '.join(FT_METHODS)}")
+        if a.ft_base_kinds == "main":
+            if m_rand is None:
+                raise SystemExit("--ft-base-kinds main needs the main model: do not --skip splits")
+            ft_base, base_kinds = m_rand, kinds
+        else:
+            base_kinds = tuple(k.strip() for k in a.ft_base_kinds.split(",") if k.strip())
+            if a.new_kind in base_kinds:
+                raise SystemExit(f"--ft-base-kinds must not contain the new kind {a.new_kind!r}")
+            data_fb = record("data_ftbase", split_scenes(["train"], a.ft_base_demos, base_kinds), True)
+            ft_base, ft_base_info = fit("ftbase", data_fb, a.minutes, text_encoder="minilm", augment="strong",
+                                        target_weight=a.target_weight, grounding=a.grounding, ema=a.ema)
+            fb_res = evaluate(ft_base, split_scenes(["seen"], a.ft_eval * len(base_kinds), base_kinds, seed=7000),
+                              tag="ftbase_kinds")
+            ft_base_info = {**ft_base_info, "kinds": base_kinds, "demos": a.ft_base_demos,
+                            "per_kind": {k: {kk: v[kk] for kk in ("n", "success", "rate")}
+                                         for k, v in per_split(fb_res)["seen"]["per_task"].items()}}
+            summary["ft_base"] = ft_base_info
+            log(f"fine-tuning base on {base_kinds}: " + json.dumps(ft_base_info["per_kind"]))
         ft_eval = split_scenes(["seen"], a.ft_eval, (a.new_kind,), seed=7000)
-        base_new = per_split(evaluate(m_rand, ft_eval, tag="base_newtask"))["seen"]
+        base_new = per_split(evaluate(ft_base, ft_eval, tag="base_newtask"))["seen"]
         curve.append({"demos": 0, "method": "base (no new demos)", "success": base_new["success"],
                       "n": base_new["n"], "rate": base_new["rate"], "ci95": base_new["ci95"], "trained_params": 0})
         for n in ns:
             data_n = record(f"data_new_{n}", split_scenes(["train"], n, (a.new_kind,), seed=20000), True)
-            for method, kw in (("LoRA on base", {"init": m_rand}), ("from scratch", {"text_encoder": "minilm",
-                                                                                    "augment": "strong",
-                                                                                    "grounding": a.grounding})):
-                ck, info = fit(f"ft_{'lora' if 'init' in kw else 'scratch'}_{n}", data_n, a.ft_minutes,
-                               **({"lr": 1e-3} if "init" in kw else {}), target_weight=a.target_weight, **kw)
-                d = per_split(evaluate(ck, ft_eval, tag=ck.stem))["seen"]
-                curve.append({"demos": n, "method": method, "success": d["success"], "n": d["n"],
+            for method in methods:
+                label, kw = FT_METHODS[method]
+                if method == "scratch":
+                    kw = {**kw, "grounding": a.grounding}
+                else:
+                    kw = {**kw, "init": ft_base}
+                ck, info = fit(f"ft_{method}_{n}", data_n, a.ft_minutes, target_weight=a.target_weight, **kw)
+                res_n = evaluate(ck, ft_eval, tag=ck.stem)
+                d = per_split(res_n)["seen"]
+                curve.append({"demos": n, "method": label, "success": d["success"], "n": d["n"],
                               "rate": d["rate"], "ci95": d["ci95"], "trained_params": info.get("trained_params"),
-                              "train_steps": info.get("steps")})
-                log(f"fine-tune {method} {n} demos: {d['success']}/{d['n']} "
+                              "train_steps": info.get("steps"), "outcomes": outcome_counts(res_n)})
+                log(f"fine-tune {label} {n} demos: {d['success']}/{d['n']} "
                     f"(trained {info.get('trained_params')} params)")
         summary["finetune_curve"] = curve
 
     # ---- tables ----------------------------------------------------------------------------------
     pct = lambda d: f"{d['success']}/{d['n']} = {100 * d['rate']:.0f}% ({100 * d['ci95'][0]:.0f}-{100 * d['ci95'][1]:.0f}%)"
-    lines = ["", f"== generalization, kinds {kinds}, {a.demos} demos, {a.minutes} min/model ==",
-             f"{'split':<20} {'ours (MiniLM, rand+aug)':<28} {'word tokenizer':<28} RT-2"]
-    for sp in ("seen", "unseen_objects", "novel_instructions", "reasoning"):
-        if sp in table:
-            w = pct(words_tab[sp]) if words_tab and sp in words_tab else "-"
-            lines.append(f"{SPLIT_LABELS[sp]:<20} {pct(table[sp]):<28} {w:<28} {100 * RT2[sp]:.0f}%")
-    lines += ["", "== how the main model's rollouts ended (read off the physics) ==", format_outcome_table(res)]
+    lines = []
+    if res is not None:
+        lines += ["", f"== generalization, kinds {kinds}, {a.demos} demos, {a.minutes} min/model ==",
+                  f"{'split':<20} {'ours (MiniLM, rand+aug)':<28} {'word tokenizer':<28} RT-2"]
+        for sp in ("seen", "unseen_objects", "novel_instructions", "reasoning"):
+            if sp in table:
+                w = pct(words_tab[sp]) if words_tab and sp in words_tab else "-"
+                lines.append(f"{SPLIT_LABELS[sp]:<20} {pct(table[sp]):<28} {w:<28} {100 * RT2[sp]:.0f}%")
+        lines += ["", "== how the main model's rollouts ended (read off the physics) ==", format_outcome_table(res)]
     if dagger:
         lines += ["", f"== HG-DAgger on the physics sim ({a.dagger_rounds} rounds of {a.dagger_rollouts} corrected "
                       f"rollouts, {dagger['minutes_total']:g} min of training in all) ==",
@@ -436,18 +484,21 @@ def main() -> int:
             lines.append(f"{name:<36} {pct(row['default']):<24} {pct(row['held_out']):<24} "
                          f"{100 * row['gap']:+.0f} pts")
     if curve:
-        lines += ["", f"== fine-tuning on '{a.new_kind}' ({a.ft_minutes} min per run) ==",
-                  f"{'demos':<6} {'method':<22} {'success':<26} trained params"]
+        fb = f"a base trained on {ft_base_info['kinds']}" if ft_base_info else "the main model"
+        lines += ["", f"== fine-tuning on '{a.new_kind}' ({a.ft_minutes} min per run) from {fb} ==",
+                  f"{'demos':<6} {'method':<24} {'success':<26} trained params"]
         for c in curve:
-            lines.append(f"{c['demos']:<6} {c['method']:<22} {pct(c):<26} {c['trained_params']}")
+            lines.append(f"{c['demos']:<6} {c['method']:<24} {pct(c):<26} {c['trained_params']}")
     text = "\n".join(lines)
     print(text)
     summary["wall_min"] = round((time.monotonic() - T0) / 60, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    page = write_report(res, None, out, title="VLA generalization (physics sim)",
-                        info={k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
     (out / "tables.txt").write_text(text + "\n")
-    print(f"report: {page}\nsummary: {out / 'summary.json'}  (wall {summary['wall_min']} min)")
+    if res is not None:
+        page = write_report(res, None, out, title="VLA generalization (physics sim)",
+                            info={k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
+        print(f"report: {page}")
+    print(f"summary: {out / 'summary.json'}  (wall {summary['wall_min']} min)")
     return 0
 
 
