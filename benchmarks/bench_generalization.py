@@ -2,7 +2,8 @@
 record expert demos -> train on the CPU -> success per held-out split, domain gap, fine-tuning curve.
 
     .venv/bin/python benchmarks/bench_generalization.py --out /tmp/gen --quick          # smoke test, minutes
-    .venv/bin/python benchmarks/bench_generalization.py --out /tmp/gen --skip words     # the table, ~75 min on 2 cores (measured)
+    .venv/bin/python benchmarks/bench_generalization.py --out /tmp/gen --skip words     # everything, ~2 h 15 min on 2 cores
+    .venv/bin/python benchmarks/bench_generalization.py --out /tmp/gen --skip splits    # the fine-tuning curve alone, 53 min
 
 Defaults: 1,440 demos, 96x96 images, 30 minutes of training per model on 2 threads, target keypoint loss
 weight 3 (docs/policy_results.md: three times the demos and 30 instead of 20 minutes took the table from
@@ -21,8 +22,11 @@ What it runs (sizes are the flags; --quick shrinks all of them):
      and, with the target keypoint, where rand sees the named object from each first frame (target_check,
      OUT/target_keypoint.png)
   4. domain gap: rand and plain on seen scenes in the default look and in the held-out visual domain
-  5. fine-tuning curve on a new task kind (--new-kind) from --ft-demos demos: LoRA adapters on the
-     rand base vs the same architecture from scratch, same demos and time, with trained parameter counts
+  5. fine-tuning curve on a new task kind (--new-kind, place_bowl) from --ft-demos demos, starting from a base
+     of its own trained on --ft-base-kinds (pick, place_plate, stack: the neighbouring skills, never the new
+     kind; 'main' = the rand model): --ft-methods LoRA adapters (fusion, conditioning, head), LoRA on the
+     vision encoders too, full fine-tuning, and the same architecture from scratch, same demos and time, with
+     trained parameter counts and each run's outcome breakdown (--skip splits: this part alone, 53 min)
   6. with --dagger-rounds K: HG-DAgger on the physics sim from the main model (the sim's expert takes
      over when the policy drifts; teleop_app.policy.generalization.collect_corrections), each round
      adding --dagger-minutes of training; the same splits, next to a control that trains as long on
@@ -349,7 +353,6 @@ def main() -> int:
             log(f"target keypoint picture: {target_figure(pol, scenes, out / 'target_keypoint.png')}")
         if a.grounding != "none":
             log(f"grounding channel picture: {grounding_figure(scenes, out / 'grounding_channel.png')}")
-        words_tab = None
         if m_words is not None:
             ws = split_scenes(["seen", "novel_instructions"], a.eval, kinds)
             wres = evaluate(m_words, ws, tag="words_splits")
@@ -361,7 +364,6 @@ def main() -> int:
         # 3b) HG-DAgger on the physics sim: the main model rolls out on fresh training scenes, the sim's expert
         #     takes over when it drifts (replanning from the scene as it is), the rollouts join the demos and
         #     training resumes with interventions weighted; a control resumes as long on the demos alone
-        dagger = {}
         if a.dagger_rounds > 0:
             import os
             from teleop_app.policy.generalization import collect_corrections
@@ -396,7 +398,6 @@ def main() -> int:
             summary["dagger"] = dagger
 
         # 4) domain gap
-        gap = {}
         if m_plain is not None:
             ds = split_scenes(["seen"], a.domain_eval, kinds, seed=5000)
             for name, ck in (("with randomisation + strong aug", m_rand), ("without (plain demos, basic aug)", m_plain)):
