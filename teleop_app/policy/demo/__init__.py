@@ -68,6 +68,7 @@ def train_demo(out=DEMO_PATH, *, work=None, threads: int = 1, steps: int | None 
                 max_minutes=None, seed=r["train_seed"], threads=threads, checkpoint_every=10 ** 9)
     blob = read_checkpoint(ckpt)
     blob.pop("optimizer", None)
+    blob.pop("train_state_dict", None)      # the weights to resume from, were training averaged (--ema)
     blob["train"] = {**blob.get("train", {}), "demo": {
         **r, "record_s": round(rec_s, 1), "train_minutes": round((time.monotonic() - t1) / 60, 2),
         "loss": round(float(res.loss), 4), "val_loss": None if res.val_loss is None else round(float(res.val_loss), 4),
