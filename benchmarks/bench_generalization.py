@@ -239,14 +239,25 @@ def main() -> int:
     from teleop_app.policy.report import write_report
     from teleop_app.policy.train import train
 
+    skip = set(x.strip() for x in a.skip.split(",") if x.strip())
+    kinds = tuple(k.strip() for k in a.kinds.split(",") if k.strip())
+    # the fine-tuning part's flags, checked before an hour of training rather than after it
+    methods = [m.strip() for m in a.ft_methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(FT_METHODS))
+    if unknown:
+        raise SystemExit(f"unknown --ft-methods {unknown}; use {', '.join(FT_METHODS)}")
+    base_kinds = kinds if a.ft_base_kinds == "main" else \
+        tuple(k.strip() for k in a.ft_base_kinds.split(",") if k.strip())
+    if a.ft_base_kinds == "main" and "splits" in skip and "finetune" not in skip:
+        raise SystemExit("--ft-base-kinds main needs the main model: do not --skip splits")
+    if a.new_kind in base_kinds:
+        raise SystemExit(f"--ft-base-kinds must not contain the new kind {a.new_kind!r}")
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     if a.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    kinds = tuple(k.strip() for k in a.kinds.split(",") if k.strip())
     cams = tuple(c.strip() for c in a.cameras.split(","))
-    skip = set(x.strip() for x in a.skip.split(",") if x.strip())
     model = TINY if a.quick else None
     summary: dict = {"command": " ".join(sys.argv), "sim": "physics (MuJoCo) workcell, drivers/sim/tasks.py splits",
                      "kinds": kinds, "demos": a.demos, "minutes": a.minutes, "eval_per_split": a.eval,
@@ -417,18 +428,9 @@ def main() -> int:
     curve, ft_base_info = [], {}
     if "finetune" not in skip:
         ns = sorted(int(x) for x in a.ft_demos.split(","))
-        methods = [m.strip() for m in a.ft_methods.split(",") if m.strip()]
-        unknown = sorted(set(methods) - set(FT_METHODS))
-        if unknown:
-            raise SystemExit(f"unknown --ft-methods {unknown}; use {', '.join(FT_METHODS)}")
         if a.ft_base_kinds == "main":
-            if m_rand is None:
-                raise SystemExit("--ft-base-kinds main needs the main model: do not --skip splits")
-            ft_base, base_kinds = m_rand, kinds
+            ft_base = m_rand
         else:
-            base_kinds = tuple(k.strip() for k in a.ft_base_kinds.split(",") if k.strip())
-            if a.new_kind in base_kinds:
-                raise SystemExit(f"--ft-base-kinds must not contain the new kind {a.new_kind!r}")
             data_fb = record("data_ftbase", split_scenes(["train"], a.ft_base_demos, base_kinds), True)
             ft_base, ft_base_info = fit("ftbase", data_fb, a.minutes, text_encoder="minilm", augment="strong",
                                         target_weight=a.target_weight, grounding=a.grounding, ema=a.ema)

@@ -364,6 +364,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     from .grounding import KINDS as GROUNDING
     if grounding not in GROUNDING:
         raise PolicyError(f"grounding must be one of {', '.join(GROUNDING)}, got {grounding!r}")
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must be a decay in [0, 1), got {ema}")
     base_blob = None
     if init is not None:
         try:
@@ -487,23 +489,19 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         if len(ds.sims) == 1:     # teleop eval then rolls it out on the sim it learnt (evaluate.choose_sim)
             meta.extra["sim"] = ds.sims[0]
         info, start_step, elapsed0 = {}, 0, 0.0
-    if not 0.0 <= ema < 1.0:
-        raise ValueError(f"ema must be a decay in [0, 1), got {ema}")
     if ema and finetune is not None and finetune.get("method") == "lora":
         raise PolicyError("ema averages every weight; LoRA fine-tuning trains adapters only (use it without ema, "
                           "or with full=True)")
     ema_net = None
     if ema:
         # the checkpoint's weights (what the policy runs) are an exponential moving average of the optimizer's;
-        # those are kept as train_state_dict to resume from
-        if blob is not None and "train_state_dict" in blob:
-            ema_sd = {k: v.clone() for k, v in net.state_dict().items()}
-            net.load_state_dict(blob["train_state_dict"])
+        # those are kept as train_state_dict to resume from. The average starts as a copy of net: on resume
+        # that is the saved average, and net then goes back to the trained weights.
         ema_net = torch.optim.swa_utils.AveragedModel(
             net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema), use_buffers=True)
         if blob is not None and "train_state_dict" in blob:
-            ema_net.module.load_state_dict(ema_sd)
             ema_net.n_averaged.fill_(1)
+            net.load_state_dict(blob["train_state_dict"])
     net.train()
     n_train, n_total = count_params(net)
     lora = finetune is not None and finetune.get("method") == "lora" and base_blob is not None
@@ -575,11 +573,10 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
             import copy
             merged = copy.deepcopy(net).merge_and_unload()
             save_checkpoint(out_path, merged, meta, tok, info, None, enc_spec, finetune)
-        elif ema_net is not None:
+        else:           # with an average: the policy runs it, training resumes from net
             save_checkpoint(out_path, net, meta, tok, info, opt.state_dict(), enc_spec, finetune,
-                            state_dict=ema_net.module.state_dict(), train_state_dict=net.state_dict())
-        else:
-            save_checkpoint(out_path, net, meta, tok, info, opt.state_dict(), enc_spec, finetune)
+                            state_dict=ema_net.module.state_dict() if ema_net is not None else None,
+                            train_state_dict=net.state_dict() if ema_net is not None else None)
 
     pick = None     # intervention_weight: drop the policy's own actions, weight the operator's corrections
     if intervention_weight is not None:
