@@ -27,6 +27,9 @@ TIMESTAMP = "timestamp"
 # source produced each action ("policy", "gamepad", "leader", ...). Absent = not recorded.
 INTERVENTION = "intervention"
 ACTION_SOURCE = "action_source"
+# the action source of a deliberate mistake injected into a scripted demo (DART-style): recorded, as
+# every step is, but not an action to imitate; training keeps the recovery that follows it
+PERTURBATION = "perturbation"
 
 SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".h5.partial"

@@ -134,6 +134,8 @@ def cmd_gui(a) -> int:
 
 
 def cmd_record(a) -> int:
+    if a.perturb and not (a.mode == "scripted" and a.fast):
+        raise CliError("--perturb needs --mode scripted --fast (the sim's expert drives the detours)")
     if a.mode == "scripted" and a.fast:
         from drivers.sim import TASKS
         from teleop_app.devices import sim_physics
@@ -146,7 +148,8 @@ def cmd_record(a) -> int:
         paths = record_scripted(a.dataset, tasks, a.episodes, seed=a.seed, fps=a.fps or 10.0,
                                 cameras=a.cameras.split(",") if a.cameras else ("front",),
                                 image_size=a.image_size, progress=_progress("recording"),
-                                keep_failures=a.keep_failures, randomize=a.randomize, physics=physics)
+                                keep_failures=a.keep_failures, randomize=a.randomize, physics=physics,
+                                perturb=a.perturb)
         print(f"recorded {len(paths)} episode(s) into {a.dataset} on the {'physics' if physics else 'kinematic'} sim")
         return 0
     from teleop_app.session import Mode, Session
@@ -459,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="--fast: comma-separated tasks (default: pick_red,pick_blue,red_in_bowl)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--keep-failures", action="store_true")
+    p.add_argument("--perturb", type=float, default=0.0, metavar="F",
+                   help="--fast, physics sim: in this share of episodes the expert first drives a detour beside the "
+                        "object, then recovers; the detour is recorded as action source 'perturbation' and "
+                        "training imitates only the recovery (DART-style noise injection)")
     p.set_defaults(fn=cmd_record)
 
     p = sub.add_parser("replay", help="play a recorded episode back on the robot through the safety layer")

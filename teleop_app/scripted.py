@@ -22,7 +22,8 @@ from teleop_app.sources import ScriptedSource
 def record_scripted(root, tasks: list[str], episodes_per_task: int, seed: int = 0, fps: float = 10.0,
                     cameras=("front",), image_size: int = 224, progress: Callable[[int, int], None] | None = None,
                     max_steps: int = 200, keep_failures: bool = False, randomize: bool = False,
-                    profile: str = "sim7", jpeg: bool = True, physics: bool = False) -> list[Path]:
+                    profile: str = "sim7", jpeg: bool = True, physics: bool = False,
+                    perturb: float = 0.0) -> list[Path]:
     """Record `episodes_per_task` expert demos of each task into the dataset at `root`.
 
     Seeds run seed, seed+1, ... across all episodes, so every episode is a new scene. Failed demos are
@@ -31,6 +32,10 @@ def record_scripted(root, tasks: list[str], episodes_per_task: int, seed: int = 
     physics: the MuJoCo workcell (what `teleop record` uses unless --kinematic) or, the default here,
     the kinematic fast mode: seeded recipes that call this (the demo policy's, DAgger's) were made on
     it and must stay reproducible. Each episode records its sim in extra["sim"].
+
+    perturb (physics only): the share of episodes where the expert first drives a deliberate detour beside
+    the object and then recovers (DART-style); those steps are recorded with the action source
+    "perturbation" and training does not imitate them.
     """
     from drivers.sim import Randomization, SimCamera, SimConfig, SimRobot, Workcell, check_tasks
     from drivers.sim.kinematics import fk
@@ -38,6 +43,11 @@ def record_scripted(root, tasks: list[str], episodes_per_task: int, seed: int = 
 
     prof = load_profile(profile)
     check_tasks(tasks, bool(physics))
+    if not 0.0 <= perturb <= 1.0:
+        raise ValueError(f"perturb is a share of episodes in [0, 1], got {perturb}")
+    if perturb and not physics:
+        raise ValueError("perturbed demos need the physics sim (its expert replans from wherever the arm is); "
+                         "drop --kinematic")
     period = 1.0 / fps
     rnd = Randomization(light=randomize, colors=randomize, camera_jitter=randomize, noise=randomize)
     wc = Workcell(SimConfig(seed=seed, task=tasks[0], width=image_size, height=image_size, randomization=rnd,
@@ -61,7 +71,7 @@ def record_scripted(root, tasks: list[str], episodes_per_task: int, seed: int = 
         for k in range(episodes_per_task):
             for task in tasks:
                 path = _one_episode(pipe, wc, store, task, s, fps, prof, max_steps, keep_failures, jpeg,
-                                    t0=t0 + done * max_steps * period)
+                                    t0=t0 + done * max_steps * period, perturb=perturb)
                 s += 1
                 if path is not None:
                     paths.append(path)
@@ -73,7 +83,7 @@ def record_scripted(root, tasks: list[str], episodes_per_task: int, seed: int = 
     return paths
 
 
-def _one_episode(pipe, wc, store, task, seed, fps, prof, max_steps, keep_failures, jpeg, t0):
+def _one_episode(pipe, wc, store, task, seed, fps, prof, max_steps, keep_failures, jpeg, t0, perturb=0.0):
     """Reset the scene, run the expert through the pipeline on the sim clock, keep the episode if solved."""
     from recorder.schema import EpisodeMeta
     from recorder.writer import EpisodeWriter
@@ -83,11 +93,12 @@ def _one_episode(pipe, wc, store, task, seed, fps, prof, max_steps, keep_failure
     pipe.ctx.seed = seed
     meta = EpisodeMeta(instruction=wc.instruction, fps=fps, robot=prof.name, joint_names=prof.joint_names,
                        mode="scripted", operator="scripted-expert", software_version=__version__,
-                       extra={"task": task, "seed": int(seed), "clock": "sim", "sim": wc.sim})
+                       extra={"task": task, "seed": int(seed), "clock": "sim", "sim": wc.sim,
+                              **({"perturb": float(perturb)} if perturb else {})})
     w = EpisodeWriter(store.new_episode_path(), meta, cameras={n: (c.height, c.width) for n, c in pipe.cameras.items()},
                       dof=prof.dof, jpeg=jpeg)
     pipe.recorder.begin(w)
-    src = ScriptedSource(only_recording=False)
+    src = ScriptedSource(only_recording=False, perturb=perturb)
     run_sim_episode(pipe, src, max_steps=max_steps, t0=t0, done=lambda res: src.done)
     _, left = pipe.recorder.end()
     ok = bool(wc.success())

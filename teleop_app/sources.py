@@ -23,6 +23,7 @@ from typing import Callable, Protocol, runtime_checkable
 import numpy as np
 
 from drivers.interfaces import Frame, GamepadState, JointState
+from recorder.schema import PERTURBATION
 
 
 @dataclass
@@ -205,17 +206,26 @@ class KinestheticSource(BaseSource):
 
 
 class ScriptedSource(BaseSource):
-    """The sim's IK expert. `only_recording`: moves only while an episode records (the live session)."""
+    """The sim's IK expert. `only_recording`: moves only while an episode records (the live session).
+    perturb: the share of scenes (physics sim) where the expert first drives a deliberate detour and then
+    recovers (drivers/sim/expert.py); the detour's steps are recorded with the action source
+    PERTURBATION, which training does not imitate."""
     name = "scripted"
     record_mode = "scripted"
 
-    def __init__(self, only_recording: bool = True):
+    def __init__(self, only_recording: bool = True, perturb: float = 0.0):
         self.only_recording = only_recording
+        self.perturb = float(perturb)
         self.expert = None
 
     @property
     def done(self) -> bool:
         return self.expert is not None and self.expert.done
+
+    @property
+    def active(self) -> str | None:
+        """What produced the last action, for the recorder (None: this source, by name)."""
+        return PERTURBATION if self.expert is not None and self.expert.perturbing else None
 
     def start(self, ctx):
         if ctx.workcell is None:
@@ -224,8 +234,7 @@ class ScriptedSource(BaseSource):
 
     def reset(self, ctx):
         from drivers.sim import ScriptedExpert
-        self.expert = ScriptedExpert(ctx.workcell, seed=ctx.seed, dt=ctx.period)
-        self.expert.reset()
+        self.expert = ScriptedExpert(ctx.workcell, seed=ctx.seed, dt=ctx.period, perturb=self.perturb)
 
     def command(self, ctx):
         if self.expert is None or (self.only_recording and not ctx.recording):

@@ -28,11 +28,24 @@ class _Waypoint:
     name: str = ""
 
 
+PERTURB_STEPS = 40      # ticks a detour may take before the expert gives up on reaching it and recovers
+
+
 class ScriptedExpert:
-    def __init__(self, workcell: Workcell, seed: int = 0, dt: float = 0.1):
+    """perturb (physics sim): the probability, drawn per scene from the seeds, that the expert first
+    drives a detour, to a point 3-7 cm beside the object and down towards the table as a policy that
+    misjudged where the object is would, and then recovers from there with its normal plan (DART-style
+    noise injection, Laskey et al. 2017). `perturbing` says whether the action act() last returned
+    belongs to such a detour: recorded as the action source "perturbation", it is not to be imitated
+    (training drops those steps and keeps the recovery)."""
+
+    def __init__(self, workcell: Workcell, seed: int = 0, dt: float = 0.1, perturb: float = 0.0):
+        if not 0.0 <= float(perturb) <= 1.0:
+            raise ValueError(f"perturb is a probability in [0, 1], got {perturb}")
         self.workcell = workcell
         self.seed = int(seed)
         self.dt = float(dt)
+        self.perturb = float(perturb)
         self.rot = kin.rot_down(0.0)
         self._grasp_z = 0.0
         self.reset()
@@ -41,7 +54,14 @@ class ScriptedExpert:
         """Plan the waypoints for the workcell's current scene and task (call after workcell.reset;
         act() also replans by itself when it notices a new episode)."""
         self._retries = 0
+        self.perturbing = False
+        self._detour = False
         self._plan()
+        wc = self.workcell
+        if (self.perturb > 0 and getattr(wc, "physics", False) and wc.scene.kind != "push"
+                and np.random.default_rng([self.seed, wc.seed, 77]).random() < self.perturb):
+            self.waypoints = plan_detour(wc, np.random.default_rng([self.seed, wc.seed, 78]), wc.qpos())
+            self._detour = True
 
     def _plan(self) -> None:
         wc = self.workcell
@@ -103,6 +123,16 @@ class ScriptedExpert:
             self.reset()
         self.steps += 1
         if getattr(self.workcell, "physics", False):
+            if self._detour:          # the deliberate mistake, then the recovery from wherever it left the arm
+                self.perturbing = True
+                out = self._follow(q)
+                if self.done or self.steps >= PERTURB_STEPS:
+                    self._detour = False
+                    steps = self.steps
+                    self._plan()
+                    self.steps = steps
+                return out
+            self.perturbing = False
             if not self.done and self._retries < 2 and self._physics_failed(q):
                 self._retries += 1
                 steps = self.steps
@@ -294,6 +324,23 @@ def plan_physics(wc, rng: np.random.Generator, q: np.ndarray) -> list[_Waypoint]
         _Waypoint(None, 1.0, 0.0, pause=0.2, wait_grip=True, name="open"),
         _Waypoint(lower + [0, 0, rng.uniform(0.07, 0.09)], 1.0, rng.uniform(0.10, 0.14), name="retreat"),
         _Waypoint(None, 1.0, 0.0, pause=0.5, name="settle"),
+    ]
+
+
+def plan_detour(wc, rng: np.random.Generator, q: np.ndarray) -> list[_Waypoint]:
+    """The perturbation's waypoints: above a point 3-7 cm from the target in a random direction, then
+    down to 0-6 cm above grasp height, gripper open; the expert's real plan starts from where this ends."""
+    p = wc.objects()[wc.scene.target.name]
+    gz = max(p[2], 0.018)
+    a = rng.uniform(0.0, 2 * np.pi)
+    off = p[:2] + rng.uniform(0.03, 0.07) * np.array([np.cos(a), np.sin(a)])
+    rot = kin.rot_down(float(rng.uniform(-np.pi / 4, np.pi / 4)))
+    tcp_z = kin.fk(q)[2, 3]
+    return [
+        _Waypoint(np.r_[off, max(gz + rng.uniform(0.08, 0.11), min(tcp_z, 0.2))], 1.0, rng.uniform(0.17, 0.22),
+                  rot=rot, name="perturb"),
+        _Waypoint(np.r_[off, gz + rng.uniform(0.0, 0.06)], 1.0, rng.uniform(0.07, 0.09),
+                  pause=float(rng.choice([0.0, 0.1, 0.2])), rot=rot, name="perturb"),
     ]
 
 

@@ -25,6 +25,7 @@ class EpisodeArrays:
     success: int
     intervention: np.ndarray | None = None   # (T,) bool: the operator overrode the policy (recorded)
     autonomous: np.ndarray | None = None     # (T,) bool: the policy itself produced the action
+    perturbed: np.ndarray | None = None      # (T,) bool: a deliberate mistake of a scripted demo (not imitated)
     sim: str | None = None                   # "physics" | "kinematic" for sim recordings (extra["sim"])
     extra: dict = field(default_factory=dict)   # the episode's free-form metadata (task, seed, randomized, ...)
 
@@ -48,16 +49,24 @@ class Dataset:
     def num_steps(self) -> int:
         return sum(len(e.qpos) for e in self.episodes)
 
-    def step_weights(self, intervention_weight: float) -> np.ndarray:
-        """Sampling weight per step, episodes concatenated (HG-DAgger): actions the policy produced
-        on its own get 0, operator interventions `intervention_weight`, every other step 1."""
+    @property
+    def has_perturbations(self) -> bool:
+        return any(e.perturbed is not None and e.perturbed.any() for e in self.episodes)
+
+    def step_weights(self, intervention_weight: float | None) -> np.ndarray:
+        """Sampling weight per step, episodes concatenated. A scripted demo's deliberate mistakes get 0.
+        With intervention_weight (HG-DAgger): actions the policy produced on its own get 0, operator
+        interventions `intervention_weight`; every other step 1."""
         out = []
         for e in self.episodes:
             w = np.ones(len(e.qpos))
-            if e.autonomous is not None:
-                w[e.autonomous] = 0.0
-            if e.intervention is not None:
-                w[e.intervention] = float(intervention_weight)
+            if intervention_weight is not None:
+                if e.autonomous is not None:
+                    w[e.autonomous] = 0.0
+                if e.intervention is not None:
+                    w[e.intervention] = float(intervention_weight)
+            if e.perturbed is not None:
+                w[e.perturbed] = 0.0
             out.append(w)
         return np.concatenate(out)
 
@@ -113,7 +122,7 @@ def load_dataset(root, cameras: list[str] | None = None, image_size: tuple[int, 
     """Load episodes (split 'train', 'val' or 'all'). Failed episodes (success == 0) are skipped
     when only_success; unlabelled ones (-1) are kept. Corrupt files are skipped and listed."""
     from recorder.reader import read_episode
-    from recorder.schema import CorruptEpisodeError
+    from recorder.schema import PERTURBATION, CorruptEpisodeError
     files = files if files is not None else episode_files(root)
     if split == "train":
         files = [f for f in files if not is_held_out(f, val_fraction)]
@@ -153,6 +162,7 @@ def load_dataset(root, cameras: list[str] | None = None, image_size: tuple[int, 
             eps.append(EpisodeArrays(f.name, ep.meta.instruction, ep.qpos.astype(np.float32),
                                      ep.action.astype(np.float32), imgs, ep.success, ep.intervention,
                                      None if src is None else np.array([x == "policy" for x in src]),
+                                     None if src is None else np.array([x == PERTURBATION for x in src]),
                                      (ep.meta.extra or {}).get("sim"), dict(ep.meta.extra or {})))
         if progress:
             progress(i + 1, len(files))

@@ -83,9 +83,11 @@ def _reset(wc, scene, domain: str) -> None:
 
 def record_scenes(root, scenes, *, image_size: int = 64, cameras=("front", "wrist"), fps: float = 10.0,
                   randomize: bool = False, jpeg: bool = False, profile: str = "sim7", max_steps: int = 200,
-                  progress: Callable[[int, int], None] | None = None) -> list[Path]:
+                  perturb: float = 0.0, progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Expert demos of the given scenes (physics workcell) into the dataset at root; failed demos dropped.
-    randomize: sim domain randomisation (light, colours, camera jitter, noise), as `teleop record --randomize`."""
+    randomize: sim domain randomisation (light, colours, camera jitter, noise), as `teleop record --randomize`.
+    perturb: the share of scenes whose demo starts with a deliberate detour beside the object and then
+    recovers (recorded with the action source "perturbation"; training imitates only the recovery)."""
     from recorder.schema import EpisodeMeta
     from recorder.store import EpisodeStore
     from recorder.writer import EpisodeWriter
@@ -106,11 +108,11 @@ def record_scenes(root, scenes, *, image_size: int = 64, cameras=("front", "wris
                                mode="scripted", operator="scripted-expert", software_version=__version__,
                                extra={"task": sc.kind, "seed": int(sc.seed), "clock": "sim", "split": sc.split,
                                       "target": sc.target.name, "randomized": bool(randomize), "physics": True,
-                                      "sim": wc.sim})
+                                      "sim": wc.sim, "perturb": float(perturb)})
             w = EpisodeWriter(store.new_episode_path(), meta, cameras={n: (image_size, image_size) for n in cams},
                               dof=prof.dof, jpeg=jpeg)
             pipe.recorder.begin(w)
-            src = ScriptedSource(only_recording=False)
+            src = ScriptedSource(only_recording=False, perturb=perturb)
             run_sim_episode(pipe, src, max_steps=max_steps, t0=t0 + i * max_steps * period,
                             done=lambda res: src.done)
             _, left = pipe.recorder.end()

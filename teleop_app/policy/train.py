@@ -197,6 +197,20 @@ def robot_chain(ds: Dataset, why: str = "action_space 'ee'"):
     return prof.kinematics
 
 
+def sampling_probabilities(ds: Dataset, intervention_weight: float | None) -> np.ndarray | None:
+    """Probability of drawing each step (episodes concatenated) as a training sample, None = uniform.
+    intervention_weight (HG-DAgger): the policy's own actions are dropped and the operator's corrections
+    weighted; a scripted demo's deliberate mistakes (action source "perturbation") are never drawn, only
+    the recovery after them."""
+    if intervention_weight is None and not ds.has_perturbations:
+        return None
+    w = ds.step_weights(intervention_weight)
+    if w.sum() <= 0:
+        raise PolicyError("no demonstration or intervention steps to train on (every step is the policy's "
+                          "own action or a deliberate perturbation)")
+    return w / w.sum()
+
+
 AUGMENT = ("none", "basic", "strong")
 LORA_RANK = 8
 
@@ -578,12 +592,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                             state_dict=ema_net.module.state_dict() if ema_net is not None else None,
                             train_state_dict=net.state_dict() if ema_net is not None else None)
 
-    pick = None     # intervention_weight: drop the policy's own actions, weight the operator's corrections
-    if intervention_weight is not None:
-        pick = ds.step_weights(intervention_weight)
-        if pick.sum() <= 0:
-            raise PolicyError("intervention_weight: no demonstration or intervention steps to train on")
-        pick = pick / pick.sum()
+    pick = sampling_probabilities(ds, intervention_weight)
     t0 = time.monotonic()
     step, loss_ema, history, cancelled = start_step, None, [], False
     kp_ema = tg_ema = None
