@@ -213,6 +213,8 @@ def main() -> int:
                     help="share of the main and base models' demos that start with a deliberate detour beside the "
                          "object and recover from it (record_scenes' perturb; the detour is not imitated; "
                          "0 = the recipe before Dec 6: missed grasps 43 -> 10 of 600 seen-colour rollouts)")
+    ap.add_argument("--train-seed", type=int, default=0,
+                    help="seed of every training run (weights, batches, augmentation): another value replicates a run")
     ap.add_argument("--instruction-augment", action="store_true",
                     help="the main models train on colour-synonym wordings of each instruction (instruction_aug.py)")
     ap.add_argument("--dagger-rounds", type=int, default=0,
@@ -271,6 +273,7 @@ def main() -> int:
                      "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
                      "keypose_weight": a.keypose_weight, "instruction_augment": a.instruction_augment,
                      "target_weight": a.target_weight, "grounding": a.grounding, "ema": a.ema, "perturb": a.perturb,
+                     "train_seed": a.train_seed,
                      "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     T0 = time.monotonic()
 
@@ -311,7 +314,7 @@ def main() -> int:
         r = train(data, ckpt, steps=10 ** 6, batch_size=a.batch_size, lr=kw.pop("lr", a.lr), max_minutes=minutes,
                   threads=a.threads, cameras=list(cams), image_size=(a.image_size, a.image_size),
                   resume=start is not None, model=model if "init" not in kw else None,
-                  checkpoint_every=10 ** 6, val_fraction=0.0,
+                  checkpoint_every=10 ** 6, val_fraction=0.0, seed=a.train_seed,
                   chunk=a.chunk, state_noise=a.state_noise, action_space=a.action_space, **kw)
         info = {"steps": r.step, "minutes": round(r.minutes, 2), "loss": round(r.loss, 4),
                 "episodes": r.episodes, "samples": r.samples, "trained_params": r.trained_params,
