@@ -213,6 +213,9 @@ def main() -> int:
                     help="share of the main and base models' demos that start with a deliberate detour beside the "
                          "object and recover from it (record_scenes' perturb; the detour is not imitated; "
                          "0 = the recipe before Dec 6: missed grasps 43 -> 10 of 600 seen-colour rollouts)")
+    ap.add_argument("--confusers", type=float, default=0.0,
+                    help="share of the main model's training scenes given a distractor of the target's colour and "
+                         "another shape (tasks.make_scene's confuser; a plain draw has one in about 21 %% of scenes)")
     ap.add_argument("--train-seed", type=int, default=0,
                     help="seed of every training run (weights, batches, augmentation): another value replicates a run")
     ap.add_argument("--instruction-augment", action="store_true",
@@ -273,7 +276,7 @@ def main() -> int:
                      "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
                      "keypose_weight": a.keypose_weight, "instruction_augment": a.instruction_augment,
                      "target_weight": a.target_weight, "grounding": a.grounding, "ema": a.ema, "perturb": a.perturb,
-                     "train_seed": a.train_seed,
+                     "confusers": a.confusers, "train_seed": a.train_seed,
                      "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     T0 = time.monotonic()
 
@@ -341,7 +344,7 @@ def main() -> int:
     table, dagger, gap = {}, {}, {}
     if "splits" not in skip:
         # 1) demos of the training split
-        train_scenes = split_scenes(["train"], a.demos, kinds)
+        train_scenes = split_scenes(["train"], a.demos, kinds, confuser=a.confusers)
         jobs = [("data_rand", train_scenes, True)] + ([("data_plain", train_scenes, False)] if "domain" not in skip else [])
         data_rand, data_plain = (record_all(jobs) + [None])[:2]
 

@@ -236,6 +236,37 @@ def test_splits_never_leak():
         make_scene("test", "pick", 0)
 
 
+def test_confuser_scenes_put_a_same_colour_twin_beside_the_target():
+    """make_scene(confuser=p): at least a share p of the scenes has a distractor of the target's colour and
+    another shape; the rest of the scene is drawn as before, confuser=0 changes nothing, nothing leaks."""
+    def twin(sc):                                  # (a stack's support may be the twin already)
+        return any(d.colour == sc.target.colour and d.shape != sc.target.shape for d in sc.objects[1:])
+
+    plain = list(episodes("train", 600))
+    assert plain == list(episodes("train", 600, confuser=0.0))
+    base = np.mean([twin(sc) for sc in plain])
+    assert 0.1 < base < 0.35                       # a plain draw: about one scene in five
+    half = list(episodes("train", 600, confuser=0.5))
+    assert np.mean([twin(sc) for sc in half]) > base + 0.25
+    train_objs, _ = training_vocabulary()
+    for a, b in zip(plain, half):
+        assert (a.kind, a.target, a.support, a.instruction, a.seed) == (b.kind, b.target, b.support, b.instruction, b.seed)
+        assert len(b.distractors) <= 2 and b.target not in b.distractors and b.support not in b.distractors
+        assert len({d.name for d in b.distractors}) == len(b.distractors)
+        assert all(o.name in train_objs for o in b.objects)
+        if twin(a):
+            assert a == b                          # already had its twin: untouched
+    assert all(twin(sc) for sc in episodes("train", 200, confuser=1.0))
+    for split in SPLITS[1:]:                       # held-out splits keep their rules
+        for sc in episodes(split, 100, confuser=1.0):
+            if split != "unseen_objects":
+                assert all(o.seen for o in sc.objects)
+            if split == "reasoning":
+                assert all(d.shape != sc.target.shape for d in sc.distractors)
+    with pytest.raises(ValueError, match="confuser"):
+        make_scene("train", "pick", 0, confuser=1.5)
+
+
 def test_renderer_draws_new_shapes_colours_and_fixtures():
     wc = phys()
     sc = make_scene("unseen_objects", "place_plate", 3)

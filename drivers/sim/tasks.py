@@ -146,10 +146,16 @@ def _pick_objects(rng: np.random.Generator, pool: list[ObjectSpec], k: int,
     return [cands[i] for i in idx]
 
 
-def make_scene(split: str, kind: str, seed: int, max_distractors: int = 2) -> Scene:
-    """One seeded scene of `kind` for `split` (see the module docstring)."""
+def make_scene(split: str, kind: str, seed: int, max_distractors: int = 2, confuser: float = 0.0) -> Scene:
+    """One seeded scene of `kind` for `split` (see the module docstring).
+    confuser: the probability that a distractor of the target's colour and another shape (the red cylinder
+    beside the red cube) is put on the table if the scene has none (nor a stack support of that kind), drawn
+    from a random stream of its own, so confuser=0 gives the same scenes as before. A plain draw has such a
+    pair in about one scene in five; they are where a policy that learnt colour better than shape fails."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if not 0.0 <= confuser <= 1.0:
+        raise ValueError(f"confuser must be a probability in [0, 1], got {confuser}")
     rng = np.random.default_rng([seed, KINDS.index(kind), SPLITS.index(split)])
     targets = UNSEEN_OBJECTS if split == "unseen_objects" else TRAIN_OBJECTS
     target = targets[int(rng.integers(len(targets)))]
@@ -165,6 +171,13 @@ def make_scene(split: str, kind: str, seed: int, max_distractors: int = 2) -> Sc
     dpool = TRAIN_OBJECTS + (UNSEEN_OBJECTS if split == "unseen_objects" else [])
     n_d = int(rng.integers(0 if kind == "stack" else 1, max_distractors + 1))
     distractors = tuple(_pick_objects(rng, dpool, n_d, used))
+    if confuser > 0.0 and max_distractors > 0:
+        crng = np.random.default_rng([seed, KINDS.index(kind), SPLITS.index(split), 1])
+        same = [o for o in dpool if o.colour == target.colour and o.shape != target.shape and o.name not in used]
+        if crng.random() < confuser and same and not any(d in same for d in distractors):
+            twin = same[int(crng.integers(len(same)))]
+            distractors = (distractors[:max_distractors - 1] if len(distractors) >= max_distractors
+                           else distractors) + (twin,)
     if split == "novel_instructions":
         templates = NOVEL_PHRASES[kind]
     else:
@@ -182,12 +195,14 @@ def make_scene(split: str, kind: str, seed: int, max_distractors: int = 2) -> Sc
     return Scene(kind, target, text, split, support, distractors, seed)
 
 
-def episodes(split: str, n: int, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> Iterator[Scene]:
+def episodes(split: str, n: int, seed: int = 0, kinds: tuple[str, ...] = KINDS,
+             confuser: float = 0.0) -> Iterator[Scene]:
     """n seeded scenes of `split`, cycling through `kinds`. Training scene seeds are
-    seed, seed+1, ...; evaluation splits use EVAL_SEED0 + seed + i (never a training scene)."""
+    seed, seed+1, ...; evaluation splits use EVAL_SEED0 + seed + i (never a training scene).
+    confuser: make_scene's share of scenes with a same-colour, other-shape distractor."""
     base = seed if split == "train" else EVAL_SEED0 + seed
     for i in range(int(n)):
-        yield make_scene(split, kinds[i % len(kinds)], base + i)
+        yield make_scene(split, kinds[i % len(kinds)], base + i, confuser=confuser)
 
 
 def training_vocabulary() -> tuple[set[str], set[str]]:

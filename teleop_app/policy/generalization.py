@@ -44,12 +44,14 @@ def held_out_style():
                  arm_rgb=(200, 190, 150))
 
 
-def split_scenes(splits: Iterable[str], n: int, kinds: tuple[str, ...] = ("pick",), seed: int = 0) -> list:
-    """n scenes per split (cycling through kinds), from drivers/sim/tasks.py."""
+def split_scenes(splits: Iterable[str], n: int, kinds: tuple[str, ...] = ("pick",), seed: int = 0,
+                 confuser: float = 0.0) -> list:
+    """n scenes per split (cycling through kinds), from drivers/sim/tasks.py; confuser: the share of scenes
+    given a distractor of the target's colour and another shape (tasks.make_scene)."""
     from drivers.sim.tasks import episodes
     out = []
     for s in splits:
-        out += list(episodes(s, n, seed=seed, kinds=tuple(kinds)))
+        out += list(episodes(s, n, seed=seed, kinds=tuple(kinds), confuser=confuser))
     return out
 
 
