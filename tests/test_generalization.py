@@ -64,6 +64,7 @@ def test_rollouts_per_split_and_held_out_domain():
     assert pol.seen[0] == scenes[0].instruction and scenes[1].instruction in pol.seen  # the split's phrasing
     assert all(r.success is False for r in res.rollouts)                              # holding never lifts
     assert [r.notes["outcome"] for r in res.rollouts] == ["no attempt", "no attempt"]
+    assert [r.notes["colour_twin"] for r in res.rollouts] == [sc.colour_twin is not None for sc in scenes]
     assert "no attempt" in format_outcome_table(res)
     default_colour = pol.frames[0]
     pol2 = HoldPolicy()
@@ -77,7 +78,8 @@ def test_split_table_wilson_rt2_and_report(tmp_path):
     rs = []
     for i in range(10):
         rs.append(RolloutResult("pick", "pick up the red cube", i, i < 9, 30, "x",
-                                notes={"split": "seen", "outcome": "success" if i < 9 else "dropped"}))
+                                notes={"split": "seen", "outcome": "success" if i < 9 else "dropped",
+                                       "colour_twin": i >= 6}))
         rs.append(RolloutResult("pick" if i < 5 else "place_bowl", "lift it", i, i < 4, 30, "x",
                                 notes={"split": "unseen_objects"}))
     res = RolloutResults(rs, policy="p", chunk_mode="ensemble")
@@ -92,7 +94,9 @@ def test_split_table_wilson_rt2_and_report(tmp_path):
     write_report(res, None, tmp_path / "rep")
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Generalization (per split)" in md and "| seen objects | all | 9/10 = 90% | 60-98% | 97% |" in md
-    assert "## How the rollouts ended" in md and "| seen objects | 10 | 9 | 1 |" in md   # success, dropped
+    # success, dropped; then the successes over the 4 scenes with a same-colour twin (one of them dropped)
+    assert "## How the rollouts ended" in md and "| seen objects | 10 | 9 | 1 | 3/4 |" in md
+    assert "success beside a same-colour twin" in format_outcome_table(res)
     # a plain sim run (no splits) gets no generalization section
     write_report(RolloutResults([RolloutResult("pick_red", "p", 1, True, 3, "x")]), None, tmp_path / "rep2")
     assert "Generalization" not in (tmp_path / "rep2" / "report.md").read_text()

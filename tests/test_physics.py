@@ -240,7 +240,9 @@ def test_confuser_scenes_put_a_same_colour_twin_beside_the_target():
     """make_scene(confuser=p): at least a share p of the scenes has a distractor of the target's colour and
     another shape; the rest of the scene is drawn as before, confuser=0 changes nothing, nothing leaks."""
     def twin(sc):                                  # (a stack's support may be the twin already)
-        return any(d.colour == sc.target.colour and d.shape != sc.target.shape for d in sc.objects[1:])
+        t = any(d.colour == sc.target.colour and d.shape != sc.target.shape for d in sc.objects[1:])
+        assert t == (sc.colour_twin is not None)
+        return t
 
     plain = list(episodes("train", 600))
     assert plain == list(episodes("train", 600, confuser=0.0))

@@ -85,6 +85,13 @@ class Scene:
         """Target first, then the support (stack), then distractors."""
         return (self.target,) + ((self.support,) if self.support else ()) + tuple(self.distractors)
 
+    @property
+    def colour_twin(self) -> ObjectSpec | None:
+        """An object of the target's colour and another shape on the table (the support or a distractor), if
+        any: the scene can be solved only by telling shapes apart."""
+        return next((o for o in self.objects[1:]
+                     if o.colour == self.target.colour and o.shape != self.target.shape), None)
+
 
 def phrase(template: str, target: ObjectSpec, support: ObjectSpec | None = None) -> str:
     return template.format(obj=target.words, sup=support.words if support else "")
@@ -175,6 +182,7 @@ def make_scene(split: str, kind: str, seed: int, max_distractors: int = 2, confu
         crng = np.random.default_rng([seed, KINDS.index(kind), SPLITS.index(split), 1])
         same = [o for o in dpool if o.colour == target.colour and o.shape != target.shape and o.name not in used]
         if crng.random() < confuser and same and not any(d in same for d in distractors):
+            # (a stack support of that kind is in `used`: then `same` is empty and the scene has its twin)
             twin = same[int(crng.integers(len(same)))]
             distractors = (distractors[:max_distractors - 1] if len(distractors) >= max_distractors
                            else distractors) + (twin,)

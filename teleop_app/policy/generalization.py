@@ -217,7 +217,7 @@ def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: s
                         period=period, success_fn=wc.success, task=sc.kind, seed=sc.seed, workcell=wc,
                         profile=prof, on_step=lambda _k, _sent: trace.observe())
             r.notes = {"split": sc.split, "target": sc.target.name, "domain": domain,
-                       "outcome": trace.verdict(r.success)}
+                       "outcome": trace.verdict(r.success), "colour_twin": sc.colour_twin is not None}
             res.rollouts.append(r)
             if progress:
                 progress(i + 1, len(scenes), r)
@@ -350,11 +350,35 @@ def outcome_counts(results: RolloutResults) -> dict[str, dict[str, int]]:
     return out
 
 
+TWIN_COLUMN = "success beside a same-colour twin"
+
+
+def twin_success(results: RolloutResults) -> dict[str, tuple[int, int]]:
+    """split label -> (successes, rollouts) over the scenes with an object of the target's colour and another
+    shape on the table (Scene.colour_twin: the red cylinder beside the red cube), for rollouts that say."""
+    out: dict[str, tuple[int, int]] = {}
+    for r in results.rollouts:
+        n = r.notes or {}
+        if n.get("outcome") and n.get("colour_twin"):
+            sp = SPLIT_LABELS.get(n.get("split"), n.get("split") or "-")
+            s, k = out.get(sp, (0, 0))
+            out[sp] = (s + bool(r.success), k + 1)
+    return out
+
+
 def outcome_rows(results: RolloutResults) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of outcome_counts: one row per split."""
+    """(header, rows) of outcome_counts: one row per split; with TWIN_COLUMN last when any scene had a
+    same-colour twin (twin_success)."""
     counts = outcome_counts(results)
     head = ["split", *next(iter(counts.values()), {"episodes": 0})]
-    return head, [[sp, *(str(n) for n in c.values())] for sp, c in counts.items()]
+    rows = [[sp, *(str(n) for n in c.values())] for sp, c in counts.items()]
+    twins = twin_success(results)
+    if twins:
+        head.append(TWIN_COLUMN)
+        for row in rows:
+            s, k = twins.get(row[0], (0, 0))
+            row.append(f"{s}/{k}" if k else "-")
+    return head, rows
 
 
 def format_outcome_table(results: RolloutResults) -> str:

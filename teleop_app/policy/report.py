@@ -66,14 +66,17 @@ def _sections(results: RolloutResults | None, offline: OfflineResults | None, in
                              f"visual domain '{dom}'. RT-2 column: RT-2's real-robot figures as quoted in "
                              "issue 13 (97 / 62 / 81 / 74 %), for scale, not a like-for-like comparison.",
                         "table": (head, srows)})
-        from .generalization import outcome_rows
+        from .generalization import TWIN_COLUMN, outcome_rows
         head, orows = outcome_rows(results)
         if orows:
             from drivers.sim.physics import OUTCOMES
             out.append({"h": "How the rollouts ended",
                         "p": "Read off the physics sim's state after each rollout (drivers/sim/physics.py, "
                              "OutcomeTrace): " + "; ".join(f"{o} = {OUTCOMES[o]}" for o in head[2:]
-                                                            if o != "success") + ".",
+                                                            if o in OUTCOMES and o != "success") + "."
+                             + (" Last column: successes over the scenes with an object of the target's colour "
+                                "and another shape on the table (telling them apart takes the shape)."
+                                if head[-1] == TWIN_COLUMN else ""),
                         "table": (head, orows)})
         wrong = results.wrong_object()
         if wrong:
