@@ -407,6 +407,32 @@ def tiny_checkpoint(path, profile, fps):
     return save_checkpoint(path, VLAModel(cfg), meta, tok)
 
 
+def test_validation_on_the_held_out_splits_reports_each_split_beside_rt2(qtbot, win, tmp_path):
+    """The policy tab's validation, run on the held-out splits: N unseen physics scenes per split (a real, tiny
+    VLA checkpoint), success per split with a Wilson interval and RT-2's figure in the panel, and the report's
+    generalization and outcome sections."""
+    from teleop_app.profiles import load_profile
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", load_profile("sim7"), 10)
+    connect(qtbot, win)
+    p = win.policy
+    qtbot.waitUntil(lambda: p.task_pick.findData("splits:pick") > 0, timeout=5000)
+    p.task_pick.setCurrentIndex(p.task_pick.findData("splits:pick"))
+    p.source.setText(str(ckpt))
+    p.n_rollouts.setValue(1)
+    p.max_steps.setValue(4)                            # 4 steps pick nothing up: every split 0/1
+    w = p.validate()
+    qtbot.waitUntil(lambda: w.state in ("done", "failed"), timeout=120000)
+    assert w.state == "done", w.error
+    qtbot.waitUntil(lambda: p._val_worker is None and "succeeded" in p.val_result.text(), timeout=5000)
+    text = p.val_result.text()
+    assert "0/4 succeeded" in text
+    for split, rt2 in (("seen objects", 97), ("unseen objects", 62), ("novel instructions", 81), ("reasoning", 74)):
+        assert f"{split}: 0/1 (95% CI 0%-79%; RT-2 {rt2}%)" in text, text
+    md = p._report.with_name("report.md").read_text()
+    assert "## Generalization (per split)" in md and "| seen objects | all | 0/1 = 0% | 0-79% | 97% |" in md
+    assert "## How the rollouts ended" in md
+
+
 def test_policy_checkpoint_loads_in_the_control_process_and_runs(qtbot, win, tmp_path):
     from teleop_app.profiles import load_profile
     # (made before connecting: importing torch here blocks this window's thread for seconds)

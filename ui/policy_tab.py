@@ -226,7 +226,7 @@ class PolicyTab(QWidget):
         row.addWidget(self.val_btn)
         row.addWidget(self.val_cancel)
         row.addWidget(self.report_btn)
-        vf.addRow("rollouts per task", row)
+        vf.addRow("rollouts per task or split", row)
         row2 = QHBoxLayout()
         row2.addWidget(self.task_pick, 1)
         row2.addWidget(self.max_steps)
@@ -296,8 +296,12 @@ class PolicyTab(QWidget):
                 self.source.setText("demo")      # the shipped demo policy: Load, then Start
             if info.is_sim and self.task_pick.count() == 1:
                 from drivers.sim import TASKS
+                from teleop_app.policy.generalization import KINDS
                 for t in info.tasks:
                     self.task_pick.addItem(f"{t}: {TASKS.get(t, t)}", t)
+                for k in KINDS:     # teleop eval --splits: N unseen scenes per split, success per split vs RT-2
+                    self.task_pick.addItem(f"held-out splits, {k}: seen / unseen objects / novel instructions / "
+                                           "reasoning (physics sim)", f"splits:{k}")
         self._update_buttons()
 
     def browse(self) -> None:
@@ -471,8 +475,9 @@ class PolicyTab(QWidget):
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> Worker | None:
-        """N sim rollouts per task in a worker of this process (its own sim and policy copy, never the live
-        robot), then a report."""
+        """N sim rollouts per task, or per held-out split (a "held-out splits" entry: the physics workcell's
+        unseen scenes, as `teleop eval --splits`), in a worker of this process (its own sim and policy copy,
+        never the live robot), then a report."""
         spec = self.source.text().strip()
         if not spec:
             self.message.emit("give a policy (checkpoint or URL) to validate")
@@ -498,9 +503,16 @@ class PolicyTab(QWidget):
             from teleop_app.policy.report import write_report
             w.report(0.0, "loading policy")
             policy = load_policy(spec, **remote_kw)
-            tasks = list(TASKS) if task is None else [task]
-            res = run_sim_rollouts(policy, tasks, n, max_steps=max_steps, profile=profile_name,
-                                   progress=w.callback("rollout"), policy_name=Path(spec).name)
+            if isinstance(task, str) and task.startswith("splits:"):
+                # the generalization table: n unseen scenes of each declared split (as teleop eval --splits)
+                from teleop_app.policy.generalization import EVAL_SPLITS, run_scene_rollouts, split_scenes
+                scenes = split_scenes(EVAL_SPLITS, n, (task.split(":", 1)[1],))
+                res = run_scene_rollouts(policy, scenes, profile=profile_name, max_steps=max_steps,
+                                         progress=w.callback("rollout"), policy_name=Path(spec).name)
+            else:
+                tasks = list(TASKS) if task is None else [task]
+                res = run_sim_rollouts(policy, tasks, n, max_steps=max_steps, profile=profile_name,
+                                       progress=w.callback("rollout"), policy_name=Path(spec).name)
             meta = {"source": spec, "profile": profile_name, "started_from": "teleop gui"}
             return res, write_report(res, None, out_dir, info=meta)
 
@@ -528,7 +540,14 @@ class PolicyTab(QWidget):
         o, per = res.overall(), res.per_task()
         lines = [f"<b>{o['success']}/{o['n']} succeeded</b> (95% CI {o['ci95'][0]:.0%}-{o['ci95'][1]:.0%})"
                  + (f" {html.escape(res.sim_text())}" if res.sim_text() else "")]
-        lines += [f"{t}: {d['success']}/{d['n']}" for t, d in per.items()]
+        from teleop_app.policy.generalization import SPLIT_LABELS, per_split
+        splits = per_split(res)
+        if splits:
+            lines += [f"{SPLIT_LABELS.get(sp, sp)}: {d['success']}/{d['n']} (95% CI {d['ci95'][0]:.0%}-"
+                      f"{d['ci95'][1]:.0%}" + (f"; RT-2 {d['rt2']:.0%}" if d["rt2"] is not None else "") + ")"
+                      for sp, d in splits.items()]
+        else:
+            lines += [f"{t}: {d['success']}/{d['n']}" for t, d in per.items()]
         fp = res.uncertainty()
         lines.append(f"<b>does uncertainty predict failure?</b> {html.escape(fp['text'])}")
         self.val_result.setText("<br>".join(lines) + f"<br>report: {report}")

@@ -33,6 +33,7 @@ SPLIT_LABELS = {"seen": "seen objects", "unseen_objects": "unseen objects",
                 "train": "training scenes"}
 EVAL_SPLITS = ("seen", "unseen_objects", "novel_instructions", "reasoning")
 MAX_STEPS = {"pick": 100, "place_bowl": 160, "place_plate": 160, "push": 160, "stack": 180}
+KINDS = tuple(MAX_STEPS)            # the physics workcell's task kinds (drivers/sim/tasks.py KINDS)
 DOMAINS = ("default", "held_out")
 
 
@@ -189,10 +190,11 @@ def _sim_choice(policy) -> str:
 
 
 def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: str = "ensemble",
-                       profile: str = "sim7", policy_name: str = "",
+                       profile: str = "sim7", policy_name: str = "", max_steps: int | None = None,
                        progress: Callable[[int, int, object], None] | None = None) -> RolloutResults:
     """Closed-loop rollouts of `policy` on physics scenes (every command through the profile's safety
-    layer); each RolloutResult carries notes {"split", "target", "domain"}; task = the scene's kind."""
+    layer); each RolloutResult carries notes {"split", "target", "domain", "outcome", "colour_twin"};
+    task = the scene's kind. max_steps: per rollout (default MAX_STEPS of the scene's kind)."""
     from teleop_app.pipeline import rollout
     from .base import check_compatible
     from .runner import PolicyRunner
@@ -213,7 +215,7 @@ def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: s
         for i, sc in enumerate(scenes):
             _reset(wc, sc, domain)
             trace = wc.trace()
-            r = rollout(runner, robot, cams, sc.instruction, safety, max_steps=MAX_STEPS.get(sc.kind, 160),
+            r = rollout(runner, robot, cams, sc.instruction, safety, max_steps=max_steps or MAX_STEPS.get(sc.kind, 160),
                         period=period, success_fn=wc.success, task=sc.kind, seed=sc.seed, workcell=wc,
                         profile=prof, on_step=lambda _k, _sent: trace.observe())
             r.notes = {"split": sc.split, "target": sc.target.name, "domain": domain,
