@@ -29,11 +29,13 @@ class _Waypoint:
 
 
 PERTURB_STEPS = 40      # ticks a detour may take before the expert gives up on reaching it and recovers
+DETOUR_RADIUS = (0.03, 0.07)    # m from the target's centre where a detour comes down (1.5-7 cm, tried on Dec 6
+                                # against grasps 2 cm off the centre, left those drops as they were: docs)
 
 
 class ScriptedExpert:
     """perturb (physics sim): the probability, drawn per scene from the seeds, that the expert first
-    drives a detour, to a point 3-7 cm beside the object and down towards the table as a policy that
+    drives a detour, to a point 3-7 cm beside the object (DETOUR_RADIUS) and down towards the table as a policy that
     misjudged where the object is would, and then recovers from there with its normal plan (DART-style
     noise injection, Laskey et al. 2017). `perturbing` says whether the action act() last returned
     belongs to such a detour: recorded as the action source "perturbation", it is not to be imitated
@@ -328,12 +330,12 @@ def plan_physics(wc, rng: np.random.Generator, q: np.ndarray) -> list[_Waypoint]
 
 
 def plan_detour(wc, rng: np.random.Generator, q: np.ndarray) -> list[_Waypoint]:
-    """The perturbation's waypoints: above a point 3-7 cm from the target in a random direction, then
+    """The perturbation's waypoints: above a point DETOUR_RADIUS from the target in a random direction, then
     down to 0-6 cm above grasp height, gripper open; the expert's real plan starts from where this ends."""
     p = wc.objects()[wc.scene.target.name]
     gz = max(p[2], 0.018)
     a = rng.uniform(0.0, 2 * np.pi)
-    off = p[:2] + rng.uniform(0.03, 0.07) * np.array([np.cos(a), np.sin(a)])
+    off = p[:2] + rng.uniform(*DETOUR_RADIUS) * np.array([np.cos(a), np.sin(a)])
     rot = kin.rot_down(float(rng.uniform(-np.pi / 4, np.pi / 4)))
     tcp_z = kin.fk(q)[2, 3]
     return [
