@@ -151,6 +151,17 @@ def test_window_fits_a_1280x720_screen_with_the_estop_on_it(qtbot, win):
     assert area.horizontalScrollBar().maximum() > 0
     win.tabs.setCurrentWidget(win.policy)
     assert win.tabs.currentWidget() is win.policy and win.tabs.currentIndex() == 2
+    # the policy page fits sideways, and its validation box (what a policy gets before the robot) is in view
+    # without scrolling down: it was below the fold of a 1280-px window, its buttons cut at the right edge
+    parea = win.policy.parentWidget().parentWidget()
+    assert isinstance(parea, QScrollArea) and parea.widget() is win.policy
+    qtbot.waitUntil(lambda: win.policy.isVisible() and parea.viewport().width() > 0, timeout=3000)
+    assert win.policy.minimumSizeHint().width() <= parea.viewport().width(), (
+        win.policy.minimumSizeHint(), parea.viewport().size())
+    for b in (win.policy.val_btn, win.policy.report_btn):
+        corner = b.mapTo(parea.viewport(), QPoint(b.width(), b.height()))
+        assert b.isVisible() and corner.x() <= parea.viewport().width() \
+            and corner.y() <= parea.viewport().height(), (b.text(), corner, parea.viewport().size())
 
 
 def test_connect_error_is_shown_not_raised(qtbot, win):

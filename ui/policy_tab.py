@@ -108,7 +108,7 @@ class PolicyTab(QWidget):
         row.addWidget(self.instruction, 1)
         return row
 
-    def _build_controls(self) -> QHBoxLayout:
+    def _build_controls(self) -> QVBoxLayout:
         self.start_btn = QPushButton("Start [P]")
         self.stop_btn = QPushButton("Stop [Esc]")
         self.step_btn = QPushButton("Step [.]")
@@ -125,15 +125,20 @@ class PolicyTab(QWidget):
         self.max_s.setRange(1, 3600)
         self.max_s.setValue(30)
         self.max_s.setSuffix(" s max")
-        row = QHBoxLayout()
+        # two rows (driving the run; judging it): in one row the tab was wider than a 1280-px window's share
+        run_row, judge_row = QHBoxLayout(), QHBoxLayout()
         for b in (self.start_btn, self.stop_btn, self.step_btn, self.takeover_btn, self.scene_btn, self.succ_btn,
                   self.fail_btn):
             b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             b.setMinimumHeight(30)
-            row.addWidget(b)
-        row.addWidget(self.allow_takeover)
-        row.addWidget(self.max_s)
-        row.addStretch(1)
+            (judge_row if b in (self.succ_btn, self.fail_btn) else run_row).addWidget(b)
+        run_row.addStretch(1)
+        judge_row.addWidget(self.allow_takeover)
+        judge_row.addWidget(self.max_s)
+        judge_row.addStretch(1)
+        row = QVBoxLayout()
+        row.addLayout(run_row)
+        row.addLayout(judge_row)
         self.start_btn.setStyleSheet("color: #27ae60; font-weight: bold")
         self.start_btn.clicked.connect(self.start)
         self.stop_btn.clicked.connect(self.stop)
@@ -192,10 +197,12 @@ class PolicyTab(QWidget):
         right = QWidget()
         rv = QVBoxLayout(right)
         rv.setContentsMargins(0, 0, 0, 0)
+        # validation first: it is what a policy gets before it runs on the robot, and at a laptop's height
+        # (1280x760) a box below the runs table was below the fold of the scrolled tab
+        rv.addWidget(self._build_validation())
         rv.addWidget(QLabel("<b>Runs on the robot</b>"))
         rv.addWidget(self.runs_table, 1)
         rv.addWidget(self.summary)
-        rv.addWidget(self._build_validation())
         return right
 
     def _build_validation(self) -> QGroupBox:
@@ -204,11 +211,13 @@ class PolicyTab(QWidget):
         self.n_rollouts.setValue(10)
         self.task_pick = QComboBox()
         self.task_pick.addItem("all tasks", None)
+        # the entries are longer than the box is wide: the whole one shows on hover
+        self.task_pick.currentIndexChanged.connect(lambda _i: self.task_pick.setToolTip(self.task_pick.currentText()))
         self.max_steps = QSpinBox()
         self.max_steps.setRange(0, 10000)
         self.max_steps.setSpecialValueText("task default")
-        self.max_steps.setPrefix("max steps ")
-        self.val_btn = QPushButton("Run validation rollouts")
+        self.max_steps.setSuffix(" per rollout")
+        self.val_btn = QPushButton("Validate")
         self.val_cancel = QPushButton("Cancel")
         self.val_cancel.setEnabled(False)
         self.val_progress = QProgressBar()
@@ -219,18 +228,23 @@ class PolicyTab(QWidget):
         self.val_btn.clicked.connect(self.validate)
         self.val_cancel.clicked.connect(self.cancel_validation)
         self.report_btn.clicked.connect(self.open_report)
-        val = QGroupBox("Validation (sim rollouts in this window's process, off the live robot)")
+        val = QGroupBox("Validation (sim rollouts, off the robot)")
+        val.setToolTip("Closed-loop rollouts on the simulated workcell, in this window's process: the live robot "
+                       "does not move. A task runs the policy on that task's scenes; a held-out-splits entry "
+                       "runs it on unseen physics scenes of each split (as teleop eval --splits).")
         vf = QFormLayout(val)
+        self.n_rollouts.setSuffix(" per task or split")
+        row1 = QHBoxLayout()          # (in a layout, the box may be narrower than its longest entry)
+        row1.addWidget(self.task_pick, 1)
+        vf.addRow("tasks", row1)
+        vf.addRow("rollouts", self.n_rollouts)
+        vf.addRow("max steps", self.max_steps)
         row = QHBoxLayout()
-        row.addWidget(self.n_rollouts)
         row.addWidget(self.val_btn)
         row.addWidget(self.val_cancel)
         row.addWidget(self.report_btn)
-        vf.addRow("rollouts per task or split", row)
-        row2 = QHBoxLayout()
-        row2.addWidget(self.task_pick, 1)
-        row2.addWidget(self.max_steps)
-        vf.addRow("tasks", row2)
+        row.addStretch(1)
+        vf.addRow(row)
         vf.addRow(self.val_progress)
         self.val_result = QLabel("")
         self.val_result.setWordWrap(True)
