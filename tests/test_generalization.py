@@ -68,6 +68,10 @@ def test_rollouts_per_split_and_held_out_domain():
     assert all(r.success is False for r in res.rollouts)                              # holding never lifts
     assert [r.notes["outcome"] for r in res.rollouts] == ["no attempt", "no attempt"]
     assert [r.notes["colour_twin"] for r in res.rollouts] == [sc.colour_twin is not None for sc in scenes]
+    # the per-tick uncertainty, as the task rollouts carry it: the validation report's "does it predict failure?"
+    assert [r.notes["uncertainty"]["ticks"] for r in res.rollouts] == [r.steps for r in res.rollouts]
+    assert all(r.notes["uncertainty"]["n"] > 0 for r in res.rollouts)
+    assert res.uncertainty()["text"] and "carry no uncertainty record" not in res.uncertainty()["text"]
     assert "no attempt" in format_outcome_table(res)
     default_colour = pol.frames[0]
     pol2 = HoldPolicy()

@@ -193,11 +193,13 @@ def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: s
                        profile: str = "sim7", policy_name: str = "", max_steps: int | None = None,
                        progress: Callable[[int, int, object], None] | None = None) -> RolloutResults:
     """Closed-loop rollouts of `policy` on physics scenes (every command through the profile's safety
-    layer); each RolloutResult carries notes {"split", "target", "domain", "outcome", "colour_twin"};
+    layer); each RolloutResult carries notes {"split", "target", "domain", "outcome", "colour_twin",
+    "uncertainty" (the per-tick chunk disagreement, as evaluate.py's rollouts: does it predict failure?)};
     task = the scene's kind. max_steps: per rollout (default MAX_STEPS of the scene's kind)."""
     from teleop_app.pipeline import rollout
     from .base import check_compatible
     from .runner import PolicyRunner
+    from .uncertainty import UncertaintyTrace
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
     h, w = policy.meta.image_size
@@ -214,12 +216,17 @@ def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: s
     try:
         for i, sc in enumerate(scenes):
             _reset(wc, sc, domain)
-            trace = wc.trace()
+            trace, unc = wc.trace(), UncertaintyTrace(runner)
+
+            def on_step(k, sent, trace=trace, unc=unc):
+                trace.observe()
+                unc(k, sent)
             r = rollout(runner, robot, cams, sc.instruction, safety, max_steps=max_steps or MAX_STEPS.get(sc.kind, 160),
                         period=period, success_fn=wc.success, task=sc.kind, seed=sc.seed, workcell=wc,
-                        profile=prof, on_step=lambda _k, _sent: trace.observe())
+                        profile=prof, on_step=on_step)
             r.notes = {"split": sc.split, "target": sc.target.name, "domain": domain,
-                       "outcome": trace.verdict(r.success), "colour_twin": sc.colour_twin is not None}
+                       "outcome": trace.verdict(r.success), "colour_twin": sc.colour_twin is not None,
+                       "uncertainty": unc.summary()}
             res.rollouts.append(r)
             if progress:
                 progress(i + 1, len(scenes), r)
