@@ -45,8 +45,8 @@ def test_split_scenes_are_unseen_and_labelled():
     train = split_scenes(["train"], 3, ("pick",))
     assert all(s.target.seen and s.seed < 1_000_000 for s in train)
     from drivers.sim.tasks import KINDS as SIM_KINDS
-    from teleop_app.policy.generalization import KINDS, MAX_STEPS
-    assert KINDS == SIM_KINDS and set(MAX_STEPS) == set(SIM_KINDS)   # the policy tab's split entries, one per kind
+    from teleop_app.policy.generalization import MAX_STEPS
+    assert set(MAX_STEPS) == set(SIM_KINDS)          # a rollout length for every task kind the splits hold
 
 
 def test_record_scenes_keeps_expert_demos_with_split(tmp_path):

@@ -310,7 +310,7 @@ class PolicyTab(QWidget):
                 self.source.setText("demo")      # the shipped demo policy: Load, then Start
             if info.is_sim and self.task_pick.count() == 1:
                 from drivers.sim import TASKS
-                from teleop_app.policy.generalization import KINDS
+                from drivers.sim.tasks import KINDS
                 for t in info.tasks:
                     self.task_pick.addItem(f"{t}: {TASKS.get(t, t)}", t)
                 for k in KINDS:     # teleop eval --splits: N unseen scenes per split, success per split vs RT-2
@@ -551,7 +551,7 @@ class PolicyTab(QWidget):
         self._report = Path(report)
         self.val_progress.setValue(1000)
         self.val_progress.setFormat("done")
-        o, per = res.overall(), res.per_task()
+        o = res.overall()
         lines = [f"<b>{o['success']}/{o['n']} succeeded</b> (95% CI {o['ci95'][0]:.0%}-{o['ci95'][1]:.0%})"
                  + (f" {html.escape(res.sim_text())}" if res.sim_text() else "")]
         from teleop_app.policy.generalization import SPLIT_LABELS, per_split
@@ -561,7 +561,7 @@ class PolicyTab(QWidget):
                       f"{d['ci95'][1]:.0%}" + (f"; RT-2 {d['rt2']:.0%}" if d["rt2"] is not None else "") + ")"
                       for sp, d in splits.items()]
         else:
-            lines += [f"{t}: {d['success']}/{d['n']}" for t, d in per.items()]
+            lines += [f"{t}: {d['success']}/{d['n']}" for t, d in res.per_task().items()]
         fp = res.uncertainty()
         lines.append(f"<b>does uncertainty predict failure?</b> {html.escape(fp['text'])}")
         self.val_result.setText("<br>".join(lines) + f"<br>report: {report}")

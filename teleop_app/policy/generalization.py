@@ -33,7 +33,6 @@ SPLIT_LABELS = {"seen": "seen objects", "unseen_objects": "unseen objects",
                 "train": "training scenes"}
 EVAL_SPLITS = ("seen", "unseen_objects", "novel_instructions", "reasoning")
 MAX_STEPS = {"pick": 100, "place_bowl": 160, "place_plate": 160, "push": 160, "stack": 180}
-KINDS = tuple(MAX_STEPS)            # the physics workcell's task kinds (drivers/sim/tasks.py KINDS)
 DOMAINS = ("default", "held_out")
 
 
