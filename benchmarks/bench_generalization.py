@@ -287,19 +287,39 @@ def main() -> int:
         return record_all([(name, scenes, randomize)], perturb)[0]
 
     def record_all(jobs, perturb=None):
-        """Record [(name, scenes, randomize)] into OUT/name, at most --threads datasets at once (each
-        dataset is one process: the sim and its renderer are single-threaded); --perturb unless told."""
+        """Record [(name, scenes, randomize)] into OUT/name on --threads processes (the sim and its renderer
+        are single-threaded): fewer datasets than processes are each cut into that many runs of consecutive
+        scenes, recorded side by side and merged in scene order (recorder.edit.merge_stores); --perturb
+        unless told."""
         from concurrent.futures import ProcessPoolExecutor
         import multiprocessing
+        from recorder.edit import merge_stores
         todo = [j for j in jobs if not (out / j[0] / "store.json").exists()]
         t0 = time.monotonic()
         kw = dict(image_size=a.image_size, cameras=cams, perturb=a.perturb if perturb is None else perturb)
-        if len(todo) > 1 and a.threads > 1:
-            with ProcessPoolExecutor(min(len(todo), a.threads), mp_context=multiprocessing.get_context("spawn")) as ex:
-                futs = [ex.submit(record_scenes, out / n, sc, randomize=r, **kw) for n, sc, r in todo]
-                kept = [len(f.result()) for f in futs]
+        parts = max(1, a.threads // max(1, len(todo)))
+        runs = []                                           # (dataset name, part folder, scenes, randomize)
+        for n, sc, r in todo:
+            k = min(parts, len(sc))
+            cuts = [len(sc) * i // k for i in range(k + 1)]
+            runs += [(n, out / (n if k == 1 else f"{n}.part{i}"), sc[cuts[i]:cuts[i + 1]], r) for i in range(k)]
+        for _n, folder, _sc, _r in runs:
+            if folder.name != _n and folder.exists():       # a part left by an interrupted run
+                shutil.rmtree(folder)
+        if len(runs) > 1 and a.threads > 1:
+            with ProcessPoolExecutor(min(len(runs), a.threads), mp_context=multiprocessing.get_context("spawn")) as ex:
+                futs = [ex.submit(record_scenes, folder, sc, randomize=r, **kw) for _n, folder, sc, r in runs]
+                kept_runs = [len(f.result()) for f in futs]
         else:
-            kept = [len(record_scenes(out / n, sc, randomize=r, **kw)) for n, sc, r in todo]
+            kept_runs = [len(record_scenes(folder, sc, randomize=r, **kw)) for _n, folder, sc, r in runs]
+        kept = []
+        for n, sc, _r in todo:
+            folders = [f for m, f, _s, _x in runs if m == n]
+            kept.append(sum(k for (m, *_rest), k in zip(runs, kept_runs) if m == n))
+            if len(folders) > 1:
+                merge_stores(folders, out / n)
+                for f in folders:
+                    shutil.rmtree(f)
         for (n, sc, _r), k in zip(todo, kept):
             summary[f"record_{n}"] = {"scenes": len(sc), "kept": k, "s": round(time.monotonic() - t0, 1)}
             log(f"recorded {n}: {k}/{len(sc)} expert demos kept in {time.monotonic() - t0:.0f} s")
