@@ -481,6 +481,18 @@ def test_policy_checkpoint_loads_in_the_control_process_and_runs(qtbot, win, tmp
     qtbot.waitUntil(lambda: s.status.mode == Mode.HOLD, timeout=2000)
 
 
+def test_server_reply_format_is_a_choice_for_http_servers_only(qtbot, win, tmp_path):
+    p = win.policy
+    for source, offered in (("", False), (str(tmp_path / "rand.pt"), False), ("demo", False),
+                            ("ws://127.0.0.1:8000", False), ("http://127.0.0.1:8000", True),
+                            (" https://lab-gpu:8000 ", True), ("/tmp/http_run/rand.pt", False)):
+        p.source.setText(source)
+        assert p.remote_mode.isEnabled() == offered, source
+    p.source.clear()
+    qtbot.keyClicks(p.source, "http://gpu:8000")          # typed, as an operator does
+    assert p.remote_mode.isEnabled()
+
+
 def test_policy_load_error_is_readable(qtbot, win, tmp_path):
     connect(qtbot, win)
     bad = tmp_path / "not_a_checkpoint.pt"

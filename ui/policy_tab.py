@@ -82,7 +82,9 @@ class PolicyTab(QWidget):
         self.remote_mode = QComboBox()
         self.remote_mode.addItem("server sends EE deltas (OpenVLA)", "eef")
         self.remote_mode.addItem("server sends joint targets (teleop serve)", "joint")
-        self.remote_mode.setToolTip("only for server URLs: what the policy server's /act returns")
+        self.remote_mode.setToolTip("only for OpenVLA-style server URLs (http://...): what the policy server's "
+                                    "/act returns")
+        self.remote_mode.setEnabled(False)          # a checkpoint, the demo or an openpi server (ws://) has no choice
         self.browse_btn = QPushButton("Browse...")
         self.load_btn = QPushButton("Load")
         self.load_btn.setStyleSheet("font-weight: bold")
@@ -97,6 +99,8 @@ class PolicyTab(QWidget):
         self.browse_btn.clicked.connect(self.browse)
         self.load_btn.clicked.connect(lambda: self.load(self.source.text().strip()))
         self.source.returnPressed.connect(lambda: self.load(self.source.text().strip()))
+        self.source.textChanged.connect(
+            lambda t: self.remote_mode.setEnabled(t.strip().startswith(("http://", "https://"))))
         return row
 
     def _build_instruction_row(self) -> QHBoxLayout:
