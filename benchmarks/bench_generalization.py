@@ -304,8 +304,8 @@ def main() -> int:
             k = min(parts, len(sc))
             cuts = [len(sc) * i // k for i in range(k + 1)]
             runs += [(n, out / (n if k == 1 else f"{n}.part{i}"), sc[cuts[i]:cuts[i + 1]], r) for i in range(k)]
-        for _n, folder, _sc, _r in runs:
-            if folder.name != _n and folder.exists():       # a part left by an interrupted run
+        for n, folder, _sc, _r in runs:
+            if folder.name != n and folder.exists():        # a part left by an interrupted run
                 shutil.rmtree(folder)
         if len(runs) > 1 and a.threads > 1:
             with ProcessPoolExecutor(min(len(runs), a.threads), mp_context=multiprocessing.get_context("spawn")) as ex:
@@ -313,15 +313,17 @@ def main() -> int:
                 kept_runs = [len(f.result()) for f in futs]
         else:
             kept_runs = [len(record_scenes(folder, sc, randomize=r, **kw)) for _n, folder, sc, r in runs]
-        kept = []
-        for n, sc, _r in todo:
-            folders = [f for m, f, _s, _x in runs if m == n]
-            kept.append(sum(k for (m, *_rest), k in zip(runs, kept_runs) if m == n))
+        kept = {n: 0 for n, _sc, _r in todo}
+        for (n, _folder, _sc, _r), k in zip(runs, kept_runs):
+            kept[n] += k
+        for n in kept:
+            folders = [f for m, f, _s, _r in runs if m == n]
             if len(folders) > 1:
                 merge_stores(folders, out / n)
                 for f in folders:
                     shutil.rmtree(f)
-        for (n, sc, _r), k in zip(todo, kept):
+        for n, sc, _r in todo:
+            k = kept[n]
             summary[f"record_{n}"] = {"scenes": len(sc), "kept": k, "s": round(time.monotonic() - t0, 1)}
             log(f"recorded {n}: {k}/{len(sc)} expert demos kept in {time.monotonic() - t0:.0f} s")
         return [out / j[0] for j in jobs]

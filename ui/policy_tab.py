@@ -31,6 +31,11 @@ PLOT_SECONDS = 20.0
 UNCERTAINTY_YMAX = 0.05       # rad: the uncertainty plot's fixed range
 
 
+def openvla_server(spec: str) -> bool:
+    """An OpenVLA-style policy server URL (http/https): the only source whose reply format is a choice."""
+    return spec.strip().startswith(("http://", "https://"))
+
+
 @dataclass
 class Run:
     n: int
@@ -99,8 +104,7 @@ class PolicyTab(QWidget):
         self.browse_btn.clicked.connect(self.browse)
         self.load_btn.clicked.connect(lambda: self.load(self.source.text().strip()))
         self.source.returnPressed.connect(lambda: self.load(self.source.text().strip()))
-        self.source.textChanged.connect(
-            lambda t: self.remote_mode.setEnabled(t.strip().startswith(("http://", "https://"))))
+        self.source.textChanged.connect(lambda t: self.remote_mode.setEnabled(openvla_server(t)))
         return row
 
     def _build_instruction_row(self) -> QHBoxLayout:
@@ -512,7 +516,7 @@ class PolicyTab(QWidget):
         out_dir = base / "validation" / time.strftime("%Y%m%d-%H%M%S")
         remote_kw = {"profile": self.profile, "action_mode": {"eef": "ee_delta"}.get(
             self.remote_mode.currentData(), self.remote_mode.currentData())} \
-            if spec.startswith(("http://", "https://")) and self.profile is not None else {}
+            if openvla_server(spec) and self.profile is not None else {}
 
         def job(w: Worker):
             from drivers.sim import TASKS
