@@ -148,6 +148,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--async", dest="async_", action="store_true",
                    help="run inference in a worker thread, the loop in real time (remote / slow policies)")
     p.add_argument("--max-latency-ms", type=float, default=None, help="watchdog: hold if inference is slower")
+    p.add_argument("--tta", type=int, default=None, metavar="PX",
+                   help="checkpoint: average each prediction over copies of the images shifted +-PX pixels "
+                        "(default: the shift its training augmentation used, recorded in the checkpoint; 0 = off)")
     p.add_argument("--record", help="record every rollout as an episode (mode 'policy') into this folder")
     p.add_argument("--offline", metavar="DATASET", help="offline validation on this dataset instead")
     p.add_argument("--split", default="val", choices=["val", "all"], help="offline: held-out or all episodes")
@@ -262,12 +265,15 @@ def cmd_train_demo(a) -> int:
 
 def _load(a):
     from .base import load_policy
+    if getattr(a, "tta", None) is not None and str(a.policy).startswith(("http://", "https://", "ws://", "wss://")):
+        raise PolicyError("--tta averages the project's own checkpoint over shifted images; a policy server runs "
+                         "its own model: drop --tta")
     if str(a.policy).startswith(("http://", "https://")):
         return load_policy(a.policy, action_mode=a.remote_action, camera=a.remote_camera,
                            unnorm_key=a.unnorm_key, token=a.token, timeout=a.timeout)
     if str(a.policy).startswith(("ws://", "wss://")):
         return load_policy(a.policy, layout=a.layout, api_key=a.token, timeout=a.timeout)
-    return load_policy(a.policy)
+    return load_policy(a.policy, tta=getattr(a, "tta", None))
 
 
 def cmd_eval(a) -> int:

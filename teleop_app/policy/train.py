@@ -251,6 +251,14 @@ class _Batcher:
         return imgs, self.text[ep, k], self.state[idx], self.targets[idx]
 
 
+def shift_range(mode: str, pad: int) -> int:
+    """How far (+- px) augment_images shifts an image in `mode` with `pad`: what the policy then learnt to
+    ignore, and the shifts it averages over at run time (checkpoint.VLAPolicy's tta)."""
+    if mode not in AUGMENT:
+        raise ValueError(f"augment must be one of {AUGMENT}, got {mode!r}")
+    return 0 if mode == "none" else max(pad, 4) if mode == "strong" else pad
+
+
 def augment_images(x, rng: np.random.Generator, mode: str = "basic", pad: int = 2, return_shift: bool = False):
     """(B, C, 3, H, W) float in [0,1] -> augmented copy. "basic": shift +-pad px + brightness 0.85-1.15;
     "strong": shift +-max(pad, 4) px, brightness 0.7-1.3, contrast 0.7-1.3, per-channel gain 0.85-1.15,
@@ -260,13 +268,11 @@ def augment_images(x, rng: np.random.Generator, mode: str = "basic", pad: int = 
     import torch.nn.functional as F
     b, c, ch, h, w = x.shape
     moved = np.zeros((b, c, 2), np.float32)
+    p = shift_range(mode, pad)
     if mode == "none":
         return (x, moved) if return_shift else x
-    if mode not in AUGMENT:
-        raise ValueError(f"augment must be one of {AUGMENT}, got {mode!r}")
     n = b * c
     flat = x.reshape(n, ch, h, w)
-    p = max(pad, 4) if mode == "strong" else pad
     if p > 0:
         padded = F.pad(flat, (p, p, p, p), mode="replicate")
         dx, dy = rng.integers(0, 2 * p + 1, n), rng.integers(0, 2 * p + 1, n)
@@ -574,7 +580,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
 
     def save(step: int, loss: float, vl: float | None, elapsed: float) -> None:
         info.update({"step": step, "steps": steps, "loss": loss, "val_loss": vl, "elapsed_s": elapsed,
-                     "trained_params": n_train, "augment": augment, "text_encoder": enc_spec.get("kind"),
+                     "trained_params": n_train, "augment": augment, "aug_shift": shift_range(augment, aug_shift), "text_encoder": enc_spec.get("kind"),
                      "action_space": action_space, "state_noise": state_noise,
                      "keypose_weight": keypose_weight if keypose_on else 0.0, "keypose_loss": kp_ema,
                      "target_weight": target_weight, "target_loss": tg_ema,
