@@ -84,3 +84,18 @@ def test_eval_refuses_tta_for_a_policy_server(capsys):
         a = ap.parse_args(["eval", url, "--tta", "2"])
         assert a.fn(a) != 0
         assert "drop --tta" in capsys.readouterr().err
+
+
+def test_the_shift_is_said_where_the_policy_runs_in_its_child_process(data, tmp_path):
+    from teleop_app.policy.child import ChildPolicy
+    from teleop_app.profiles import load_profile
+    ck = tmp_path / "strong.pt"
+    train(data / "data", ck, augment="strong", **KW)
+    pol = ChildPolicy(str(ck), profile=load_profile("sim7"))      # a real inference process, as the GUI loads it
+    try:
+        assert pol.meta.extra["tta"] == 4
+        obs = {"images": {"front": np.full((SIZE, SIZE, 3), 90, np.uint8)}, "qpos": np.full(8, 0.1),
+               "instruction": "pick up the red cube"}
+        assert np.all(np.isfinite(pol.predict(obs)))
+    finally:
+        pol.close()

@@ -127,6 +127,7 @@ class VLAPolicy:
         if not 0 <= int(tta) <= MAX_TTA:
             raise PolicyError(f"test-time shift (tta) must be 0-{MAX_TTA} px, got {tta}")
         self.tta = int(tta)
+        meta.extra = {**dict(meta.extra or {}), "tta": self.tta}     # said where it is served and loaded
         self.model = model.eval()
         self.meta = meta
         self.tokenizer = tokenizer
