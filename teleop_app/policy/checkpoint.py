@@ -213,7 +213,7 @@ class VLAPolicy:
         """(1, C, 3, H, W) -> (5, C, 3, H, W): the tta copies (SHIFTS scaled by tta)."""
         import torch
         import torch.nn.functional as F
-        _, c, ch, h, w = images.shape
+        h, w = images.shape[-2:]
         d = self.tta
         padded = F.pad(images[0], (d, d, d, d), mode="replicate")
         return torch.stack([padded[:, :, d + d * dy:d + d * dy + h, d + d * dx:d + d * dx + w]

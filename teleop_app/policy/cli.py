@@ -150,7 +150,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--max-latency-ms", type=float, default=None, help="watchdog: hold if inference is slower")
     p.add_argument("--tta", type=int, default=None, metavar="PX",
                    help="checkpoint: average each prediction over copies of the images shifted +-PX pixels "
-                        "(default: the shift its training augmentation used, recorded in the checkpoint; 0 = off)")
+                        "(default: on at its training shift, +-4 px, for a checkpoint trained with --augment strong, "
+                        "off otherwise; 0 = off)")
     p.add_argument("--record", help="record every rollout as an episode (mode 'policy') into this folder")
     p.add_argument("--offline", metavar="DATASET", help="offline validation on this dataset instead")
     p.add_argument("--split", default="val", choices=["val", "all"], help="offline: held-out or all episodes")

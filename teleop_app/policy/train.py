@@ -580,7 +580,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
 
     def save(step: int, loss: float, vl: float | None, elapsed: float) -> None:
         info.update({"step": step, "steps": steps, "loss": loss, "val_loss": vl, "elapsed_s": elapsed,
-                     "trained_params": n_train, "augment": augment, "aug_shift": shift_range(augment, aug_shift), "text_encoder": enc_spec.get("kind"),
+                     "trained_params": n_train, "augment": augment, "aug_shift": shift_range(augment, aug_shift),
+                     "text_encoder": enc_spec.get("kind"),
                      "action_space": action_space, "state_noise": state_noise,
                      "keypose_weight": keypose_weight if keypose_on else 0.0, "keypose_loss": kp_ema,
                      "target_weight": target_weight, "target_loss": tg_ema,
