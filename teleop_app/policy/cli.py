@@ -266,15 +266,16 @@ def cmd_train_demo(a) -> int:
 
 def _load(a):
     from .base import load_policy
-    if getattr(a, "tta", None) is not None and str(a.policy).startswith(("http://", "https://", "ws://", "wss://")):
+    http, ws = str(a.policy).startswith(("http://", "https://")), str(a.policy).startswith(("ws://", "wss://"))
+    if (http or ws) and a.tta is not None:
         raise PolicyError("--tta averages the project's own checkpoint over shifted images; a policy server runs "
                          "its own model: drop --tta")
-    if str(a.policy).startswith(("http://", "https://")):
+    if http:
         return load_policy(a.policy, action_mode=a.remote_action, camera=a.remote_camera,
                            unnorm_key=a.unnorm_key, token=a.token, timeout=a.timeout)
-    if str(a.policy).startswith(("ws://", "wss://")):
+    if ws:
         return load_policy(a.policy, layout=a.layout, api_key=a.token, timeout=a.timeout)
-    return load_policy(a.policy, tta=getattr(a, "tta", None) or 0)
+    return load_policy(a.policy, tta=a.tta or 0)
 
 
 def cmd_eval(a) -> int:
