@@ -104,3 +104,61 @@ def test_target_loss_refuses_recordings_without_camera_geometry(demos, tmp_path)
     with pytest.raises(PolicyError, match="keypoints"):
         train(demos, tmp_path / "x.pt", steps=1, batch_size=2, image_size=(SIZE, SIZE), chunk=4, val_fraction=0.0,
               model={**TINY, "keypoints": 0}, threads=1, resume=False, target_weight=1.0)
+
+
+def test_target_map_is_the_keypoint_attention_and_the_heatmap_peaks_at_the_label():
+    from teleop_app.policy.model import VLAModel, feature_shape
+    from teleop_app.policy.train import target_heatmap
+    cfg = ModelConfig(vocab_size=5, image_size=(SIZE, SIZE), cameras=["front", "wrist"], **TINY)
+    torch.manual_seed(0)
+    net = VLAModel(cfg).eval()
+    with torch.no_grad():
+        out = net.forward_all(torch.rand(3, 2, 3, SIZE, SIZE), torch.randint(1, 5, (3, 12)), torch.zeros(3, 8))
+    fh, fw = feature_shape(cfg)
+    p = out["target_map"].exp()
+    assert p.shape == (3, 2, fh * fw) and torch.allclose(p.sum(-1), torch.ones(3, 2), atol=1e-5)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, fh), torch.linspace(-1, 1, fw), indexing="ij")
+    mean = torch.stack([(p * xs.reshape(-1)).sum(-1), (p * ys.reshape(-1)).sum(-1)], -1)
+    assert torch.allclose(mean, out["target"], atol=1e-5)        # the keypoint is that map's mean
+    # the label of cell (row 2, column 5) -> a map whose peak is that cell, one cell wide
+    lab = torch.tensor([[-1 + 2 * 5 / (fw - 1), -1 + 2 * 2 / (fh - 1)]])
+    q = target_heatmap(lab, cfg)
+    assert q.shape == (1, fh * fw) and abs(float(q.sum()) - 1) < 1e-5
+    assert int(q.argmax()) == 2 * fw + 5
+    assert 0.15 < float(q.max()) < 0.25                             # a sigma of one cell: 1 / (2 pi)
+
+
+def _mass_near_label(ckpt, demos, cells=1.5):
+    """Keypoint 0's attention mass within `cells` of the target label, over the demos' frames (front camera)."""
+    from teleop_app.policy.model import feature_shape
+    pol = load_policy(str(ckpt))
+    ds = load_dataset(demos, ["front", "wrist"], (SIZE, SIZE), "train", 0.0)
+    lab, ok = target_labels(ds, robot_chain(ds, "test"), pol.model.cfg)
+    fh, fw = feature_shape(pol.model.cfg)
+    ys, xs = np.meshgrid(np.linspace(-1, 1, fh), np.linspace(-1, 1, fw), indexing="ij")
+    out, off = [], 0
+    for e in ds.episodes:
+        for t in range(0, len(e.qpos), 4):
+            obs = {"images": {c: e.images[c][t] for c in ds.cameras}, "qpos": np.asarray(e.qpos[t]),
+                   "instruction": e.instruction}
+            _q, x = pol._inputs(obs)
+            with torch.inference_mode():
+                m = pol.model.forward_all(*x)["target_map"][0, 0].exp().numpy()
+            lx, ly = lab[off + t, 0]
+            near = np.hypot((xs - lx) * (fw - 1) / 2, (ys - ly) * (fh - 1) / 2).reshape(-1) <= cells
+            out.append(float(m[near].sum()))
+        off += len(e.qpos)
+    return float(np.mean(out))
+
+
+def test_target_ce_puts_the_attention_mass_on_the_named_object(demos, tmp_path):
+    kw = dict(batch_size=8, lr=3e-3, image_size=(SIZE, SIZE), chunk=4, val_fraction=0.0, model=TINY, warmup=5,
+              threads=1, resume=False, cameras=["front", "wrist"], augment="strong", target_weight=1.0)
+    mean_only, with_ce = tmp_path / "l1.pt", tmp_path / "ce.pt"
+    train(demos, mean_only, steps=200, **kw)
+    train(demos, with_ce, steps=200, target_ce=1.0, **kw)
+    assert read_checkpoint(with_ce)["train"]["target_ce"] == 1.0
+    a, b = _mass_near_label(mean_only, demos), _mass_near_label(with_ce, demos)
+    assert b > 0.5 and b > 1.5 * a, (a, b)
+    with pytest.raises(PolicyError, match="target_ce"):
+        train(demos, tmp_path / "x.pt", steps=1, **{**kw, "target_weight": 0.0}, target_ce=1.0)
