@@ -207,9 +207,6 @@ def main() -> int:
                     help="weight of the auxiliary next-keypose loss of the main models (train.keypose_targets)")
     ap.add_argument("--target-weight", type=float, default=3.0,
                     help="target keypoint loss weight (train's target_weight; 0 = off, the recipe before Dec 3 evening)")
-    ap.add_argument("--target-ce", type=float, default=0.0,
-                    help="weight of the target map's cross-entropy (train's target_ce: keypoint 0's attention, not "
-                         "only its mean, on the named object)")
     ap.add_argument("--grounding", default="colour", choices=["none", "colour"],
                     help="the models' colour grounding channel (train's grounding; grounding.py); none = the "
                          "recipe before Dec 4")
@@ -282,7 +279,7 @@ def main() -> int:
                      "kinds": kinds, "demos": a.demos, "minutes": a.minutes, "eval_per_split": a.eval,
                      "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
                      "keypose_weight": a.keypose_weight, "instruction_augment": a.instruction_augment,
-                     "target_weight": a.target_weight, "target_ce": a.target_ce, "grounding": a.grounding, "ema": a.ema, "perturb": a.perturb,
+                     "target_weight": a.target_weight, "grounding": a.grounding, "ema": a.ema, "perturb": a.perturb,
                      "confusers": a.confusers, "train_seed": a.train_seed, "depth": a.depth,
                      "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     T0 = time.monotonic()
@@ -380,14 +377,14 @@ def main() -> int:
         # 2) models
         m_rand, _ = fit("rand", data_rand, a.minutes, text_encoder="minilm", augment="strong",
                         keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
-                        target_weight=a.target_weight, target_ce=a.target_ce, grounding=a.grounding, ema=a.ema)
+                        target_weight=a.target_weight, grounding=a.grounding, ema=a.ema)
         m_plain = fit("plain", data_plain, a.minutes, text_encoder="minilm", augment="basic",
                       keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
-                      target_weight=a.target_weight, target_ce=a.target_ce, grounding=a.grounding, ema=a.ema)[0] \
+                      target_weight=a.target_weight, grounding=a.grounding, ema=a.ema)[0] \
             if data_plain is not None else None
         m_words = fit("words", data_rand, a.minutes, text_encoder="words", augment="strong",
                       keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
-                      target_weight=a.target_weight, target_ce=a.target_ce, ema=a.ema)[0] \
+                      target_weight=a.target_weight, ema=a.ema)[0] \
             if "words" not in skip else None
 
         # 3) generalization table
@@ -475,7 +472,7 @@ def main() -> int:
         else:
             data_fb = record("data_ftbase", split_scenes(["train"], a.ft_base_demos, base_kinds), True)
             ft_base, ft_base_info = fit("ftbase", data_fb, a.minutes, text_encoder="minilm", augment="strong",
-                                        target_weight=a.target_weight, target_ce=a.target_ce, grounding=a.grounding, ema=a.ema)
+                                        target_weight=a.target_weight, grounding=a.grounding, ema=a.ema)
             fb_res = evaluate(ft_base, split_scenes(["seen"], a.ft_eval * len(base_kinds), base_kinds, seed=7000),
                               tag="ftbase_kinds")
             ft_base_info = {**ft_base_info, "kinds": base_kinds, "demos": a.ft_base_demos,
@@ -496,7 +493,7 @@ def main() -> int:
                     kw = {**kw, "grounding": a.grounding}
                 else:
                     kw = {**kw, "init": ft_base}
-                ck, info = fit(f"ft_{method}_{n}", data_n, a.ft_minutes, target_weight=a.target_weight, target_ce=a.target_ce, **kw)
+                ck, info = fit(f"ft_{method}_{n}", data_n, a.ft_minutes, target_weight=a.target_weight, **kw)
                 res_n = evaluate(ck, ft_eval, tag=ck.stem)
                 d = per_split(res_n)["seen"]
                 curve.append({"demos": n, "method": label, "success": d["success"], "n": d["n"],

@@ -80,9 +80,6 @@ def add_commands(subparsers) -> None:
     p.add_argument("--target-weight", type=float, default=0.0, metavar="W",
                    help="auxiliary loss: one keypoint of each camera learns to sit on the named object (where "
                         "the demo grasps it, projected through the simulated workcell's cameras); 0 = off")
-    p.add_argument("--target-ce", type=float, default=0.0, metavar="W",
-                   help="with --target-weight: also train that keypoint's attention map, by cross-entropy with a "
-                        "Gaussian at the object, so its mass, not only its mean, is on the named object; 0 = off")
     p.add_argument("--grounding", choices=["none", "colour"], default="none",
                    help="colour: each camera gets an input channel marking where the colour the instruction names "
                         "is, from a colour lexicon (XKCD colour names, matplotlib), so a colour never in the demos "
@@ -235,7 +232,7 @@ def cmd_train(a) -> int:
                   intervention_weight=a.intervention_weight,
                   state_noise=a.state_noise, action_space=a.action_space, keypose_weight=a.keypose_weight,
                   instruction_augment=a.instruction_augment, target_weight=a.target_weight,
-                  grounding=a.grounding, ema=a.ema, target_ce=a.target_ce)
+                  grounding=a.grounding, ema=a.ema)
     except KeyboardInterrupt:
         print("interrupted; the last periodic checkpoint is kept (re-run to resume)", file=sys.stderr)
         return 130

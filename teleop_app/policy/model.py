@@ -115,11 +115,10 @@ class VisionEncoder(nn.Module):
         c = cfg.channels
         extra = 1 if cfg.grounding != "none" else 0          # the colour-affinity channel
         self.stem = nn.Sequential(nn.Conv2d(5 + extra, c[0], 5, 2, 2), nn.GroupNorm(8, c[0]), nn.ReLU())
-        # (block, residual): each stage halves the map, then depth - 1 residual blocks at its resolution
-        stages = [(a, b, 2) for a, b in zip(c[:-1], c[1:])]
-        spec = [blk for a, b, st in stages for blk in [(a, b, st)] + [(b, b, 1)] * (cfg.depth - 1)]
         if cfg.depth < 1:
             raise ValueError(f"depth must be >= 1, got {cfg.depth}")
+        # (in, out, stride): each stage halves the map, then depth - 1 residual blocks at its resolution
+        spec = [blk for a, b in zip(c[:-1], c[1:]) for blk in [(a, b, 2)] + [(b, b, 1)] * (cfg.depth - 1)]
         self.blocks = nn.ModuleList(FiLMConvBlock(a, b, st) for a, b, st in spec)
         self.residual = [st == 1 for _a, _b, st in spec]
         self.proj = nn.Conv2d(c[-1], cfg.d_model, 1)
@@ -138,26 +137,24 @@ class VisionEncoder(nn.Module):
 
     def forward(self, img, films, with_points: bool = False, extra=None):
         """-> tokens; with_points: (tokens, (B, K, 2) keypoint positions, -1..1 from the first to the last
-        feature cell (feature_shape), x right, y down; None without keypoints, (B, h*w) keypoint 0's log-softmax
-        over the feature cells, row by row; None without keypoints). extra: (B, 1, H, W) more input channels
-        (the grounding channel)."""
+        feature cell (feature_shape), x right, y down; None without keypoints). extra: (B, 1, H, W) more input
+        channels (the grounding channel)."""
         b = img.shape[0]
         x = torch.cat([img * 2 - 1, self.coords.expand(b, -1, -1, -1)] + ([extra] if extra is not None else []), 1)
         x = self.stem(x)
         for blk, res, (g, bt) in zip(self.blocks, self.residual, films):
             x = x + blk(x, g, bt) if res else blk(x, g, bt)
         tokens = F.adaptive_avg_pool2d(self.proj(x), self.grid).flatten(2).transpose(1, 2)
-        points = log_map = None
+        points = None
         if self.n_kp:
             m = self.kp_conv(x)
             hh, ww = m.shape[-2:]
             att = torch.softmax(m.flatten(2), -1)                       # (B, K, h*w)
-            log_map = torch.log_softmax(m[:, 0].flatten(1), -1)
             ys, xs = torch.meshgrid(torch.linspace(-1, 1, hh), torch.linspace(-1, 1, ww), indexing="ij")
             pos = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).to(att)   # (h*w, 2)
             points = att @ pos                                             # (B, K, 2)
             tokens = torch.cat([tokens, self.kp_mlp(points.flatten(1))[:, None]], 1)
-        return (tokens, points, log_map) if with_points else tokens
+        return (tokens, points) if with_points else tokens
 
 
 class VLAModel(nn.Module):
@@ -216,8 +213,7 @@ class VLAModel(nn.Module):
                     keypose: bool = False) -> dict:
         """forward's inputs -> {"actions": (B, chunk, action_dim), "target": (B, n_cam, 2) where keypoint 0
         of each camera fires (VisionEncoder's coordinates; None for a model without keypoints: train's
-        target_weight supervises it to be the named object), "target_map": (B, n_cam, h*w) keypoint 0's
-        log-probability over the feature cells (train's target_ce) or None, "keypose": (B, 3) or None}."""
+        target_weight supervises it to be the named object), "keypose": (B, 3) or None}."""
         b = text.shape[0]
         colour = None
         if self.cfg.grounding != "none":          # the text input's tail is the named colour (grounding.py)
@@ -225,17 +221,16 @@ class VLAModel(nn.Module):
         w, text_pad, pooled = self.text_tokens(text)
         film = self.film(pooled)
         sizes = self.encoders[0].film_sizes
-        img_tokens, points, maps, off = [], [], [], 0
+        img_tokens, points, off = [], [], 0
         for ci, enc in enumerate(self.encoders):
             films = []
             for s in sizes:
                 films.append((film[:, off:off + s], film[:, off + s:off + 2 * s]))
                 off += 2 * s
             extra = affinity(images[:, ci], colour) * 2 - 1 if colour is not None else None
-            tok, pts, lm = enc(images[:, ci], films, with_points=True, extra=extra)
+            tok, pts = enc(images[:, ci], films, with_points=True, extra=extra)
             img_tokens.append(tok)
             points.append(pts)
-            maps.append(lm)
         x_img = torch.cat(img_tokens, 1) + self.img_pos + self.type_emb[0]
         x_w = w + self.type_emb[1]
         x_s = self.state_proj(state)[:, None] + self.type_emb[2]
@@ -248,8 +243,7 @@ class VLAModel(nn.Module):
         x = self.transformer(x, src_key_padding_mask=pad)
         q = self.norm(x[:, -self.cfg.chunk:])
         out = {"actions": self.head(q), "keypose": None,
-               "target": torch.stack([p[:, 0] for p in points], 1) if self.cfg.keypoints else None,
-               "target_map": torch.stack(maps, 1) if self.cfg.keypoints else None}
+               "target": torch.stack([p[:, 0] for p in points], 1) if self.cfg.keypoints else None}
         if keypose:
             if not self.cfg.keypose:
                 raise ValueError("this model has no keypose head (built with keypose=False)")

@@ -131,20 +131,6 @@ def keypose_targets(ds: Dataset, chain) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
 
 
-def target_heatmap(lab, cfg, sigma: float = 1.0):
-    """(..., 2) labels in keypoint coordinates -> (..., h*w) probabilities over the last feature map's cells
-    (model.feature_shape, row by row, the order of forward_all's "target_map"): a Gaussian of `sigma` cells
-    around each label, normalised."""
-    import torch
-    from .model import feature_shape
-    fh, fw = feature_shape(cfg)
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, fh), torch.linspace(-1, 1, fw), indexing="ij")
-    pos = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).to(lab)            # (h*w, 2)
-    cell = torch.tensor([2.0 / max(fw - 1, 1), 2.0 / max(fh - 1, 1)]).to(lab)
-    d2 = (((lab[..., None, :] - pos) / cell) ** 2).sum(-1)
-    return torch.softmax(-0.5 * d2 / sigma ** 2, -1)
-
-
 def target_labels(ds: Dataset, chain, cfg) -> tuple[np.ndarray, np.ndarray]:
     """Where the demo's target object is in each camera's image, for the target loss (train's target_weight):
     (N, n_cam, 2) positions in the keypoint coordinates of a model of config `cfg` (model.pixel_to_keypoint)
@@ -371,7 +357,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           state_noise: float = 0.05,
           intervention_weight: float | None = None, keypose_weight: float = 0.0,
           instruction_augment: bool = False, target_weight: float = 0.0, grounding: str = "none",
-          ema: float = 0.0, target_ce: float = 0.0) -> TrainResult:
+          ema: float = 0.0) -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
     The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
@@ -385,10 +371,6 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     colour synonyms), so the instruction's meaning, not one sentence, is tied to the behaviour.
     target_weight=W > 0: keypoint 0 of each camera learns to sit on the named object (target_labels), an L1
     loss in keypoint coordinates weighted W into the action loss.
-    target_ce=W > 0 (with target_weight): also a cross-entropy, weighted W, between keypoint 0's attention over
-    the feature cells and a one-cell Gaussian at the label (target_heatmap). The L1 loss is on the attention's
-    mean, which can sit on the named object with half the mass on a same-coloured twin beside it; the
-    cross-entropy makes the mass itself go to the named object.
     grounding="colour" (a new model with a sentence encoder): each camera gets a colour-affinity input channel
     for the colour the instruction names (grounding.py: a colour lexicon, not learnt from the demos).
     """
@@ -402,8 +384,6 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     from .grounding import KINDS as GROUNDING
     if grounding not in GROUNDING:
         raise PolicyError(f"grounding must be one of {', '.join(GROUNDING)}, got {grounding!r}")
-    if target_ce < 0 or (target_ce > 0 and target_weight <= 0):
-        raise PolicyError(f"target_ce must be >= 0 and needs target_weight > 0 (got {target_ce}, {target_weight})")
     if not 0.0 <= ema < 1.0:
         raise ValueError(f"ema must be a decay in [0, 1), got {ema}")
     base_blob = None
@@ -604,7 +584,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                      "text_encoder": enc_spec.get("kind"),
                      "action_space": action_space, "state_noise": state_noise,
                      "keypose_weight": keypose_weight if keypose_on else 0.0, "keypose_loss": kp_ema,
-                     "target_weight": target_weight, "target_loss": tg_ema, "target_ce": target_ce,
+                     "target_weight": target_weight, "target_loss": tg_ema,
                      "instruction_augment": bool(variants), "grounding": cfg.grounding,
                      "batch_size": batch_size, "lr": lr, "dataset": str(dataset_root),
                      "episodes": len(ds.episodes), "samples": tr.n, "held_out": held_out,
@@ -652,9 +632,6 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                 err = (out["target"] - lab).abs().sum(-1)
                 tg_loss = (err * ok).sum() / ok.sum().clamp(min=1)
                 total = total + target_weight * tg_loss
-                if target_ce:
-                    ce = -(target_heatmap(lab, cfg) * out["target_map"]).sum(-1)
-                    total = total + target_ce * (ce * ok).sum() / ok.sum().clamp(min=1)
                 tv = tg_loss.item()
                 tg_ema = tv if tg_ema is None else 0.95 * tg_ema + 0.05 * tv
         else:
