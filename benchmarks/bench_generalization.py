@@ -191,9 +191,6 @@ def main() -> int:
                          "two runs at 128 were no better than two at 96, pooled, and with the Dec 6 recipe 128 got "
                          "186/200 seen against 194 and 186 for two seeds at 96 (40 %% fewer steps in 30 minutes)")
     ap.add_argument("--cameras", default="front,wrist")
-    ap.add_argument("--depth", type=int, default=1,
-                    help="FiLM conv blocks per stage of the vision encoder (model depth: the extra ones are residual, "
-                         "at the stage's resolution)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -274,13 +271,13 @@ def main() -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     cams = tuple(c.strip() for c in a.cameras.split(","))
-    model = {**(TINY if a.quick else {}), **({"depth": a.depth} if a.depth != 1 else {})} or None
+    model = TINY if a.quick else None
     summary: dict = {"command": " ".join(sys.argv), "sim": "physics (MuJoCo) workcell, drivers/sim/tasks.py splits",
                      "kinds": kinds, "demos": a.demos, "minutes": a.minutes, "eval_per_split": a.eval,
                      "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
                      "keypose_weight": a.keypose_weight, "instruction_augment": a.instruction_augment,
                      "target_weight": a.target_weight, "grounding": a.grounding, "ema": a.ema, "perturb": a.perturb,
-                     "confusers": a.confusers, "train_seed": a.train_seed, "depth": a.depth,
+                     "confusers": a.confusers, "train_seed": a.train_seed,
                      "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     T0 = time.monotonic()
 

@@ -37,8 +37,6 @@ class ModelConfig:
     cameras: list[str] = field(default_factory=lambda: ["front"])
     image_size: tuple[int, int] = (64, 64)
     channels: tuple[int, ...] = (16, 32, 64)
-    depth: int = 1                   # FiLM conv blocks per stage: the first halves the map, the others
-                                     # (3x3, stride 1, residual) add layers at that resolution
     d_model: int = 128
     n_layers: int = 2
     n_heads: int = 4
@@ -115,12 +113,7 @@ class VisionEncoder(nn.Module):
         c = cfg.channels
         extra = 1 if cfg.grounding != "none" else 0          # the colour-affinity channel
         self.stem = nn.Sequential(nn.Conv2d(5 + extra, c[0], 5, 2, 2), nn.GroupNorm(8, c[0]), nn.ReLU())
-        if cfg.depth < 1:
-            raise ValueError(f"depth must be >= 1, got {cfg.depth}")
-        # (in, out, stride): each stage halves the map, then depth - 1 residual blocks at its resolution
-        spec = [blk for a, b in zip(c[:-1], c[1:]) for blk in [(a, b, 2)] + [(b, b, 1)] * (cfg.depth - 1)]
-        self.blocks = nn.ModuleList(FiLMConvBlock(a, b, st) for a, b, st in spec)
-        self.residual = [st == 1 for _a, _b, st in spec]
+        self.blocks = nn.ModuleList(FiLMConvBlock(a, b, 2) for a, b in zip(c[:-1], c[1:]))
         self.proj = nn.Conv2d(c[-1], cfg.d_model, 1)
         self.grid = cfg.grid
         self.n_kp = cfg.keypoints
@@ -130,7 +123,7 @@ class VisionEncoder(nn.Module):
             self.kp_conv = nn.Conv2d(c[-1], self.n_kp, 1)
             self.kp_mlp = nn.Sequential(nn.Linear(2 * self.n_kp, cfg.d_model), nn.ReLU(),
                                         nn.Linear(cfg.d_model, cfg.d_model))
-        self.film_sizes = [b for _a, b, _st in spec]
+        self.film_sizes = list(c[1:])
         h, w = cfg.image_size
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
         self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
@@ -142,8 +135,8 @@ class VisionEncoder(nn.Module):
         b = img.shape[0]
         x = torch.cat([img * 2 - 1, self.coords.expand(b, -1, -1, -1)] + ([extra] if extra is not None else []), 1)
         x = self.stem(x)
-        for blk, res, (g, bt) in zip(self.blocks, self.residual, films):
-            x = x + blk(x, g, bt) if res else blk(x, g, bt)
+        for blk, (g, bt) in zip(self.blocks, films):
+            x = blk(x, g, bt)
         tokens = F.adaptive_avg_pool2d(self.proj(x), self.grid).flatten(2).transpose(1, 2)
         points = None
         if self.n_kp:
