@@ -10,7 +10,14 @@ weight 3 (docs/policy_results.md: three times the demos and 30 instead of 20 min
 58/28/38/24 % to 70/30/68/22 %; the target keypoint cut missed grasps from 63 to 45 of 200 rollouts), colour
 grounding, a moving average of the weights at 0.999 (--ema; unseen objects 64 -> 75 % on 200 scenes), and
 a third of the demos perturbed (--perturb 0.33: the expert first drives a detour beside the object, then
-recovers; only the recovery is imitated; seen objects 90 -> 96 % on 200 scenes, missed grasps 10 -> 1).
+recovers; only the recovery is imitated; seen objects 90 -> 96 % on 200 scenes, missed grasps 10 -> 1),
+and a same-colour twin of the target (the red cylinder beside the red cube) in half the training scenes that
+lack one (--confusers 0.5: about 60 % of them have one, against 21 % in a plain draw). The main model (strong
+augmentation) is evaluated as every checkpoint of it runs: each prediction averaged over 5 copies of the
+images shifted +-4 px, its training shift (checkpoint.VLAPolicy's tta). The two go together: the twins make
+the policy tell the shapes apart (wrong objects on 400 fresh seen scenes 10-24 -> 3-5) but close its grasps
+off the centre (drops 3-4 -> 11-18), and the averaged copies recentre them (four such models 1,509 ->
+1,553 of 1,600 fresh seen scenes; docs/policy_results.md).
 
 What it runs (sizes are the flags; --quick shrinks all of them):
   1. expert demos of the training split (drivers/sim/tasks.py: seen objects, training phrasings) for
@@ -214,9 +221,10 @@ def main() -> int:
                     help="share of the main and base models' demos that start with a deliberate detour beside the "
                          "object and recover from it (record_scenes' perturb; the detour is not imitated; "
                          "0 = the recipe before Dec 6: missed grasps 43 -> 10 of 600 seen-colour rollouts)")
-    ap.add_argument("--confusers", type=float, default=0.0,
-                    help="share of the main model's training scenes given a distractor of the target's colour and "
-                         "another shape (tasks.make_scene's confuser; a plain draw has one in about 21 %% of scenes)")
+    ap.add_argument("--confusers", type=float, default=0.5,
+                    help="share of the training scenes without one given a distractor of the target's colour and "
+                         "another shape (tasks.make_scene's confuser; a plain draw has one in about 21 %% of scenes; "
+                         "0 = the recipe before Dec 6 evening)")
     ap.add_argument("--train-seed", type=int, default=0,
                     help="seed of every training run (weights, batches, augmentation): another value replicates a run")
     ap.add_argument("--instruction-augment", action="store_true",
@@ -349,17 +357,18 @@ def main() -> int:
         log(f"trained {name}: {info}")
         return ckpt, info
 
-    def evaluate(ckpt, scenes, domain="default", tag=""):
+    def evaluate(ckpt, scenes, domain="default", tag="", tta=None):
+        """tta: the policy's test-time shift (None = as the checkpoint runs: on after the strong augmentation)."""
         path = out / f"rollouts_{tag or ckpt.stem}_{domain}.json"
         if path.exists():                       # a re-run reuses finished evaluations
             return RolloutResults.load(path)
-        pol = load_policy(str(ckpt), threads=a.threads)
+        pol = load_policy(str(ckpt), threads=a.threads, tta=tta)
         t0 = time.monotonic()
         res = run_scene_rollouts(pol, scenes, domain=domain, policy_name=str(ckpt))
         res.save(path)
         lat = res.latency_ms()
-        log(f"evaluated {ckpt.stem} on {len(scenes)} scenes ({domain}) in {time.monotonic() - t0:.0f} s, "
-            f"inference p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms")
+        log(f"evaluated {ckpt.stem} on {len(scenes)} scenes ({domain}, test-time shift +-{pol.tta} px) in "
+            f"{time.monotonic() - t0:.0f} s, inference p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms")
         return res
 
     # 1-4) the main model: demos, training, the split table, the domain gap (--skip splits: none of it)
@@ -478,7 +487,9 @@ def main() -> int:
             summary["ft_base"] = ft_base_info
             log(f"fine-tuning base on {base_kinds}: " + json.dumps(ft_base_info["per_kind"]))
         ft_eval = split_scenes(["seen"], a.ft_eval, (a.new_kind,), seed=7000)
-        base_new = per_split(evaluate(ft_base, ft_eval, tag="base_newtask"))["seen"]
+        # the curve compares ways to use the same demos: every point runs the same way, without the test-time
+        # shift (LoRA and full fine-tunes train with the basic augmentation, scratch with the strong one)
+        base_new = per_split(evaluate(ft_base, ft_eval, tag="base_newtask", tta=0))["seen"]
         curve.append({"demos": 0, "method": "base (no new demos)", "success": base_new["success"],
                       "n": base_new["n"], "rate": base_new["rate"], "ci95": base_new["ci95"], "trained_params": 0})
         for n in ns:
@@ -491,7 +502,7 @@ def main() -> int:
                 else:
                     kw = {**kw, "init": ft_base}
                 ck, info = fit(f"ft_{method}_{n}", data_n, a.ft_minutes, target_weight=a.target_weight, **kw)
-                res_n = evaluate(ck, ft_eval, tag=ck.stem)
+                res_n = evaluate(ck, ft_eval, tag=ck.stem, tta=0)
                 d = per_split(res_n)["seen"]
                 curve.append({"demos": n, "method": label, "success": d["success"], "n": d["n"],
                               "rate": d["rate"], "ci95": d["ci95"], "trained_params": info.get("trained_params"),

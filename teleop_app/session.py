@@ -726,7 +726,9 @@ class Session:
                                     upper=self.profile.upper())
                 self.set_policy(runner, Path(src).name if "://" not in src else src)
                 pid = getattr(pol, "pid", None)
+                tta = (getattr(pol.meta, "extra", None) or {}).get("tta")
                 self.say(f"policy loaded: {src}" + (f" (inference process {pid})" if pid else "")
+                         + (f"; each step averaged over its images shifted +-{tta} px" if tta else "")
                          + self._sim_mismatch(pol, src))
             except Exception as e:  # noqa: BLE001 - any load failure is a message, not a crash
                 if pol is not None and hasattr(pol, "close"):

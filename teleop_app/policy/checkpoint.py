@@ -109,12 +109,14 @@ MAX_TTA = 16        # px: test-time shifts beyond this would move the scene, not
 class VLAPolicy:
     """Runs the project's VLA on one observation; see base.Policy.
 
-    tta (test-time augmentation, px; 0 = off, the default): predict averages the normalised chunks of 5 copies of
-    the observation, every camera image shifted by (0, 0), (+-tta, 0) and (0, +-tta) (edge pixels repeated, as
-    the training shift), run as one batch; ~2x the time of one copy. Measured at the strong augmentation's
-    +-4 px it is not a lever (docs/policy_results.md): 1,321 -> 1,358 of 1,400 seen rollouts on the scene set
-    it was tried on (drops 42 -> 12), but 1,124 -> 1,119 of 1,200 on two fresh sets of 200 scenes, where the
-    failures are mostly wrong objects; so it stays off unless asked for (`teleop eval --tta PX`)."""
+    tta (test-time augmentation, px): predict averages the normalised chunks of 5 copies of the observation,
+    every camera image shifted by (0, 0), (+-tta, 0) and (0, +-tta) (edge pixels repeated, as the training
+    shift), run as one batch; ~2x the time of one copy. The training augmentation taught the network to ignore
+    shifts of that size, so the copies differ only in what it gets wrong: averaging keeps a grasp a pixel or two
+    off the object's centre from deciding the rollout. Measured at +-4 px (docs/policy_results.md): with the
+    benchmark's recipe (confuser scenes in training, whose failures are such drops) four 30-minute models went
+    from 1,509 to 1,553 of 1,600 fresh seen scenes; without confuser scenes, where the failures are wrong
+    objects, 1,124 -> 1,119 of 1,200 (neither helps nor hurts). 0 = one copy, the network's raw prediction."""
 
     SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 
@@ -126,6 +128,7 @@ class VLAPolicy:
         if not 0 <= int(tta) <= MAX_TTA:
             raise PolicyError(f"test-time shift (tta) must be 0-{MAX_TTA} px, got {tta}")
         self.tta = int(tta)
+        meta.extra = {**dict(meta.extra or {}), "tta": self.tta}     # said where it is served and loaded
         self.model = model.eval()
         self.meta = meta
         self.tokenizer = tokenizer
@@ -236,8 +239,10 @@ class VLAPolicy:
         return a
 
 
-def load_checkpoint_policy(path, threads: int | None = 2, tta: int = 0, **_ignored) -> VLAPolicy:
-    """tta: VLAPolicy's test-time shift in px (0 = off)."""
+def load_checkpoint_policy(path, threads: int | None = 2, tta: int | None = None, **_ignored) -> VLAPolicy:
+    """tta: VLAPolicy's test-time shift in px. None = on at the training shift (train info "aug_shift"; +-4 px
+    before that was recorded) for a checkpoint trained with the strong augmentation, where it was measured;
+    off after the basic one (+-2 px: the kinematic demo got 33/60 with it, 36/60 without) or none."""
     blob = read_checkpoint(path)
     try:
         meta = PolicyMeta.from_dict(blob["meta"])
@@ -259,4 +264,7 @@ def load_checkpoint_policy(path, threads: int | None = 2, tta: int = 0, **_ignor
     if "text_encoder" in blob:
         from .text_encoder import load_text_encoder
         enc = load_text_encoder(blob["text_encoder"])
+    if tta is None:
+        info = blob.get("train") or {}
+        tta = int(info.get("aug_shift", 4)) if info.get("augment") == "strong" else 0
     return VLAPolicy(model, meta, tok, blob.get("train"), threads=threads, text_encoder=enc, chain=chain, tta=tta)

@@ -149,9 +149,9 @@ def add_commands(subparsers) -> None:
                    help="run inference in a worker thread, the loop in real time (remote / slow policies)")
     p.add_argument("--max-latency-ms", type=float, default=None, help="watchdog: hold if inference is slower")
     p.add_argument("--tta", type=int, default=None, metavar="PX",
-                   help="checkpoint: average each prediction over 5 copies of the images shifted +-PX pixels "
-                        "(e.g. the training shift, 4 after --augment strong; default off: not a lever on fresh scenes, "
-                        "docs/policy_results.md)")
+                   help="checkpoint: average each prediction over copies of the images shifted +-PX pixels "
+                        "(default: on at its training shift, +-4 px, for a checkpoint trained with --augment strong, "
+                        "off otherwise; 0 = off)")
     p.add_argument("--record", help="record every rollout as an episode (mode 'policy') into this folder")
     p.add_argument("--offline", metavar="DATASET", help="offline validation on this dataset instead")
     p.add_argument("--split", default="val", choices=["val", "all"], help="offline: held-out or all episodes")
@@ -275,7 +275,7 @@ def _load(a):
                            unnorm_key=a.unnorm_key, token=a.token, timeout=a.timeout)
     if ws:
         return load_policy(a.policy, layout=a.layout, api_key=a.token, timeout=a.timeout)
-    return load_policy(a.policy, tta=a.tta or 0)
+    return load_policy(a.policy, tta=a.tta)
 
 
 def cmd_eval(a) -> int:

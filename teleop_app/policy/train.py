@@ -253,7 +253,7 @@ class _Batcher:
 
 def shift_range(mode: str, pad: int) -> int:
     """How far (+- px) augment_images shifts an image in `mode` with `pad`: what the policy then learnt to
-    ignore (train info "aug_shift"; the shift to try with `teleop eval --tta`, checkpoint.VLAPolicy)."""
+    ignore, and the shifts it averages over at run time (checkpoint.VLAPolicy's tta)."""
     if mode not in AUGMENT:
         raise ValueError(f"augment must be one of {AUGMENT}, got {mode!r}")
     return 0 if mode == "none" else max(pad, 4) if mode == "strong" else pad
