@@ -323,7 +323,13 @@ def test_folder_turning_read_only_mid_recording_loses_nothing(tmp_path):
         w.finish()
         pytest.skip("cannot bind-mount here (needs root/CAP_SYS_ADMIN): read-only-mid-recording test skipped")
     try:
-        assert subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], capture_output=True).returncode == 0
+        # the kernel refuses (EBUSY) while the writer's thread is inside a write on that mount: try again
+        for _ in range(100):
+            r = subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], capture_output=True, text=True)
+            if r.returncode == 0 or "busy" not in r.stderr:
+                break
+            time.sleep(0.01)
+        assert r.returncode == 0, r.stderr
         steps(30, 60)
         try:
             w.finish(1)
