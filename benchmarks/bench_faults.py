@@ -315,7 +315,7 @@ def disk_campaign(work: Path | None = None) -> dict:
             if i == 25:
                 r = subprocess.run(["mount", "--bind", str(ds), str(ds)], capture_output=True, text=True)
                 if r.returncode == 0:
-                    r = subprocess.run(["mount", "-o", "remount,bind,ro", str(ds)], capture_output=True, text=True)
+                    r = remount_read_only(ds)
                 flipped.append(r.returncode == 0 or r.stderr.strip())
         handed, p, err = record("read-only", limit_s=3.0, on_step=flip)
         ro_note = {"message": err, "handed": handed, "injected": flipped[0] if flipped else "not reached",
@@ -330,6 +330,18 @@ def disk_campaign(work: Path | None = None) -> dict:
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
     return res
+
+
+def remount_read_only(path: Path, tries: int = 100) -> subprocess.CompletedProcess:
+    """`mount -o remount,bind,ro` of a bind mount at `path` (the folder turning read-only under a
+    recording). The kernel refuses it with "mount point is busy" (EBUSY) while a writer thread is
+    inside a write on that mount, so it is tried again for up to ~1 s; the last result is returned."""
+    for _ in range(tries):
+        r = subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], capture_output=True, text=True)
+        if r.returncode == 0 or "busy" not in r.stderr:
+            break
+        time.sleep(0.01)
+    return r
 
 
 # ==================================================================== motion and camera faults

@@ -18,6 +18,9 @@ import pytest
 from recorder import EpisodeMeta, EpisodeStore, EpisodeWriter, RecorderError, read_episode
 from recorder.recover import recover_episode
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_faults  # noqa: E402
+
 JOINTS = [f"j{i}" for i in range(7)] + ["gripper"]
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -323,12 +326,7 @@ def test_folder_turning_read_only_mid_recording_loses_nothing(tmp_path):
         w.finish()
         pytest.skip("cannot bind-mount here (needs root/CAP_SYS_ADMIN): read-only-mid-recording test skipped")
     try:
-        # the kernel refuses (EBUSY) while the writer's thread is inside a write on that mount: try again
-        for _ in range(100):
-            r = subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], capture_output=True, text=True)
-            if r.returncode == 0 or "busy" not in r.stderr:
-                break
-            time.sleep(0.01)
+        r = bench_faults.remount_read_only(root)      # retried while the kernel says "busy" (EBUSY)
         assert r.returncode == 0, r.stderr
         steps(30, 60)
         try:
