@@ -703,15 +703,16 @@ class Session:
         def work():
             pol = None
             try:
-                from teleop_app.policy.base import load_policy
+                from teleop_app.policy.base import load_policy, policy_source
                 from teleop_app.policy.runner import PolicyRunner
                 kw = dict(spec)
                 runner_cls = PolicyRunner
-                if src.startswith(("http://", "https://")):
+                source = policy_source(src)
+                if source == "openvla":
                     kw.setdefault("profile", self.profile)
                     if remote_action:
                         kw["action_mode"] = {"eef": "ee_delta"}.get(remote_action, remote_action)
-                if src.startswith(("http://", "https://", "ws://", "wss://")) or in_process:
+                if source != "checkpoint" or in_process:
                     pol = load_policy(src, **kw)
                 else:
                     from teleop_app.policy.child import ChildPolicy, ChildPolicyRunner

@@ -99,3 +99,10 @@ def test_the_shift_is_said_where_the_policy_runs_in_its_child_process(data, tmp_
         assert np.all(np.isfinite(pol.predict(obs)))
     finally:
         pol.close()
+
+
+def test_one_place_tells_a_server_from_a_checkpoint():
+    from teleop_app.policy.base import policy_source
+    assert [policy_source(s) for s in ("http://h:8000", "https://h", " ws://h:8000", "wss://h", "demo",
+                                       "runs/vla.pt", "http.pt")] == \
+        ["openvla", "openvla", "openpi", "openpi", "checkpoint", "checkpoint", "checkpoint"]

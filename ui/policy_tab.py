@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormL
                                QHBoxLayout, QHeaderView, QLabel, QLineEdit, QProgressBar, QPushButton,
                                QSpinBox, QSplitter, QTableWidget, QCheckBox, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from teleop_app.policy.base import policy_source
 from teleop_app.session import Mode, PolicyState
 
 POLICY_MODES = (Mode.POLICY, Mode.TAKEOVER)   # the policy drives (TAKEOVER: the operator may take over)
@@ -33,7 +34,7 @@ UNCERTAINTY_YMAX = 0.05       # rad: the uncertainty plot's fixed range
 
 def openvla_server(spec: str) -> bool:
     """An OpenVLA-style policy server URL (http/https): the only source whose reply format is a choice."""
-    return spec.strip().startswith(("http://", "https://"))
+    return policy_source(spec) == "openvla"
 
 
 @dataclass
@@ -341,7 +342,7 @@ class PolicyTab(QWidget):
         if self.session is None:
             self.message.emit("connect first: the policy is loaded by the control process")
             return None
-        remote = spec.startswith(("http://", "https://", "ws://", "wss://"))
+        remote = policy_source(spec) != "checkpoint"
         if not remote and spec != "demo" and not Path(spec).exists():
             self._load_failed(spec, f"checkpoint {spec} not found: pick a .pt file (Browse...) or give a "
                                     "server URL http://host:port")

@@ -92,6 +92,17 @@ def check_compatible(meta: PolicyMeta, profile, *, fps: float | None = None,
                                   + "; ".join(problems))
 
 
+def policy_source(spec) -> str:
+    """What a policy spec names: "openvla" (an http(s) URL: an OpenVLA deploy.py-style server), "openpi"
+    (a ws(s) URL: an openpi policy server) or "checkpoint" (a file of the project's own VLA, or "demo")."""
+    s = str(spec).strip()
+    if s.startswith(("http://", "https://")):
+        return "openvla"
+    if s.startswith(("ws://", "wss://")):
+        return "openpi"
+    return "checkpoint"
+
+
 def load_policy(spec: str, **kwargs) -> Policy:
     """A checkpoint file path -> the project's own VLA; "demo" -> the shipped demo checkpoint;
     an http(s) URL -> an OpenVLA deploy.py server; a ws(s) URL -> an openpi policy server.
@@ -99,11 +110,11 @@ def load_policy(spec: str, **kwargs) -> Policy:
     Remote kwargs: see remote.RemotePolicy (ik, meta, timeout, unnorm_key, camera, ...) and
     openpi.OpenPIPolicy (layout, profile, timeout, api_key, ...).
     """
-    s = str(spec)
-    if s.startswith(("http://", "https://")):
+    s, source = str(spec).strip(), policy_source(spec)
+    if source == "openvla":
         from .remote import RemotePolicy
         return RemotePolicy(s, **kwargs)
-    if s.startswith(("ws://", "wss://")):
+    if source == "openpi":
         from .openpi import OpenPIPolicy
         return OpenPIPolicy(s, **kwargs)
     if s == "demo":

@@ -265,15 +265,15 @@ def cmd_train_demo(a) -> int:
 
 
 def _load(a):
-    from .base import load_policy
-    http, ws = str(a.policy).startswith(("http://", "https://")), str(a.policy).startswith(("ws://", "wss://"))
-    if (http or ws) and a.tta is not None:
+    from .base import load_policy, policy_source
+    source = policy_source(a.policy)
+    if source != "checkpoint" and a.tta is not None:
         raise PolicyError("--tta averages the project's own checkpoint over shifted images; a policy server runs "
                          "its own model: drop --tta")
-    if http:
+    if source == "openvla":
         return load_policy(a.policy, action_mode=a.remote_action, camera=a.remote_camera,
                            unnorm_key=a.unnorm_key, token=a.token, timeout=a.timeout)
-    if ws:
+    if source == "openpi":
         return load_policy(a.policy, layout=a.layout, api_key=a.token, timeout=a.timeout)
     return load_policy(a.policy, tta=a.tta)
 
