@@ -180,6 +180,10 @@ def main() -> int:
     ap.add_argument("--kinds", default="pick", help="task kinds of the base training (default pick)")
     ap.add_argument("--demos", type=int, default=1440, help="training demos (over all kinds)")
     ap.add_argument("--minutes", type=float, default=30.0, help="training budget per base model (the issue's cap)")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="train each base model for this many optimizer steps instead of --minutes (0 = time budget): "
+                         "the same model on a machine of another speed; the documented 30-min runs made 14,900-16,900 "
+                         "steps, a VM half as fast 9,000")
     ap.add_argument("--eval", type=int, default=50, help="unseen scenes per split")
     ap.add_argument("--domain-eval", type=int, default=30, help="scenes per domain for the gap")
     ap.add_argument("--new-kind", default="place_bowl", help="fine-tuning task kind (not in --kinds)")
@@ -281,7 +285,7 @@ def main() -> int:
     cams = tuple(c.strip() for c in a.cameras.split(","))
     model = TINY if a.quick else None
     summary: dict = {"command": " ".join(sys.argv), "sim": "physics (MuJoCo) workcell, drivers/sim/tasks.py splits",
-                     "kinds": kinds, "demos": a.demos, "minutes": a.minutes, "eval_per_split": a.eval,
+                     "kinds": kinds, "demos": a.demos, "minutes": a.minutes, "steps": a.steps, "eval_per_split": a.eval,
                      "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
                      "keypose_weight": a.keypose_weight, "instruction_augment": a.instruction_augment,
                      "target_weight": a.target_weight, "grounding": a.grounding, "ema": a.ema, "perturb": a.perturb,
@@ -336,16 +340,19 @@ def main() -> int:
             log(f"recorded {n}: {k}/{len(sc)} expert demos kept in {time.monotonic() - t0:.0f} s")
         return [out / j[0] for j in jobs]
 
-    def fit(name, data, minutes, start=None, **kw):
+    def fit(name, data, minutes, start=None, base=False, **kw):
         """Train OUT/name.pt for `minutes`; with start=CKPT, resume from that checkpoint's weights and
-        optimizer (copied) up to `minutes` of training in all."""
+        optimizer (copied) up to `minutes` of training in all. base: a base model, trained for --steps
+        instead when that is given."""
         ckpt = out / f"{name}.pt"
         if start is not None:
             if not ckpt.exists():
                 shutil.copyfile(start, ckpt)
         elif ckpt.exists():
             return ckpt, summary.get(f"train_{name}", {})
-        r = train(data, ckpt, steps=10 ** 6, batch_size=a.batch_size, lr=kw.pop("lr", a.lr), max_minutes=minutes,
+        by_steps = base and a.steps > 0
+        r = train(data, ckpt, steps=a.steps if by_steps else 10 ** 6, batch_size=a.batch_size, lr=kw.pop("lr", a.lr),
+                  max_minutes=None if by_steps else minutes,
                   threads=a.threads, cameras=list(cams), image_size=(a.image_size, a.image_size),
                   resume=start is not None, model=model if "init" not in kw else None,
                   checkpoint_every=10 ** 6, val_fraction=0.0, seed=a.train_seed,
@@ -354,7 +361,8 @@ def main() -> int:
                 "episodes": r.episodes, "samples": r.samples, "trained_params": r.trained_params,
                 "total_params": r.total_params}
         summary[f"train_{name}"] = info
-        log(f"trained {name}: {info}")
+        log(f"trained {name}: {info} ({r.step / max(r.minutes, 1e-9):.0f} steps/min; the documented 30-min runs "
+            f"made ~500/min)")
         return ckpt, info
 
     def evaluate(ckpt, scenes, domain="default", tag="", tta=None):
@@ -381,14 +389,14 @@ def main() -> int:
         data_rand, data_plain = (record_all(jobs) + [None])[:2]
 
         # 2) models
-        m_rand, _ = fit("rand", data_rand, a.minutes, text_encoder="minilm", augment="strong",
+        m_rand, _ = fit("rand", data_rand, a.minutes, base=True, text_encoder="minilm", augment="strong",
                         keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
                         target_weight=a.target_weight, grounding=a.grounding, ema=a.ema)
-        m_plain = fit("plain", data_plain, a.minutes, text_encoder="minilm", augment="basic",
+        m_plain = fit("plain", data_plain, a.minutes, base=True, text_encoder="minilm", augment="basic",
                       keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
                       target_weight=a.target_weight, grounding=a.grounding, ema=a.ema)[0] \
             if data_plain is not None else None
-        m_words = fit("words", data_rand, a.minutes, text_encoder="words", augment="strong",
+        m_words = fit("words", data_rand, a.minutes, base=True, text_encoder="words", augment="strong",
                       keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
                       target_weight=a.target_weight, ema=a.ema)[0] \
             if "words" not in skip else None
@@ -477,7 +485,7 @@ def main() -> int:
             ft_base = m_rand
         else:
             data_fb = record("data_ftbase", split_scenes(["train"], a.ft_base_demos, base_kinds), True)
-            ft_base, ft_base_info = fit("ftbase", data_fb, a.minutes, text_encoder="minilm", augment="strong",
+            ft_base, ft_base_info = fit("ftbase", data_fb, a.minutes, base=True, text_encoder="minilm", augment="strong",
                                         target_weight=a.target_weight, grounding=a.grounding, ema=a.ema)
             fb_res = evaluate(ft_base, split_scenes(["seen"], a.ft_eval * len(base_kinds), base_kinds, seed=7000),
                               tag="ftbase_kinds")
@@ -515,7 +523,8 @@ def main() -> int:
     pct = lambda d: f"{d['success']}/{d['n']} = {100 * d['rate']:.0f}% ({100 * d['ci95'][0]:.0f}-{100 * d['ci95'][1]:.0f}%)"
     lines = []
     if res is not None:
-        lines += ["", f"== generalization, kinds {kinds}, {a.demos} demos, {a.minutes} min/model ==",
+        lines += ["", f"== generalization, kinds {kinds}, {a.demos} demos, "
+                  f"{f'{a.steps} steps' if a.steps else f'{a.minutes} min'}/model ==",
                   f"{'split':<20} {'ours (MiniLM, rand+aug)':<28} {'word tokenizer':<28} RT-2"]
         for sp in ("seen", "unseen_objects", "novel_instructions", "reasoning"):
             if sp in table:
