@@ -31,7 +31,9 @@ What it runs (sizes are the flags; --quick shrinks all of them):
      its rollouts ended (wrong object, missed grasp, dropped, ...: drivers/sim/physics.py OutcomeTrace);
      words on seen + novel instructions (does the pre-trained encoder fix paraphrases?)
      and, with the target keypoint, where rand sees the named object from each first frame (target_check,
-     OUT/target_keypoint.png)
+     OUT/target_keypoint.png); rand's predict alone, batch 1 on --threads, with the averaged copies and
+     with one (p50/p99 ms on the first frames: the issue's 15 ms budget; inside the rollouts the sim shares
+     the process)
   4. domain gap: rand and plain on seen scenes in the default look and in the held-out visual domain
   5. fine-tuning curve on a new task kind (--new-kind, place_bowl) from --ft-demos demos, starting from a base
      of its own trained on --ft-base-kinds (pick, place_plate, stack: the neighbouring skills, never the new
@@ -171,6 +173,34 @@ def grounding_figure(scenes, path: Path, size: int = 96, per_split: int = 2) -> 
         rows.append(np.vstack([bar, row]))
     cv2.imwrite(str(path), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
     return path
+
+
+def inference_alone(ckpt, scenes, threads: int, calls: int = 400) -> dict:
+    """The policy's predict alone, as the control loop calls it (batch 1, `threads` torch threads), on the first
+    frames of the evaluation scenes, with nothing else in the process: {setting: {p50, p99, mean, n} ms} for the
+    averaged copies as the checkpoint runs and for one copy (--tta 0), and the first call on a new instruction
+    (the sentence encoder's cache miss). Meaningful on an idle machine only."""
+    from teleop_app.policy.base import load_policy
+    from teleop_app.policy.generalization import first_observations
+    from teleop_app.policy.metrics import percentiles_ms
+    obs = first_observations(load_policy(str(ckpt), threads=threads, tta=0), scenes[:20])
+    out = {}
+    for label, tta in (("as it runs", None), ("one copy", 0)):
+        pol = load_policy(str(ckpt), threads=threads, tta=tta)
+        for o in obs:                           # warm-up; fills the instruction cache
+            pol.predict(o)
+        lat = []
+        for i in range(calls):
+            t = time.perf_counter()
+            pol.predict(obs[i % len(obs)])
+            lat.append(time.perf_counter() - t)
+        key = f"{label} (+-{pol.tta} px)" if pol.tta else label
+        out[key] = percentiles_ms(lat)
+        if tta is None:                         # a new instruction: the encoder runs once, then it is cached
+            t = time.perf_counter()
+            pol.predict({**obs[0], "instruction": "lift the cube that is red, please"})
+            out["new instruction, first call"] = percentiles_ms([time.perf_counter() - t])
+    return out
 
 
 def main() -> int:
@@ -351,12 +381,19 @@ def main() -> int:
         elif ckpt.exists():
             return ckpt, summary.get(f"train_{name}", {})
         by_steps = base and a.steps > 0
+        last = [time.monotonic()]
+
+        def progress(p):                    # a line every 5 minutes: a long training shows where it is
+            if p.get("phase") == "training" and time.monotonic() - last[0] >= 300:
+                last[0] = time.monotonic()
+                log(f"training {name}: step {p['step']}" + (f"/{p['steps']}" if by_steps else "") +
+                    f", loss {p['loss']:.4f}, {p['step'] / max(p['elapsed_s'] / 60, 1e-9):.0f} steps/min")
         r = train(data, ckpt, steps=a.steps if by_steps else 10 ** 6, batch_size=a.batch_size, lr=kw.pop("lr", a.lr),
                   max_minutes=None if by_steps else minutes,
                   threads=a.threads, cameras=list(cams), image_size=(a.image_size, a.image_size),
                   resume=start is not None, model=model if "init" not in kw else None,
                   checkpoint_every=10 ** 6, val_fraction=0.0, seed=a.train_seed,
-                  chunk=a.chunk, state_noise=a.state_noise, action_space=a.action_space, **kw)
+                  chunk=a.chunk, state_noise=a.state_noise, action_space=a.action_space, progress=progress, **kw)
         info = {"steps": r.step, "minutes": round(r.minutes, 2), "loss": round(r.loss, 4),
                 "episodes": r.episodes, "samples": r.samples, "trained_params": r.trained_params,
                 "total_params": r.total_params}
@@ -419,6 +456,9 @@ def main() -> int:
             log(f"target keypoint picture: {target_figure(pol, scenes, out / 'target_keypoint.png')}")
         if a.grounding != "none":
             log(f"grounding channel picture: {grounding_figure(scenes, out / 'grounding_channel.png')}")
+        summary["inference"] = inference_alone(m_rand, scenes, a.threads)
+        log(f"the policy alone on {a.threads} threads, batch 1 (the issue's budget: 15 ms a step): " +
+            "; ".join(f"{k}: p50 {v['p50']:.1f} ms, p99 {v['p99']:.1f} ms" for k, v in summary["inference"].items()))
         if m_words is not None:
             ws = split_scenes(["seen", "novel_instructions"], a.eval, kinds)
             wres = evaluate(m_words, ws, tag="words_splits")

@@ -18,7 +18,8 @@ from drivers.sim.objects import COLOURS  # noqa: E402
 from teleop_app.policy.base import PolicyError, load_policy  # noqa: E402
 from teleop_app.policy.checkpoint import read_checkpoint  # noqa: E402
 from teleop_app.policy.dataset import load_dataset  # noqa: E402
-from teleop_app.policy.generalization import record_scenes, split_scenes, target_check  # noqa: E402
+from teleop_app.policy.generalization import (first_observations, record_scenes, split_scenes,  # noqa: E402
+                                              target_check)
 from teleop_app.policy.model import ModelConfig, keypoint_to_pixel  # noqa: E402
 from teleop_app.policy.train import robot_chain, target_labels, train  # noqa: E402
 
@@ -90,6 +91,13 @@ def test_train_with_the_target_loss_learns_where_the_object_is(demos, tmp_path):
     rep = target_check(pol, split_scenes(["seen", "reasoning"], 2))
     assert set(rep) == {"seen", "reasoning"}
     assert all(r["n"] == 2 and 0 <= r["nearest_right"] <= 2 and r["median_px"] >= 0 for r in rep.values())
+    # the scenes' first observations, as the policy gets them (the benchmark times predict on these)
+    scenes = split_scenes(["seen"], 2)
+    first = first_observations(pol, scenes)
+    assert [o["instruction"] for o in first] == [sc.instruction for sc in scenes]
+    assert all(o["images"][c].shape == (SIZE, SIZE, 3) for o in first for c in ("front", "wrist"))
+    assert not np.array_equal(first[0]["images"]["front"], first[1]["images"]["front"])   # two scenes, two looks
+    assert all(np.isfinite(pol.predict(o)).all() for o in first)
     # a model trained without the loss has no target keypoint to report
     plain = tmp_path / "plain.pt"
     train(demos, plain, steps=2, **{**kw, "target_weight": 0.0})

@@ -236,21 +236,31 @@ def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: s
     return res
 
 
-def _first_frame_check(policy, scenes, locate, domain: str, profile: str) -> dict[str, list[tuple[bool, float]]]:
-    """split -> [(the object nearest where the policy points is the target, its distance from the target)]
-    over each scene's first frame; locate(wc, obs) -> {object name: distance} for the scene as reset."""
+def _first_frames(policy, scenes, domain: str, profile: str):
+    """Yields (workcell, scene, observation) for each scene as reset, the observation as the policy gets it."""
     h = policy.meta.image_size[0]
     _prof, wc, robot, cams, _safety, _period = _sim(h, policy.meta.cameras, 10.0, False, profile)
-    per: dict[str, list[tuple[bool, float]]] = {}
     try:
         for sc in scenes:
             _reset(wc, sc, domain)
-            obs = {"images": {n: c.read_latest().image for n, c in cams.items()}, "qpos": wc.qpos(),
-                   "instruction": sc.instruction}
-            d = locate(wc, obs)
-            per.setdefault(sc.split, []).append((min(d, key=d.get) == sc.target.name, d[sc.target.name]))
+            yield wc, sc, {"images": {n: c.read_latest().image for n, c in cams.items()}, "qpos": wc.qpos(),
+                           "instruction": sc.instruction}
     finally:
         robot.disconnect()
+
+
+def first_observations(policy, scenes, *, domain: str = "default", profile: str = "sim7") -> list[dict]:
+    """Each scene's first observation (camera images at the policy's size, joints, instruction)."""
+    return [obs for _wc, _sc, obs in _first_frames(policy, scenes, domain, profile)]
+
+
+def _first_frame_check(policy, scenes, locate, domain: str, profile: str) -> dict[str, list[tuple[bool, float]]]:
+    """split -> [(the object nearest where the policy points is the target, its distance from the target)]
+    over each scene's first frame; locate(wc, obs) -> {object name: distance} for the scene as reset."""
+    per: dict[str, list[tuple[bool, float]]] = {}
+    for wc, sc, obs in _first_frames(policy, scenes, domain, profile):
+        d = locate(wc, obs)
+        per.setdefault(sc.split, []).append((min(d, key=d.get) == sc.target.name, d[sc.target.name]))
     return per
 
 
