@@ -183,10 +183,10 @@ def inference_alone(ckpt, scenes, threads: int, calls: int = 400) -> dict:
     from teleop_app.policy.base import load_policy
     from teleop_app.policy.generalization import first_observations
     from teleop_app.policy.metrics import percentiles_ms
-    obs = first_observations(load_policy(str(ckpt), threads=threads, tta=0), scenes[:20])
+    one = load_policy(str(ckpt), threads=threads, tta=0)
+    obs = first_observations(one, scenes[:20])
     out = {}
-    for label, tta in (("as it runs", None), ("one copy", 0)):
-        pol = load_policy(str(ckpt), threads=threads, tta=tta)
+    for label, pol in (("as it runs", load_policy(str(ckpt), threads=threads)), ("one copy", one)):
         for o in obs:                           # warm-up; fills the instruction cache
             pol.predict(o)
         lat = []
@@ -196,7 +196,7 @@ def inference_alone(ckpt, scenes, threads: int, calls: int = 400) -> dict:
             lat.append(time.perf_counter() - t)
         key = f"{label} (+-{pol.tta} px)" if pol.tta else label
         out[key] = percentiles_ms(lat)
-        if tta is None:                         # a new instruction: the encoder runs once, then it is cached
+        if pol is not one:                      # a new instruction: the encoder runs once, then it is cached
             t = time.perf_counter()
             pol.predict({**obs[0], "instruction": "lift the cube that is red, please"})
             out["new instruction, first call"] = percentiles_ms([time.perf_counter() - t])
