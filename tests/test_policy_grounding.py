@@ -88,6 +88,26 @@ def test_the_channel_marks_an_unseen_colour_in_a_rendered_scene(held_out):
     assert n >= 10 and hits >= 0.7 * n, (hits, n)
 
 
+def test_a_batch_mixing_colour_kinds_gives_each_image_its_own_channel():
+    """affinity computes the hue match only for chromatic colours and the brightness match only for
+    white / grey / black: in a batch that mixes them (and sentences with no colour), each image's channel is
+    the one it gets alone."""
+    sc = next(iter(episodes("unseen_objects", 1, kinds=("pick",))))
+    img, _ = _scene_render(sc, False)
+    x = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255
+    a, b = (o.colour for o in sc.objects[:2])                     # two chromatic colours in view
+    texts = [f"pick up the {a} one", "lift the white block", "pick up the cube", "grab the grey one",
+             f"the {b} one"]
+    f = torch.from_numpy(colour_features(texts))
+    assert f[:, 3].tolist() == [1, 1, 0, 1, 1]
+    xs = torch.cat([x, x.flip(-1), x, x.flip(-2), x])
+    batch = affinity(xs, f)
+    alone = torch.cat([affinity(xs[i:i + 1], f[i:i + 1]) for i in range(len(texts))])
+    assert torch.equal(batch, alone)
+    assert batch[[0, 4]].flatten(1).amax(1).eq(1).all() and not batch[2].any()
+    assert (batch[0] - batch[4]).abs().amax() > 0.5           # the two colours mark different pixels
+
+
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory):
     root = tmp_path_factory.mktemp("grounding") / "data"

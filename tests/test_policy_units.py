@@ -227,6 +227,20 @@ def test_augment_presets_shape_range_and_strength():
         augment_images(x, rng, "extreme")
 
 
+def test_augment_pixel_noise_is_gaussian_fresh_each_batch_and_follows_the_seed():
+    """The strong augmentation's pixel noise comes from windows of a bank drawn once (gaussian_noise): standard
+    normal, different in every batch, and the same for the same training seed (a run stays reproducible)."""
+    torch = pytest.importorskip("torch")
+    from teleop_app.policy.train import NOISE_BANK, gaussian_noise
+    rng = np.random.default_rng(3)
+    a, b = gaussian_noise((64, 3, 96, 96), rng), gaussian_noise((64, 3, 96, 96), rng)
+    assert abs(float(a.mean())) < 0.01 and abs(float(a.std()) - 1) < 0.01 and a.dtype == torch.float32
+    assert float((a - b).abs().mean()) > 0.5                       # not the same window twice
+    assert torch.equal(gaussian_noise((64, 3, 96, 96), np.random.default_rng(3)), a)
+    big = gaussian_noise((NOISE_BANK,), rng)                       # too big for a window: fresh noise
+    assert big.shape == (NOISE_BANK,) and abs(float(big.std()) - 1) < 0.01
+
+
 def test_a_policy_is_evaluated_on_the_sim_it_was_trained_on():
     from teleop_app.policy.evaluate import choose_sim, trained_sim
 

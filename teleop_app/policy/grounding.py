@@ -78,14 +78,28 @@ def colour_features(texts) -> np.ndarray:
 
 def _hsv(x):
     """(..., 3, H, W) rgb 0..1 -> hue (degrees), saturation, value, each (..., H, W)."""
-    import torch
     r, g, b = x.unbind(-3)
-    v, _ = x.max(-3)
-    c = v - x.min(-3)[0]
-    s = torch.where(v > 1e-6, c / v.clamp(min=1e-6), torch.zeros_like(v))
+    v, c = _value_chroma(r, g, b)
+    return _hue(r, g, b, v, c), _saturation(v, c), v
+
+
+def _value_chroma(r, g, b):
+    """max and max - min over r, g, b: elementwise maxima, not a reduction over the channel axis (the same
+    numbers, ~5x faster on a batch of images)."""
+    import torch
+    v = torch.maximum(torch.maximum(r, g), b)
+    return v, v - torch.minimum(torch.minimum(r, g), b)
+
+
+def _saturation(v, c):
+    import torch
+    return torch.where(v > 1e-6, c / v.clamp(min=1e-6), torch.zeros_like(v))
+
+
+def _hue(r, g, b, v, c):
+    import torch
     cc = c.clamp(min=1e-6)
-    h = torch.where(v == r, ((g - b) / cc) % 6, torch.where(v == g, (b - r) / cc + 2, (r - g) / cc + 4)) * 60.0
-    return h, s, v
+    return torch.where(v == r, ((g - b) / cc) % 6, torch.where(v == g, (b - r) / cc + 2, (r - g) / cc + 4)) * 60.0
 
 
 def affinity(images, features):
@@ -94,16 +108,28 @@ def affinity(images, features):
     Chromatic colour: saturated pixels (s >= 0.45-0.6: the wood and blue-grey tables are below) whose hue
     is within ~HUE_SIGMA degrees. White / grey / black: unsaturated pixels whose brightness, relative to
     the image's brightest pixel (light and exposure vary), matches. Then scaled so the image's best match is
-    1 (when it is at least RELATIVE_FLOOR). found = 0 -> zeros."""
+    1 (when it is at least RELATIVE_FLOOR). found = 0 -> zeros.
+    Each image computes only its own kind of match (hue for a chromatic colour, brightness otherwise): the
+    channel runs in every training step and every inference call."""
     import torch
-    h, s, v = _hsv(images)
+    r, g, b = images.unbind(-3)
+    v, c = _value_chroma(r, g, b)
+    s = _saturation(v, c)
     hc, sc, vc = _hsv(features[:, :3, None, None])          # (B, 1, 1)
-    dh = (h - hc).abs()
-    dh = torch.minimum(dh, 360.0 - dh)
-    chroma = torch.exp(-0.5 * (dh / HUE_SIGMA) ** 2) * ((s - 0.45) / 0.15).clamp(0, 1)
-    vrel = v / v.flatten(-2).amax(-1)[..., None, None].clamp(min=1e-3)
-    grey = torch.exp(-0.5 * ((vrel - vc) / 0.1) ** 2) * (1 - ((s - 0.15) / 0.15).clamp(0, 1))
-    a = torch.where(sc >= CHROMATIC, chroma, grey) * features[:, 3, None, None]
+    chromatic = (sc >= CHROMATIC).reshape(-1)
+    a = torch.empty_like(v)
+    every = slice(None)                 # one kind only (as in most batches): no copies of the images
+    ci, gi = (every, None) if bool(chromatic.all()) else (None, every) if not bool(chromatic.any()) else \
+        (chromatic.nonzero().reshape(-1), (~chromatic).nonzero().reshape(-1))
+    if ci is not None:
+        dh = (_hue(r[ci], g[ci], b[ci], v[ci], c[ci]) - hc[ci]).abs()
+        dh = torch.minimum(dh, 360.0 - dh)
+        a[ci] = torch.exp(-0.5 * (dh / HUE_SIGMA) ** 2) * ((s[ci] - 0.45) / 0.15).clamp(0, 1)
+    if gi is not None:
+        vg = v[gi]
+        vrel = vg / vg.flatten(-2).amax(-1)[..., None, None].clamp(min=1e-3)
+        a[gi] = torch.exp(-0.5 * ((vrel - vc[gi]) / 0.1) ** 2) * (1 - ((s[gi] - 0.15) / 0.15).clamp(0, 1))
+    a = a * features[:, 3, None, None]
     # relative to the image's best match: a lexicon colour is not the rendered one ("sky" is a lighter blue
     # than a blue cube, 22 degrees of hue away), so its closest pixels count fully; the floor keeps a colour
     # that is not in view (a faint match only) faint
