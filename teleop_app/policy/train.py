@@ -265,7 +265,7 @@ _noise_bank: list = []
 
 def gaussian_noise(shape, rng: np.random.Generator):
     """A float32 tensor of standard normal noise: a window at an offset `rng` draws in a bank of NOISE_BANK
-    values (drawn once per process, fixed seed); fresh torch.randn when the window would not fit. torch's
+    values (drawn once per process, fixed seed); fresh torch.randn for more than half the bank. torch's
     sampler costs ~6 ns a value here, 10 ms for a batch of 64 96x96 images: 7 % of a training step, where
     the window is a copy (0.3 ms). The pixel-noise augmentation only needs noise the network cannot learn:
     a random offset every step gives that, and the run stays reproducible from the training seed."""
