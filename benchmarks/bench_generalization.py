@@ -213,7 +213,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=0,
                     help="train each base model for this many optimizer steps instead of --minutes (0 = time budget): "
                          "the same model on a machine of another speed; the documented 30-min runs made 14,900-16,900 "
-                         "steps, a VM half as fast 9,000")
+                         "steps, a VM half as fast 9,000, the Dec 7 VM 13,100 with the faster step")
     ap.add_argument("--eval", type=int, default=50, help="unseen scenes per split")
     ap.add_argument("--domain-eval", type=int, default=30, help="scenes per domain for the gap")
     ap.add_argument("--new-kind", default="place_bowl", help="fine-tuning task kind (not in --kinds)")
