@@ -164,11 +164,14 @@ def target_labels(ds: Dataset, chain, cfg) -> tuple[np.ndarray, np.ndarray]:
         uv = np.zeros((len(q), len(ds.cameras), 2))
         m = np.zeros((len(q), len(ds.cameras)), bool)
         for ci, cam in enumerate(ds.cameras):
-            for t in range(len(q)):
-                c = view_camera(views.get(cam, cam), style, tcp[t], w, h)
-                px, z = c.project(obj[t][None])
-                uv[t, ci] = px[0]
-                m[t, ci] = z[0] > 0.02 and 0 <= px[0, 0] < w and 0 <= px[0, 1] < h
+            view = views.get(cam, cam)
+            if view == "wrist":                                  # moves with the hand: a camera per frame
+                proj = [view_camera(view, style, tcp[t], w, h).project(obj[t][None]) for t in range(len(q))]
+                px, z = np.concatenate([p for p, _ in proj]), np.concatenate([d for _, d in proj])
+            else:                                                # fixed in the cell: one camera, all frames
+                px, z = view_camera(view, style, None, w, h).project(obj)
+            uv[:, ci] = px
+            m[:, ci] = (z > 0.02) & (px[:, 0] >= 0) & (px[:, 0] < w) & (px[:, 1] >= 0) & (px[:, 1] < h)
         pts.append(pixel_to_keypoint(uv, cfg).astype(np.float32))
         ok.append(m)
     n = len(ds.cameras)
