@@ -118,9 +118,12 @@ def affinity(images, features):
     hc, sc, vc = _hsv(features[:, :3, None, None])          # (B, 1, 1)
     chromatic = (sc >= CHROMATIC).reshape(-1)
     a = torch.empty_like(v)
-    every = slice(None)                 # one kind only (as in most batches): no copies of the images
-    ci, gi = (every, None) if bool(chromatic.all()) else (None, every) if not bool(chromatic.any()) else \
-        (chromatic.nonzero().reshape(-1), (~chromatic).nonzero().reshape(-1))
+    if bool(chromatic.all()):           # one kind only (as in most batches): no copies of the images
+        ci, gi = slice(None), None
+    elif not bool(chromatic.any()):
+        ci, gi = None, slice(None)
+    else:
+        ci, gi = chromatic.nonzero().reshape(-1), (~chromatic).nonzero().reshape(-1)
     if ci is not None:
         dh = (_hue(r[ci], g[ci], b[ci], v[ci], c[ci]) - hc[ci]).abs()
         dh = torch.minimum(dh, 360.0 - dh)

@@ -44,6 +44,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -263,7 +264,12 @@ def shift_range(mode: str, pad: int) -> int:
 
 
 NOISE_BANK = 1 << 23             # standard normal values drawn once per process for gaussian_noise
-_noise_bank: list = []
+
+
+@lru_cache(maxsize=1)
+def _noise_bank():
+    import torch
+    return torch.randn(NOISE_BANK, generator=torch.Generator().manual_seed(0))
 
 
 def gaussian_noise(shape, rng: np.random.Generator):
@@ -276,10 +282,8 @@ def gaussian_noise(shape, rng: np.random.Generator):
     n = int(np.prod(shape))
     if n > NOISE_BANK // 2:
         return torch.randn(*shape)
-    if not _noise_bank:
-        _noise_bank.append(torch.randn(NOISE_BANK, generator=torch.Generator().manual_seed(0)))
     off = int(rng.integers(0, NOISE_BANK - n + 1))
-    return _noise_bank[0][off:off + n].view(*shape)
+    return _noise_bank()[off:off + n].view(*shape)
 
 
 def augment_images(x, rng: np.random.Generator, mode: str = "basic", pad: int = 2, return_shift: bool = False):
