@@ -259,6 +259,9 @@ def main() -> int:
                     help="share of the training scenes without one given a distractor of the target's colour and "
                          "another shape (tasks.make_scene's confuser; a plain draw has one in about 21 %% of scenes; "
                          "0 = the recipe before Dec 6 evening)")
+    ap.add_argument("--channel-distract", type=float, default=0.25,
+                    help="share of the base models' samples whose grounding channel also marks a random grey level "
+                         "(train's channel_distract: a white arm lit for 'the white cube'); 0 = the recipe before Dec 7")
     ap.add_argument("--train-seed", type=int, default=0,
                     help="seed of every training run (weights, batches, augmentation): another value replicates a run")
     ap.add_argument("--instruction-augment", action="store_true",
@@ -319,7 +322,7 @@ def main() -> int:
                      "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
                      "keypose_weight": a.keypose_weight, "instruction_augment": a.instruction_augment,
                      "target_weight": a.target_weight, "grounding": a.grounding, "ema": a.ema, "perturb": a.perturb,
-                     "confusers": a.confusers, "train_seed": a.train_seed,
+                     "confusers": a.confusers, "channel_distract": a.channel_distract, "train_seed": a.train_seed,
                      "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     T0 = time.monotonic()
 
@@ -428,10 +431,10 @@ def main() -> int:
         # 2) models
         m_rand, _ = fit("rand", data_rand, a.minutes, base=True, text_encoder="minilm", augment="strong",
                         keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
-                        target_weight=a.target_weight, grounding=a.grounding, ema=a.ema)
+                        target_weight=a.target_weight, grounding=a.grounding, ema=a.ema, channel_distract=a.channel_distract)
         m_plain = fit("plain", data_plain, a.minutes, base=True, text_encoder="minilm", augment="basic",
                       keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
-                      target_weight=a.target_weight, grounding=a.grounding, ema=a.ema)[0] \
+                      target_weight=a.target_weight, grounding=a.grounding, ema=a.ema, channel_distract=a.channel_distract)[0] \
             if data_plain is not None else None
         m_words = fit("words", data_rand, a.minutes, base=True, text_encoder="words", augment="strong",
                       keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
@@ -526,7 +529,7 @@ def main() -> int:
         else:
             data_fb = record("data_ftbase", split_scenes(["train"], a.ft_base_demos, base_kinds), True)
             ft_base, ft_base_info = fit("ftbase", data_fb, a.minutes, base=True, text_encoder="minilm", augment="strong",
-                                        target_weight=a.target_weight, grounding=a.grounding, ema=a.ema)
+                                        target_weight=a.target_weight, grounding=a.grounding, ema=a.ema, channel_distract=a.channel_distract)
             fb_res = evaluate(ft_base, split_scenes(["seen"], a.ft_eval * len(base_kinds), base_kinds, seed=7000),
                               tag="ftbase_kinds")
             ft_base_info = {**ft_base_info, "kinds": base_kinds, "demos": a.ft_base_demos,

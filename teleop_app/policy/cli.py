@@ -84,6 +84,10 @@ def add_commands(subparsers) -> None:
                    help="colour: each camera gets an input channel marking where the colour the instruction names "
                         "is, from a colour lexicon (XKCD colour names, matplotlib), so a colour never in the demos "
                         "can be found; needs --text-encoder minilm (teleop_app/policy/grounding.py)")
+    p.add_argument("--channel-distract", type=float, default=0.0, metavar="P",
+                   help="with --grounding colour: in a share P of the samples the channel also marks a random grey "
+                        "level (white .. black), as it marks a white or grey arm when an instruction names white "
+                        "or grey, so the network learns to look past it; 0 = off")
     p.add_argument("--instruction-augment", action="store_true",
                    help="train on several wordings of each instruction (colour synonyms: red -> crimson, "
                         "scarlet; teleop_app/policy/instruction_aug.py)")
@@ -232,7 +236,7 @@ def cmd_train(a) -> int:
                   intervention_weight=a.intervention_weight,
                   state_noise=a.state_noise, action_space=a.action_space, keypose_weight=a.keypose_weight,
                   instruction_augment=a.instruction_augment, target_weight=a.target_weight,
-                  grounding=a.grounding, ema=a.ema)
+                  grounding=a.grounding, ema=a.ema, channel_distract=a.channel_distract)
     except KeyboardInterrupt:
         print("interrupted; the last periodic checkpoint is kept (re-run to resume)", file=sys.stderr)
         return 130

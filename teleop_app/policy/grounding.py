@@ -33,6 +33,8 @@ MAX_WORDS = 4                   # the longest lexicon name tried ("very dark pur
 HUE_SIGMA = 15.0                # degrees: red (0) and orange (22-26) stay apart
 RELATIVE_FLOOR = 0.25          # matches weaker than this are not scaled up to 1
 CHROMATIC = 0.25                # a colour with saturation below this is white / grey / black
+NEUTRAL = 0.225                 # pixels below this saturation are neutral: the brightest one is "white"
+GREY_TOLERANCE = 0.12           # a neutral pixel within this brightness of the named grey matches fully
 
 
 @lru_cache(maxsize=1)
@@ -107,8 +109,12 @@ def affinity(images, features):
 
     Chromatic colour: saturated pixels (s >= 0.45-0.6: the wood and blue-grey tables are below) whose hue
     is within ~HUE_SIGMA degrees. White / grey / black: unsaturated pixels whose brightness, relative to
-    the image's brightest pixel (light and exposure vary), matches. Then scaled so the image's best match is
-    1 (when it is at least RELATIVE_FLOOR). found = 0 -> zeros.
+    the image's brightest neutral pixel (the "white patch" of colour constancy: light and exposure vary, and
+    a saturated surface can be brighter than anything white), is within GREY_TOLERANCE of the colour's (a
+    white cube's lit and shaded faces, 0.8-0.9 of a highlight, all count). Then scaled so the image's best
+    match is 1 (when it is at least RELATIVE_FLOOR). found = 0 -> zeros.
+    A white or grey robot matches white or grey too: the channel then marks the arm as well as the object
+    (train's channel_distract shows the network that case on the training colours).
     Each image computes only its own kind of match (hue for a chromatic colour, brightness otherwise): the
     channel runs in every training step and every inference call."""
     import torch
@@ -129,9 +135,10 @@ def affinity(images, features):
         dh = torch.minimum(dh, 360.0 - dh)
         a[ci] = torch.exp(-0.5 * (dh / HUE_SIGMA) ** 2) * ((s[ci] - 0.45) / 0.15).clamp(0, 1)
     if gi is not None:
-        vg = v[gi]
-        vrel = vg / vg.flatten(-2).amax(-1)[..., None, None].clamp(min=1e-3)
-        a[gi] = torch.exp(-0.5 * ((vrel - vc[gi]) / 0.1) ** 2) * (1 - ((s[gi] - 0.15) / 0.15).clamp(0, 1))
+        vg, sg = v[gi], s[gi]
+        white = (vg * (sg < NEUTRAL)).flatten(-2).amax(-1)[..., None, None]     # the brightest neutral pixel
+        d = ((vg / white.clamp(min=1e-3) - vc[gi]).abs() - GREY_TOLERANCE).clamp(min=0)
+        a[gi] = torch.exp(-0.5 * (d / 0.1) ** 2) * (1 - ((sg - 0.15) / 0.15).clamp(0, 1))
     a = a * features[:, 3, None, None]
     # relative to the image's best match: a lexicon colour is not the rendered one ("sky" is a lighter blue
     # than a blue cube, 22 degrees of hue away), so its closest pixels count fully; the floor keeps a colour

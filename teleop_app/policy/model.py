@@ -203,10 +203,12 @@ class VLAModel(nn.Module):
         return (out["actions"], out["keypose"]) if with_keypose else out["actions"]
 
     def forward_all(self, images: torch.Tensor, text: torch.Tensor, state: torch.Tensor,
-                    keypose: bool = False) -> dict:
+                    keypose: bool = False, distract: torch.Tensor | None = None) -> dict:
         """forward's inputs -> {"actions": (B, chunk, action_dim), "target": (B, n_cam, 2) where keypoint 0
         of each camera fires (VisionEncoder's coordinates; None for a model without keypoints: train's
-        target_weight supervises it to be the named object), "keypose": (B, 3) or None}."""
+        target_weight supervises it to be the named object), "keypose": (B, 3) or None}.
+        distract (training only, a grounding model): (B, grounding.FEATURES) a second colour per row whose
+        match is added (maximum) to the grounding channel where its found value is 1 (train's channel_distract)."""
         b = text.shape[0]
         colour = None
         if self.cfg.grounding != "none":          # the text input's tail is the named colour (grounding.py)
@@ -220,7 +222,15 @@ class VLAModel(nn.Module):
             for s in sizes:
                 films.append((film[:, off:off + s], film[:, off + s:off + 2 * s]))
                 off += 2 * s
-            extra = affinity(images[:, ci], colour) * 2 - 1 if colour is not None else None
+            extra = None
+            if colour is not None:
+                extra = affinity(images[:, ci], colour)
+                if distract is not None:
+                    rows = (distract[:, -1] > 0).nonzero().reshape(-1)
+                    if len(rows):
+                        extra = extra.clone()
+                        extra[rows] = torch.maximum(extra[rows], affinity(images[rows, ci], distract[rows]))
+                extra = extra * 2 - 1
             tok, pts = enc(images[:, ci], films, with_points=True, extra=extra)
             img_tokens.append(tok)
             points.append(pts)

@@ -338,6 +338,20 @@ def _to_torch(imgs, toks, state, act, aug: bool, rng: np.random.Generator, pad: 
     return x, t, s, torch.from_numpy(act), shift
 
 
+def distract_features(text, share: float, rng: np.random.Generator):
+    """For a batch's text input ending in grounding colour features (B, ... + grounding.FEATURES): (B, FEATURES)
+    features of a grey level uniform in white .. black for a share of the rows whose instruction names a colour,
+    zeros (found = 0) for the others (train's channel_distract; model.forward_all's distract)."""
+    import torch
+    from .grounding import FEATURES
+    b = text.shape[0]
+    on = (rng.random(b) < share) & (text[:, -1].numpy() > 0)
+    out = np.zeros((b, FEATURES), np.float32)
+    out[on, :3] = rng.uniform(0.0, 1.0, (int(on.sum()), 1))
+    out[on, 3] = 1.0
+    return torch.from_numpy(out)
+
+
 def finetune_targets(net, vision: bool = False) -> list[str]:
     """Modules LoRA adapts: the fusion transformer's feed-forward layers, the action head and the
     instruction conditioning (FiLM generator, sentence-embedding projection). Not the attention
@@ -384,7 +398,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           state_noise: float = 0.05,
           intervention_weight: float | None = None, keypose_weight: float = 0.0,
           instruction_augment: bool = False, target_weight: float = 0.0, grounding: str = "none",
-          ema: float = 0.0) -> TrainResult:
+          ema: float = 0.0, channel_distract: float = 0.0) -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
     The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
@@ -400,6 +414,10 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     loss in keypoint coordinates weighted W into the action loss.
     grounding="colour" (a new model with a sentence encoder): each camera gets a colour-affinity input channel
     for the colour the instruction names (grounding.py: a colour lexicon, not learnt from the demos).
+    channel_distract=P (with grounding): in a share P of the samples whose instruction names a colour, the channel
+    also marks a random grey level, white to black (distract_features): what it shows when an instruction names
+    white or grey and the robot, its fingers or shadows match too. The training colours are all chromatic, so
+    without it the network never sees the channel mark something that is not the target.
     """
     import torch
     from .checkpoint import FORMAT, CheckpointError, build_model, read_checkpoint, save_checkpoint
@@ -413,6 +431,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         raise PolicyError(f"grounding must be one of {', '.join(GROUNDING)}, got {grounding!r}")
     if not 0.0 <= ema < 1.0:
         raise ValueError(f"ema must be a decay in [0, 1), got {ema}")
+    if not 0.0 <= channel_distract <= 1.0:
+        raise PolicyError(f"channel_distract must be a share in [0, 1], got {channel_distract}")
     base_blob = None
     if init is not None:
         try:
@@ -577,6 +597,9 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         from .model import pixel_to_keypoint
         tgt, tgt_ok = target_labels(ds, robot_chain(ds, "target_weight > 0"), cfg)
         px_unit = (pixel_to_keypoint([1.0, 1.0], cfg) - pixel_to_keypoint([0.0, 0.0], cfg)).astype(np.float32)
+    distract_on = channel_distract > 0
+    if distract_on and cfg.grounding == "none":
+        raise PolicyError("channel_distract needs a model with a grounding channel (grounding 'colour')")
     va = _Batcher(val, tok, cfg.chunk, stats, action_space, encoder, chain, grounding=cfg.grounding) \
         if val is not None else None
     if finetune is not None and base_blob is not None:
@@ -614,6 +637,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                      "keypose_weight": keypose_weight if keypose_on else 0.0, "keypose_loss": kp_ema,
                      "target_weight": target_weight, "target_loss": tg_ema,
                      "instruction_augment": bool(variants), "grounding": cfg.grounding,
+                     "channel_distract": channel_distract,
                      "batch_size": batch_size, "lr": lr, "dataset": str(dataset_root),
                      "episodes": len(ds.episodes), "samples": tr.n, "held_out": held_out,
                      "val_fraction": val_fraction, "torch": str(torch.__version__), "ema": ema,
@@ -645,8 +669,9 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         x, t, s, a, moved = _to_torch(*tr.batch(idx, rng if variants else None), aug=augment != "none", rng=rng,
                                       pad=aug_shift, augment=augment, text_noise=text_noise,
                                       state_noise=state_noise, noise_dims=cfg.text_dim)
-        if keypose_on or target_on:
-            out = net.forward_all(x, t, s, keypose=keypose_on)
+        dis = distract_features(t, channel_distract, rng) if distract_on else None
+        if keypose_on or target_on or dis is not None:
+            out = net.forward_all(x, t, s, keypose=keypose_on, distract=dis)
             loss = (out["actions"] - a).abs().mean()
             total = loss
             if keypose_on:
