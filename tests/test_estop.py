@@ -145,9 +145,10 @@ def test_failing_remote_policy_is_stopped_arm_held_no_estop(tmp_path, kind):
             assert np.allclose(s.status.sent, q, atol=1e-6)         # held where it was
             # the loop never waited for the server: every request went out on the policy worker, and
             # the loop kept its rate through the stall. A loop that waited for a hung server would miss
-            # the whole 1 s stall (20 ticks); a few may be missed to a busy CI machine's scheduler.
+            # the whole 1 s stall (20 ticks); a few may be missed to a busy CI machine's scheduler, and a
+            # window of a tick or two ("error" answers at once) may end just before its second tick.
             assert callers and {t.name for t in callers} == {"policy-inference"}, callers
-            assert s.loop.ticks - ticks0 >= 0.5 * took * 20, (s.loop.ticks - ticks0, took)
+            assert s.loop.ticks - ticks0 >= 0.5 * took * 20 - 1, (s.loop.ticks - ticks0, took)
             assert s.loop.missed - missed0 <= 5, s.loop.missed - missed0
             assert took < (2.0 if kind == "hang" else 1.5), took    # stall limit (1 s), not the 5 s timeout
             assert s.status.policy_state.value == "error"
