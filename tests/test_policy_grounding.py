@@ -109,20 +109,24 @@ def test_a_batch_mixing_colour_kinds_gives_each_image_its_own_channel():
 
 
 def test_white_marks_a_white_object_as_fully_as_the_white_arm():
-    """The brightness match is relative to the brightest neutral pixel (the arm's highlight in the front camera)
-    and tolerates the object's shaded faces: a white object is marked at full strength, not as a faint blob beside
-    the arm (the channel had ~0.3-0.5 there, and white targets failed 31 of 36 rollouts)."""
+    """grey_reference "neutral": the brightness match is relative to the brightest neutral pixel (the arm's
+    highlight in the front camera) and tolerates the object's shaded faces, so a white object is marked at full
+    strength; "brightest" (the models before it) marks it as a faint blob beside the arm."""
     n = 0
     for sc in episodes("unseen_objects", 60, kinds=("pick",)):
         if sc.target.colour != "white":
             continue
         img, centres = _scene_render(sc, False)
         x = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255
-        a = affinity(x, torch.from_numpy(colour_features([sc.instruction])))[0, 0].numpy()
+        f = torch.from_numpy(colour_features([sc.instruction]))
         u, v = np.round(centres[sc.target.name]).astype(int)
-        assert a[max(v - 2, 0):v + 3, max(u - 2, 0):u + 3].max() >= 0.95, sc.instruction
+        near = lambda a: a[0, 0, max(v - 2, 0):v + 3, max(u - 2, 0):u + 3].max()
+        assert near(affinity(x, f, "neutral")) >= 0.95, sc.instruction
+        assert near(affinity(x, f)) < 0.8, sc.instruction
         n += 1
     assert n >= 5
+    with pytest.raises(ValueError, match="grey_reference"):
+        affinity(x, f, "median")
 
 
 def test_distract_features_mark_a_grey_level_only_where_a_colour_is_named():
@@ -154,6 +158,7 @@ def test_train_with_grounding_loads_and_reads_the_channel(demos, tmp_path):
           text_encoder="minilm", target_weight=1.0, grounding="colour")
     blob = read_checkpoint(ck)
     assert blob["model_config"]["grounding"] == "colour" and blob["train"]["grounding"] == "colour"
+    assert blob["model_config"]["grey_reference"] == "brightest"          # no channel_distract: the old match
     pol = load_policy(str(ck), threads=1)
     t = pol.text_input("pick up the purple cube")
     assert t.shape == (1, pol.model.cfg.text_dim + FEATURES)
@@ -180,7 +185,8 @@ def test_channel_distract_trains_with_a_second_colour_in_the_channel(demos, tmp_
     train(demos, ck, steps=10, batch_size=8, lr=3e-3, image_size=(SIZE, SIZE), chunk=4, val_fraction=0.0,
           model=TINY, warmup=5, threads=1, resume=False, cameras=["front", "wrist"], augment="strong",
           text_encoder="minilm", grounding="colour", channel_distract=0.5)
-    assert read_checkpoint(ck)["train"]["channel_distract"] == 0.5
+    blob = read_checkpoint(ck)
+    assert blob["train"]["channel_distract"] == 0.5 and blob["model_config"]["grey_reference"] == "neutral"
     pol = load_policy(str(ck), threads=1)
     from drivers.sim import SimConfig, Workcell
     wc = Workcell(SimConfig(physics=True, width=SIZE, height=SIZE))

@@ -104,17 +104,22 @@ def _hue(r, g, b, v, c):
     return torch.where(v == r, ((g - b) / cc) % 6, torch.where(v == g, (b - r) / cc + 2, (r - g) / cc + 4)) * 60.0
 
 
-def affinity(images, features):
+GREY_REFERENCES = ("brightest", "neutral")
+
+
+def affinity(images, features, grey_reference: str = "brightest"):
     """images (B, 3, H, W) rgb in 0..1, features (B, FEATURES) -> (B, 1, H, W) in 0..1.
 
     Chromatic colour: saturated pixels (s >= 0.45-0.6: the wood and blue-grey tables are below) whose hue
-    is within ~HUE_SIGMA degrees. White / grey / black: unsaturated pixels whose brightness, relative to
-    the image's brightest neutral pixel (the "white patch" of colour constancy: light and exposure vary, and
-    a saturated surface can be brighter than anything white), is within GREY_TOLERANCE of the colour's (a
-    white cube's lit and shaded faces, 0.8-0.9 of a highlight, all count). Then scaled so the image's best
-    match is 1 (when it is at least RELATIVE_FLOOR). found = 0 -> zeros.
-    A white or grey robot matches white or grey too: the channel then marks the arm as well as the object
-    (train's channel_distract shows the network that case on the training colours).
+    is within ~HUE_SIGMA degrees. White / grey / black: unsaturated pixels whose brightness matches,
+    relative to a reference (light and exposure vary):
+      "brightest": the image's brightest pixel, within a 0.1 spread (every model before Dec 7). A white
+                   object's faces, 0.8-0.9 of the white arm's highlight, get 0.3-0.5, the arm 1.
+      "neutral":   the image's brightest neutral pixel (the "white patch" of colour constancy: a saturated
+                   surface can be brighter than anything white), and any neutral pixel within GREY_TOLERANCE
+                   of the colour's brightness matches fully: a white object and a white arm both get 1.
+                   A model must have learnt to look past the arm (train's channel_distract, which sets it).
+    Then scaled so the image's best match is 1 (when it is at least RELATIVE_FLOOR). found = 0 -> zeros.
     Each image computes only its own kind of match (hue for a chromatic colour, brightness otherwise): the
     channel runs in every training step and every inference call."""
     import torch
@@ -136,8 +141,13 @@ def affinity(images, features):
         a[ci] = torch.exp(-0.5 * (dh / HUE_SIGMA) ** 2) * ((s[ci] - 0.45) / 0.15).clamp(0, 1)
     if gi is not None:
         vg, sg = v[gi], s[gi]
-        white = (vg * (sg < NEUTRAL)).flatten(-2).amax(-1)[..., None, None]     # the brightest neutral pixel
-        d = ((vg / white.clamp(min=1e-3) - vc[gi]).abs() - GREY_TOLERANCE).clamp(min=0)
+        if grey_reference == "neutral":
+            white = (vg * (sg < NEUTRAL)).flatten(-2).amax(-1)[..., None, None]     # the brightest neutral pixel
+            d = ((vg / white.clamp(min=1e-3) - vc[gi]).abs() - GREY_TOLERANCE).clamp(min=0)
+        elif grey_reference == "brightest":
+            d = vg / vg.flatten(-2).amax(-1)[..., None, None].clamp(min=1e-3) - vc[gi]
+        else:
+            raise ValueError(f"grey_reference must be one of {GREY_REFERENCES}, got {grey_reference!r}")
         a[gi] = torch.exp(-0.5 * (d / 0.1) ** 2) * (1 - ((sg - 0.15) / 0.15).clamp(0, 1))
     a = a * features[:, 3, None, None]
     # relative to the image's best match: a lexicon colour is not the rendered one ("sky" is a lighter blue

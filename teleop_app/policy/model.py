@@ -49,6 +49,7 @@ class ModelConfig:
     keypose: bool = False            # an extra token + head predicting the next keypose (train.keypose_targets)
     grounding: str = "none"          # "colour": the text input ends with grounding.FEATURES colour values and
                                      # each camera gets an extra input channel: where that colour is (grounding.py)
+    grey_reference: str = "brightest"  # how the channel matches white / grey / black (grounding.affinity)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -224,12 +225,13 @@ class VLAModel(nn.Module):
                 off += 2 * s
             extra = None
             if colour is not None:
-                extra = affinity(images[:, ci], colour)
+                ref = self.cfg.grey_reference
+                extra = affinity(images[:, ci], colour, ref)
                 if distract is not None:
                     rows = (distract[:, -1] > 0).nonzero().reshape(-1)
                     if len(rows):
                         extra = extra.clone()
-                        extra[rows] = torch.maximum(extra[rows], affinity(images[rows, ci], distract[rows]))
+                        extra[rows] = torch.maximum(extra[rows], affinity(images[rows, ci], distract[rows], ref))
                 extra = extra * 2 - 1
             tok, pts = enc(images[:, ci], films, with_points=True, extra=extra)
             img_tokens.append(tok)

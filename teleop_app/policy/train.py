@@ -417,7 +417,10 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     channel_distract=P (with grounding): in a share P of the samples whose instruction names a colour, the channel
     also marks a random grey level, white to black (distract_features): what it shows when an instruction names
     white or grey and the robot, its fingers or shadows match too. The training colours are all chromatic, so
-    without it the network never sees the channel mark something that is not the target.
+    without it the network never sees the channel mark something that is not the target. A new model trained
+    with it matches white / grey against the brightest neutral pixel (grounding.affinity's "neutral"), which
+    marks a white object as fully as the white arm; without it, the old "brightest" reference (the same
+    reference with a model never shown a lit arm: white targets 5/36 -> 1/36).
     """
     import torch
     from .checkpoint import FORMAT, CheckpointError, build_model, read_checkpoint, save_checkpoint
@@ -531,6 +534,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                 raise PolicyError("grounding needs a sentence text encoder (--text-encoder minilm), not the word "
                                   "tokenizer")
             model = {**(model or {}), "grounding": grounding}
+            if channel_distract > 0:        # a network shown a lit arm can take the channel that lights it fully
+                model["grey_reference"] = "neutral"
         if action_space not in ACTION_SPACES:
             raise ValueError(f"action_space must be one of {', '.join(ACTION_SPACES)}, got {action_space!r}")
         chain = robot_chain(ds) if action_space == "ee" else None
