@@ -139,9 +139,10 @@ def target_figure(policy, scenes, path: Path, per_split: int = 2) -> Path:
     return path
 
 
-def grounding_figure(scenes, path: Path, size: int = 96, per_split: int = 2) -> Path:
+def grounding_figure(scenes, path: Path, size: int = 96, per_split: int = 2, grey_reference: str = "brightest") -> Path:
     """A picture of the colour grounding channel (grounding.py): for scenes of each split, the first front frame
-    and, beside it, the channel for its instruction, in the default look and in the held-out look."""
+    and, beside it, the channel for its instruction (white / grey matched as the model does), in the default look
+    and in the held-out look."""
     import cv2
     import numpy as np
     import torch
@@ -161,7 +162,7 @@ def grounding_figure(scenes, path: Path, size: int = 96, per_split: int = 2) -> 
                 wc.renderer.set_style(held_out_style())
             img = wc.render("front", size, size)
             x = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255
-            a = affinity(x, torch.from_numpy(colour_features([sc.instruction])))[0, 0].numpy()
+            a = affinity(x, torch.from_numpy(colour_features([sc.instruction])), grey_reference)[0, 0].numpy()
             tiles += [img, np.repeat((a * 255).astype(np.uint8)[..., None], 3, -1)]
         row = cv2.resize(np.hstack(tiles), (4 * 200, 200), interpolation=cv2.INTER_NEAREST)
         hit = find_colour(sc.instruction)
@@ -460,7 +461,8 @@ def main() -> int:
             log("target keypoint from the first frame (rand model): " + json.dumps(summary["target_check"]))
             log(f"target keypoint picture: {target_figure(pol, scenes, out / 'target_keypoint.png')}")
         if a.grounding != "none":
-            log(f"grounding channel picture: {grounding_figure(scenes, out / 'grounding_channel.png')}")
+            ref = "neutral" if a.channel_distract > 0 else "brightest"       # as train sets the model's
+            log(f"grounding channel picture: {grounding_figure(scenes, out / 'grounding_channel.png', grey_reference=ref)}")
         summary["inference"] = inference_alone(m_rand, scenes, a.threads)
         log(f"the policy alone on {a.threads} threads, batch 1 (the issue's budget: 15 ms a step): " +
             "; ".join(f"{k}: p50 {v['p50']:.1f} ms, p99 {v['p99']:.1f} ms" for k, v in summary["inference"].items()))
