@@ -420,7 +420,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     without it the network never sees the channel mark something that is not the target. A new model trained
     with it matches white / grey against the brightest neutral pixel (grounding.affinity's "neutral"), which
     marks a white object as fully as the white arm; without it, the old "brightest" reference (the same
-    reference with a model never shown a lit arm: white targets 5/36 -> 1/36).
+    reference with a model never shown a lit arm: white targets 5/36 -> 1/36 and 23/36 -> 7/36 for two seeds).
     """
     import torch
     from .checkpoint import FORMAT, CheckpointError, build_model, read_checkpoint, save_checkpoint
