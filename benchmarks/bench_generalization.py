@@ -461,7 +461,9 @@ def main() -> int:
             log("target keypoint from the first frame (rand model): " + json.dumps(summary["target_check"]))
             log(f"target keypoint picture: {target_figure(pol, scenes, out / 'target_keypoint.png')}")
         if a.grounding != "none":
-            ref = "neutral" if a.channel_distract > 0 else "brightest"       # as train sets the model's
+            from teleop_app.policy.checkpoint import read_checkpoint
+            from teleop_app.policy.model import ModelConfig
+            ref = ModelConfig.from_dict(read_checkpoint(m_rand)["model_config"]).grey_reference   # as the model matches
             log(f"grounding channel picture: {grounding_figure(scenes, out / 'grounding_channel.png', grey_reference=ref)}")
         summary["inference"] = inference_alone(m_rand, scenes, a.threads)
         log(f"the policy alone on {a.threads} threads, batch 1 (the issue's budget: 15 ms a step): " +

@@ -123,6 +123,8 @@ def affinity(images, features, grey_reference: str = "brightest"):
     Each image computes only its own kind of match (hue for a chromatic colour, brightness otherwise): the
     channel runs in every training step and every inference call."""
     import torch
+    if grey_reference not in GREY_REFERENCES:
+        raise ValueError(f"grey_reference must be one of {GREY_REFERENCES}, got {grey_reference!r}")
     r, g, b = images.unbind(-3)
     v, c = _value_chroma(r, g, b)
     s = _saturation(v, c)
@@ -144,10 +146,8 @@ def affinity(images, features, grey_reference: str = "brightest"):
         if grey_reference == "neutral":
             white = (vg * (sg < NEUTRAL)).flatten(-2).amax(-1)[..., None, None]     # the brightest neutral pixel
             d = ((vg / white.clamp(min=1e-3) - vc[gi]).abs() - GREY_TOLERANCE).clamp(min=0)
-        elif grey_reference == "brightest":
-            d = vg / vg.flatten(-2).amax(-1)[..., None, None].clamp(min=1e-3) - vc[gi]
         else:
-            raise ValueError(f"grey_reference must be one of {GREY_REFERENCES}, got {grey_reference!r}")
+            d = vg / vg.flatten(-2).amax(-1)[..., None, None].clamp(min=1e-3) - vc[gi]
         a[gi] = torch.exp(-0.5 * (d / 0.1) ** 2) * (1 - ((sg - 0.15) / 0.15).clamp(0, 1))
     a = a * features[:, 3, None, None]
     # relative to the image's best match: a lexicon colour is not the rendered one ("sky" is a lighter blue

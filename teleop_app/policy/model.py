@@ -230,7 +230,6 @@ class VLAModel(nn.Module):
                 if distract is not None:
                     rows = (distract[:, -1] > 0).nonzero().reshape(-1)
                     if len(rows):
-                        extra = extra.clone()
                         extra[rows] = torch.maximum(extra[rows], affinity(images[rows, ci], distract[rows], ref))
                 extra = extra * 2 - 1
             tok, pts = enc(images[:, ci], films, with_points=True, extra=extra)
