@@ -142,18 +142,23 @@ def target_figure(policy, scenes, path: Path, per_split: int = 2) -> Path:
 def grounding_figure(scenes, path: Path, size: int = 96, per_split: int = 2, grey_reference: str = "brightest") -> Path:
     """A picture of the colour grounding channel (grounding.py): for scenes of each split, the first front frame
     and, beside it, the channel for its instruction (white / grey matched as the model does), in the default look
-    and in the held-out look."""
+    and in the held-out look; and the first scene whose target is white or grey (where the arm matches too)."""
     import cv2
     import numpy as np
     import torch
     from drivers.sim import SimConfig, Workcell
     from teleop_app.policy.generalization import held_out_style
     from teleop_app.policy.grounding import affinity, colour_features, find_colour
-    rows, count = [], {}
-    for sc in scenes:
-        if count.get(sc.split, 0) >= per_split:
-            continue
-        count[sc.split] = count.get(sc.split, 0) + 1
+    f = colour_features([sc.instruction for sc in scenes])
+    neutral = [i for i in range(len(scenes)) if f[i, -1] > 0 and np.ptp(f[i, :3]) < 0.05][:1]
+    picked, count = [], {}
+    for i, sc in enumerate(scenes):
+        if count.get(sc.split, 0) < per_split:
+            count[sc.split] = count.get(sc.split, 0) + 1
+            picked.append(sc)
+    picked += [scenes[i] for i in neutral if scenes[i] not in picked]
+    rows = []
+    for sc in picked:
         tiles = []
         for look in ("default", "held_out"):
             wc = Workcell(SimConfig(physics=True, width=size, height=size))
@@ -170,7 +175,7 @@ def grounding_figure(scenes, path: Path, size: int = 96, per_split: int = 2, gre
         cv2.putText(bar, f"{sc.split}: {sc.instruction}", (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42,
                     (255, 255, 255), 1, cv2.LINE_AA)
         cv2.putText(bar, f"lexicon: {hit[0] if hit else 'no colour term'}   (frame | channel, default look | "
-                         "held-out look)", (4, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 0), 1, cv2.LINE_AA)
+                         f"held-out look; greys against the {grey_reference} pixel)", (4, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 0), 1, cv2.LINE_AA)
         rows.append(np.vstack([bar, row]))
     cv2.imwrite(str(path), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
     return path
@@ -265,6 +270,8 @@ def main() -> int:
                          "(train's channel_distract: a white arm lit for 'the white cube'; the models then match "
                          "white against the brightest neutral pixel). 0.25, two seeds on 200 scenes per split: "
                          "unseen objects 304/400 against 275/400, seen 374/400 against 388/400; not a default")
+    ap.add_argument("--distract-levels", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+                    help="grey levels --channel-distract draws from (train's distract_levels), 0 black .. 1 white")
     ap.add_argument("--train-seed", type=int, default=0,
                     help="seed of every training run (weights, batches, augmentation): another value replicates a run")
     ap.add_argument("--instruction-augment", action="store_true",
@@ -325,7 +332,8 @@ def main() -> int:
                      "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
                      "keypose_weight": a.keypose_weight, "instruction_augment": a.instruction_augment,
                      "target_weight": a.target_weight, "grounding": a.grounding, "ema": a.ema, "perturb": a.perturb,
-                     "confusers": a.confusers, "channel_distract": a.channel_distract, "train_seed": a.train_seed,
+                     "confusers": a.confusers, "channel_distract": a.channel_distract,
+                     "distract_levels": list(a.distract_levels), "train_seed": a.train_seed,
                      "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     T0 = time.monotonic()
 
@@ -434,10 +442,12 @@ def main() -> int:
         # 2) models
         m_rand, _ = fit("rand", data_rand, a.minutes, base=True, text_encoder="minilm", augment="strong",
                         keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
-                        target_weight=a.target_weight, grounding=a.grounding, ema=a.ema, channel_distract=a.channel_distract)
+                        target_weight=a.target_weight, grounding=a.grounding, ema=a.ema, channel_distract=a.channel_distract,
+                        distract_levels=a.distract_levels)
         m_plain = fit("plain", data_plain, a.minutes, base=True, text_encoder="minilm", augment="basic",
                       keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
-                      target_weight=a.target_weight, grounding=a.grounding, ema=a.ema, channel_distract=a.channel_distract)[0] \
+                      target_weight=a.target_weight, grounding=a.grounding, ema=a.ema, channel_distract=a.channel_distract,
+                      distract_levels=a.distract_levels)[0] \
             if data_plain is not None else None
         m_words = fit("words", data_rand, a.minutes, base=True, text_encoder="words", augment="strong",
                       keypose_weight=a.keypose_weight, instruction_augment=a.instruction_augment,
@@ -535,7 +545,8 @@ def main() -> int:
         else:
             data_fb = record("data_ftbase", split_scenes(["train"], a.ft_base_demos, base_kinds), True)
             ft_base, ft_base_info = fit("ftbase", data_fb, a.minutes, base=True, text_encoder="minilm", augment="strong",
-                                        target_weight=a.target_weight, grounding=a.grounding, ema=a.ema, channel_distract=a.channel_distract)
+                                        target_weight=a.target_weight, grounding=a.grounding, ema=a.ema, channel_distract=a.channel_distract,
+                                        distract_levels=a.distract_levels)
             fb_res = evaluate(ft_base, split_scenes(["seen"], a.ft_eval * len(base_kinds), base_kinds, seed=7000),
                               tag="ftbase_kinds")
             ft_base_info = {**ft_base_info, "kinds": base_kinds, "demos": a.ft_base_demos,

@@ -141,6 +141,9 @@ def test_distract_features_mark_a_grey_level_only_where_a_colour_is_named():
     assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 0], grey[:, 2])
     assert grey.min() < 0.05 and grey.max() > 0.95
     assert not distract_features(text, 0.0, np.random.default_rng(0)).any()
+    bright = distract_features(text, 0.25, np.random.default_rng(0), levels=(0.8, 1.0))   # the lit arm's levels
+    assert torch.equal(bright[:, -1], d[:, -1])
+    assert bright[on, :3].min() >= 0.8 and bright[on, :3].max() <= 1.0 and bright[on, :3].max() > 0.98
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +187,10 @@ def test_channel_distract_trains_with_a_second_colour_in_the_channel(demos, tmp_
     ck = tmp_path / "d.pt"
     train(demos, ck, steps=10, batch_size=8, lr=3e-3, image_size=(SIZE, SIZE), chunk=4, val_fraction=0.0,
           model=TINY, warmup=5, threads=1, resume=False, cameras=["front", "wrist"], augment="strong",
-          text_encoder="minilm", grounding="colour", channel_distract=0.5)
+          text_encoder="minilm", grounding="colour", channel_distract=0.5, distract_levels=(0.8, 1.0))
     blob = read_checkpoint(ck)
     assert blob["train"]["channel_distract"] == 0.5 and blob["model_config"]["grey_reference"] == "neutral"
+    assert blob["train"]["distract_levels"] == [0.8, 1.0]
     pol = load_policy(str(ck), threads=1)
     from drivers.sim import SimConfig, Workcell
     wc = Workcell(SimConfig(physics=True, width=SIZE, height=SIZE))
@@ -205,6 +209,9 @@ def test_channel_distract_trains_with_a_second_colour_in_the_channel(demos, tmp_
         train(demos, tmp_path / "n.pt", text_encoder="minilm", channel_distract=0.5, **kw)
     with pytest.raises(PolicyError, match="share"):
         train(demos, tmp_path / "m.pt", text_encoder="minilm", grounding="colour", channel_distract=1.5, **kw)
+    with pytest.raises(PolicyError, match="grey levels"):
+        train(demos, tmp_path / "m.pt", text_encoder="minilm", grounding="colour", channel_distract=0.5,
+              distract_levels=(1.0, 0.8), **kw)
 
 
 def test_grounding_refuses_the_word_tokenizer_and_unknown_kinds(demos, tmp_path):

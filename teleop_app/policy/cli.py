@@ -88,6 +88,9 @@ def add_commands(subparsers) -> None:
                    help="with --grounding colour: in a share P of the samples the channel also marks a random grey "
                         "level (white .. black), as it marks a white or grey arm when an instruction names white "
                         "or grey, so the network learns to look past it; 0 = off")
+    p.add_argument("--distract-levels", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
+                   help="the grey levels --channel-distract draws from, 0 black .. 1 white (0.8 1 = the lit arm "
+                        "a white instruction marks at run time)")
     p.add_argument("--instruction-augment", action="store_true",
                    help="train on several wordings of each instruction (colour synonyms: red -> crimson, "
                         "scarlet; teleop_app/policy/instruction_aug.py)")
@@ -236,7 +239,8 @@ def cmd_train(a) -> int:
                   intervention_weight=a.intervention_weight,
                   state_noise=a.state_noise, action_space=a.action_space, keypose_weight=a.keypose_weight,
                   instruction_augment=a.instruction_augment, target_weight=a.target_weight,
-                  grounding=a.grounding, ema=a.ema, channel_distract=a.channel_distract)
+                  grounding=a.grounding, ema=a.ema, channel_distract=a.channel_distract,
+                  distract_levels=a.distract_levels)
     except KeyboardInterrupt:
         print("interrupted; the last periodic checkpoint is kept (re-run to resume)", file=sys.stderr)
         return 130

@@ -338,16 +338,16 @@ def _to_torch(imgs, toks, state, act, aug: bool, rng: np.random.Generator, pad: 
     return x, t, s, torch.from_numpy(act), shift
 
 
-def distract_features(text, share: float, rng: np.random.Generator):
+def distract_features(text, share: float, rng: np.random.Generator, levels: tuple[float, float] = (0.0, 1.0)):
     """For a batch's text input ending in grounding colour features (B, ... + grounding.FEATURES): (B, FEATURES)
-    features of a grey level uniform in white .. black for a share of the rows whose instruction names a colour,
-    zeros (found = 0) for the others (train's channel_distract; model.forward_all's distract)."""
+    features of a grey level uniform in levels (0 black .. 1 white) for a share of the rows whose instruction
+    names a colour, zeros (found = 0) for the others (train's channel_distract; model.forward_all's distract)."""
     import torch
     from .grounding import FEATURES
     b = text.shape[0]
     on = (rng.random(b) < share) & (text[:, -1].numpy() > 0)
     out = np.zeros((b, FEATURES), np.float32)
-    out[on, :3] = rng.uniform(0.0, 1.0, (int(on.sum()), 1))
+    out[on, :3] = rng.uniform(levels[0], levels[1], (int(on.sum()), 1))
     out[on, 3] = 1.0
     return torch.from_numpy(out)
 
@@ -398,7 +398,8 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
           state_noise: float = 0.05,
           intervention_weight: float | None = None, keypose_weight: float = 0.0,
           instruction_augment: bool = False, target_weight: float = 0.0, grounding: str = "none",
-          ema: float = 0.0, channel_distract: float = 0.0) -> TrainResult:
+          ema: float = 0.0, channel_distract: float = 0.0,
+          distract_levels: tuple[float, float] = (0.0, 1.0)) -> TrainResult:
     """Train (or resume) and write a checkpoint to out_path; returns a TrainResult.
 
     The LR follows warmup + cosine over `steps`, or over `max_minutes` if that ends first, so a
@@ -418,7 +419,9 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     also marks a random grey level, white to black (distract_features): what it shows when an instruction names
     white or grey and the robot, its fingers or shadows match too. The training colours are all chromatic, so
     without it the network never sees the channel mark something that is not the target. A new model trained
-    with it matches white / grey against the brightest neutral pixel (grounding.affinity's "neutral"), which
+    distract_levels=(LO, HI): the grey levels it draws from (0 black .. 1 white); (0.8, 1.0) marks what a white
+    instruction marks at run time, the arm's lit faces, and not the table's greys and shadows.
+    A new model trained with it matches white / grey against the brightest neutral pixel (grounding.affinity's "neutral"), which
     marks a white object as fully as the white arm; without it, the old "brightest" reference (the same
     reference with a model never shown a lit arm: white targets 5/36 -> 1/36 and 23/36 -> 7/36 for two seeds).
     """
@@ -436,6 +439,9 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         raise ValueError(f"ema must be a decay in [0, 1), got {ema}")
     if not 0.0 <= channel_distract <= 1.0:
         raise PolicyError(f"channel_distract must be a share in [0, 1], got {channel_distract}")
+    distract_levels = tuple(float(v) for v in distract_levels)
+    if len(distract_levels) != 2 or not 0.0 <= distract_levels[0] <= distract_levels[1] <= 1.0:
+        raise PolicyError(f"distract_levels must be two grey levels 0 <= LO <= HI <= 1, got {distract_levels}")
     base_blob = None
     if init is not None:
         try:
@@ -642,7 +648,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
                      "keypose_weight": keypose_weight if keypose_on else 0.0, "keypose_loss": kp_ema,
                      "target_weight": target_weight, "target_loss": tg_ema,
                      "instruction_augment": bool(variants), "grounding": cfg.grounding,
-                     "channel_distract": channel_distract,
+                     "channel_distract": channel_distract, "distract_levels": list(distract_levels),
                      "batch_size": batch_size, "lr": lr, "dataset": str(dataset_root),
                      "episodes": len(ds.episodes), "samples": tr.n, "held_out": held_out,
                      "val_fraction": val_fraction, "torch": str(torch.__version__), "ema": ema,
@@ -674,7 +680,7 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
         x, t, s, a, moved = _to_torch(*tr.batch(idx, rng if variants else None), aug=augment != "none", rng=rng,
                                       pad=aug_shift, augment=augment, text_noise=text_noise,
                                       state_noise=state_noise, noise_dims=cfg.text_dim)
-        dis = distract_features(t, channel_distract, rng) if distract_on else None
+        dis = distract_features(t, channel_distract, rng, distract_levels) if distract_on else None
         if keypose_on or target_on or dis is not None:
             out = net.forward_all(x, t, s, keypose=keypose_on, distract=dis)
             loss = (out["actions"] - a).abs().mean()
