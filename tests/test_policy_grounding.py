@@ -220,3 +220,59 @@ def test_grounding_refuses_the_word_tokenizer_and_unknown_kinds(demos, tmp_path)
         train(demos, tmp_path / "w.pt", text_encoder="words", grounding="colour", **kw)
     with pytest.raises(PolicyError, match="grounding must be one of"):
         train(demos, tmp_path / "x.pt", text_encoder="minilm", grounding="shape", **kw)
+
+
+def test_the_traced_network_acts_as_the_network_for_each_colour_kind_and_follows_its_weights(demos, tmp_path):
+    """VLAPolicy runs a frozen trace of the network per input signature: a trace records one side of the
+    channel's hue-or-brightness branch, so a red and a white instruction each get their own, built at load."""
+    ck = tmp_path / "t.pt"
+    train(demos, ck, steps=10, batch_size=8, lr=3e-3, image_size=(SIZE, SIZE), chunk=4, val_fraction=0.0,
+          model=TINY, warmup=5, threads=1, resume=False, cameras=["front", "wrist"], augment="strong",
+          text_encoder="minilm", grounding="colour", channel_distract=0.5)
+    pol, plain = load_policy(str(ck), threads=1), load_policy(str(ck), threads=1, traced=False)
+    assert pol.tta and len(pol._traces) == 2 and not pol.trace_notes and not plain._traces    # built at load
+    from drivers.sim import SimConfig, Workcell
+    wc = Workcell(SimConfig(physics=True, width=SIZE, height=SIZE))
+    wc.reset(seed=3)
+    obs = {"images": {c: wc.render(c, SIZE, SIZE) for c in ("front", "wrist")}, "qpos": wc.qpos()}
+    acts = {}
+    for ins in ("pick up the red cube", "pick up the white cube", "pick up the cube"):
+        acts[ins] = pol.predict({**obs, "instruction": ins})
+        np.testing.assert_allclose(acts[ins], plain.predict({**obs, "instruction": ins}), atol=1e-5)
+    assert not np.allclose(acts["pick up the red cube"], acts["pick up the white cube"], atol=1e-4)
+    assert len(pol._traces) == 2          # no colour named: the brightness side, with found = 0
+    with torch.no_grad():                 # new weights: the trace holding the old ones is not used
+        pol.model.head.bias.add_(0.5)
+    moved = pol.predict({**obs, "instruction": "pick up the red cube"})
+    pol.traced = False
+    np.testing.assert_allclose(moved, pol.predict({**obs, "instruction": "pick up the red cube"}), atol=1e-5)
+    assert not np.allclose(moved, acts["pick up the red cube"], atol=1e-3)
+
+
+def test_a_network_the_trace_gets_wrong_runs_untraced_and_says_so(demos, tmp_path):
+    """A forward that leaves torch (here through numpy) traces into a constant: the check on other images
+    catches it, and predict runs the network itself."""
+    ck = tmp_path / "u.pt"
+    train(demos, ck, steps=2, batch_size=8, image_size=(SIZE, SIZE), chunk=4, val_fraction=0.0, model=TINY,
+          threads=1, resume=False, cameras=["front", "wrist"], text_encoder="minilm", grounding="colour")
+    pol = load_policy(str(ck), threads=1)
+
+    class ThroughNumpy(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.cfg = net, net.cfg
+
+        def forward(self, *inputs):
+            return torch.from_numpy(self.net(*inputs).numpy().copy())
+
+    net = pol.model
+    pol.model = ThroughNumpy(net)
+    from drivers.sim import SimConfig, Workcell
+    wc = Workcell(SimConfig(physics=True, width=SIZE, height=SIZE))
+    wc.reset(seed=4)
+    obs = {"images": {c: wc.render(c, SIZE, SIZE) for c in ("front", "wrist")}, "qpos": wc.qpos(),
+           "instruction": "pick up the blue cube"}
+    got = pol.predict(obs)
+    assert len(pol.trace_notes) == 1 and "runs untraced" in pol.trace_notes[0] and "differ" in pol.trace_notes[0]
+    pol.model, pol.traced = net, False
+    np.testing.assert_allclose(got, pol.predict(obs), atol=1e-6)

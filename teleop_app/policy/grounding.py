@@ -107,6 +107,11 @@ def _hue(r, g, b, v, c):
 GREY_REFERENCES = ("brightest", "neutral")
 
 
+def is_chromatic(features):
+    """(B, FEATURES) -> (B,) bool: the named colour is matched by hue (else by brightness: white, grey, black)."""
+    return (_hsv(features[:, :3, None, None])[1] >= CHROMATIC).reshape(-1)
+
+
 def affinity(images, features, grey_reference: str = "brightest"):
     """images (B, 3, H, W) rgb in 0..1, features (B, FEATURES) -> (B, 1, H, W) in 0..1.
 
@@ -129,7 +134,7 @@ def affinity(images, features, grey_reference: str = "brightest"):
     v, c = _value_chroma(r, g, b)
     s = _saturation(v, c)
     hc, sc, vc = _hsv(features[:, :3, None, None])          # (B, 1, 1)
-    chromatic = (sc >= CHROMATIC).reshape(-1)
+    chromatic = is_chromatic(features)
     a = torch.empty_like(v)
     if bool(chromatic.all()):           # one kind only (as in most batches): no copies of the images
         ci, gi = slice(None), None
