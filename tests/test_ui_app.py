@@ -342,11 +342,15 @@ def test_policy_start_stop_runs_and_estop(qtbot, win):
     try:
         load_served(qtbot, p, srv)
         assert s.status.policy_state == PolicyState.READY and "loaded" in p.meta_label.text()
-        # run freely
+        # run freely, with an instruction typed just before Start: the run is listed under it
         q0 = s.status.qpos[0]
+        p.instruction.setText("put the blue block in the bowl")
         key(qtbot, win, Qt.Key.Key_P)
+        assert p.run is not None and p.run.instruction == "put the blue block in the bowl"
         qtbot.waitUntil(lambda: s.status.qpos[0] - q0 > 0.1, timeout=8000)
         assert p.run is not None and "running" in p.run_label.text()
+        assert s.status.instruction == "put the blue block in the bowl"
+        assert p.runs_table.item(0, 1).text() == "put the blue block in the bowl"
         assert s.status.policy_state == PolicyState.RUNNING and pol.calls >= 1     # the server really answered
         qtbot.waitUntil(lambda: p.pred_curve.xData is not None and len(p.pred_curve.xData) > 3, timeout=3000)
         # stop: the run is recorded and judged by the sim (the task is not done)

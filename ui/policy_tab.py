@@ -452,7 +452,10 @@ class PolicyTab(QWidget):
 
     def _begin_run(self) -> None:
         st = self.session.status
-        self.run = Run(n=len(self.runs) + 1, instruction=st.instruction, t0=time.monotonic(), seq0=st.seq)
+        # the instruction just applied: the status snapshot still holds the one before it until the control
+        # side's next update
+        text = self.instruction.text().strip() or st.instruction
+        self.run = Run(n=len(self.runs) + 1, instruction=text, t0=time.monotonic(), seq0=st.seq)
         self.runs.append(self.run)
         self._refresh_runs()
         self._update_buttons()
