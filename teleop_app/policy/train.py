@@ -418,11 +418,11 @@ def train(dataset_root, out_path, steps: int = 6000, batch_size: int = 64, lr: f
     channel_distract=P (with grounding): in a share P of the samples whose instruction names a colour, the channel
     also marks a random grey level, white to black (distract_features): what it shows when an instruction names
     white or grey and the robot, its fingers or shadows match too. The training colours are all chromatic, so
-    without it the network never sees the channel mark something that is not the target. A new model trained
+    without it the network never sees the channel mark something that is not the target.
     distract_levels=(LO, HI): the grey levels it draws from (0 black .. 1 white); (0.8, 1.0) marks what a white
     instruction marks at run time, the arm's lit faces, and not the table's greys and shadows.
-    A new model trained with it matches white / grey against the brightest neutral pixel (grounding.affinity's "neutral"), which
-    marks a white object as fully as the white arm; without it, the old "brightest" reference (the same
+    A new model trained with a distractor matches white / grey against the brightest neutral pixel
+    (grounding.affinity's "neutral"), which marks a white object as fully as the white arm; without it, the old "brightest" reference (the same
     reference with a model never shown a lit arm: white targets 5/36 -> 1/36 and 23/36 -> 7/36 for two seeds).
     """
     import torch
