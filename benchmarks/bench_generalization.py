@@ -268,6 +268,10 @@ def main() -> int:
                     help="share of the training scenes without one given a distractor of the target's colour and "
                          "another shape (tasks.make_scene's confuser; a plain draw has one in about 21 %% of scenes; "
                          "0 = the recipe before Dec 6 evening)")
+    ap.add_argument("--bowl-near", type=float, default=0.0,
+                    help="share of the main model's training scenes with the bowl right beside the target "
+                         "(tasks.make_scene's bowl_near; the open fingers hit its wall unless the wrist turns, "
+                         "in about one scene in three of them, against 2-6 %% of a plain draw); 0 = off")
     ap.add_argument("--channel-distract", type=float, default=0.25,
                     help="share of the base models' samples whose grounding channel also marks a grey level "
                          "(train's channel_distract: the white arm lit for 'the white cube'; the models then match "
@@ -339,7 +343,7 @@ def main() -> int:
                      "lr": a.lr, "chunk": a.chunk, "state_noise": a.state_noise, "action_space": a.action_space,
                      "keypose_weight": a.keypose_weight, "instruction_augment": a.instruction_augment,
                      "target_weight": a.target_weight, "grounding": a.grounding, "ema": a.ema, "perturb": a.perturb,
-                     "confusers": a.confusers, "channel_distract": a.channel_distract,
+                     "confusers": a.confusers, "bowl_near": a.bowl_near, "channel_distract": a.channel_distract,
                      "distract_levels": list(a.distract_levels), "train_seed": a.train_seed,
                      "threads": a.threads, "quick": a.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     T0 = time.monotonic()
@@ -442,7 +446,7 @@ def main() -> int:
     table, dagger, gap = {}, {}, {}
     if "splits" not in skip:
         # 1) demos of the training split
-        train_scenes = split_scenes(["train"], a.demos, kinds, confuser=a.confusers)
+        train_scenes = split_scenes(["train"], a.demos, kinds, confuser=a.confusers, bowl_near=a.bowl_near)
         jobs = [("data_rand", train_scenes, True)] + ([("data_plain", train_scenes, False)] if "domain" not in skip else [])
         data_rand, data_plain = (record_all(jobs) + [None])[:2]
 

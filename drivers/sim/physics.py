@@ -156,13 +156,25 @@ def model_xml(objects: list[tuple[ObjectSpec, np.ndarray, float]], bowl=None, pl
 </mujoco>"""
 
 
-def _place(rng: np.random.Generator, kind: str, objs: list[ObjectSpec], target: int = 0):
+def _place(rng: np.random.Generator, kind: str, objs: list[ObjectSpec], target: int = 0,
+           bowl_near: bool = False):
     """(object positions, yaws, fixtures {bowl, plate} xy, spot xy) with spacing (rejection
-    sampling); for push the spot belongs to objs[target]."""
+    sampling); for push the spot belongs to objs[target]. bowl_near: the target is placed first and
+    the bowl beside it, its rim 2-5 cm from the target's footprint in any direction (a separate draw,
+    so the scenes without it are unchanged)."""
     def xy():
         return np.array([rng.uniform(*PLACE_X), rng.uniform(*PLACE_Y)])
     for _ in range(2000):
-        fixtures = {"bowl": xy()}
+        if bowl_near:
+            first = xy()
+            ang = rng.uniform(-math.pi, math.pi)
+            bowl = first + (BOWL_R + objs[target].footprint + rng.uniform(0.02, 0.05)) * np.array(
+                [math.cos(ang), math.sin(ang)])
+            if not (PLACE_X[0] <= bowl[0] <= PLACE_X[1] and PLACE_Y[0] <= bowl[1] <= PLACE_Y[1]):
+                continue
+            fixtures = {"bowl": bowl}
+        else:
+            fixtures = {"bowl": xy()}
         if kind == "place_plate":
             fixtures["plate"] = xy()
         ok = all(np.linalg.norm(a - b) > BOWL_R + PLATE_R + 0.01
@@ -170,8 +182,8 @@ def _place(rng: np.random.Generator, kind: str, objs: list[ObjectSpec], target: 
         if not ok:
             continue
         pts = []
-        for o in objs:
-            p = xy()
+        for i, o in enumerate(objs):
+            p = first if bowl_near and i == target else xy()
             if any(np.linalg.norm(p - f) < (BOWL_R if k == "bowl" else PLATE_R) + o.footprint + 0.02
                    for k, f in fixtures.items()):
                 break
@@ -218,7 +230,8 @@ class PhysicsBackend:
         objects = list(scene.objects)
         if {o.name for o in objects} == {"red_cube", "blue_cube"}:
             objects.sort(key=lambda o: o.name != "red_cube")   # same placement for every legacy task
-        pos, yaws, fixtures, spot = _place(rng, scene.kind, objects, objects.index(scene.target))
+        pos, yaws, fixtures, spot = _place(rng, scene.kind, objects, objects.index(scene.target),
+                                            bowl_near=getattr(scene, "bowl_near", False))
         self.bowl = np.array([*fixtures["bowl"], 0.0])
         self.plate = np.array([*fixtures["plate"], 0.0]) if "plate" in fixtures else None
         self.spot = np.array([*spot, 0.0]) if spot is not None else None

@@ -70,6 +70,7 @@ class Scene:
     support: ObjectSpec | None = None            # stack: the object to stack on
     distractors: tuple[ObjectSpec, ...] = field(default_factory=tuple)
     seed: int = 0                                # placement seed (Workcell.reset uses it)
+    bowl_near: bool = False                      # the bowl is placed right beside the target (make_scene)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -153,16 +154,23 @@ def _pick_objects(rng: np.random.Generator, pool: list[ObjectSpec], k: int,
     return [cands[i] for i in idx]
 
 
-def make_scene(split: str, kind: str, seed: int, max_distractors: int = 2, confuser: float = 0.0) -> Scene:
+def make_scene(split: str, kind: str, seed: int, max_distractors: int = 2, confuser: float = 0.0,
+               bowl_near: float = 0.0) -> Scene:
     """One seeded scene of `kind` for `split` (see the module docstring).
     confuser: the probability that a distractor of the target's colour and another shape (the red cylinder
     beside the red cube) is put on the table if the scene has none (nor a stack support of that kind), drawn
     from a random stream of its own, so confuser=0 gives the same scenes as before. A plain draw has such a
-    pair in about one scene in five; they are where a policy that learnt colour better than shape fails."""
+    pair in about one scene in five; they are where a policy that learnt colour better than shape fails.
+    bowl_near: the probability that the bowl is placed right beside the target (physics._place: its rim
+    2-5 cm from the target, in any direction), again from a stream of its own. In a plain draw about one
+    scene in sixteen has the bowl so near that the open fingers would hit its wall unless the wrist turns
+    (the expert's grasp yaw); they are where a policy that never learnt to turn the wrist drops the object."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if not 0.0 <= confuser <= 1.0:
         raise ValueError(f"confuser must be a probability in [0, 1], got {confuser}")
+    if not 0.0 <= bowl_near <= 1.0:
+        raise ValueError(f"bowl_near must be a probability in [0, 1], got {bowl_near}")
     rng = np.random.default_rng([seed, KINDS.index(kind), SPLITS.index(split)])
     targets = UNSEEN_OBJECTS if split == "unseen_objects" else TRAIN_OBJECTS
     target = targets[int(rng.integers(len(targets)))]
@@ -200,17 +208,20 @@ def make_scene(split: str, kind: str, seed: int, max_distractors: int = 2, confu
         text = template.format(obj=words, sup=support.words if support else "")
     else:
         text = phrase(template, target, support)
-    return Scene(kind, target, text, split, support, distractors, seed)
+    near = bool(bowl_near > 0.0 and
+                np.random.default_rng([seed, KINDS.index(kind), SPLITS.index(split), 2]).random() < bowl_near)
+    return Scene(kind, target, text, split, support, distractors, seed, bowl_near=near)
 
 
 def episodes(split: str, n: int, seed: int = 0, kinds: tuple[str, ...] = KINDS,
-             confuser: float = 0.0) -> Iterator[Scene]:
+             confuser: float = 0.0, bowl_near: float = 0.0) -> Iterator[Scene]:
     """n seeded scenes of `split`, cycling through `kinds`. Training scene seeds are
     seed, seed+1, ...; evaluation splits use EVAL_SEED0 + seed + i (never a training scene).
-    confuser: make_scene's share of scenes with a same-colour, other-shape distractor."""
+    confuser: make_scene's share of scenes with a same-colour, other-shape distractor;
+    bowl_near: its share of scenes with the bowl right beside the target."""
     base = seed if split == "train" else EVAL_SEED0 + seed
     for i in range(int(n)):
-        yield make_scene(split, kinds[i % len(kinds)], base + i, confuser=confuser)
+        yield make_scene(split, kinds[i % len(kinds)], base + i, confuser=confuser, bowl_near=bowl_near)
 
 
 def training_vocabulary() -> tuple[set[str], set[str]]:

@@ -45,13 +45,14 @@ def held_out_style():
 
 
 def split_scenes(splits: Iterable[str], n: int, kinds: tuple[str, ...] = ("pick",), seed: int = 0,
-                 confuser: float = 0.0) -> list:
+                 confuser: float = 0.0, bowl_near: float = 0.0) -> list:
     """n scenes per split (cycling through kinds), from drivers/sim/tasks.py; confuser: the share of scenes
-    given a distractor of the target's colour and another shape (tasks.make_scene)."""
+    given a distractor of the target's colour and another shape, bowl_near: the share with the bowl right
+    beside the target (tasks.make_scene)."""
     from drivers.sim.tasks import episodes
     out = []
     for s in splits:
-        out += list(episodes(s, n, seed=seed, kinds=tuple(kinds), confuser=confuser))
+        out += list(episodes(s, n, seed=seed, kinds=tuple(kinds), confuser=confuser, bowl_near=bowl_near))
     return out
 
 
