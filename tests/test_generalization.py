@@ -68,6 +68,7 @@ def test_rollouts_per_split_and_held_out_domain():
     assert all(r.success is False for r in res.rollouts)                              # holding never lifts
     assert [r.notes["outcome"] for r in res.rollouts] == ["no attempt", "no attempt"]
     assert [r.notes["colour_twin"] for r in res.rollouts] == [sc.colour_twin is not None for sc in scenes]
+    assert all(isinstance(r.notes["neighbour_turn"], bool) for r in res.rollouts)
     # the per-tick uncertainty, as the task rollouts carry it: the validation report's "does it predict failure?"
     assert [r.notes["uncertainty"]["ticks"] for r in res.rollouts] == [r.steps for r in res.rollouts]
     assert all(r.notes["uncertainty"]["n"] > 0 for r in res.rollouts)
@@ -86,7 +87,7 @@ def test_split_table_wilson_rt2_and_report(tmp_path):
     for i in range(10):
         rs.append(RolloutResult("pick", "pick up the red cube", i, i < 9, 30, "x",
                                 notes={"split": "seen", "outcome": "success" if i < 9 else "dropped",
-                                       "colour_twin": i >= 6}))
+                                       "colour_twin": i >= 6, "neighbour_turn": i >= 8}))
         rs.append(RolloutResult("pick" if i < 5 else "place_bowl", "lift it", i, i < 4, 30, "x",
                                 notes={"split": "unseen_objects"}))
     res = RolloutResults(rs, policy="p", chunk_mode="ensemble")
@@ -102,8 +103,11 @@ def test_split_table_wilson_rt2_and_report(tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "## Generalization (per split)" in md and "| seen objects | all | 9/10 = 90% | 60-98% | 97% |" in md
     # success, dropped; then the successes over the 4 scenes with a same-colour twin (one of them dropped)
-    assert "## How the rollouts ended" in md and "| seen objects | 10 | 9 | 1 | 3/4 |" in md
+    # and over the 2 whose grasp turns away from a neighbour (one dropped)
+    assert "## How the rollouts ended" in md and "| seen objects | 10 | 9 | 1 | 3/4 | 1/2 |" in md
     assert "success beside a same-colour twin" in format_outcome_table(res)
+    assert "success where a neighbour turns the grasp" in format_outcome_table(res)
+    assert "turns the wrist away from the bowl" in md
     # a plain sim run (no splits) gets no generalization section
     write_report(RolloutResults([RolloutResult("pick_red", "p", 1, True, 3, "x")]), None, tmp_path / "rep2")
     assert "Generalization" not in (tmp_path / "rep2" / "report.md").read_text()

@@ -409,7 +409,7 @@ def test_bowl_near_scenes_put_the_bowl_beside_the_target_and_the_expert_turns_aw
     meet the bowl's wall, the expert turns the wrist and still lifts the object: the demos a policy needs to
     learn that turn (one that never turns drops such objects, docs/policy_results.md)."""
     import dataclasses
-    from drivers.sim.expert import GRASP_CLEAR
+    from drivers.sim.expert import GRASP_CLEAR, grasp_turned_by_neighbours
     from drivers.sim.render import BOWL_R
     plain = list(episodes("train", 300, kinds=("pick",)))
     assert plain == list(episodes("train", 300, kinds=("pick",), bowl_near=0.0))
@@ -428,7 +428,7 @@ def test_bowl_near_scenes_put_the_bowl_beside_the_target_and_the_expert_turns_aw
         tips = [p + np.array([0.0, 0.058]), p - np.array([0.0, 0.058])]   # open fingertips at yaw 0
         return min(np.linalg.norm(t - obj["bowl"][:2]) for t in tips) - BOWL_R
 
-    blocked = []
+    blocked, turned = [], 0
     for sc in list(episodes("train", 40, kinds=("pick",), bowl_near=1.0)) + list(episodes("train", 20, bowl_near=1.0)):
         assert sc.bowl_near
         wc.reset(scene=sc)
@@ -437,7 +437,15 @@ def test_bowl_near_scenes_put_the_bowl_beside_the_target_and_the_expert_turns_aw
         assert 0.02 - 1e-6 <= gap <= 0.05 + 1e-6, (sc.seed, sc.kind, gap)
         if sc.kind == "pick" and yaw0_clearance(sc) < GRASP_CLEAR - 0.005:
             blocked.append(sc)
+            if sc.target.shape == "cylinder":          # its own grasp yaw is 0: the bowl turns it
+                assert grasp_turned_by_neighbours(wc), sc
+        turned += grasp_turned_by_neighbours(wc)
     assert len(blocked) >= 3
+    plain_turned = 0
+    for sc in plain[:60]:
+        wc.reset(scene=sc)
+        plain_turned += grasp_turned_by_neighbours(wc)
+    assert plain_turned < turned                       # the scenes that teach the turn are rare in a plain draw
     ex = ScriptedExpert(wc, dt=0.1)
     for sc in blocked[:3]:
         wc.reset(scene=sc)

@@ -254,6 +254,27 @@ def _grasp_yaw(spec, yaw: float, p: np.ndarray, obstacles: list[tuple[np.ndarray
     return max(cands, key=lambda c: c[1] - 0.01 * abs(c[0]))[0]
 
 
+def _obstacles(wc, name: str, obj: dict) -> list[tuple[np.ndarray, float]]:
+    """(xy, radius) of everything the open fingers around object `name` must keep clear of: the other
+    objects' footprints and points along the bowl's and plate's rims."""
+    obstacles = [(obj[n][:2], o.footprint) for n, o in wc.object_specs().items() if n != name]
+    for fix, r in (("bowl", BOWL_R), ("plate", PLATE_R)):
+        if fix in obj:
+            obstacles += [(obj[fix][:2] + r * np.array([np.cos(a), np.sin(a)]), 0.005)
+                          for a in np.linspace(0, 2 * np.pi, 16, endpoint=False)]
+    return obstacles
+
+
+def grasp_turned_by_neighbours(wc) -> bool:
+    """Physics workcell, as the current scene was reset: whether the expert's grasp of the target turns away
+    from a neighbour (the bowl's wall, another object) rather than taking the object at its own least-rotation
+    yaw. A policy that never learnt that turn meets the neighbour with an open finger there."""
+    spec = wc.scene.target
+    obj = wc.objects()
+    p, yaw = obj[spec.name], wc.object_yaws()[spec.name]
+    return _grasp_yaw(spec, yaw, p, _obstacles(wc, spec.name, obj)) != _grasp_yaw(spec, yaw, p, [])
+
+
 def _extent_along(spec, yaw: float, d: np.ndarray) -> float:
     """Half extent of the object's footprint along the table direction d."""
     if spec.kind != "box":
@@ -288,13 +309,7 @@ def plan_physics(wc, rng: np.random.Generator, q: np.ndarray) -> list[_Waypoint]
             _Waypoint(None, 0.0, 0.0, pause=0.1, rot=rot, name="check"),
             _Waypoint(np.r_[end[:2] - d * 0.02, 0.10], 0.0, 0.12, pause=0.2, rot=rot, name="retreat"),
         ]
-    specs = wc.object_specs()
-    obstacles = [(obj[n][:2], o.footprint) for n, o in specs.items() if n != spec.name]
-    for fix, r in (("bowl", BOWL_R), ("plate", PLATE_R)):
-        if fix in obj:
-            obstacles += [(obj[fix][:2] + r * np.array([np.cos(a), np.sin(a)]), 0.005)
-                          for a in np.linspace(0, 2 * np.pi, 16, endpoint=False)]
-    rot = kin.rot_down(_grasp_yaw(spec, yaw, p, obstacles))
+    rot = kin.rot_down(_grasp_yaw(spec, yaw, p, _obstacles(wc, spec.name, obj)))
     off = rng.uniform(-0.003, 0.003, 2)
     grasp = np.array([p[0] + off[0], p[1] + off[1], max(p[2], 0.018) + rng.uniform(-0.002, 0.002)])
     above = np.r_[grasp[:2], max(grasp[2] + rng.uniform(0.08, 0.11), min(tcp_z, 0.2))]

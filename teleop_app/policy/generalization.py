@@ -194,8 +194,10 @@ def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: s
                        progress: Callable[[int, int, object], None] | None = None) -> RolloutResults:
     """Closed-loop rollouts of `policy` on physics scenes (every command through the profile's safety
     layer); each RolloutResult carries notes {"split", "target", "domain", "outcome", "colour_twin",
-    "uncertainty" (the per-tick chunk disagreement, as evaluate.py's rollouts: does it predict failure?)};
+    "uncertainty" (the per-tick chunk disagreement, as evaluate.py's rollouts: does it predict failure?),
+    "neighbour_turn" (the expert's grasp turns away from the bowl or another object: expert.grasp_turned_by_neighbours)};
     task = the scene's kind. max_steps: per rollout (default MAX_STEPS of the scene's kind)."""
+    from drivers.sim.expert import grasp_turned_by_neighbours
     from teleop_app.pipeline import rollout
     from .base import check_compatible
     from .runner import PolicyRunner
@@ -216,6 +218,7 @@ def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: s
     try:
         for i, sc in enumerate(scenes):
             _reset(wc, sc, domain)
+            turn = grasp_turned_by_neighbours(wc)
             trace, unc = wc.trace(), UncertaintyTrace(runner)
 
             def on_step(k, sent, trace=trace, unc=unc):
@@ -226,7 +229,7 @@ def run_scene_rollouts(policy, scenes, *, domain: str = "default", chunk_mode: s
                         profile=prof, on_step=on_step)
             r.notes = {"split": sc.split, "target": sc.target.name, "domain": domain,
                        "outcome": trace.verdict(r.success), "colour_twin": sc.colour_twin is not None,
-                       "uncertainty": unc.summary()}
+                       "neighbour_turn": turn, "uncertainty": unc.summary()}
             res.rollouts.append(r)
             if progress:
                 progress(i + 1, len(scenes), r)
@@ -370,15 +373,17 @@ def outcome_counts(results: RolloutResults) -> dict[str, dict[str, int]]:
 
 
 TWIN_COLUMN = "success beside a same-colour twin"
+TURN_COLUMN = "success where a neighbour turns the grasp"
 
 
-def twin_success(results: RolloutResults) -> dict[str, tuple[int, int]]:
+def twin_success(results: RolloutResults, note: str = "colour_twin") -> dict[str, tuple[int, int]]:
     """split label -> (successes, rollouts) over the scenes with an object of the target's colour and another
-    shape on the table (Scene.colour_twin: the red cylinder beside the red cube), for rollouts that say."""
+    shape on the table (Scene.colour_twin: the red cylinder beside the red cube), for rollouts that say;
+    note="neighbour_turn": over the scenes whose expert grasp turns away from a neighbour."""
     out: dict[str, tuple[int, int]] = {}
     for r in results.rollouts:
         n = r.notes or {}
-        if n.get("outcome") and n.get("colour_twin"):
+        if n.get("outcome") and n.get(note):
             sp = SPLIT_LABELS.get(n.get("split"), n.get("split") or "-")
             s, k = out.get(sp, (0, 0))
             out[sp] = (s + bool(r.success), k + 1)
@@ -386,17 +391,18 @@ def twin_success(results: RolloutResults) -> dict[str, tuple[int, int]]:
 
 
 def outcome_rows(results: RolloutResults) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of outcome_counts: one row per split; with TWIN_COLUMN last when any scene had a
-    same-colour twin (twin_success)."""
+    """(header, rows) of outcome_counts: one row per split; then TWIN_COLUMN when any scene had a
+    same-colour twin, and TURN_COLUMN when any scene's grasp had to turn away from a neighbour (twin_success)."""
     counts = outcome_counts(results)
     head = ["split", *next(iter(counts.values()), {"episodes": 0})]
     rows = [[sp, *(str(n) for n in c.values())] for sp, c in counts.items()]
-    twins = twin_success(results)
-    if twins:
-        head.append(TWIN_COLUMN)
-        for row in rows:
-            s, k = twins.get(row[0], (0, 0))
-            row.append(f"{s}/{k}" if k else "-")
+    for column, note in ((TWIN_COLUMN, "colour_twin"), (TURN_COLUMN, "neighbour_turn")):
+        got = twin_success(results, note)
+        if got:
+            head.append(column)
+            for row in rows:
+                s, k = got.get(row[0], (0, 0))
+                row.append(f"{s}/{k}" if k else "-")
     return head, rows
 
 

@@ -66,7 +66,7 @@ def _sections(results: RolloutResults | None, offline: OfflineResults | None, in
                              f"visual domain '{dom}'. RT-2 column: RT-2's real-robot figures as quoted in "
                              "issue 13 (97 / 62 / 81 / 74 %), for scale, not a like-for-like comparison.",
                         "table": (head, srows)})
-        from .generalization import TWIN_COLUMN, outcome_rows
+        from .generalization import TURN_COLUMN, TWIN_COLUMN, outcome_rows
         head, orows = outcome_rows(results)
         if orows:
             from drivers.sim.physics import OUTCOMES
@@ -74,9 +74,12 @@ def _sections(results: RolloutResults | None, offline: OfflineResults | None, in
                         "p": "Read off the physics sim's state after each rollout (drivers/sim/physics.py, "
                              "OutcomeTrace): " + "; ".join(f"{o} = {OUTCOMES[o]}" for o in head[2:]
                                                             if o in OUTCOMES and o != "success") + "."
-                             + (" Last column: successes over the scenes with an object of the target's colour "
-                                "and another shape on the table (telling them apart takes the shape)."
-                                if head[-1] == TWIN_COLUMN else ""),
+                             + (f" '{TWIN_COLUMN}': successes over the scenes with an object of the target's "
+                                "colour and another shape on the table (telling them apart takes the shape)."
+                                if TWIN_COLUMN in head else "")
+                             + (f" '{TURN_COLUMN}': successes over the scenes where the expert's grasp turns the "
+                                "wrist away from the bowl's wall or another object (the open fingers would meet it)."
+                                if TURN_COLUMN in head else ""),
                         "table": (head, orows)})
         wrong = results.wrong_object()
         if wrong:
