@@ -271,7 +271,9 @@ def main() -> int:
     ap.add_argument("--bowl-near", type=float, default=0.0,
                     help="share of the main model's training scenes with the bowl right beside the target "
                          "(tasks.make_scene's bowl_near; the open fingers hit its wall unless the wrist turns, "
-                         "in about one scene in three of them, against 2-6 %% of a plain draw); 0 = off")
+                         "in about one scene in three of them, against 2-6 %% of a plain draw); 0 = off, the default: "
+                         "at 0.3 (training seed 0, 14,000 steps) seen objects 183/200 against 191/200 and the policy "
+                         "still never turns its wrist (docs/policy_results.md)")
     ap.add_argument("--channel-distract", type=float, default=0.25,
                     help="share of the base models' samples whose grounding channel also marks a grey level "
                          "(train's channel_distract: the white arm lit for 'the white cube'; the models then match "
