@@ -269,6 +269,8 @@ def grasp_turned_by_neighbours(wc) -> bool:
     """Physics workcell, as the current scene was reset: whether the expert's grasp of the target turns away
     from a neighbour (the bowl's wall, another object) rather than taking the object at its own least-rotation
     yaw. A policy that never learnt that turn meets the neighbour with an open finger there."""
+    if wc.scene.kind == "push":                 # pushed, not grasped
+        return False
     spec = wc.scene.target
     obj = wc.objects()
     p, yaw = obj[spec.name], wc.object_yaws()[spec.name]

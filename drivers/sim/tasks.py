@@ -162,9 +162,9 @@ def make_scene(split: str, kind: str, seed: int, max_distractors: int = 2, confu
     from a random stream of its own, so confuser=0 gives the same scenes as before. A plain draw has such a
     pair in about one scene in five; they are where a policy that learnt colour better than shape fails.
     bowl_near: the probability that the bowl is placed right beside the target (physics._place: its rim
-    2-5 cm from the target, in any direction), again from a stream of its own. In a plain draw about one
-    scene in sixteen has the bowl so near that the open fingers would hit its wall unless the wrist turns
-    (the expert's grasp yaw); they are where a policy that never learnt to turn the wrist drops the object."""
+    2-5 cm from the target, in any direction), again from a stream of its own. In a plain draw 2-6 % of the
+    pick scenes have the bowl so near that the open fingers would meet its wall unless the wrist turns (the
+    expert's grasp yaw); they are where a policy that never learnt to turn the wrist drops the object."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if not 0.0 <= confuser <= 1.0:

@@ -376,7 +376,7 @@ TWIN_COLUMN = "success beside a same-colour twin"
 TURN_COLUMN = "success where a neighbour turns the grasp"
 
 
-def twin_success(results: RolloutResults, note: str = "colour_twin") -> dict[str, tuple[int, int]]:
+def success_where(results: RolloutResults, note: str = "colour_twin") -> dict[str, tuple[int, int]]:
     """split label -> (successes, rollouts) over the scenes with an object of the target's colour and another
     shape on the table (Scene.colour_twin: the red cylinder beside the red cube), for rollouts that say;
     note="neighbour_turn": over the scenes whose expert grasp turns away from a neighbour."""
@@ -392,12 +392,12 @@ def twin_success(results: RolloutResults, note: str = "colour_twin") -> dict[str
 
 def outcome_rows(results: RolloutResults) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of outcome_counts: one row per split; then TWIN_COLUMN when any scene had a
-    same-colour twin, and TURN_COLUMN when any scene's grasp had to turn away from a neighbour (twin_success)."""
+    same-colour twin, and TURN_COLUMN when any scene's grasp had to turn away from a neighbour (success_where)."""
     counts = outcome_counts(results)
     head = ["split", *next(iter(counts.values()), {"episodes": 0})]
     rows = [[sp, *(str(n) for n in c.values())] for sp, c in counts.items()]
     for column, note in ((TWIN_COLUMN, "colour_twin"), (TURN_COLUMN, "neighbour_turn")):
-        got = twin_success(results, note)
+        got = success_where(results, note)
         if got:
             head.append(column)
             for row in rows:
