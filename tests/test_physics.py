@@ -364,6 +364,23 @@ def test_expert_at_50hz_on_physics():
         assert ok and steps < 600, (task, steps)
 
 
+def expert_grasp_turn(wc, ex, sc) -> float | None:
+    """The expert's episode on scene sc; returns how far the tool is turned (rad, absolute) when the gripper
+    starts closing (None: it never closed)."""
+    wc.reset(scene=sc)
+    ex.reset()
+    at = None
+    for _ in range(120):
+        wc.set_target(ex.act(wc.qpos()))
+        wc.step(0.1)
+        if at is None and wc.qpos()[-1] < 0.95:
+            T = wc._sim.tcp()
+            at = abs(float(np.arctan2(T[1, 0], T[0, 0])))
+        if ex.done:
+            break
+    return at
+
+
 def test_expert_grasp_yaw_is_the_least_rotation_that_clears_the_neighbours():
     """The demos' grasp yaw follows what the cameras see (the object's own yaw; 0 for a cylinder) and
     turns only when a neighbour is in the open fingers' way: demos that jump between symmetric yaws
@@ -386,17 +403,7 @@ def test_expert_grasp_yaw_is_the_least_rotation_that_clears_the_neighbours():
     ex = ScriptedExpert(wc, dt=0.1)
     yaws, ok = [], 0
     for sc in episodes("train", 12, kinds=("pick",)):
-        wc.reset(scene=sc)
-        ex.reset()
-        at = None
-        for _ in range(120):
-            wc.set_target(ex.act(wc.qpos()))
-            wc.step(0.1)
-            if at is None and wc.qpos()[-1] < 0.95:
-                T = wc._sim.tcp()
-                at = abs(float(np.arctan2(T[1, 0], T[0, 0])))
-            if ex.done:
-                break
+        at = expert_grasp_turn(wc, ex, sc)
         ok += wc.success()
         yaws.append(at)
     assert len(yaws) >= 4 and ok == len(yaws)
@@ -448,16 +455,6 @@ def test_bowl_near_scenes_put_the_bowl_beside_the_target_and_the_expert_turns_aw
     assert plain_turned < turned                       # the scenes that teach the turn are rare in a plain draw
     ex = ScriptedExpert(wc, dt=0.1)
     for sc in blocked[:3]:
-        wc.reset(scene=sc)
-        ex.reset()
-        at = None
-        for _ in range(120):
-            wc.set_target(ex.act(wc.qpos()))
-            wc.step(0.1)
-            if at is None and wc.qpos()[-1] < 0.95:
-                T = wc._sim.tcp()
-                at = abs(float(np.arctan2(T[1, 0], T[0, 0])))
-            if ex.done:
-                break
+        at = expert_grasp_turn(wc, ex, sc)
         assert wc.success(), sc
         assert at is not None and at > np.radians(10), (sc.seed, np.degrees(at))
