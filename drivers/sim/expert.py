@@ -223,35 +223,43 @@ class ScriptedExpert:
 
 
 GRASP_CLEAR = 0.012     # m between an open fingertip and anything else for a grasp yaw to be usable
+CUBE_SLACK = 0.5        # rad a cube may sit off the fingers' axis and still be squared up by them as they close
+YAW_STEP = np.pi / 36   # rad between the tool yaws tried where the shape allows a range
+_YAW_GRID = YAW_STEP * np.arange(-18, 18)      # -90 .. 85 degrees, 0 exactly
 
 
 def _grasp_yaw(spec, yaw: float, p: np.ndarray, obstacles: list[tuple[np.ndarray, float]]) -> float:
-    """Tool yaw that closes the fingers across the object's flats (narrow side of a block): of the
-    symmetric choices whose open fingers keep GRASP_CLEAR from other things, the one with the least
-    wrist rotation (none clear: the one that keeps farthest).
+    """Tool yaw for the grasp: of the yaws the shape allows whose open fingers keep GRASP_CLEAR from other
+    things, the one with the least wrist rotation (none clear: the one that keeps farthest).
 
-    Least rotation first makes the yaw a function of what the cameras see (the object's own yaw, near 0
-    for a cylinder) rather than of which neighbour happens to be nearest: demos whose yaw jumps between
-    symmetric choices (+90 and -90 are the same grasp but far apart in joint space) teach a regression
-    policy their average, a wrist yaw and arm pose between the modes that misses the object by 2-7 cm."""
+    The yaws allowed: any for a cylinder; for a cube any within CUBE_SLACK of its faces (the closing
+    fingers square it up; the scenes place objects within +-CUBE_SLACK, so yaw 0 always qualifies); for a
+    prism or an oblong block only the yaws across its flats (its narrow side). So the wrist turns for a
+    seen object only when a neighbour (the bowl's wall, another object) is in the way, and then by the least
+    turn that clears it: a function of where things are, which a policy's keypoints carry. Demos that
+    turned to every cube's own yaw (+-28 degrees, which 96-px keypoints do not carry) taught a regression
+    policy the median, no turn at all, even where the bowl needed one (docs/policy_results.md); demos whose
+    yaw jumps between symmetric choices (+90 and -90 are the same grasp, far apart in joint space) teach
+    their average, which misses."""
     if spec.kind == "cylinder":
-        period, base = np.pi / 8, 0.0
-    elif spec.kind == "prism":
-        period, base = np.pi / 3, yaw
-    elif spec.size[0] == spec.size[1]:
-        period, base = np.pi / 2, yaw
+        cands = _YAW_GRID
+    elif spec.kind == "box" and spec.size[0] == spec.size[1]:
+        off = (_YAW_GRID - yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4      # from the nearest face-aligned yaw
+        cands = _YAW_GRID[np.abs(off) <= CUBE_SLACK + 1e-9]
     else:
-        period, base = np.pi, yaw + (np.pi / 2 if spec.size[0] < spec.size[1] else 0.0)
-    cands = []
-    for k in range(int(round(np.pi / period))):
-        y = float((base + k * period + np.pi / 2) % np.pi - np.pi / 2)
+        period = np.pi / 3 if spec.kind == "prism" else np.pi
+        base = yaw + (np.pi / 2 if spec.kind == "box" and spec.size[0] < spec.size[1] else 0.0)
+        cands = [base + k * period for k in range(int(round(np.pi / period)))]
+    scored = []
+    for y in cands:
+        y = float((y + np.pi / 2) % np.pi - np.pi / 2)
         axis = np.array([np.sin(y), -np.cos(y)])      # tool y: the fingers' closing axis
         tips = [p[:2] + axis * 0.058, p[:2] - axis * 0.058]
-        cands.append((y, min([np.linalg.norm(t - c) - r for t in tips for c, r in obstacles] + [1.0])))
-    clear = [c for c in cands if c[1] >= GRASP_CLEAR]
+        scored.append((y, min([np.linalg.norm(t - c) - r for t in tips for c, r in obstacles] + [1.0])))
+    clear = [c for c in scored if c[1] >= GRASP_CLEAR]
     if clear:
-        return min(clear, key=lambda c: abs(c[0]))[0]
-    return max(cands, key=lambda c: c[1] - 0.01 * abs(c[0]))[0]
+        return min(clear, key=lambda c: (round(abs(c[0]), 6), -c[1]))[0]   # a tie: the side with more room
+    return max(scored, key=lambda c: c[1] - 0.01 * abs(c[0]))[0]
 
 
 def _obstacles(wc, name: str, obj: dict) -> list[tuple[np.ndarray, float]]:
