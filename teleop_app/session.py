@@ -165,6 +165,7 @@ class Status:
     policy: str = ""
     policy_state: PolicyState = PolicyState.NONE
     seq: int = 0                           # tick counter
+    estop_latency_s: float | None = None   # the last e-stop: request -> first held command sent (control side)
     messages_seq: int = 0                  # messages said so far
     human: dict = field(default_factory=dict)   # leader/Cartesian/takeover source state (intervention,
     #                                             source, uncertainty, asking, ...): teleop_app.human
@@ -1076,6 +1077,7 @@ class Session:
             message=self.messages[-1] if self.messages else "",
             replay_progress=rep_src.progress if isinstance(self._source, ReplaySource) else (0, 0),
             policy=self.policy_name, policy_state=self.policy_state, seq=self._seq,
+            estop_latency_s=self.pipeline.estop_latencies[-1] if self.pipeline.estop_latencies else None,
             messages_seq=self._n_messages,
             human=self._source.status() if hasattr(self._source, "status") else {})
 
