@@ -104,6 +104,7 @@ def test_connect_shows_live_cameras_lights_and_estop(qtbot, win):
     qtbot.waitUntil(lambda: s.status.estopped, timeout=1000)
     qtbot.waitUntil(lambda: "E-STOP" in win.banner.text() and win.light_robot.state == "error", timeout=1000)
     assert all(v.overlay == "E-STOP" for v in win.live.views.values())
+    qtbot.waitUntil(lambda: "ms after the request" in win.light_robot.detail, timeout=1000)   # the control side's timing
     held = s.status.sent.copy()
     qtbot.wait(300)
     assert np.array_equal(s.status.sent, held)

@@ -483,7 +483,8 @@ class MainWindow(QMainWindow):
 
     def _update_lights(self, info, st) -> None:
         if st.estopped:
-            self.light_robot.set("error", f"E-STOP latched ({info.profile}); release with Ctrl+R")
+            held = "" if st.estop_latency_s is None else f", held {st.estop_latency_s * 1e3:.0f} ms after the request"
+            self.light_robot.set("error", f"E-STOP latched ({info.profile}{held}); release with Ctrl+R")
         elif time.monotonic() - st.t > STALE_STATUS_S:
             self.light_robot.set("error", "control loop stopped: reconnect (Ctrl+L)")
         else:
