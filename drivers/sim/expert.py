@@ -276,7 +276,8 @@ def _obstacles(wc, name: str, obj: dict) -> list[tuple[np.ndarray, float]]:
 def grasp_turned_by_neighbours(wc) -> bool:
     """Physics workcell, as the current scene was reset: whether the expert's grasp of the target turns away
     from a neighbour (the bowl's wall, another object): with nothing around it would take the object at the
-    least turn its shape allows (none for a cube or a cylinder). A policy that never learnt that turn meets the neighbour with an open finger there."""
+    least turn its shape allows (none for a cube or a cylinder). A policy that never learnt that turn meets
+    the neighbour with an open finger there."""
     if wc.scene.kind == "push":                 # pushed, not grasped
         return False
     spec = wc.scene.target
