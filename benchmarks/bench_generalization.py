@@ -22,7 +22,8 @@ of the colour-naming samples also marks the lit arm's grey levels (--channel-dis
 0.8 1), so white targets are found beside the white arm: two seeds, unseen objects 275 -> 324 of 400, seen
 388 -> 382 of 400 (not significant). Since Dec 7 evening the expert takes a cube unturned and turns the wrist
 only for a neighbour (drivers/sim/expert.py's _grasp_yaw), and 30 % of the training scenes have the bowl right
-beside the target (--bowl-near 0.3): seed 0, seen 194/200 against 191/200.
+beside the target (--bowl-near 0.3): seed 0, seen 194/200 against 191/200 on the same scenes, 184/200 on
+fresh ones (not shown to beat the recipe before).
 
 What it runs (sizes are the flags; --quick shrinks all of them):
   1. expert demos of the training split (drivers/sim/tasks.py: seen objects, training phrasings) for
@@ -275,7 +276,7 @@ def main() -> int:
                          "(tasks.make_scene's bowl_near; the open fingers hit its wall unless the wrist turns, "
                          "in about one scene in four of them, against 2-6 %% of a plain draw); 0 = the recipe before "
                          "Dec 7 evening. With the expert that turns only for neighbours, training seed 0 at 14,000 "
-                         "steps: seen objects 194/200 (191/200 before both); the policy still never turns its wrist "
+                         "steps: seen objects 194/200 (191/200 before both), 184/200 on fresh scenes; the policy still never turns its wrist "
                          "(docs/policy_results.md)")
     ap.add_argument("--channel-distract", type=float, default=0.25,
                     help="share of the base models' samples whose grounding channel also marks a grey level "
