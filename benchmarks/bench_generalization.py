@@ -276,8 +276,8 @@ def main() -> int:
                          "(tasks.make_scene's bowl_near; the open fingers hit its wall unless the wrist turns, "
                          "in about one scene in four of them, against 2-6 %% of a plain draw); 0 = the recipe before "
                          "Dec 7 evening. With the expert that turns only for neighbours, training seed 0 at 14,000 "
-                         "steps: seen objects 194/200 (191/200 before both), 184/200 on fresh scenes; the policy still never turns its wrist "
-                         "(docs/policy_results.md)")
+                         "steps: seen objects 194/200 (191/200 before both), 184/200 on fresh scenes; the policy "
+                         "still never turns its wrist (docs/policy_results.md)")
     ap.add_argument("--channel-distract", type=float, default=0.25,
                     help="share of the base models' samples whose grounding channel also marks a grey level "
                          "(train's channel_distract: the white arm lit for 'the white cube'; the models then match "

@@ -390,9 +390,8 @@ def test_expert_grasp_yaw_turns_only_for_neighbours_and_by_the_least_turn_that_c
     cyl, cube, p = ObjectSpec("red", "cylinder"), ObjectSpec("red", "cube"), np.array([0.4, 0.0, 0.02])
     block, prism = ObjectSpec("purple", "block"), ObjectSpec("purple", "prism")
     assert _grasp_yaw(cyl, 0.0, p, []) == 0.0
-    for y in (0.3, -0.4, CUBE_SLACK):
+    for y in (0.0, 0.3, -0.4, CUBE_SLACK):
         assert _grasp_yaw(cube, y, p, []) == 0.0                          # unturned: within the slack
-    assert _grasp_yaw(cube, 0.0, p, []) == 0.0
     yb = _grasp_yaw(block, 0.3, p, [])                                    # across its narrow side
     assert min(abs(yb - 0.3), abs(abs(yb - 0.3) - np.pi / 2)) < 1e-6 and yb != 0.0
     assert _grasp_yaw(prism, 0.2, p, []) == pytest.approx(0.2)           # the least turn onto its flats
