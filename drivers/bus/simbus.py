@@ -263,6 +263,7 @@ class _Servo:
 @dataclass
 class _Faults:
     drop: dict[int, int | None] = field(default_factory=dict)     # id -> replies left to drop (None: all)
+    spare: dict[int, int] = field(default_factory=dict)            # id -> replies sent before the drop starts
     corrupt: dict[int, int] = field(default_factory=dict)          # id -> replies left to corrupt
     unplugged: str | None = None                                   # None | "silent" | "eio"
 
@@ -414,14 +415,18 @@ class SimServoBus:
         self.stop()
 
     # ---- fault injection
-    def drop_replies(self, ids: list[int] | int, n: int | None = None) -> None:
-        """Silence servos: drop their next n replies (n=None: until clear_faults(); n=0 clears)."""
+    def drop_replies(self, ids: list[int] | int, n: int | None = None, after: int = 0) -> None:
+        """Silence servos: drop their next n replies (n=None: until clear_faults(); n=0 clears). after=K: the
+        servos first answer K more times (a cable that works loose in the middle of a transaction's retries)."""
         with self._flock:
             for i in [ids] if isinstance(ids, int) else ids:
+                self.faults.spare.pop(i, None)
                 if n == 0:
                     self.faults.drop.pop(i, None)
                 else:
                     self.faults.drop[i] = n
+                    if after:
+                        self.faults.spare[i] = after
 
     def corrupt_crc(self, ids: list[int] | int, n: int = 1) -> None:
         """Flip the CRC/checksum of the next n replies from each of these servos."""
@@ -432,6 +437,7 @@ class SimServoBus:
     def clear_faults(self) -> None:
         with self._flock:
             self.faults.drop.clear()
+            self.faults.spare.clear()
             self.faults.corrupt.clear()
 
     def hardware_error(self, ids: list[int] | int, bits: int = 0x20) -> None:
@@ -627,7 +633,11 @@ class SimServoBus:
     def _take_fault(self, sid: int) -> tuple[bool, bool]:
         with self._flock:
             drop = False
-            if sid in self.faults.drop:
+            if self.faults.spare.get(sid, 0) > 0:
+                self.faults.spare[sid] -= 1
+                if not self.faults.spare[sid]:
+                    del self.faults.spare[sid]
+            elif sid in self.faults.drop:
                 left = self.faults.drop[sid]
                 drop = True
                 if left is not None:

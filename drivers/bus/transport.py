@@ -190,10 +190,12 @@ class _ServoBus:
         """Send `packet`, collect one status packet from each id in `ids` (none for broadcast
         writes), retrying the whole exchange on timeouts / corruption. Returns {id: Packet}.
         allow_alert: don't raise for health bits (hardware alert / overload ...), e.g. to read
-        the error status register of a servo that has latched an error."""
+        the error status register of a servo that has latched an error. ServoTimeout names the servos that
+        answered none of the tries (all that missed the last one if each answered some try)."""
         with self.lock:
             got: dict[int, object] = {}
             corrupt: ChecksumMismatch | None = None
+            answered: set[int] = set()        # over every try: a servo that answered once is not the silent one
             for attempt in range(self.retries):
                 if attempt:
                     self.stats["retries"] += 1
@@ -217,6 +219,8 @@ class _ServoBus:
                 except ReadTimeout:
                     self.stats["timeouts"] += 1
                     continue
+                finally:
+                    answered.update(got)
                 try:
                     for sid in ids:
                         p = got[sid]
@@ -228,7 +232,7 @@ class _ServoBus:
                         continue
                     raise
                 return got
-            missing = [i for i in ids if i not in got]
+            missing = [i for i in ids if i not in answered] or [i for i in ids if i not in got]
             if corrupt is not None:
                 raise ChecksumMismatch(f"{corrupt} -- still corrupt after {self.retries} tries on "
                                        f"{self.port} (missing replies from {missing}): check cable, "
