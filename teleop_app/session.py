@@ -561,7 +561,25 @@ class Session:
         self.inputs.gripper = float(value)
 
     def set_instruction(self, text: str) -> None:
-        self._post(lambda: self.workflow.set_instruction(text))
+        """The instruction of the next episode or policy run. On the sim, the instruction of one of its tasks
+        ("put the red cube in the bowl") also sets that task up: the sim's success test, the scripted expert and
+        the episodes' task key follow it (same placement seed). Free-form words leave the task as it is."""
+        self._post(lambda: self._set_instruction(text))
+
+    def _set_instruction(self, text: str) -> None:
+        self.workflow.set_instruction(text)
+        wc = self.devices.workcell if self.devices is not None else None
+        if wc is None or not text.strip():
+            return
+        before = wc.task
+        if self.workflow.state.value == "recording":
+            return                          # the episode under way keeps its task (and its scene)
+        try:
+            wc.task = text
+        except KeyError:                    # not one of the sim's task instructions: judged as the scene's task
+            return
+        if wc.task != before:
+            self.say(f"sim task: {wc.task} ('{text.strip()}'), judged by its success test")
 
     def start_episode(self):
         self._post(self.workflow.start)

@@ -146,6 +146,25 @@ def test_switching_mode_while_recording_is_refused(tmp_path):
             s.set_mode(Mode.KINESTHETIC)
 
 
+def test_an_instruction_of_another_sim_task_sets_that_task_up(tmp_path):
+    """The policy tab judged "put the red cube in the bowl" a success once the cube was lifted: the sim kept the
+    scene's pick task. An instruction of one of the sim's tasks now sets that task up; free-form words do not."""
+    with make(tmp_path, use_gamepad=False) as s:
+        wc = s.devices.workcell
+        assert wait_for(lambda: s.status.qpos is not None) and wc.task == "pick_red"
+        s.set_instruction("Put the red cube in the bowl.")
+        assert wait_for(lambda: wc.task == "red_in_bowl"), list(s.messages)
+        assert "sim task: red_in_bowl" in s.messages[-1]
+        s.set_instruction("lift the red cube a little higher please")
+        s.set_instruction("pick up the blue cube")
+        assert wait_for(lambda: wc.task == "pick_blue") and s.workflow.instruction == "pick up the blue cube"
+        s.start_episode()
+        assert wait_for(lambda: s.status.workflow == "recording")
+        s.set_instruction("pick up the red cube")           # the episode under way keeps its task
+        assert wait_for(lambda: s.workflow.instruction == "pick up the red cube")
+        assert wc.task == "pick_blue"
+
+
 def test_headless_scripted_recording_of_20_episodes(tmp_path):
     from teleop_app.scripted import record_scripted
     paths = record_scripted(tmp_path / "ds", ["pick_red", "pick_blue"], 10, seed=100, fps=10, image_size=96)
