@@ -579,6 +579,7 @@ class Session:
         except KeyError:                    # not one of the sim's task instructions: judged as the scene's task
             return
         if wc.task != before:
+            self._after_scene_change()      # a task with other objects or fixtures sets up a new scene
             self.say(f"sim task: {wc.task} ('{text.strip()}'), judged by its success test")
 
     def start_episode(self):
@@ -612,6 +613,11 @@ class Session:
         self._episode_seed = self._episode_seed + 1 if seed is None else seed
         with wc.lock:
             wc.reset(seed=self._episode_seed, task=task)
+        self._after_scene_change()
+
+    def _after_scene_change(self) -> None:
+        """The arm may have gone home and the task changed: commands continue from where the arm is, and the
+        active source (the scripted expert) plans for the scene as it is now."""
         q = self.devices.robot.get_observation().position
         self.pipeline.rebase(q)
         self.pipeline.last_q = q

@@ -158,6 +158,11 @@ def test_an_instruction_of_another_sim_task_sets_that_task_up(tmp_path):
         s.set_instruction("lift the red cube a little higher please")
         s.set_instruction("pick up the blue cube")
         assert wait_for(lambda: wc.task == "pick_blue") and s.workflow.instruction == "pick up the blue cube"
+        assert wc.sim == "physics"
+        s.set_instruction("put the red cube on the plate")     # a fixture the scene lacks: a new scene, same seed
+        assert wait_for(lambda: wc.task == "red_on_plate") and wc.scene.kind == "place_plate"
+        s.set_instruction("pick up the blue cube")
+        assert wait_for(lambda: wc.task == "pick_blue")
         s.start_episode()
         assert wait_for(lambda: s.status.workflow == "recording")
         s.set_instruction("pick up the red cube")           # the episode under way keeps its task
