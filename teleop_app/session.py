@@ -158,6 +158,7 @@ class Status:
     recording_steps: int = 0
     label: int = -1
     sim_success: bool | None = None
+    sim_task: str = ""                  # the instruction the sim's success test judges (its scene's task)
     safety: dict = field(default_factory=dict)
     last_safety: tuple = ()
     message: str = ""
@@ -1097,6 +1098,7 @@ class Session:
             time_left=wf.time_left(), kept=wf.kept, target_episodes=wf.config.target_episodes,
             instruction=wf.instruction, recording_steps=self.pipeline.recorder.steps if self.pipeline.recorder.active else 0,
             label=wf.label, sim_success=bool(wc.success()) if wc is not None else None,
+            sim_task=wc.instruction if wc is not None else "",
             safety=self.safety.counters.as_dict(), last_safety=tuple(rep.reasons()) if rep else (),
             message=self.messages[-1] if self.messages else "",
             replay_progress=rep_src.progress if isinstance(self._source, ReplaySource) else (0, 0),

@@ -155,6 +155,7 @@ def test_an_instruction_of_another_sim_task_sets_that_task_up(tmp_path):
         s.set_instruction("Put the red cube in the bowl.")
         assert wait_for(lambda: wc.task == "red_in_bowl"), list(s.messages)
         assert "sim task: red_in_bowl" in s.messages[-1]
+        assert wait_for(lambda: s.status.sim_task == "put the red cube in the bowl")     # what the views show
         s.set_instruction("lift the red cube a little higher please")
         s.set_instruction("pick up the blue cube")
         assert wait_for(lambda: wc.task == "pick_blue") and s.workflow.instruction == "pick up the blue cube"

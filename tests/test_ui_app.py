@@ -27,6 +27,19 @@ def test_qt_binding_is_sound():
     assert qt_binding_problem() is None
 
 
+def test_the_sim_verdict_names_what_the_sim_judges():
+    """A wording of another task the sim does not recognise is judged as the scene's task: the verdict says
+    which instruction was judged, in orange when it is not the one given."""
+    from teleop_app.session import Status
+    from ui.util import sim_verdict
+    assert sim_verdict(Status()) == ""                                    # no sim
+    same = sim_verdict(Status(instruction="Pick up the red cube.", sim_task="pick up the red cube", sim_success=True))
+    assert same == "sim judges 'pick up the red cube': done ✔"
+    other = sim_verdict(Status(instruction="grab the blue cube and lift it", sim_task="pick up the red cube",
+                               sim_success=False))
+    assert "#e67e22" in other and "sim judges 'pick up the red cube'" in other and other.endswith("not done")
+
+
 def config(tmp_path, **kw):
     wf = WorkflowConfig(countdown_s=0, reset_s=0, episode_s=0, target_episodes=3)
     return SessionConfig(robot="sim", dataset=str(tmp_path / "ds"), fps=kw.pop("fps", 20), workflow=wf, **kw)

@@ -23,7 +23,7 @@ from teleop_app.policy.base import policy_source
 from teleop_app.session import Mode, PolicyState
 
 POLICY_MODES = (Mode.POLICY, Mode.TAKEOVER)   # the policy drives (TAKEOVER: the operator may take over)
-from ui.util import Worker, dark_plot, run_in_thread
+from ui.util import Worker, dark_plot, run_in_thread, sim_verdict
 
 SAFETY_NAMES = {"rejected_nonfinite": "NaN/inf rejected", "clamped_limits": "clamped to joint limits",
                 "clamped_step": "step-limited", "blocked_workspace": "blocked by workspace",
@@ -615,7 +615,7 @@ class PolicyTab(QWidget):
         self._show_human(st)
         state = {PolicyState.RUNNING: "running", PolicyState.READY: "stopped", PolicyState.LOADING: "loading",
                  PolicyState.ERROR: "stopped (error)", PolicyState.NONE: "none loaded"}[st.policy_state]
-        sim = "" if st.sim_success is None else f"; sim task {'done ✔' if st.sim_success else 'not done'}"
+        sim = f"; {sim_verdict(st)}" if st.sim_success is not None else ""
         self.run_label.setText(f"policy <b>{st.policy or '-'}</b>: {state}{sim}")
         if self.run is not None and time.monotonic() - self._runs_t > 0.25:
             self._runs_t = time.monotonic()      # the running row's steps/duration, at 4 Hz

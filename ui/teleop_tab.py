@@ -20,7 +20,7 @@ from teleop_app.workflow import State
 from ui.joints import GamepadView, JointPanel
 from ui.mapping_editor import MappingEditor
 
-from ui.util import dark_plot, pyqtgraph_ready, set_style
+from ui.util import dark_plot, pyqtgraph_ready, set_style, sim_verdict
 
 MODES = [(Mode.HOLD, "Hold", "0"), (Mode.GAMEPAD, "Gamepad", "1"), (Mode.KINESTHETIC, "Kinesthetic", "2"),
          (Mode.SCRIPTED, "Scripted", "3"), (Mode.LEADER, "Leader", "4"), (Mode.CARTESIAN, "Cartesian", "5")]
@@ -496,7 +496,7 @@ class TeleopTab(QWidget):
                0: "<span style='color:#c0392b'><b>failure</b></span>"}.get(st.label, "unlabelled")
         if wf != State.REVIEW:        # the label belongs to the episode under review only
             lab = "set in review with S / F"
-        sim = "" if st.sim_success is None else f" &nbsp; sim task: {'done ✔' if st.sim_success else 'not done'}"
+        sim = f" &nbsp; {sim_verdict(st)}" if st.sim_success is not None else ""
         self.label_label.setText(f"label: {lab}{sim}")
         if self.counter.maximum() != max(1, st.target_episodes):
             self.counter.setMaximum(max(1, st.target_episodes))

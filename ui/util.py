@@ -344,6 +344,19 @@ def set_style(widget, css: str) -> None:
         widget.setStyleSheet(css)
 
 
+def sim_verdict(st) -> str:
+    """The sim's verdict for a status line: what it judges and whether it is done; in orange when the sim judges
+    another instruction than the one given (a wording of another task it does not recognise)."""
+    if st.sim_success is None:
+        return ""
+    said = " ".join(st.sim_task.lower().split()).rstrip(".!")
+    other = bool(st.instruction.strip()) and said != " ".join(st.instruction.lower().split()).rstrip(".!")
+    judged = f"sim judges '{st.sim_task}'"
+    if other:
+        judged = f"<span style='color:#e67e22'>{judged}</span>"
+    return f"{judged}: {'done ✔' if st.sim_success else 'not done'}"
+
+
 def fmt_age(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1e3:.0f} ms"
