@@ -564,7 +564,9 @@ class Session:
     def set_instruction(self, text: str) -> None:
         """The instruction of the next episode or policy run. On the sim, the instruction of one of its tasks
         ("put the red cube in the bowl") also sets that task up: the sim's success test, the scripted expert and
-        the episodes' task key follow it (same placement seed). Free-form words leave the task as it is."""
+        the episodes' task key follow it (same placement seed). Other words that name another object of the same
+        kind of task switch to that task ("grab the blue cube and lift it" on pick_red: pick_blue); the rest leave
+        the task as it is, and the views say which instruction the sim judges."""
         self._post(lambda: self._set_instruction(text))
 
     def _set_instruction(self, text: str) -> None:
@@ -577,8 +579,12 @@ class Session:
             return                          # the episode under way keeps its task (and its scene)
         try:
             wc.task = text
-        except KeyError:                    # not one of the sim's task instructions: judged as the scene's task
-            return
+        except KeyError:                    # not a task instruction: the task of this kind whose object it names
+            from drivers.sim.tasks import task_named_in
+            key = task_named_in(text, before, wc.sim == "physics")
+            if key is None:                 # judged as the scene's task (the views say which)
+                return
+            wc.task = key
         if wc.task != before:
             self._after_scene_change()      # a task with other objects or fixtures sets up a new scene
             self.say(f"sim task: {wc.task} ('{text.strip()}'), judged by its success test")

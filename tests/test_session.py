@@ -148,7 +148,8 @@ def test_switching_mode_while_recording_is_refused(tmp_path):
 
 def test_an_instruction_of_another_sim_task_sets_that_task_up(tmp_path):
     """The policy tab judged "put the red cube in the bowl" a success once the cube was lifted: the sim kept the
-    scene's pick task. An instruction of one of the sim's tasks now sets that task up; free-form words do not."""
+    scene's pick task. An instruction of one of the sim's tasks now sets that task up, and so does a wording that
+    names another object of the same kind of task; other words do not."""
     with make(tmp_path, use_gamepad=False) as s:
         wc = s.devices.workcell
         assert wait_for(lambda: s.status.qpos is not None) and wc.task == "pick_red"
@@ -156,9 +157,15 @@ def test_an_instruction_of_another_sim_task_sets_that_task_up(tmp_path):
         assert wait_for(lambda: wc.task == "red_in_bowl"), list(s.messages)
         assert "sim task: red_in_bowl" in s.messages[-1]
         assert wait_for(lambda: s.status.sim_task == "put the red cube in the bowl")     # what the views show
-        s.set_instruction("lift the red cube a little higher please")
+        s.set_instruction("the blue cube belongs inside the bowl")       # no such sim task: judged as it was
+        assert wait_for(lambda: s.status.instruction == "the blue cube belongs inside the bowl")
+        assert wc.task == "red_in_bowl"
         s.set_instruction("pick up the blue cube")
         assert wait_for(lambda: wc.task == "pick_blue") and s.workflow.instruction == "pick up the blue cube"
+        s.set_instruction("grab the red cube and lift it")               # a wording: the same kind, the object named
+        assert wait_for(lambda: wc.task == "pick_red")
+        s.set_instruction("pick up the blue cube")
+        assert wait_for(lambda: wc.task == "pick_blue")
         assert wc.sim == "physics"
         s.set_instruction("put the red cube on the plate")     # a fixture the scene lacks: a new scene, same seed
         assert wait_for(lambda: wc.task == "red_on_plate") and wc.scene.kind == "place_plate"

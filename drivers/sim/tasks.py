@@ -126,6 +126,19 @@ def sim_tasks(physics: bool) -> dict[str, str]:
     return {**TASKS, **PHYSICS_TASKS} if physics else dict(TASKS)
 
 
+def task_named_in(text: str, current: str, physics: bool) -> str | None:
+    """The sim task of the current task's kind whose object the instruction names, for a wording that is not a task
+    instruction ("grab the blue cube and lift it" on pick_red -> pick_blue); None when no single task matches."""
+    words = " ".join(str(text).lower().split())
+    try:
+        kind = task_scene(current).kind
+    except KeyError:                    # a generated scene (a kind, not a task key): nothing to match against
+        return None
+    hits = [k for k in sim_tasks(physics)
+            if task_scene(k).kind == kind and task_scene(k).target.words in words]
+    return hits[0] if len(hits) == 1 else None
+
+
 def check_tasks(tasks, physics: bool) -> None:
     """ValueError naming every task key the chosen sim cannot set up, and the ones it can."""
     known = sim_tasks(physics)
