@@ -217,19 +217,6 @@ def inference_alone(ckpt, scenes, threads: int, calls: int = 400) -> dict:
     return out
 
 
-def _exit_with_parent(ppid: int) -> None:
-    """A recording worker's initializer: the worker ends when the benchmark does. Killed by a signal, the
-    benchmark would otherwise leave its workers recording (and their h5 writer children) running."""
-    import os
-    import threading
-
-    def watch():
-        while os.getppid() == ppid:
-            time.sleep(0.5)
-        os._exit(1)
-    threading.Thread(target=watch, name="parent-pid", daemon=True).start()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/bench_generalization")
@@ -383,6 +370,7 @@ def main() -> int:
         import multiprocessing
         import os
         from recorder.edit import merge_stores
+        from teleop_app.policy.child import exit_with_parent
         todo = [j for j in jobs if not (out / j[0] / "store.json").exists()]
         t0 = time.monotonic()
         kw = dict(image_size=a.image_size, cameras=cams, perturb=a.perturb if perturb is None else perturb)
@@ -397,7 +385,8 @@ def main() -> int:
                 shutil.rmtree(folder)
         if len(runs) > 1 and a.threads > 1:
             with ProcessPoolExecutor(min(len(runs), a.threads), mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_exit_with_parent, initargs=(os.getpid(),)) as ex:
+                                     # killed by a signal, the benchmark would leave its workers recording
+                                     initializer=exit_with_parent, initargs=(os.getpid(),)) as ex:
                 futs = [ex.submit(record_scenes, folder, sc, randomize=r, **kw) for _n, folder, sc, r in runs]
                 kept_runs = [len(f.result()) for f in futs]
         else:

@@ -349,8 +349,9 @@ def sim_verdict(st) -> str:
     another instruction than the one given (a wording of another task it does not recognise)."""
     if st.sim_success is None:
         return ""
-    said = " ".join(st.sim_task.lower().split()).rstrip(".!")
-    other = bool(st.instruction.strip()) and said != " ".join(st.instruction.lower().split()).rstrip(".!")
+    def norm(text: str) -> str:
+        return " ".join(text.lower().split()).rstrip(".!")
+    other = bool(st.instruction.strip()) and norm(st.sim_task) != norm(st.instruction)
     judged = f"sim judges '{st.sim_task}'"
     if other:
         judged = f"<span style='color:#e67e22'>{judged}</span>"

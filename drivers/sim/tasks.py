@@ -134,8 +134,8 @@ def task_named_in(text: str, current: str, physics: bool) -> str | None:
         kind = task_scene(current).kind
     except KeyError:                    # a generated scene (a kind, not a task key): nothing to match against
         return None
-    hits = [k for k in sim_tasks(physics)
-            if task_scene(k).kind == kind and task_scene(k).target.words in words]
+    scenes = {k: task_scene(k) for k in sim_tasks(physics)}
+    hits = [k for k, sc in scenes.items() if sc.kind == kind and sc.target.words in words]
     return hits[0] if len(hits) == 1 else None
 
 

@@ -186,6 +186,16 @@ def child_policy(policy) -> "ChildPolicy | None":
 
 
 # ---------------------------------------------------------------- the child side
+def exit_with_parent(ppid: int) -> None:
+    """End this process when its parent pid changes (the parent died, even by SIGKILL). Also a process pool's
+    initializer: the benchmarks' recording workers end with the benchmark."""
+    def parent_pid():
+        while os.getppid() == ppid:
+            time.sleep(0.5)
+        os._exit(0)
+    threading.Thread(target=parent_pid, name="parent-pid", daemon=True).start()
+
+
 def _watch_parent(ppid: int) -> None:
     def stdin_eof():
         try:
@@ -194,13 +204,8 @@ def _watch_parent(ppid: int) -> None:
         except OSError:
             pass
         os._exit(0)
-
-    def parent_pid():
-        while os.getppid() == ppid:
-            time.sleep(0.5)
-        os._exit(0)
     threading.Thread(target=stdin_eof, name="parent-stdin", daemon=True).start()
-    threading.Thread(target=parent_pid, name="parent-pid", daemon=True).start()
+    exit_with_parent(ppid)
 
 
 def main(argv=None) -> int:
