@@ -8,8 +8,8 @@ from drivers.sim import ScriptedExpert, SimConfig, SimRobot, Workcell, kinematic
 from drivers.sim.objects import SEEN_COLOURS, SEEN_SHAPES, UNSEEN_COLOURS, UNSEEN_SHAPES, ObjectSpec
 from drivers.sim.physics import PhysicsWorkcell, model_xml
 from drivers.sim.render import front_camera
-from drivers.sim.tasks import (EVAL_SEED0, KINDS, NOVEL_PHRASES, SPLITS, episodes,
-                               make_scene, training_vocabulary)
+from drivers.sim.tasks import (EVAL_SEED0, KINDS, NOVEL_PHRASES, SPLITS, TRAIN_PHRASES, episodes,
+                               make_scene, task_named_in, task_scene, training_vocabulary)
 
 PHYS_TASKS = ["pick_red", "pick_blue", "red_in_bowl", "red_on_plate", "push_red", "stack_red_on_blue"]
 
@@ -234,6 +234,24 @@ def test_splits_never_leak():
     assert set(SEEN_COLOURS).isdisjoint(UNSEEN_COLOURS) and set(SEEN_SHAPES).isdisjoint(UNSEEN_SHAPES)
     with pytest.raises(ValueError, match="split"):
         make_scene("test", "pick", 0)
+
+
+def test_every_wording_of_a_sim_task_names_that_task_whatever_the_scene():
+    """The policy tab judges what the sim judges: another wording of a sim task, training or novel, of its kind or
+    another, sets that task up from any of the sim's tasks (the GUI judged "the red cube belongs inside the bowl"
+    on a pick scene as a pick)."""
+    for key in PHYS_TASKS:
+        sc = task_scene(key)
+        sup = sc.support.words if sc.support else ""
+        for template in TRAIN_PHRASES[sc.kind] + NOVEL_PHRASES[sc.kind]:
+            text = template.format(obj=sc.target.words, sup=sup)
+            for current in PHYS_TASKS:
+                assert task_named_in(text, current, physics=True) == key, (text, current)
+    assert task_named_in("the blue cube belongs inside the bowl", "pick_red", True) is None   # no such sim task
+    assert task_named_in("pick up the red cube next to the blue cube", "stack_red_on_blue", True) == "pick_red"
+    assert task_named_in("tidy up the table", "pick_red", True) is None                       # no object named
+    assert task_named_in("pick up the blue cube", "place_bowl", True) is None                 # a generated scene
+    assert task_named_in("put the red cube on the plate", "pick_red", physics=False) is None  # kinematic: no plate
 
 
 def test_confuser_scenes_put_a_same_colour_twin_beside_the_target():

@@ -148,8 +148,8 @@ def test_switching_mode_while_recording_is_refused(tmp_path):
 
 def test_an_instruction_of_another_sim_task_sets_that_task_up(tmp_path):
     """The policy tab judged "put the red cube in the bowl" a success once the cube was lifted: the sim kept the
-    scene's pick task. An instruction of one of the sim's tasks now sets that task up, and so does a wording that
-    names another object of the same kind of task; other words do not."""
+    scene's pick task. An instruction of one of the sim's tasks now sets that task up, and so does another wording
+    of one (its kind from the fixture it names, drivers.sim.tasks.task_named_in); other words do not."""
     with make(tmp_path, use_gamepad=False) as s:
         wc = s.devices.workcell
         assert wait_for(lambda: s.status.qpos is not None) and wc.task == "pick_red"
@@ -163,6 +163,10 @@ def test_an_instruction_of_another_sim_task_sets_that_task_up(tmp_path):
         s.set_instruction("pick up the blue cube")
         assert wait_for(lambda: wc.task == "pick_blue") and s.workflow.instruction == "pick up the blue cube"
         s.set_instruction("grab the red cube and lift it")               # a wording: the same kind, the object named
+        assert wait_for(lambda: wc.task == "pick_red")
+        s.set_instruction("the red cube belongs inside the bowl")        # a wording of another kind: the bowl named
+        assert wait_for(lambda: wc.task == "red_in_bowl")
+        s.set_instruction("raise the red cube off the table")            # nothing named but the cube: a pick
         assert wait_for(lambda: wc.task == "pick_red")
         s.set_instruction("pick up the blue cube")
         assert wait_for(lambda: wc.task == "pick_blue")

@@ -126,16 +126,33 @@ def sim_tasks(physics: bool) -> dict[str, str]:
     return {**TASKS, **PHYSICS_TASKS} if physics else dict(TASKS)
 
 
+# what a wording of each kind names besides its object: where the object goes (a place or push instruction cannot
+# leave it out); stack puts it on a second object; a wording that names neither is a pick
+KIND_CUES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("place_bowl", ("bowl",)), ("place_plate", ("plate",)), ("push", ("marker", "marked", "spot", "target")))
+
+
 def task_named_in(text: str, current: str, physics: bool) -> str | None:
-    """The sim task of the current task's kind whose object the instruction names, for a wording that is not a task
-    instruction ("grab the blue cube and lift it" on pick_red -> pick_blue); None when no single task matches."""
-    words = " ".join(str(text).lower().split())
-    try:
-        kind = task_scene(current).kind
-    except KeyError:                    # a generated scene (a kind, not a task key): nothing to match against
-        return None
+    """The sim task an instruction that is not a task instruction asks for: its kind from what it names besides
+    the object (KIND_CUES: the bowl, the plate, the marked spot; 'on the blue cube' or 'stack': stack; none: pick), its
+    object the first one named ("grab the blue cube and lift it" -> pick_blue, "the red cube belongs inside the
+    bowl" -> red_in_bowl). None when no sim task matches, or when the current task is a generated scene."""
+    import re
+    words = " ".join(re.findall(r"[a-z]+", str(text).lower()))
+    if current not in sim_tasks(physics):
+        return None                     # a generated scene (a kind, not a task key): keep its objects
     scenes = {k: task_scene(k) for k in sim_tasks(physics)}
-    hits = [k for k, sc in scenes.items() if sc.kind == kind and sc.target.words in words]
+    objects = {o.words for sc in scenes.values() for o in (sc.target, sc.support) if o is not None}
+    named = sorted((m.start(), o) for o in objects for m in re.finditer(rf"\b{o}\b", words))
+    named = [o for _, o in named]
+    if not named:
+        return None
+    kinds = [k for k, cues in KIND_CUES if any(re.search(rf"\b{c}\b", words) for c in cues)]
+    others = [o for o in named if o != named[0]]
+    on_other = others and re.search(rf"\b(stack|tower|(on|onto|upon|atop|on top of) (the |a )?{others[0]})\b", words)
+    kind = kinds[0] if len(kinds) == 1 else None if kinds else "stack" if on_other else "pick"
+    hits = [k for k, sc in scenes.items() if sc.kind == kind and sc.target.words == named[0]
+            and (kind != "stack" or sc.support.words == others[0])]
     return hits[0] if len(hits) == 1 else None
 
 
