@@ -484,10 +484,10 @@ def main() -> int:
         log("generalization (rand model)\n" + format_split_table(res))
         summary["outcomes"] = outcome_counts(res)
         log("how the rollouts ended (rand model)\n" + format_outcome_table(res))
-        if a.keypose_weight > 0:        # where the model thinks the grasp is, from the first frame
+        if a.keypose_weight > 0 and scenes:    # where the model thinks the grasp is, from the first frame
             summary["keypose_check"] = keypose_check(load_policy(str(m_rand), threads=a.threads), scenes)
             log("keypose head from the first frame (rand model): " + json.dumps(summary["keypose_check"]))
-        if a.target_weight > 0:         # where the model sees the named object, from the first frame
+        if a.target_weight > 0 and scenes:     # where the model sees the named object, from the first frame
             pol = load_policy(str(m_rand), threads=a.threads)
             summary["target_check"] = target_check(pol, scenes)
             log("target keypoint from the first frame (rand model): " + json.dumps(summary["target_check"]))
