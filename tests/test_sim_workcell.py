@@ -14,7 +14,7 @@ from drivers.interfaces import Camera, DeviceNotConnected, Robot
 from drivers.sim import (TASKS, Randomization, SimCamera, SimConfig, SimRobot, Workcell,
                          task_from_instruction)
 from drivers.sim import kinematics as kin
-from drivers.sim.render import front_camera
+from drivers.sim.render import Style, front_camera
 from drivers.sim.workcell import TCP_MIN_Z
 
 KinConfig = partial(SimConfig, physics=False)
@@ -248,6 +248,20 @@ def test_randomization_changes_images():
         one = Workcell(KinConfig(seed=3, randomization=Randomization(**{flag: True})))
         ref = Workcell(KinConfig(seed=3))
         assert not np.array_equal(one.render("front"), ref.render("front")), flag
+
+
+def test_randomised_tables_include_dark_benches_but_never_the_held_out_table():
+    """A policy lost the held-out look through its dark table alone (docs/policy_results.md, "A dark table"):
+    randomisation draws dark benches as well as wood and grey; the held-out look's blue-grey table stays undrawn."""
+    from drivers.sim.render import make_style, style_rng
+    from teleop_app.policy.generalization import held_out_style
+    tables = np.array([make_style(style_rng(seed), light=True, colors=True, camera_jitter=True, noise=True).table_rgb
+                       for seed in range(2000)])
+    luminance = tables @ [0.299, 0.587, 0.114]
+    assert (luminance < 70).mean() > 0.2 and (luminance > 150).mean() > 0.2
+    held = np.array(held_out_style().table_rgb)
+    assert np.abs(tables - held).max(axis=1).min() > 15       # each draw is over 15 levels off it on some channel
+    assert Style().table_rgb == make_style(style_rng(0), False, False, False, False).table_rgb
 
 
 def test_render_from_another_thread_while_stepping():

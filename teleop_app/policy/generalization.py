@@ -11,9 +11,10 @@ training come from the same place (`record_scenes(root, split_scenes(["train"], 
 the sim's expert through the one control pipeline (teleop_app.pipeline), as `teleop record` does.
 
 The held-out visual domain (held_out_style(), domain="held_out") is a renderer style no training run ever draws from:
-a dark blue-grey table and floor under low, dim, warm side light (domain randomisation picks table
-colours from five wood/grey tones, light from above). It stands in for "the real world" when
-measuring the gap with and without randomisation/augmentation.
+a dark blue-grey table, an ochre floor, a beige arm and a paler bowl under low, dim, warm side light (domain
+randomisation picks tables from wood, grey and dark-bench tones, drivers.sim.render.TABLE_TONES, each draw over 15
+levels off this blue-grey in some channel; light from above; the arm's colour never). It stands in for "the real world"
+when measuring the gap with and without randomisation/augmentation.
 """
 from __future__ import annotations
 
