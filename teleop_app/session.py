@@ -564,9 +564,10 @@ class Session:
     def set_instruction(self, text: str) -> None:
         """The instruction of the next episode or policy run. On the sim, the instruction of one of its tasks
         ("put the red cube in the bowl") also sets that task up: the sim's success test, the scripted expert and
-        the episodes' task key follow it (same placement seed). Other words that name another object of the same
-        kind of task switch to that task ("grab the blue cube and lift it" on pick_red: pick_blue); the rest leave
-        the task as it is, and the views say which instruction the sim judges."""
+        the episodes' task key follow it (same placement seed). Another wording of a sim task switches to that task,
+        its kind from the fixture it names and its object the one named (drivers.sim.tasks.task_named_in: "the red
+        cube belongs inside the bowl" on pick_red: red_in_bowl); the rest leave the task as it is, and the views
+        say which instruction the sim judges."""
         self._post(lambda: self._set_instruction(text))
 
     def _set_instruction(self, text: str) -> None:
@@ -579,7 +580,7 @@ class Session:
             return                          # the episode under way keeps its task (and its scene)
         try:
             wc.task = text
-        except KeyError:                    # not a task instruction: the task of this kind whose object it names
+        except KeyError:                    # not a task instruction: the sim task the wording names, if any
             from drivers.sim.tasks import task_named_in
             key = task_named_in(text, before, wc.sim == "physics")
             if key is None:                 # judged as the scene's task (the views say which)

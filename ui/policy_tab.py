@@ -615,7 +615,7 @@ class PolicyTab(QWidget):
         self._show_human(st)
         state = {PolicyState.RUNNING: "running", PolicyState.READY: "stopped", PolicyState.LOADING: "loading",
                  PolicyState.ERROR: "stopped (error)", PolicyState.NONE: "none loaded"}[st.policy_state]
-        sim = f"; {sim_verdict(st)}" if st.sim_success is not None else ""
+        sim = f"; {verdict}" if (verdict := sim_verdict(st)) else ""
         self.run_label.setText(f"policy <b>{st.policy or '-'}</b>: {state}{sim}")
         if self.run is not None and time.monotonic() - self._runs_t > 0.25:
             self._runs_t = time.monotonic()      # the running row's steps/duration, at 4 Hz

@@ -496,7 +496,7 @@ class TeleopTab(QWidget):
                0: "<span style='color:#c0392b'><b>failure</b></span>"}.get(st.label, "unlabelled")
         if wf != State.REVIEW:        # the label belongs to the episode under review only
             lab = "set in review with S / F"
-        sim = f" &nbsp; {sim_verdict(st)}" if st.sim_success is not None else ""
+        sim = f" &nbsp; {verdict}" if (verdict := sim_verdict(st)) else ""
         self.label_label.setText(f"label: {lab}{sim}")
         if self.counter.maximum() != max(1, st.target_episodes):
             self.counter.setMaximum(max(1, st.target_episodes))

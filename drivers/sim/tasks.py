@@ -16,6 +16,7 @@ training scene. The legacy three tasks (TASKS in workcell.py) map onto scenes wi
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -137,11 +138,11 @@ def task_named_in(text: str, current: str, physics: bool) -> str | None:
     the object (KIND_CUES: the bowl, the plate, the marked spot; 'on the blue cube' or 'stack': stack; none: pick), its
     object the first one named ("grab the blue cube and lift it" -> pick_blue, "the red cube belongs inside the
     bowl" -> red_in_bowl). None when no sim task matches, or when the current task is a generated scene."""
-    import re
     words = " ".join(re.findall(r"[a-z]+", str(text).lower()))
-    if current not in sim_tasks(physics):
+    known = sim_tasks(physics)
+    if current not in known:
         return None                     # a generated scene (a kind, not a task key): keep its objects
-    scenes = {k: task_scene(k) for k in sim_tasks(physics)}
+    scenes = {k: task_scene(k) for k in known}
     objects = {o.words for sc in scenes.values() for o in (sc.target, sc.support) if o is not None}
     named = sorted((m.start(), o) for o in objects for m in re.finditer(rf"\b{o}\b", words))
     named = [o for _, o in named]
